@@ -1,0 +1,65 @@
+# Declarations that later Cython modules cimport to reach the frame core at C speed.
+from libc.stdint cimport uint8_t
+
+
+cdef struct Utf8State:
+    # Continuation bytes still owed by the current sequence (0 when between characters), and the
+    # bounds the next byte must fall in: Unicode Table 3-7 narrows them after E0, ED, F0 and F4.
+    int need
+    uint8_t lo
+    uint8_t hi
+
+
+cdef void xor_mask(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
+                   const unsigned char* key, Py_ssize_t offset) noexcept nogil
+
+cdef Py_ssize_t utf8_scan(Utf8State* st, const unsigned char* p, Py_ssize_t n) noexcept nogil
+
+cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint fin, bint rsv1,
+                       const unsigned char* key)
+
+
+cdef class Frame:
+    cdef readonly bint fin
+    cdef readonly bint rsv1
+    cdef readonly int opcode
+    cdef readonly bytes payload
+
+
+cdef class Utf8Validator:
+    cdef Utf8State _st
+    cdef void _check(self, const unsigned char* p, Py_ssize_t n) except *
+
+
+cdef class FrameParser:
+    cdef readonly bint client
+    cdef readonly bint allow_rsv1
+    cdef readonly bint validate_utf8
+    cdef readonly Py_ssize_t max_frame_bytes
+    cdef readonly Py_ssize_t max_message_bytes
+    cdef readonly Py_ssize_t max_fragments
+    # Header bytes collected so far when a header arrives split across reads (at most 14).
+    cdef unsigned char _hdr[14]
+    cdef Py_ssize_t _hdr_len
+    # The frame whose payload is arriving: its header fields, its preallocated payload, fill level.
+    cdef bint _in_payload
+    cdef bint _fin
+    cdef bint _rsv1
+    cdef int _opcode
+    cdef bint _masked
+    cdef unsigned char _key[4]
+    cdef bytes _payload
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _pos
+    cdef bint _check_text
+    # The data message in progress: its opcode (0 when none), compression, wire bytes, fragments.
+    cdef int _msg_opcode
+    cdef bint _msg_rsv1
+    cdef Py_ssize_t _msg_bytes
+    cdef Py_ssize_t _msg_fragments
+    cdef Utf8State _utf8
+    cdef object _failure
+
+    cdef list _feed(self, const unsigned char* p, Py_ssize_t n)
+    cdef int _start_frame(self, const unsigned char* h) except -1
+    cdef Frame _finish_frame(self)

@@ -1,0 +1,430 @@
+"""Pure-Python twin of the compiled `_frames` module: same names, same behaviour, same errors.
+
+Layer: core. No I/O, no asyncio. It exists for differential tests (every input must give the
+same result here and in `_frames.pyx`) and for debugging; the server never runs it unless
+`SOHBET_NO_EXTENSIONS=1` asks for it.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+from typing import TYPE_CHECKING, Final
+
+from sohbet.errors import ProtocolViolation
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = [
+    "Frame",
+    "FrameParser",
+    "Utf8Validator",
+    "accept_key",
+    "apply_mask",
+    "build_close",
+    "build_frame",
+    "is_valid_close_code",
+    "parse_close",
+    "validate_utf8",
+]
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_KNOWN_OPCODES: Final = frozenset((0, 1, 2, 8, 9, 10))
+
+
+def _close_code_ok(code: int) -> bool:
+    # 1004, 1005, 1006 and 1015 are reserved for local use (RFC 6455 §7.4.1).
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def _mask_key(mask: Buffer) -> bytes:
+    key = bytes(mask)
+    if len(key) != 4:
+        raise ValueError(f"masking key must be 4 bytes, got {len(key)}")
+    return key
+
+
+def _xor(data: Buffer, key: bytes, offset: int = 0) -> bytes:
+    """XOR with the key stream starting at byte *offset*; one big-int XOR does the whole run."""
+    raw = bytes(data)
+    n = len(raw)
+    if not n:
+        return b""
+    rotated = key[offset % 4 :] + key[: offset % 4]
+    stream = (rotated * (n // 4 + 1))[:n]
+    return (int.from_bytes(raw, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+
+
+def apply_mask(data: Buffer, mask: Buffer) -> bytes:
+    """Return *data* XOR-ed with the 4-byte masking key *mask* (RFC 6455 §5.3).
+
+    Raises:
+        ValueError: *mask* is not 4 bytes long.
+    """
+    return _xor(data, _mask_key(mask))
+
+
+def accept_key(key: str | bytes) -> str:
+    """Return the `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2)."""
+    raw = key.encode("ascii") if isinstance(key, str) else key
+    return binascii.b2a_base64(hashlib.sha1(raw + _GUID).digest(), newline=False).decode("ascii")
+
+
+def _frame_bytes(opcode: int, payload: bytes, fin: bool, rsv1: bool, key: bytes | None) -> bytes:
+    n = len(payload)
+    head = bytearray([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
+    mbit = 0x80 if key is not None else 0
+    if n <= 125:
+        head.append(mbit | n)
+    elif n <= 65535:
+        head.append(mbit | 126)
+        head += n.to_bytes(2, "big")
+    else:
+        head.append(mbit | 127)
+        head += n.to_bytes(8, "big")
+    if key is None:
+        return bytes(head) + payload
+    return bytes(head) + key + _xor(payload, key)
+
+
+def build_frame(
+    opcode: int,
+    payload: Buffer | str,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    mask: Buffer | None = None,
+) -> bytes:
+    """Build a frame: unmasked when *mask* is None (server role), masked otherwise (client role).
+
+    Raises:
+        ValueError: unknown opcode, a control frame over 125 bytes or fragmented, a bad key.
+    """
+    if opcode not in _KNOWN_OPCODES:
+        raise ValueError(f"unknown opcode {opcode:#x}")
+    key = None if mask is None else _mask_key(mask)
+    data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    if opcode >= 8:
+        if len(data) > 125:
+            raise ValueError(f"control frame payload of {len(data)} bytes exceeds 125")
+        if not fin:
+            raise ValueError("control frames cannot be fragmented")
+    return _frame_bytes(opcode, data, fin, rsv1, key)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Return whether *code* may appear in a close frame on the wire (RFC 6455 §7.4)."""
+    return _close_code_ok(code)
+
+
+def parse_close(payload: Buffer) -> tuple[int, str]:
+    """Return `(code, reason)` from a close frame's payload (RFC 6455 §5.5.1).
+
+    Raises:
+        ProtocolViolation: 1002 for a 1-byte payload or a bad code; 1007 for a non-UTF-8 reason.
+    """
+    data = bytes(payload)
+    if not data:
+        return 1005, ""
+    if len(data) == 1:
+        raise ProtocolViolation(1002, "close frame payload of 1 byte")
+    code = int.from_bytes(data[:2], "big")
+    if not _close_code_ok(code):
+        raise ProtocolViolation(1002, f"invalid close code {code}")
+    if not validate_utf8(data[2:]):
+        raise ProtocolViolation(1007, "close reason is not valid UTF-8")
+    return code, data[2:].decode("utf-8")
+
+
+def build_close(code: int = 1000, reason: str = "", *, mask: Buffer | None = None) -> bytes:
+    """Build a close frame (RFC 6455 §5.5.1); a reason over 123 bytes is cut at a character.
+
+    Raises:
+        ValueError: *code* may not be sent on the wire.
+    """
+    if code == 1005:
+        body = b""
+    else:
+        if not _close_code_ok(code):
+            raise ValueError(f"close code {code} may not be sent")
+        raw = reason.encode("utf-8")
+        cut = min(len(raw), 123)
+        while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:
+            cut -= 1
+        body = code.to_bytes(2, "big") + raw[:cut]
+    return _frame_bytes(8, body, True, False, None if mask is None else _mask_key(mask))
+
+
+# Lead byte -> (continuation bytes owed, bounds of the first continuation byte): Unicode
+# Table 3-7. Bytes missing from the table (80-C1, F5-FF) can never start a character.
+_LEADS: Final[dict[int, tuple[int, int, int]]] = {
+    **{b: (1, 0x80, 0xBF) for b in range(0xC2, 0xE0)},
+    0xE0: (2, 0xA0, 0xBF),
+    **{b: (2, 0x80, 0xBF) for b in range(0xE1, 0xF0)},
+    0xED: (2, 0x80, 0x9F),
+    0xF0: (3, 0x90, 0xBF),
+    **{b: (3, 0x80, 0xBF) for b in range(0xF1, 0xF4)},
+    0xF4: (3, 0x80, 0x8F),
+}
+
+
+class _Utf8State:
+    __slots__ = ("hi", "lo", "need")
+
+    def __init__(self) -> None:
+        self.need = 0
+        self.lo = 0x80
+        self.hi = 0xBF
+
+    def scan(self, data: bytes) -> int:
+        """Advance over *data*; return the index of the first invalid byte, or -1."""
+        need, lo, hi = self.need, self.lo, self.hi
+        for i, b in enumerate(data):
+            if need == 0:
+                if b < 0x80:
+                    continue
+                lead = _LEADS.get(b)
+                if lead is None:
+                    return i
+                need, lo, hi = lead
+            else:
+                if not lo <= b <= hi:
+                    return i
+                need, lo, hi = need - 1, 0x80, 0xBF
+        self.need, self.lo, self.hi = need, lo, hi
+        return -1
+
+
+def validate_utf8(data: Buffer) -> bool:
+    """Return whether *data* is complete, well-formed UTF-8."""
+    st = _Utf8State()
+    return st.scan(bytes(data)) < 0 and st.need == 0
+
+
+class Frame:
+    """One WebSocket frame, payload already unmasked."""
+
+    __slots__ = ("fin", "opcode", "payload", "rsv1")
+
+    def __init__(self, opcode: int, payload: Buffer = b"", *, fin: bool = True, rsv1: bool = False) -> None:
+        self.opcode = opcode
+        self.payload = bytes(payload)
+        self.fin = fin
+        self.rsv1 = rsv1
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.opcode, self.fin, self.rsv1, self.payload) == (
+            other.opcode,
+            other.fin,
+            other.rsv1,
+            other.payload,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value object, like the compiled one
+
+    def __repr__(self) -> str:
+        more = "..." if len(self.payload) > 32 else ""
+        return f"Frame(opcode={self.opcode}, payload={self.payload[:32]!r}{more}, fin={self.fin}, rsv1={self.rsv1})"
+
+
+class Utf8Validator:
+    """Incremental UTF-8 check that fails at the first bad byte (RFC 6455 §8.1)."""
+
+    __slots__ = ("_st",)
+
+    def __init__(self) -> None:
+        self._st = _Utf8State()
+
+    def feed(self, data: Buffer) -> None:
+        """Check the next piece of the message.
+
+        Raises:
+            ProtocolViolation: 1007 at the first invalid byte; the validator is then reset.
+        """
+        bad = self._st.scan(bytes(data))
+        if bad >= 0:
+            self._st = _Utf8State()
+            raise ProtocolViolation(1007, f"invalid UTF-8 at byte {bad} of a chunk")
+
+    def finish(self) -> None:
+        """End the message: its last character must be complete. Resets for the next message.
+
+        Raises:
+            ProtocolViolation: 1007 when the message stops inside a multi-byte character.
+        """
+        need = self._st.need
+        self._st = _Utf8State()
+        if need:
+            raise ProtocolViolation(1007, "text ends inside a UTF-8 sequence")
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the bytes so far end on a character boundary."""
+        return self._st.need == 0
+
+
+def _header_size(b1: int) -> int:
+    ln = b1 & 0x7F
+    return (2 if ln < 126 else 4 if ln == 126 else 10) + (4 if b1 & 0x80 else 0)
+
+
+class FrameParser:
+    """Turn bytes, split anywhere, into frames; enforce the frame rules of RFC 6455 §5."""
+
+    def __init__(
+        self,
+        *,
+        client: bool = False,
+        max_frame_bytes: int = 1 << 20,
+        allow_rsv1: bool = False,
+        max_message_bytes: int = 0,
+        max_fragments: int = 0,
+        validate_utf8: bool = True,
+    ) -> None:
+        """Configure the parser; see the compiled twin for the meaning of each limit."""
+        if max_frame_bytes < 125:
+            raise ValueError(f"max_frame_bytes of {max_frame_bytes} is below 125")
+        if max_message_bytes < 0 or max_fragments < 0:
+            raise ValueError("limits cannot be negative")
+        self.client = client
+        self.max_frame_bytes = max_frame_bytes
+        self.allow_rsv1 = allow_rsv1
+        self.max_message_bytes = max_message_bytes
+        self.max_fragments = max_fragments
+        self.validate_utf8 = validate_utf8
+        self._hdr = bytearray()
+        self._in_payload = False
+        self._fin = self._rsv1 = self._masked = self._check_text = False
+        self._opcode = 0
+        self._key = b""
+        self._payload = bytearray()
+        self._len = 0
+        self._msg_opcode = 0
+        self._msg_rsv1 = False
+        self._msg_bytes = 0
+        self._msg_fragments = 0
+        self._utf8 = _Utf8State()
+        self._failure: ProtocolViolation | None = None
+
+    @property
+    def is_mid_message(self) -> bool:
+        """Whether a fragmented data message has started and not finished."""
+        return self._msg_opcode != 0
+
+    def feed(self, data: Buffer) -> list[Frame]:
+        """Consume the next bytes off the wire; return the frames they complete.
+
+        Raises:
+            ProtocolViolation: with the RFC's close code; its `frames` holds the frames that were
+                complete before the violation.
+        """
+        if self._failure is not None:
+            raise ProtocolViolation(self._failure.close_code, str(self._failure))
+        buf = bytes(data)
+        frames: list[Frame] = []
+        i, n = 0, len(buf)
+        try:
+            while i < n:
+                if not self._in_payload:
+                    if len(self._hdr) < 2:
+                        take = min(2 - len(self._hdr), n - i)
+                        self._hdr += buf[i : i + take]
+                        i += take
+                        if len(self._hdr) < 2:
+                            break
+                    hlen = _header_size(self._hdr[1])
+                    take = min(hlen - len(self._hdr), n - i)
+                    self._hdr += buf[i : i + take]
+                    i += take
+                    if len(self._hdr) < hlen:
+                        break
+                    header, self._hdr = bytes(self._hdr), bytearray()
+                    self._start_frame(header)
+                take = min(self._len - len(self._payload), n - i)
+                if take:
+                    chunk = buf[i : i + take]
+                    if self._masked:
+                        chunk = _xor(chunk, self._key, len(self._payload))
+                    if self._check_text and self._utf8.scan(chunk) >= 0:
+                        raise ProtocolViolation(1007, "invalid UTF-8 in text message")
+                    self._payload += chunk
+                    i += take
+                if len(self._payload) == self._len:
+                    frames.append(self._finish_frame())
+        except ProtocolViolation as exc:
+            exc.frames = list(frames)
+            self._failure = exc
+            raise
+        return frames
+
+    def _start_frame(self, h: bytes) -> None:
+        b0, b1 = h[0], h[1]
+        opcode = b0 & 0x0F
+        fin = bool(b0 & 0x80)
+        rsv1 = bool(b0 & 0x40)
+        masked = bool(b1 & 0x80)
+        length = b1 & 0x7F
+        off = 2
+        if b0 & 0x30:
+            raise ProtocolViolation(1002, "reserved bits rsv2 and rsv3 must be 0")
+        if opcode not in _KNOWN_OPCODES:
+            raise ProtocolViolation(1002, f"unknown opcode {opcode:#x}")
+        if opcode >= 8:
+            if not fin:
+                raise ProtocolViolation(1002, "control frame is fragmented")
+            if length > 125:
+                raise ProtocolViolation(1002, "control frame payload exceeds 125 bytes")
+        if rsv1 and not (self.allow_rsv1 and 1 <= opcode <= 2):
+            raise ProtocolViolation(1002, "reserved bit rsv1 must be 0 here")
+        if masked == self.client:
+            raise ProtocolViolation(
+                1002, "frame from the server is masked" if self.client else "frame from the client is not masked"
+            )
+        if length == 126:
+            length, off = int.from_bytes(h[2:4], "big"), 4
+        elif length == 127:
+            length, off = int.from_bytes(h[2:10], "big"), 10
+            if length >> 63:
+                raise ProtocolViolation(1002, "64-bit payload length has its top bit set")
+        if opcode < 8:
+            if opcode == 0:
+                if self._msg_opcode == 0:
+                    raise ProtocolViolation(1002, "continuation frame with no message to continue")
+            elif self._msg_opcode != 0:
+                raise ProtocolViolation(1002, "new message before the fragmented one finished")
+            else:
+                self._msg_opcode, self._msg_rsv1 = opcode, rsv1
+                self._msg_bytes = self._msg_fragments = 0
+        if length > self.max_frame_bytes:
+            raise ProtocolViolation(1009, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
+        if opcode < 8:
+            self._msg_fragments += 1
+            self._msg_bytes += length
+            if self.max_fragments and self._msg_fragments > self.max_fragments:
+                raise ProtocolViolation(1009, f"message of more than {self.max_fragments} fragments")
+            if self.max_message_bytes and not self._msg_rsv1 and self._msg_bytes > self.max_message_bytes:
+                raise ProtocolViolation(
+                    1009, f"message of {self._msg_bytes} bytes exceeds limit of {self.max_message_bytes}"
+                )
+            self._check_text = self.validate_utf8 and self._msg_opcode == 1 and not self._msg_rsv1
+        else:
+            self._check_text = False
+        self._key = h[off : off + 4] if masked else b""
+        self._fin, self._rsv1, self._opcode, self._masked = fin, rsv1, opcode, masked
+        self._len = length
+        self._payload = bytearray()
+        self._in_payload = True
+
+    def _finish_frame(self) -> Frame:
+        frame = Frame(self._opcode, self._payload, fin=self._fin, rsv1=self._rsv1)
+        self._payload = bytearray()
+        self._in_payload = False
+        if self._opcode < 8 and self._fin:
+            if self._check_text and self._utf8.need:
+                raise ProtocolViolation(1007, "text message ends inside a UTF-8 sequence")
+            self._msg_opcode = 0
+            self._utf8 = _Utf8State()
+        return frame

@@ -1,0 +1,88 @@
+"""The exception hierarchy: what went wrong, and what a caller needs to act on it.
+
+Layer: core. Imports nothing but the standard library.
+
+Peer errors (the other side broke a rule) and our own bugs (`InvalidState`) are separate types, so
+a bug is never mistaken for bad input and answered with a close frame.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "InvalidHandshake",
+    "InvalidState",
+    "MessageRejected",
+    "ProtocolViolation",
+    "SohbetError",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenExpired",
+    "TokenInvalid",
+]
+
+
+class SohbetError(Exception):
+    """Base class of every error sohbet raises on purpose."""
+
+
+class ProtocolViolation(SohbetError):
+    """The peer broke RFC 6455; the connection must close with `close_code`.
+
+    `frames` holds the frames that were complete before the violation, in the order they arrived,
+    so the caller can still act on them (an echo before the close, say) and nothing is lost.
+    """
+
+    def __init__(self, close_code: int, message: str, frames: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.frames: list[object] = frames if frames is not None else []
+
+
+class InvalidHandshake(ProtocolViolation):
+    """The HTTP upgrade request is unacceptable; answer with `http_status`, never upgrade."""
+
+    def __init__(self, http_status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(1002, message)
+        self.http_status = http_status
+        self.headers = headers
+
+
+class InvalidState(SohbetError):
+    """We misused an object (sent after close, say): a bug in sohbet, never the peer's fault."""
+
+
+class AuthError(SohbetError):
+    """A token was refused; an open connection closes with 4001."""
+
+    close_code = 4001
+
+
+class TokenExpired(AuthError):
+    """The token's `exp` has passed."""
+
+
+class TokenInvalid(AuthError):
+    """The token is malformed, badly signed, or lacks a required claim."""
+
+
+class MessageRejected(SohbetError):
+    """A chat envelope is unacceptable: reply with an `error` of `code`, keep the connection."""
+
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_ms = retry_after_ms
+
+
+class StoreError(SohbetError):
+    """Storage failed; driver exceptions never leave `sohbet.store` any other way."""
+
+
+class StoreUnavailable(StoreError):
+    """Storage cannot be reached: nothing was stored and the client may retry."""
+
+
+class ConfigError(SohbetError):
+    """The configuration is invalid; raised at startup only."""
