@@ -12,9 +12,9 @@ cdef struct Utf8State:
 
 cdef void xor_mask(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
                    const unsigned char* key, Py_ssize_t offset) noexcept nogil
-
 cdef Py_ssize_t utf8_scan(Utf8State* st, const unsigned char* p, Py_ssize_t n) noexcept nogil
-
+cdef void utf8_reset(Utf8State* st) noexcept nogil
+cdef bint close_code_ok(long code) noexcept nogil
 cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint fin, bint rsv1,
                        const unsigned char* key)
 
@@ -28,7 +28,7 @@ cdef class Frame:
 
 cdef class Utf8Validator:
     cdef Utf8State _st
-    cdef void _check(self, const unsigned char* p, Py_ssize_t n) except *
+    cdef int check(self, const unsigned char* p, Py_ssize_t n) except -1
 
 
 cdef class FrameParser:
@@ -41,7 +41,8 @@ cdef class FrameParser:
     # Header bytes collected so far when a header arrives split across reads (at most 14).
     cdef unsigned char _hdr[14]
     cdef Py_ssize_t _hdr_len
-    # The frame whose payload is arriving: its header fields, its preallocated payload, fill level.
+    # The frame whose payload is arriving: its header fields, and its payload so far: either
+    # preallocated whole (`_payload`, filled up to `_pos`) or, when large, a list of chunks.
     cdef bint _in_payload
     cdef bint _fin
     cdef bint _rsv1
@@ -49,6 +50,7 @@ cdef class FrameParser:
     cdef bint _masked
     cdef unsigned char _key[4]
     cdef bytes _payload
+    cdef list _chunks
     cdef Py_ssize_t _len
     cdef Py_ssize_t _pos
     cdef bint _check_text
@@ -58,8 +60,11 @@ cdef class FrameParser:
     cdef Py_ssize_t _msg_bytes
     cdef Py_ssize_t _msg_fragments
     cdef Utf8State _utf8
-    cdef object _failure
+    # Set once the parser is dead: the close code and message every later feed raises with.
+    cdef int _failure_code
+    cdef str _failure
 
-    cdef list _feed(self, const unsigned char* p, Py_ssize_t n)
+    cdef list feed_raw(self, const unsigned char* p, Py_ssize_t n)
+    cdef void _die(self, int code, str message)
     cdef int _start_frame(self, const unsigned char* h) except -1
     cdef Frame _finish_frame(self)

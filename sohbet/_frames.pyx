@@ -4,7 +4,12 @@ validation and the handshake's accept key.
 
 Layer: core (compiled). No I/O, no asyncio, no clock; imports only the standard library and
 `sohbet.errors`. Every public name has a pure-Python twin in `_frames_py.py` with the same
-behaviour, and the differential tests hold the two to it.
+behaviour (same results, same exception types), and the differential tests hold the two to it.
+
+Buffers are read through raw pointers from `PyObject_GetBuffer` rather than typed memoryviews:
+acquiring a memoryview costs more than masking 125 bytes. Every pointer access is preceded by a
+length check in the same function; an AddressSanitizer build and the differential tests guard
+them, since the debug build's bounds checks only cover memoryviews.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -14,6 +19,8 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
+from cpython.number cimport PyNumber_Index
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
@@ -31,23 +38,40 @@ __all__ = [
     "build_close",
     "build_frame",
     "is_valid_close_code",
+    "is_valid_utf8",
     "parse_close",
-    "validate_utf8",
 ]
 
 
 cdef extern from "Python.h":
+    # Declared here with a PyObject* so NULL can be passed: saturate instead of raising.
+    Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
-    bint PyUnicode_CheckExact(object o)
+    bint PyUnicode_Check(object o)
+    bint PyUnicode_IS_ASCII(object o)
 
 
 cdef bytes _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
 
-# Wire close codes a peer may send (RFC 6455 §7.4.1, §7.4.2 and the IANA registry): 1004, 1005,
-# 1006 and 1015 are reserved for local use and must never appear in a close frame.
-cdef inline bint _close_code_ok(long code) noexcept nogil:
+# Frames up to this size get their payload allocated whole when the header arrives; larger ones
+# grow chunk by chunk as bytes arrive, so a header alone never reserves a large buffer.
+cdef Py_ssize_t _PREALLOC_BYTES = 64 * 1024
+
+
+cdef bint close_code_ok(long code) noexcept nogil:
+    # Wire close codes (RFC 6455 §7.4.1, §7.4.2 and the IANA registry): 1004, 1005, 1006 and
+    # 1015 are reserved for local use and must never appear in a close frame.
     return ((1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999))
+
+
+cdef Py_ssize_t _index(object value) except? -1:
+    """Return an integer argument as Py_ssize_t, saturating instead of overflowing.
+
+    Floats are refused (TypeError) and huge values clamp to the Py_ssize_t range, where the
+    callers' range checks turn them into ValueError, exactly like the twin.
+    """
+    return PyNumber_AsSsize_t(PyNumber_Index(value), NULL)
 
 
 cdef extern from "_xor.h":
@@ -156,7 +180,7 @@ cdef Py_ssize_t utf8_scan(Utf8State* st, const unsigned char* p, Py_ssize_t n) n
     return -1
 
 
-cdef inline void _utf8_reset(Utf8State* st) noexcept nogil:
+cdef void utf8_reset(Utf8State* st) noexcept nogil:
     st.need = 0
     st.lo = 0x80
     st.hi = 0xBF
@@ -199,14 +223,14 @@ cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint
     return out
 
 
-cdef inline bint _opcode_known(int opcode) noexcept nogil:
-    return opcode <= 2 or 8 <= opcode <= 10
+cdef inline bint _opcode_known(Py_ssize_t opcode) noexcept nogil:
+    return 0 <= opcode <= 2 or 8 <= opcode <= 10
 
 
-cdef inline bytes _mask_key(object mask):
+cdef bytes _mask_key(object mask):
     """Return *mask* as 4 bytes, refusing anything else; a bad key is the caller's bug."""
     if not PyBytes_CheckExact(mask):
-        mask = bytes(mask)
+        mask = bytes(memoryview(mask))
     if PyBytes_GET_SIZE(mask) != 4:
         raise ValueError(f"masking key must be 4 bytes, got {PyBytes_GET_SIZE(mask)}")
     return <bytes>mask
@@ -216,8 +240,11 @@ def apply_mask(data, mask) -> bytes:
     """Return *data* XOR-ed with the 4-byte masking key *mask* (RFC 6455 §5.3).
 
     Args:
-        data: any buffer; `bytes` takes a fast path with no buffer acquisition.
-        mask: the 4-byte masking key.
+        data: any contiguous buffer; `bytes` takes a fast path with no buffer acquisition.
+        mask: the 4-byte masking key, as any buffer.
+
+    Returns:
+        The masked (or, applied again, unmasked) bytes.
 
     Raises:
         ValueError: *mask* is not 4 bytes long.
@@ -248,49 +275,66 @@ def accept_key(key) -> str:
 
     Args:
         key: the `Sec-WebSocket-Key` header value, as `str` or ASCII `bytes`.
+
+    Returns:
+        base64(SHA-1(key + GUID)).
     """
     if isinstance(key, str):
         key = (<str>key).encode("ascii")
     return _b2a_base64(_sha1(key + _GUID).digest(), newline=False).decode("ascii")
 
 
-def build_frame(int opcode, payload, *, bint fin=True, bint rsv1=False, mask=None) -> bytes:
+def build_frame(opcode, payload, *, bint fin=True, bint rsv1=False, mask=None) -> bytes:
     """Build a frame: unmasked when *mask* is None (server role), masked otherwise (client role).
 
     Args:
         opcode: one of the RFC 6455 §5.2 opcodes.
-        payload: bytes-like, or `str`, which is sent as UTF-8 without an intermediate copy.
+        payload: any contiguous buffer, or `str`, sent as UTF-8 (ASCII text without a copy).
         fin: whether this is the final fragment of its message.
-        rsv1: the per-message-compressed bit (RFC 7692 §6).
+        rsv1: the per-message-compressed bit (RFC 7692 §6): first frame of a data message only.
         mask: the 4-byte masking key of a client frame.
 
+    Returns:
+        The frame, header and payload in one `bytes`.
+
     Raises:
-        ValueError: unknown opcode, a control frame over 125 bytes or fragmented, a bad key.
+        ValueError: unknown opcode; a control frame over 125 bytes, fragmented or with rsv1;
+            rsv1 on a continuation frame; a bad key.
     """
+    cdef Py_ssize_t op = _index(opcode)
     cdef const unsigned char* key = NULL
     cdef bytes key_bytes
     cdef Py_ssize_t n
     cdef const unsigned char* p
     cdef Py_buffer view
-    if not _opcode_known(opcode) or opcode < 0:
-        raise ValueError(f"unknown opcode {opcode:#x}")
+    if not _opcode_known(op):
+        raise ValueError(f"unknown opcode {op:#x}")
+    if rsv1 and not (1 <= op <= 2):
+        raise ValueError(f"rsv1 cannot be set on a frame with opcode {op:#x}")
     if mask is not None:
         key_bytes = _mask_key(mask)
         key = <const unsigned char*>PyBytes_AS_STRING(key_bytes)
     if PyBytes_CheckExact(payload):
         p = <const unsigned char*>PyBytes_AS_STRING(payload)
         n = PyBytes_GET_SIZE(payload)
-    elif PyUnicode_CheckExact(payload):
-        p = <const unsigned char*>PyUnicode_AsUTF8AndSize(payload, &n)
+    elif PyUnicode_Check(payload):
+        if not PyUnicode_IS_ASCII(payload):
+            # Encoding to a temporary keeps the str unchanged; PyUnicode_AsUTF8AndSize would
+            # cache a UTF-8 copy inside it for the rest of its life.
+            payload = (<str>payload).encode("utf-8")
+            p = <const unsigned char*>PyBytes_AS_STRING(payload)
+            n = PyBytes_GET_SIZE(payload)
+        else:
+            p = <const unsigned char*>PyUnicode_AsUTF8AndSize(payload, &n)  # the ASCII data itself
     else:
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
-            _check_control(opcode, view.len, fin)
-            return frame_bytes(opcode, <const unsigned char*>view.buf, view.len, fin, rsv1, key)
+            _check_control(<int>op, view.len, fin)
+            return frame_bytes(<int>op, <const unsigned char*>view.buf, view.len, fin, rsv1, key)
         finally:
             PyBuffer_Release(&view)
-    _check_control(opcode, n, fin)
-    return frame_bytes(opcode, p, n, fin, rsv1, key)
+    _check_control(<int>op, n, fin)
+    return frame_bytes(<int>op, p, n, fin, rsv1, key)
 
 
 cdef inline int _check_control(int opcode, Py_ssize_t n, bint fin) except -1:
@@ -298,25 +342,30 @@ cdef inline int _check_control(int opcode, Py_ssize_t n, bint fin) except -1:
         if n > 125:
             raise ValueError(f"control frame payload of {n} bytes exceeds 125")
         if not fin:
-            raise ValueError("control frames cannot be fragmented")
+            raise ValueError(f"control frame with opcode {opcode:#x} cannot be fragmented")
     return 0
 
 
-def is_valid_close_code(int code) -> bool:
+def is_valid_close_code(code) -> bool:
     """Return whether *code* may appear in a close frame on the wire (RFC 6455 §7.4)."""
-    return _close_code_ok(code)
+    cdef Py_ssize_t c = _index(code)
+    return 0 <= c <= 65535 and close_code_ok(c)
 
 
 def parse_close(payload) -> tuple:
-    """Return `(code, reason)` from a close frame's payload (RFC 6455 §5.5.1).
+    """Parse a close frame's payload (RFC 6455 §5.5.1).
 
-    An empty payload means no status: `(1005, "")`.
+    Args:
+        payload: the payload, as any contiguous buffer.
+
+    Returns:
+        `(code, reason)`; an empty payload means no status: `(1005, "")`.
 
     Raises:
         ProtocolViolation: 1002 for a 1-byte payload or a code not allowed on the wire;
             1007 when the reason is not UTF-8.
     """
-    cdef bytes data = payload if PyBytes_CheckExact(payload) else bytes(payload)
+    cdef bytes data = payload if PyBytes_CheckExact(payload) else bytes(memoryview(payload))
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef long code
@@ -326,34 +375,46 @@ def parse_close(payload) -> tuple:
     if n == 1:
         raise ProtocolViolation(1002, "close frame payload of 1 byte")
     code = (p[0] << 8) | p[1]
-    if not _close_code_ok(code):
+    if not close_code_ok(code):
         raise ProtocolViolation(1002, f"invalid close code {code}")
-    _utf8_reset(&st)
+    utf8_reset(&st)
     if utf8_scan(&st, p + 2, n - 2) >= 0 or st.need:
-        raise ProtocolViolation(1007, "close reason is not valid UTF-8")
+        raise ProtocolViolation(1007, f"close reason of {n - 2} bytes is not valid UTF-8")
     return code, data[2:].decode("utf-8")
 
 
-def build_close(int code=1000, str reason="", *, mask=None) -> bytes:
+def build_close(code=1000, reason="", *, mask=None) -> bytes:
     """Build a close frame (RFC 6455 §5.5.1).
 
     Code 1005 builds a close frame with an empty payload. A reason longer than the 123 bytes a
     control frame leaves for it is cut at a character boundary rather than refused: a close must
     always be sendable, and the code carries the meaning.
 
+    Args:
+        code: the close code.
+        reason: a short explanation, sent as UTF-8.
+        mask: the 4-byte masking key of a client frame.
+
+    Returns:
+        The whole close frame.
+
     Raises:
         ValueError: *code* may not be sent on the wire.
+        TypeError: *reason* is not a `str`.
     """
+    cdef Py_ssize_t c = _index(code)
     cdef bytes body
     cdef bytes raw
     cdef Py_ssize_t cut
     cdef unsigned char* b
-    if code == 1005:
+    if not isinstance(reason, str):
+        raise TypeError(f"close reason must be str, not {type(reason).__name__}")
+    if c == 1005:
         body = b""
     else:
-        if not _close_code_ok(code):
-            raise ValueError(f"close code {code} may not be sent")
-        raw = reason.encode("utf-8")
+        if not (1000 <= c <= 4999 and close_code_ok(c)):
+            raise ValueError(f"close code {c} may not be sent")
+        raw = (<str>reason).encode("utf-8")
         cut = PyBytes_GET_SIZE(raw)
         if cut > 123:
             cut = 123
@@ -362,8 +423,8 @@ def build_close(int code=1000, str reason="", *, mask=None) -> bytes:
                 cut -= 1
         body = PyBytes_FromStringAndSize(NULL, cut + 2)
         b = <unsigned char*>PyBytes_AS_STRING(body)
-        b[0] = <unsigned char>(code >> 8)
-        b[1] = <unsigned char>code
+        b[0] = <unsigned char>(c >> 8)
+        b[1] = <unsigned char>c
         memcpy(b + 2, PyBytes_AS_STRING(raw), cut)
     cdef const unsigned char* key = NULL
     cdef bytes key_bytes
@@ -374,12 +435,12 @@ def build_close(int code=1000, str reason="", *, mask=None) -> bytes:
                        True, False, key)
 
 
-def validate_utf8(data) -> bool:
-    """Return whether *data* (any buffer) is complete, well-formed UTF-8."""
+def is_valid_utf8(data) -> bool:
+    """Return whether *data* (any contiguous buffer) is complete, well-formed UTF-8."""
     cdef Utf8State st
     cdef Py_buffer view
     cdef bint ok
-    _utf8_reset(&st)
+    utf8_reset(&st)
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         ok = utf8_scan(&st, <const unsigned char*>view.buf, view.len) < 0 and st.need == 0
@@ -389,11 +450,14 @@ def validate_utf8(data) -> bool:
 
 
 cdef class Frame:
-    """One WebSocket frame, payload already unmasked."""
+    """One WebSocket frame, payload already unmasked; read-only."""
 
-    def __init__(self, int opcode, payload=b"", *, bint fin=True, bint rsv1=False):
-        self.opcode = opcode
-        self.payload = bytes(payload)
+    def __init__(self, opcode, payload=b"", *, bint fin=True, bint rsv1=False):
+        cdef Py_ssize_t op = _index(opcode)
+        if not 0 <= op <= 15:
+            raise ValueError(f"opcode {op} is outside 0-15")
+        self.opcode = <int>op
+        self.payload = bytes(memoryview(payload))
         self.fin = fin
         self.rsv1 = rsv1
 
@@ -420,27 +484,31 @@ cdef class Utf8Validator:
     """
 
     def __cinit__(self):
-        _utf8_reset(&self._st)
+        utf8_reset(&self._st)
 
-    cdef void _check(self, const unsigned char* p, Py_ssize_t n) except *:
+    cdef int check(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef Py_ssize_t bad = utf8_scan(&self._st, p, n)
         if bad >= 0:
-            _utf8_reset(&self._st)
+            utf8_reset(&self._st)
             raise ProtocolViolation(1007, f"invalid UTF-8 at byte {bad} of a chunk")
+        return 0
 
     def feed(self, data) -> None:
         """Check the next piece of the message.
+
+        Args:
+            data: the next bytes, as any contiguous buffer.
 
         Raises:
             ProtocolViolation: 1007 at the first invalid byte; the validator is then reset.
         """
         cdef Py_buffer view
         if PyBytes_CheckExact(data):
-            self._check(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            self.check(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
             return
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._check(<const unsigned char*>view.buf, view.len)
+            self.check(<const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
 
@@ -451,9 +519,9 @@ cdef class Utf8Validator:
             ProtocolViolation: 1007 when the message stops inside a multi-byte character.
         """
         cdef int need = self._st.need
-        _utf8_reset(&self._st)
+        utf8_reset(&self._st)
         if need:
-            raise ProtocolViolation(1007, "text ends inside a UTF-8 sequence")
+            raise ProtocolViolation(1007, f"text ends {need} byte(s) short of a complete character")
 
     @property
     def is_complete(self) -> bool:
@@ -461,20 +529,27 @@ cdef class Utf8Validator:
         return self._st.need == 0
 
 
+cdef Py_ssize_t _limit(object value, str name, Py_ssize_t minimum) except -1:
+    cdef Py_ssize_t v = _index(value)
+    if v < minimum:
+        raise ValueError(f"{name} of {v} is below {minimum}")
+    return v
+
+
 cdef class FrameParser:
     """Turn bytes, split anywhere, into frames; enforce the frame rules of RFC 6455 §5.
 
-    The payload of each frame is allocated once, when its header arrives (after the size limits
+    A payload of up to 64 KiB is allocated once, when its header arrives (after the size limits
     have been checked against the header), and unmasked straight into place as its bytes come
-    in, so a large frame costs one copy however it is split. Text payloads are checked for
-    UTF-8 as they fill, so bad text fails at its first bad byte even mid-frame.
+    in, so it costs one copy however it is split. Larger payloads grow chunk by chunk, so a
+    header alone never reserves a large buffer. Text payloads are checked for UTF-8 as they
+    fill, so bad text fails at its first bad byte even mid-frame.
 
     After a violation the parser is dead: every later `feed` raises again.
     """
 
-    def __init__(self, *, bint client=False, Py_ssize_t max_frame_bytes=1 << 20,
-                 bint allow_rsv1=False, Py_ssize_t max_message_bytes=0,
-                 Py_ssize_t max_fragments=0, bint validate_utf8=True):
+    def __init__(self, *, bint client=False, max_frame_bytes=1 << 20, bint allow_rsv1=False,
+                 max_message_bytes=0, max_fragments=0, bint validate_utf8=True):
         """Configure the parser.
 
         Args:
@@ -485,24 +560,26 @@ cdef class FrameParser:
                 no limit. Compressed messages are bounded after inflating, by the caller.
             max_fragments: most frames in one message; 0 is no limit.
             validate_utf8: check uncompressed text messages as they arrive (1007).
+
+        Raises:
+            ValueError: a limit below its minimum.
         """
-        if max_frame_bytes < 125:
-            raise ValueError(f"max_frame_bytes of {max_frame_bytes} is below 125")
-        if max_message_bytes < 0 or max_fragments < 0:
-            raise ValueError("limits cannot be negative")
+        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", 125)
+        self.max_message_bytes = _limit(max_message_bytes, "max_message_bytes", 0)
+        self.max_fragments = _limit(max_fragments, "max_fragments", 0)
         self.client = client
-        self.max_frame_bytes = max_frame_bytes
         self.allow_rsv1 = allow_rsv1
-        self.max_message_bytes = max_message_bytes
-        self.max_fragments = max_fragments
         self.validate_utf8 = validate_utf8
-        _utf8_reset(&self._utf8)
+        utf8_reset(&self._utf8)
 
     def feed(self, data) -> list:
         """Consume the next bytes off the wire; return the frames they complete.
 
         Args:
-            data: any buffer; `bytes` takes a fast path with no buffer acquisition.
+            data: any contiguous buffer; `bytes` takes a fast path with no buffer acquisition.
+
+        Returns:
+            The frames completed by *data*, in order (often none, or one).
 
         Raises:
             ProtocolViolation: with the RFC's close code; its `frames` holds the frames that were
@@ -510,28 +587,30 @@ cdef class FrameParser:
         """
         cdef Py_buffer view
         if PyBytes_CheckExact(data):
-            return self._feed(<const unsigned char*>PyBytes_AS_STRING(data),
-                              PyBytes_GET_SIZE(data))
+            return self.feed_raw(<const unsigned char*>PyBytes_AS_STRING(data),
+                                 PyBytes_GET_SIZE(data))
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len)
+            return self.feed_raw(<const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
 
     @property
     def is_mid_message(self) -> bool:
-        """Whether a fragmented data message has started and not finished."""
+        """Whether a data message has begun and not ended (fragments, or a frame in flight)."""
         return self._msg_opcode != 0
 
-    cdef list _feed(self, const unsigned char* p, Py_ssize_t n):
+    cdef list feed_raw(self, const unsigned char* p, Py_ssize_t n):
         cdef list frames = []
         cdef Py_ssize_t i = 0
         cdef Py_ssize_t hlen
         cdef Py_ssize_t take
+        cdef Py_ssize_t bad
         cdef const unsigned char* h
         cdef unsigned char* dst
+        cdef bytes chunk
         if self._failure is not None:
-            raise ProtocolViolation(self._failure.close_code, str(self._failure))
+            raise ProtocolViolation(self._failure_code, self._failure)
         try:
             while i < n:
                 if not self._in_payload:
@@ -560,22 +639,41 @@ cdef class FrameParser:
                     self._start_frame(h)
                 take = min(self._len - self._pos, n - i)
                 if take:
-                    dst = <unsigned char*>PyBytes_AS_STRING(self._payload) + self._pos
+                    if self._chunks is None:
+                        dst = <unsigned char*>PyBytes_AS_STRING(self._payload) + self._pos
+                    else:
+                        chunk = PyBytes_FromStringAndSize(NULL, take)
+                        self._chunks.append(chunk)
+                        dst = <unsigned char*>PyBytes_AS_STRING(chunk)
                     if self._masked:
                         xor_mask(dst, p + i, take, self._key, self._pos)
                     else:
                         memcpy(dst, p + i, take)
-                    if self._check_text and utf8_scan(&self._utf8, dst, take) >= 0:
-                        raise ProtocolViolation(1007, "invalid UTF-8 in text message")
+                    if self._check_text:
+                        bad = utf8_scan(&self._utf8, dst, take)
+                        if bad >= 0:
+                            raise ProtocolViolation(
+                                1007, f"invalid UTF-8 at byte {self._pos + bad} of a text frame")
                     self._pos += take
                     i += take
                 if self._pos == self._len:
                     frames.append(self._finish_frame())
         except ProtocolViolation as exc:
             exc.frames = frames
-            self._failure = exc
+            self._die(exc.close_code, str(exc))
             raise
+        except MemoryError:
+            # Buffering the peer's frame exhausted memory: for the peer, the frame was too big.
+            self._die(1009, f"no memory to buffer a frame of {self._len} bytes")
+            raise ProtocolViolation(self._failure_code, self._failure, frames) from None
         return frames
+
+    cdef void _die(self, int code, str message):
+        # Keep the code and message only: holding the exception would pin its traceback.
+        self._failure_code = code
+        self._failure = message
+        self._payload = None
+        self._chunks = None
 
     cdef int _start_frame(self, const unsigned char* h) except -1:
         """Validate a complete header and prepare to receive its payload (RFC 6455 §5.2)."""
@@ -589,19 +687,19 @@ cdef class FrameParser:
         cdef int off = 2
         cdef int j
         if b0 & 0x30:
-            raise ProtocolViolation(1002, "reserved bits rsv2 and rsv3 must be 0")
+            raise ProtocolViolation(1002, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
         if not _opcode_known(opcode):
             raise ProtocolViolation(1002, f"unknown opcode {opcode:#x}")
         if opcode >= 8:
             # Control frames are capped at 125 bytes and never fragmented (§5.5).
             if not fin:
-                raise ProtocolViolation(1002, "control frame is fragmented")
+                raise ProtocolViolation(1002, f"control frame with opcode {opcode:#x} is fragmented")
             if length > 125:
-                raise ProtocolViolation(1002, "control frame payload exceeds 125 bytes")
+                raise ProtocolViolation(1002, f"control frame payload of {length} bytes exceeds 125")
         if rsv1 and not (self.allow_rsv1 and 1 <= opcode <= 2):
             # rsv1 means "compressed" only where permessage-deflate was negotiated, and only on
             # the first frame of a data message (RFC 7692 §6).
-            raise ProtocolViolation(1002, "reserved bit rsv1 must be 0 here")
+            raise ProtocolViolation(1002, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}")
         if masked == self.client:
             raise ProtocolViolation(
                 1002, "frame from the server is masked" if self.client
@@ -614,14 +712,15 @@ cdef class FrameParser:
             for j in range(8):
                 length = (length << 8) | h[2 + j]
             if length >> 63:
-                raise ProtocolViolation(1002, "64-bit payload length has its top bit set")
+                raise ProtocolViolation(1002, f"64-bit payload length {length} has its top bit set")
             off = 10
         if opcode < 8:
             if opcode == 0:
                 if self._msg_opcode == 0:
                     raise ProtocolViolation(1002, "continuation frame with no message to continue")
             elif self._msg_opcode != 0:
-                raise ProtocolViolation(1002, "new message before the fragmented one finished")
+                raise ProtocolViolation(
+                    1002, f"new message (opcode {opcode:#x}) before the fragmented one finished")
             else:
                 self._msg_opcode = opcode
                 self._msg_rsv1 = rsv1
@@ -633,15 +732,16 @@ cdef class FrameParser:
                 1009, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
         if opcode < 8:
             self._msg_fragments += 1
-            self._msg_bytes += <Py_ssize_t>length
             if self.max_fragments and self._msg_fragments > self.max_fragments:
                 raise ProtocolViolation(
                     1009, f"message of more than {self.max_fragments} fragments")
+            # Compare before adding, so a huge declared length cannot wrap the running total.
             if (self.max_message_bytes and not self._msg_rsv1
-                    and self._msg_bytes > self.max_message_bytes):
+                    and <Py_ssize_t>length > self.max_message_bytes - self._msg_bytes):
                 raise ProtocolViolation(
-                    1009, f"message of {self._msg_bytes} bytes exceeds limit of "
+                    1009, f"message of {self._msg_bytes + <object>length} bytes exceeds limit of "
                     f"{self.max_message_bytes}")
+            self._msg_bytes += <Py_ssize_t>length
             self._check_text = (self.validate_utf8 and self._msg_opcode == 1
                                 and not self._msg_rsv1)
         else:
@@ -654,7 +754,12 @@ cdef class FrameParser:
         self._masked = masked
         self._len = <Py_ssize_t>length
         self._pos = 0
-        self._payload = PyBytes_FromStringAndSize(NULL, self._len)
+        if self._len <= _PREALLOC_BYTES:
+            self._payload = PyBytes_FromStringAndSize(NULL, self._len)
+            self._chunks = None
+        else:
+            self._payload = None
+            self._chunks = []
         self._in_payload = True
         return 0
 
@@ -663,14 +768,19 @@ cdef class FrameParser:
         f.fin = self._fin
         f.rsv1 = self._rsv1
         f.opcode = self._opcode
-        f.payload = self._payload
+        if self._chunks is None:
+            f.payload = self._payload
+        else:
+            f.payload = b"".join(self._chunks)
         self._payload = None
+        self._chunks = None
         self._in_payload = False
         if self._opcode < 8 and self._fin:
             if self._check_text and self._utf8.need:
-                raise ProtocolViolation(1007, "text message ends inside a UTF-8 sequence")
+                raise ProtocolViolation(
+                    1007, f"text message ends {self._utf8.need} byte(s) short of a complete character")
             self._msg_opcode = 0
-            _utf8_reset(&self._utf8)
+            utf8_reset(&self._utf8)
         return f
 
 

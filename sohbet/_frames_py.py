@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import operator
 from typing import TYPE_CHECKING, Final
 
 from sohbet.errors import ProtocolViolation
@@ -25,12 +26,26 @@ __all__ = [
     "build_close",
     "build_frame",
     "is_valid_close_code",
+    "is_valid_utf8",
     "parse_close",
-    "validate_utf8",
 ]
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 _KNOWN_OPCODES: Final = frozenset((0, 1, 2, 8, 9, 10))
+_SSIZE_MAX: Final = 2**63 - 1
+
+
+def _index(value: object) -> int:
+    """An integer argument, clamped to the C Py_ssize_t range like the compiled module's."""
+    return max(-_SSIZE_MAX - 1, min(_SSIZE_MAX, operator.index(value)))  # type: ignore[arg-type]  # TypeError is the point
+
+
+def _view(data: Buffer) -> bytes:
+    """Read any contiguous buffer, refusing what the compiled module's PyBUF_SIMPLE refuses."""
+    view = memoryview(data)
+    if not view.contiguous:
+        raise BufferError("buffer is not contiguous")
+    return view.tobytes()
 
 
 def _close_code_ok(code: int) -> bool:
@@ -39,7 +54,7 @@ def _close_code_ok(code: int) -> bool:
 
 
 def _mask_key(mask: Buffer) -> bytes:
-    key = bytes(mask)
+    key = bytes(memoryview(mask))
     if len(key) != 4:
         raise ValueError(f"masking key must be 4 bytes, got {len(key)}")
     return key
@@ -47,7 +62,7 @@ def _mask_key(mask: Buffer) -> bytes:
 
 def _xor(data: Buffer, key: bytes, offset: int = 0) -> bytes:
     """XOR with the key stream starting at byte *offset*; one big-int XOR does the whole run."""
-    raw = bytes(data)
+    raw = _view(data)
     n = len(raw)
     if not n:
         return b""
@@ -59,14 +74,29 @@ def _xor(data: Buffer, key: bytes, offset: int = 0) -> bytes:
 def apply_mask(data: Buffer, mask: Buffer) -> bytes:
     """Return *data* XOR-ed with the 4-byte masking key *mask* (RFC 6455 §5.3).
 
+    Args:
+        data: any contiguous buffer.
+        mask: the 4-byte masking key, as any buffer.
+
+    Returns:
+        The masked (or, applied again, unmasked) bytes.
+
     Raises:
         ValueError: *mask* is not 4 bytes long.
     """
-    return _xor(data, _mask_key(mask))
+    key = _mask_key(mask)
+    return _xor(data, key)
 
 
 def accept_key(key: str | bytes) -> str:
-    """Return the `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2)."""
+    """Return the `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2).
+
+    Args:
+        key: the `Sec-WebSocket-Key` header value, as `str` or ASCII `bytes`.
+
+    Returns:
+        base64(SHA-1(key + GUID)).
+    """
     raw = key.encode("ascii") if isinstance(key, str) else key
     return binascii.b2a_base64(hashlib.sha1(raw + _GUID).digest(), newline=False).decode("ascii")
 
@@ -98,33 +128,53 @@ def build_frame(
 ) -> bytes:
     """Build a frame: unmasked when *mask* is None (server role), masked otherwise (client role).
 
+    Args:
+        opcode: one of the RFC 6455 §5.2 opcodes.
+        payload: any contiguous buffer, or `str`, sent as UTF-8.
+        fin: whether this is the final fragment of its message.
+        rsv1: the per-message-compressed bit (RFC 7692 §6): first frame of a data message only.
+        mask: the 4-byte masking key of a client frame.
+
+    Returns:
+        The frame, header and payload in one `bytes`.
+
     Raises:
-        ValueError: unknown opcode, a control frame over 125 bytes or fragmented, a bad key.
+        ValueError: unknown opcode; a control frame over 125 bytes, fragmented or with rsv1;
+            rsv1 on a continuation frame; a bad key.
     """
-    if opcode not in _KNOWN_OPCODES:
-        raise ValueError(f"unknown opcode {opcode:#x}")
+    op = _index(opcode)
+    if op not in _KNOWN_OPCODES:
+        raise ValueError(f"unknown opcode {op:#x}")
+    if rsv1 and not 1 <= op <= 2:
+        raise ValueError(f"rsv1 cannot be set on a frame with opcode {op:#x}")
     key = None if mask is None else _mask_key(mask)
-    data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-    if opcode >= 8:
+    data = payload.encode("utf-8") if isinstance(payload, str) else _view(payload)
+    if op >= 8:
         if len(data) > 125:
             raise ValueError(f"control frame payload of {len(data)} bytes exceeds 125")
         if not fin:
-            raise ValueError("control frames cannot be fragmented")
-    return _frame_bytes(opcode, data, fin, rsv1, key)
+            raise ValueError(f"control frame with opcode {op:#x} cannot be fragmented")
+    return _frame_bytes(op, data, bool(fin), bool(rsv1), key)
 
 
 def is_valid_close_code(code: int) -> bool:
     """Return whether *code* may appear in a close frame on the wire (RFC 6455 §7.4)."""
-    return _close_code_ok(code)
+    return _close_code_ok(_index(code))
 
 
 def parse_close(payload: Buffer) -> tuple[int, str]:
-    """Return `(code, reason)` from a close frame's payload (RFC 6455 §5.5.1).
+    """Parse a close frame's payload (RFC 6455 §5.5.1).
+
+    Args:
+        payload: the payload, as any buffer.
+
+    Returns:
+        `(code, reason)`; an empty payload means no status: `(1005, "")`.
 
     Raises:
         ProtocolViolation: 1002 for a 1-byte payload or a bad code; 1007 for a non-UTF-8 reason.
     """
-    data = bytes(payload)
+    data = bytes(memoryview(payload))
     if not data:
         return 1005, ""
     if len(data) == 1:
@@ -132,27 +182,39 @@ def parse_close(payload: Buffer) -> tuple[int, str]:
     code = int.from_bytes(data[:2], "big")
     if not _close_code_ok(code):
         raise ProtocolViolation(1002, f"invalid close code {code}")
-    if not validate_utf8(data[2:]):
-        raise ProtocolViolation(1007, "close reason is not valid UTF-8")
+    if not is_valid_utf8(data[2:]):
+        raise ProtocolViolation(1007, f"close reason of {len(data) - 2} bytes is not valid UTF-8")
     return code, data[2:].decode("utf-8")
 
 
 def build_close(code: int = 1000, reason: str = "", *, mask: Buffer | None = None) -> bytes:
     """Build a close frame (RFC 6455 §5.5.1); a reason over 123 bytes is cut at a character.
 
+    Args:
+        code: the close code; 1005 builds a close frame with an empty payload.
+        reason: a short explanation, sent as UTF-8.
+        mask: the 4-byte masking key of a client frame.
+
+    Returns:
+        The whole close frame.
+
     Raises:
         ValueError: *code* may not be sent on the wire.
+        TypeError: *reason* is not a `str`.
     """
-    if code == 1005:
+    c = _index(code)
+    if not isinstance(reason, str):
+        raise TypeError(f"close reason must be str, not {type(reason).__name__}")
+    if c == 1005:
         body = b""
     else:
-        if not _close_code_ok(code):
-            raise ValueError(f"close code {code} may not be sent")
+        if not _close_code_ok(c):
+            raise ValueError(f"close code {c} may not be sent")
         raw = reason.encode("utf-8")
         cut = min(len(raw), 123)
         while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:
             cut -= 1
-        body = code.to_bytes(2, "big") + raw[:cut]
+        body = c.to_bytes(2, "big") + raw[:cut]
     return _frame_bytes(8, body, True, False, None if mask is None else _mask_key(mask))
 
 
@@ -196,22 +258,41 @@ class _Utf8State:
         return -1
 
 
-def validate_utf8(data: Buffer) -> bool:
-    """Return whether *data* is complete, well-formed UTF-8."""
+def is_valid_utf8(data: Buffer) -> bool:
+    """Return whether *data* (any contiguous buffer) is complete, well-formed UTF-8."""
     st = _Utf8State()
-    return st.scan(bytes(data)) < 0 and st.need == 0
+    return st.scan(_view(data)) < 0 and st.need == 0
 
 
 class Frame:
-    """One WebSocket frame, payload already unmasked."""
+    """One WebSocket frame, payload already unmasked; read-only."""
 
-    __slots__ = ("fin", "opcode", "payload", "rsv1")
+    __slots__ = ("_fin", "_opcode", "_payload", "_rsv1")
 
     def __init__(self, opcode: int, payload: Buffer = b"", *, fin: bool = True, rsv1: bool = False) -> None:
-        self.opcode = opcode
-        self.payload = bytes(payload)
-        self.fin = fin
-        self.rsv1 = rsv1
+        op = _index(opcode)
+        if not 0 <= op <= 15:
+            raise ValueError(f"opcode {op} is outside 0-15")
+        self._opcode = op
+        self._payload = bytes(memoryview(payload))
+        self._fin = bool(fin)
+        self._rsv1 = bool(rsv1)
+
+    @property
+    def opcode(self) -> int:
+        return self._opcode
+
+    @property
+    def payload(self) -> bytes:
+        return self._payload
+
+    @property
+    def fin(self) -> bool:
+        return self._fin
+
+    @property
+    def rsv1(self) -> bool:
+        return self._rsv1
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Frame):
@@ -223,7 +304,7 @@ class Frame:
             other.payload,
         )
 
-    __hash__ = None  # type: ignore[assignment]  # mutable value object, like the compiled one
+    __hash__ = None  # type: ignore[assignment]  # compared by value but never a dict key, like the compiled one
 
     def __repr__(self) -> str:
         more = "..." if len(self.payload) > 32 else ""
@@ -244,7 +325,7 @@ class Utf8Validator:
         Raises:
             ProtocolViolation: 1007 at the first invalid byte; the validator is then reset.
         """
-        bad = self._st.scan(bytes(data))
+        bad = self._st.scan(_view(data))
         if bad >= 0:
             self._st = _Utf8State()
             raise ProtocolViolation(1007, f"invalid UTF-8 at byte {bad} of a chunk")
@@ -258,7 +339,7 @@ class Utf8Validator:
         need = self._st.need
         self._st = _Utf8State()
         if need:
-            raise ProtocolViolation(1007, "text ends inside a UTF-8 sequence")
+            raise ProtocolViolation(1007, f"text ends {need} byte(s) short of a complete character")
 
     @property
     def is_complete(self) -> bool:
@@ -271,8 +352,18 @@ def _header_size(b1: int) -> int:
     return (2 if ln < 126 else 4 if ln == 126 else 10) + (4 if b1 & 0x80 else 0)
 
 
+def _limit(value: object, name: str, minimum: int) -> int:
+    v = _index(value)
+    if v < minimum:
+        raise ValueError(f"{name} of {v} is below {minimum}")
+    return v
+
+
 class FrameParser:
-    """Turn bytes, split anywhere, into frames; enforce the frame rules of RFC 6455 §5."""
+    """Turn bytes, split anywhere, into frames; enforce the frame rules of RFC 6455 §5.
+
+    After a violation the parser is dead: every later `feed` raises again.
+    """
 
     def __init__(
         self,
@@ -284,17 +375,17 @@ class FrameParser:
         max_fragments: int = 0,
         validate_utf8: bool = True,
     ) -> None:
-        """Configure the parser; see the compiled twin for the meaning of each limit."""
-        if max_frame_bytes < 125:
-            raise ValueError(f"max_frame_bytes of {max_frame_bytes} is below 125")
-        if max_message_bytes < 0 or max_fragments < 0:
-            raise ValueError("limits cannot be negative")
-        self.client = client
-        self.max_frame_bytes = max_frame_bytes
-        self.allow_rsv1 = allow_rsv1
-        self.max_message_bytes = max_message_bytes
-        self.max_fragments = max_fragments
-        self.validate_utf8 = validate_utf8
+        """Configure the parser; see the compiled twin for the meaning of each limit.
+
+        Raises:
+            ValueError: a limit below its minimum.
+        """
+        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", 125)
+        self.max_message_bytes = _limit(max_message_bytes, "max_message_bytes", 0)
+        self.max_fragments = _limit(max_fragments, "max_fragments", 0)
+        self.client = bool(client)
+        self.allow_rsv1 = bool(allow_rsv1)
+        self.validate_utf8 = bool(validate_utf8)
         self._hdr = bytearray()
         self._in_payload = False
         self._fin = self._rsv1 = self._masked = self._check_text = False
@@ -307,23 +398,29 @@ class FrameParser:
         self._msg_bytes = 0
         self._msg_fragments = 0
         self._utf8 = _Utf8State()
-        self._failure: ProtocolViolation | None = None
+        self._failure: tuple[int, str] | None = None
 
     @property
     def is_mid_message(self) -> bool:
-        """Whether a fragmented data message has started and not finished."""
+        """Whether a data message has begun and not ended (fragments, or a frame in flight)."""
         return self._msg_opcode != 0
 
     def feed(self, data: Buffer) -> list[Frame]:
         """Consume the next bytes off the wire; return the frames they complete.
+
+        Args:
+            data: any contiguous buffer.
+
+        Returns:
+            The frames completed by *data*, in order.
 
         Raises:
             ProtocolViolation: with the RFC's close code; its `frames` holds the frames that were
                 complete before the violation.
         """
         if self._failure is not None:
-            raise ProtocolViolation(self._failure.close_code, str(self._failure))
-        buf = bytes(data)
+            raise ProtocolViolation(*self._failure)
+        buf = _view(data)
         frames: list[Frame] = []
         i, n = 0, len(buf)
         try:
@@ -348,17 +445,28 @@ class FrameParser:
                     chunk = buf[i : i + take]
                     if self._masked:
                         chunk = _xor(chunk, self._key, len(self._payload))
-                    if self._check_text and self._utf8.scan(chunk) >= 0:
-                        raise ProtocolViolation(1007, "invalid UTF-8 in text message")
+                    if self._check_text:
+                        bad = self._utf8.scan(chunk)
+                        if bad >= 0:
+                            raise ProtocolViolation(
+                                1007, f"invalid UTF-8 at byte {len(self._payload) + bad} of a text frame"
+                            )
                     self._payload += chunk
                     i += take
                 if len(self._payload) == self._len:
                     frames.append(self._finish_frame())
         except ProtocolViolation as exc:
             exc.frames = list(frames)
-            self._failure = exc
+            self._die(exc.close_code, str(exc))
             raise
+        except MemoryError:  # pragma: no cover  # runs in a child process (test_running_out_of_memory...)
+            self._die(1009, f"no memory to buffer a frame of {self._len} bytes")
+            raise ProtocolViolation(1009, f"no memory to buffer a frame of {self._len} bytes", list(frames)) from None
         return frames
+
+    def _die(self, code: int, message: str) -> None:
+        self._failure = (code, message)
+        self._payload = bytearray()
 
     def _start_frame(self, h: bytes) -> None:
         b0, b1 = h[0], h[1]
@@ -369,16 +477,16 @@ class FrameParser:
         length = b1 & 0x7F
         off = 2
         if b0 & 0x30:
-            raise ProtocolViolation(1002, "reserved bits rsv2 and rsv3 must be 0")
+            raise ProtocolViolation(1002, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
         if opcode not in _KNOWN_OPCODES:
             raise ProtocolViolation(1002, f"unknown opcode {opcode:#x}")
         if opcode >= 8:
             if not fin:
-                raise ProtocolViolation(1002, "control frame is fragmented")
+                raise ProtocolViolation(1002, f"control frame with opcode {opcode:#x} is fragmented")
             if length > 125:
-                raise ProtocolViolation(1002, "control frame payload exceeds 125 bytes")
+                raise ProtocolViolation(1002, f"control frame payload of {length} bytes exceeds 125")
         if rsv1 and not (self.allow_rsv1 and 1 <= opcode <= 2):
-            raise ProtocolViolation(1002, "reserved bit rsv1 must be 0 here")
+            raise ProtocolViolation(1002, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}")
         if masked == self.client:
             raise ProtocolViolation(
                 1002, "frame from the server is masked" if self.client else "frame from the client is not masked"
@@ -388,13 +496,13 @@ class FrameParser:
         elif length == 127:
             length, off = int.from_bytes(h[2:10], "big"), 10
             if length >> 63:
-                raise ProtocolViolation(1002, "64-bit payload length has its top bit set")
+                raise ProtocolViolation(1002, f"64-bit payload length {length} has its top bit set")
         if opcode < 8:
             if opcode == 0:
                 if self._msg_opcode == 0:
                     raise ProtocolViolation(1002, "continuation frame with no message to continue")
             elif self._msg_opcode != 0:
-                raise ProtocolViolation(1002, "new message before the fragmented one finished")
+                raise ProtocolViolation(1002, f"new message (opcode {opcode:#x}) before the fragmented one finished")
             else:
                 self._msg_opcode, self._msg_rsv1 = opcode, rsv1
                 self._msg_bytes = self._msg_fragments = 0
@@ -402,13 +510,13 @@ class FrameParser:
             raise ProtocolViolation(1009, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
         if opcode < 8:
             self._msg_fragments += 1
-            self._msg_bytes += length
             if self.max_fragments and self._msg_fragments > self.max_fragments:
                 raise ProtocolViolation(1009, f"message of more than {self.max_fragments} fragments")
-            if self.max_message_bytes and not self._msg_rsv1 and self._msg_bytes > self.max_message_bytes:
+            if self.max_message_bytes and not self._msg_rsv1 and length > self.max_message_bytes - self._msg_bytes:
                 raise ProtocolViolation(
-                    1009, f"message of {self._msg_bytes} bytes exceeds limit of {self.max_message_bytes}"
+                    1009, f"message of {self._msg_bytes + length} bytes exceeds limit of {self.max_message_bytes}"
                 )
+            self._msg_bytes += length
             self._check_text = self.validate_utf8 and self._msg_opcode == 1 and not self._msg_rsv1
         else:
             self._check_text = False
@@ -424,7 +532,9 @@ class FrameParser:
         self._in_payload = False
         if self._opcode < 8 and self._fin:
             if self._check_text and self._utf8.need:
-                raise ProtocolViolation(1007, "text message ends inside a UTF-8 sequence")
+                raise ProtocolViolation(
+                    1007, f"text message ends {self._utf8.need} byte(s) short of a complete character"
+                )
             self._msg_opcode = 0
             self._utf8 = _Utf8State()
         return frame

@@ -31,8 +31,8 @@ __all__ = [
     "build_close",
     "build_frame",
     "is_valid_close_code",
+    "is_valid_utf8",
     "parse_close",
-    "validate_utf8",
 ]
 
 #: "cython" or "python": which implementation of the frame core this process runs.
@@ -50,7 +50,7 @@ build_close = _impl.build_close
 build_frame = _impl.build_frame
 is_valid_close_code = _impl.is_valid_close_code
 parse_close = _impl.parse_close
-validate_utf8 = _impl.validate_utf8
+is_valid_utf8 = _impl.is_valid_utf8
 
 
 class Opcode(enum.IntEnum):

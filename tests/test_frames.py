@@ -6,9 +6,12 @@ Every test that takes `impl` runs against the compiled module and its pure-Pytho
 from __future__ import annotations
 
 import ast
+import enum
 import importlib
 import itertools
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -215,7 +218,7 @@ def test_parser_is_dead_after_a_violation(impl: ModuleType) -> None:
     ids=["frame-below-125", "negative-message", "negative-fragments"],
 )
 def test_parser_refuses_bad_limits(impl: ModuleType, kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match=r"125|negative"):
+    with pytest.raises(ValueError, match=r"of -?\d+ is below (125|0)"):
         impl.FrameParser(**kwargs)
 
 
@@ -274,8 +277,22 @@ def test_build_str_is_utf8(impl: ModuleType) -> None:
         ((9, bytearray(126)), {}, "exceeds 125"),
         ((10, b""), {"fin": False}, "fragmented"),
         ((1, b""), {"mask": b"abc"}, "4 bytes"),
+        ((9, b""), {"rsv1": True}, "rsv1"),
+        ((0, b""), {"rsv1": True}, "rsv1"),
+        ((2**70, b""), {}, "unknown opcode"),
     ],
-    ids=["opcode-3", "opcode-negative", "opcode-16", "ping-too-big", "ping-too-big-buffer", "fragmented-pong", "mask"],
+    ids=[
+        "opcode-3",
+        "opcode-negative",
+        "opcode-16",
+        "ping-too-big",
+        "ping-too-big-buffer",
+        "fragmented-pong",
+        "mask",
+        "rsv1-on-ping",
+        "rsv1-on-continuation",
+        "huge-opcode",
+    ],
 )
 def test_build_refuses_bad_frames(impl: ModuleType, args: tuple[Any, ...], kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -515,7 +532,7 @@ def test_twin_and_stub_export_the_same_names() -> None:
 def test_twins_agree_on_utf8(data: bytes) -> None:
     compiled = load_compiled_core()
 
-    assert compiled.validate_utf8(data) == _frames_py.validate_utf8(data)
+    assert compiled.is_valid_utf8(data) == _frames_py.is_valid_utf8(data)
 
 
 def test_no_extensions_selects_the_python_twin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -527,3 +544,201 @@ def test_no_extensions_selects_the_python_twin(monkeypatch: pytest.MonkeyPatch) 
     finally:
         monkeypatch.delenv("SOHBET_NO_EXTENSIONS")
         importlib.reload(frames)
+
+
+# --- limits at their exact boundaries, huge lengths ----------------------------------------------
+
+
+def test_limits_accept_exactly_their_value(impl: ModuleType) -> None:
+    frame = b"\x82\xfe\x00\xc8" + Z + b"a" * 200
+    assert len(impl.FrameParser(max_frame_bytes=200).feed(frame)) == 1
+    fragments = b"\x02\xe4" + Z + b"a" * 100 + b"\x80\xe4" + Z + b"a" * 100
+    assert len(impl.FrameParser(max_message_bytes=200).feed(fragments)) == 2
+    three = (b"\x01\x81" + Z + b"a") + (b"\x00\x81" + Z + b"a") + (b"\x80\x81" + Z + b"a")
+    assert len(impl.FrameParser(max_fragments=3).feed(three)) == 3
+
+
+def test_non_minimal_length_encodings_are_accepted(impl: ModuleType) -> None:
+    # A sender must use the shortest form (§5.2) but a receiver loses nothing by being lenient.
+    wire = b"\x82\x7e\x00\x05Hello" + b"\x82\x7f" + (5).to_bytes(8, "big") + b"Hello"
+    assert [f.payload for f in impl.FrameParser(client=True).feed(wire)] == [b"Hello", b"Hello"]
+
+
+def test_largest_legal_64_bit_length_with_no_frame_limit(impl: ModuleType) -> None:
+    parser = impl.FrameParser(max_frame_bytes=sys.maxsize)
+    good = b"\x81\x82" + Z + b"hi"
+    # A header announcing 2^63-1 bytes must not reserve them, nor lose the frame before it.
+    assert [f.payload for f in parser.feed(good + b"\x82\xff\x7f\xff\xff\xff\xff\xff\xff\xff" + Z)] == [b"hi"]
+    assert parser.feed(b"\x00" * 1000) == []
+    assert parser.is_mid_message
+
+
+def test_huge_continuation_cannot_wrap_the_message_size(impl: ModuleType) -> None:
+    parser = impl.FrameParser(max_frame_bytes=sys.maxsize, max_message_bytes=1 << 20)
+    parser.feed(b"\x02\x8a" + Z + b"0123456789")
+    with pytest.raises(ProtocolViolation) as info:
+        parser.feed(b"\x80\xff\x7f\xff\xff\xff\xff\xff\xff\xff" + Z)
+    assert info.value.close_code == 1009
+    assert "9223372036854775817 bytes exceeds limit of 1048576" in str(info.value)
+
+
+def test_large_frames_arrive_in_chunks_and_stay_whole(impl: ModuleType) -> None:
+    payload = random.Random(7).randbytes(300_000)
+    wire = impl.build_frame(2, payload, mask=KEY)
+    parser = impl.FrameParser()
+    got = [f for i in range(0, len(wire), 65_000) for f in parser.feed(wire[i : i + 65_000])]
+    assert [f.payload for f in got] == [payload]
+
+
+def test_invalid_utf8_in_a_large_frame_reports_its_offset(impl: ModuleType) -> None:
+    text = b"a" * 100_000 + b"\xff"
+    wire = impl.build_frame(1, text, mask=KEY)
+    parser = impl.FrameParser()
+    parser.feed(wire[:70_000])
+    with pytest.raises(ProtocolViolation, match="at byte 100000 of a text frame"):
+        parser.feed(wire[70_000:])
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from sohbet import {module} as impl
+from sohbet.errors import ProtocolViolation
+size = 400 << 20
+parser = impl.FrameParser(client=True, max_frame_bytes=1 << 40)
+parser.feed(b"\\x81\\x02hi")
+first = parser.feed(b"\\x81\\x02ok" + b"\\x82\\x7f" + size.to_bytes(8, "big"))
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/statm") as f:
+    used = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (600 << 20), hard))
+chunk = bytes(4 << 20)
+try:
+    for _ in range(size // len(chunk)):
+        parser.feed(chunk)
+except ProtocolViolation as exc:
+    print(exc.close_code, [f.payload for f in first], exc.frames)
+    sys.exit(0)
+sys.exit("no violation")
+"""
+
+
+@pytest.mark.parametrize("module", ["_frames", "_frames_py"])
+def test_running_out_of_memory_on_a_frame_is_a_1009(module: str) -> None:
+    if module == "_frames":
+        load_compiled_core()
+    # Real memory exhaustion, in a child whose address space is capped just above its needs;
+    # -I keeps the source tree off the child's path, so it imports the installed package.
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", MEMORY_SCRIPT.format(module=module)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1009", "[b'ok']", "[]"]
+
+
+# --- the twins agree on every public function, whatever the argument types ---------------------
+
+
+class Reason(enum.StrEnum):
+    BYE = "bye"
+
+
+def strided(data: bytes) -> memoryview:
+    return memoryview(data * 2)[::2]
+
+
+ARGUMENTS = st.one_of(
+    st.binary(max_size=70),
+    st.binary(max_size=70).map(bytearray),
+    st.binary(max_size=70).map(memoryview),
+    st.binary(min_size=1, max_size=20).map(strided),
+    st.text(max_size=20),
+    st.just(Reason.BYE),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 2, 4, 8, 9, 10, 1000, 1005, 4999, True, 1.0, None]),
+)
+
+
+def frame_fields(frame: Any) -> tuple[int, bytes, bool, bool]:
+    return (frame.opcode, frame.payload, frame.fin, frame.rsv1)
+
+
+CALLS = {
+    "apply_mask": lambda m, a, b: m.apply_mask(a, b),
+    "build_frame": lambda m, a, b: m.build_frame(a, b),
+    "build_frame_masked": lambda m, a, b: m.build_frame(1, a, mask=b),
+    "build_close": lambda m, a, b: m.build_close(a, b),
+    "parse_close": lambda m, a, _b: m.parse_close(a),
+    "is_valid_close_code": lambda m, a, _b: m.is_valid_close_code(a),
+    "is_valid_utf8": lambda m, a, _b: m.is_valid_utf8(a),
+    "utf8_feed": lambda m, a, _b: m.Utf8Validator().feed(a),
+    "parser_feed": lambda m, a, _b: m.FrameParser().feed(a),
+    "parser_limit": lambda m, a, _b: m.FrameParser(max_frame_bytes=a).max_frame_bytes,
+    "frame": lambda m, a, b: frame_fields(m.Frame(a, b)),
+}
+
+
+def call_outcome(module: ModuleType, name: str, a: object, b: object) -> tuple[str, object]:
+    try:
+        result = CALLS[name](module, a, b)
+    except ProtocolViolation as exc:
+        return ("violation", exc.close_code)
+    except (TypeError, ValueError, BufferError, OverflowError) as exc:
+        return ("error", type(exc).__name__)
+    return ("ok", result)
+
+
+@given(name=st.sampled_from(sorted(CALLS)), a=ARGUMENTS, b=ARGUMENTS)
+def test_twins_agree_on_any_arguments(name: str, a: object, b: object) -> None:
+    compiled = load_compiled_core()
+    assert call_outcome(compiled, name, a, b) == call_outcome(_frames_py, name, a, b)
+
+
+def test_frames_are_read_only(impl: ModuleType) -> None:
+    frame = impl.Frame(1, b"x")
+    with pytest.raises(AttributeError):
+        frame.payload = b"y"
+
+
+@pytest.mark.parametrize("data", [1, 1.5, "text"], ids=["int", "float", "str"])
+def test_byte_functions_refuse_non_buffers(impl: ModuleType, data: object) -> None:
+    with pytest.raises(TypeError):
+        impl.apply_mask(data, KEY)
+    with pytest.raises(TypeError):
+        impl.apply_mask(b"x", data)
+
+
+def test_wire_constants() -> None:
+    assert [int(op) for op in frames.Opcode] == [0, 1, 2, 8, 9, 10]
+    assert frames.CloseCode.TOKEN_EXPIRED == 4001
+    assert frames.CloseCode.SLOW_CONSUMER == 4008
+    assert frames.CloseCode.DISCONNECTED_BY_APP == 4501
+    assert all(frames.is_valid_close_code(c) for c in frames.CloseCode if c not in (1005, 1006))
+
+
+def test_strided_buffers_are_refused_alike(impl: ModuleType) -> None:
+    view = strided(b"abcd")
+    for call in (
+        lambda: impl.apply_mask(view, KEY),
+        lambda: impl.build_frame(2, view),
+        lambda: impl.is_valid_utf8(view),
+        lambda: impl.FrameParser().feed(view),
+        lambda: impl.Utf8Validator().feed(view),
+    ):
+        with pytest.raises(BufferError):
+            call()
+
+
+@pytest.mark.parametrize("opcode", [-1, 16])
+def test_frame_refuses_an_opcode_outside_four_bits(impl: ModuleType, opcode: int) -> None:
+    with pytest.raises(ValueError, match="outside 0-15"):
+        impl.Frame(opcode)
+
+
+def test_build_close_refuses_a_reason_that_is_not_str(impl: ModuleType) -> None:
+    with pytest.raises(TypeError, match="must be str, not bytes"):
+        impl.build_close(1000, b"bye")
+    assert impl.build_close(1000, Reason.BYE) == b"\x88\x05\x03\xe8bye"

@@ -87,7 +87,7 @@ def test_oracle_agrees_with_the_table(data: bytes, bad: int | None) -> None:
 @pytest.mark.parametrize("text", VALID, ids=range(len(VALID)))
 def test_valid_text(impl: ModuleType, text: str) -> None:
     data = text.encode()
-    assert impl.validate_utf8(data)
+    assert impl.is_valid_utf8(data)
     for i in range(len(data) + 1):
         v = impl.Utf8Validator()
         v.feed(data[:i])
@@ -98,7 +98,7 @@ def test_valid_text(impl: ModuleType, text: str) -> None:
 
 @pytest.mark.parametrize(("data", "bad"), INVALID, ids=[d.hex() for d, _ in INVALID])
 def test_invalid_text_fails_at_the_first_bad_byte(impl: ModuleType, data: bytes, bad: int | None) -> None:
-    assert not impl.validate_utf8(data)
+    assert not impl.is_valid_utf8(data)
     for i in range(len(data) + 1):
         v = impl.Utf8Validator()
         with pytest.raises(ProtocolViolation) as info:
@@ -155,7 +155,7 @@ def test_validity_matches_python(impl: ModuleType, data: bytes) -> None:
         expected = True
     except UnicodeDecodeError:
         expected = False
-    assert impl.validate_utf8(data) == expected
+    assert impl.is_valid_utf8(data) == expected
 
 
 @given(data=UTF8_PIECES)
