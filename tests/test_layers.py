@@ -29,6 +29,7 @@ CORE = {
     "auth",
     "errors",
     "config",
+    "deflate",
     "__init__",
 }
 STORAGE = {"store", "broker"}

@@ -1,0 +1,293 @@
+"""HTTP/1.1 requests in, and the WebSocket opening handshake (RFC 6455 §4.2), sans-I/O.
+
+Layer: core. Imports the standard library, httptools, orjson and the core modules.
+
+One port serves HTTP and WebSocket, so every connection starts as HTTP: `RequestReader` turns
+bytes into `Request`s (httptools does the HTTP syntax; the size limits are ours, checked as bytes
+arrive, before a header is complete). `validate_upgrade` then checks an upgrade request in the
+order PROTOCOL.md fixes (400, 426, 403); the server adds 401 and 503 after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+import httptools
+import orjson
+
+from sohbet import deflate
+from sohbet.config import Limits, WebSocketConfig
+from sohbet.errors import InvalidHandshake
+from sohbet.frames import accept_key
+
+__all__ = [
+    "ERROR_CODES",
+    "Request",
+    "RequestReader",
+    "Upgrade",
+    "error_response",
+    "http_response",
+    "switching_protocols",
+    "validate_upgrade",
+]
+
+#: The `error.code` a JSON error body carries for each HTTP status (PROTOCOL.md).
+ERROR_CODES: Final[dict[int, str]] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "bad_request",
+    413: "too_large",
+    426: "bad_request",
+    429: "rate_limited",
+    431: "bad_request",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request: header names lower-cased, values as sent (latin-1)."""
+
+    method: str
+    path: str
+    query: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    keep_alive: bool = True
+
+    def header(self, name: str) -> str | None:
+        """Return the value of header *name* (lower-case), repeated fields joined by commas."""
+        values = [v for n, v in self.headers if n == name]
+        return ", ".join(values) if values else None
+
+    def count(self, name: str) -> int:
+        """Return how many times header *name* (lower-case) appears."""
+        return sum(1 for n, _ in self.headers if n == name)
+
+    def tokens(self, name: str) -> list[str]:
+        """Return the comma-separated elements of header *name*, stripped and lower-cased."""
+        value = self.header(name)
+        return [t.strip().lower() for t in value.split(",") if t.strip()] if value else []
+
+    @property
+    def is_upgrade(self) -> bool:
+        """Whether the request asks to switch to WebSocket (the headers of RFC 6455 §4.2.1)."""
+        return "websocket" in self.tokens("upgrade")
+
+
+class _Collector:
+    """httptools callbacks: gather requests, counting bytes against the limits as they come."""
+
+    __slots__ = ("body", "body_bytes", "done", "header_bytes", "headers", "limits", "parser", "url")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.parser: httptools.HttpRequestParser | None = None
+        self.done: list[Request] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_line_bytes:
+            raise InvalidHandshake(431, f"request line exceeds {self.limits.max_line_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 4
+        self.header_bytes += size
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if size > self.limits.max_line_bytes:
+            raise InvalidHandshake(431, f"header line of {size} bytes exceeds {self.limits.max_line_bytes}")
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise InvalidHandshake(431, f"headers exceed {self.limits.max_header_bytes} bytes")
+        if len(self.headers) > self.limits.max_headers:
+            raise InvalidHandshake(431, f"more than {self.limits.max_headers} headers")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            raise InvalidHandshake(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None  # set right after the parser is built
+        url = httptools.parse_url(self.url) if self.url else None
+        self.done.append(
+            Request(
+                method=parser.get_method().decode("latin-1"),
+                path=url.path.decode("latin-1") if url and url.path else "/",
+                query=url.query.decode("latin-1") if url and url.query else "",
+                version=parser.get_http_version(),
+                headers=tuple(self.headers),
+                body=b"".join(self.body),
+                keep_alive=parser.should_keep_alive(),
+            )
+        )
+        self._reset()
+
+
+class RequestReader:
+    """Read HTTP/1.1 requests from a byte stream, within the limits; pipelining allowed.
+
+    Parsing stops after an upgrade request: `rest` then holds the bytes that followed it, the
+    client's first WebSocket frames.
+    """
+
+    __slots__ = ("_cb", "_limits", "_parser", "_pending", "rest", "upgraded")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._cb = _Collector(limits)
+        self._parser = httptools.HttpRequestParser(self._cb)
+        self._cb.parser = self._parser
+        self._pending = 0  # bytes of the request head being read
+        self.rest = b""
+        self.upgraded = False
+
+    def feed(self, data: bytes) -> list[Request]:
+        """Consume bytes; return the requests they complete, in order.
+
+        Raises:
+            InvalidHandshake: 431 (a line or the headers too large), 413 (body too large),
+                400 (not HTTP/1.x).
+        """
+        cb = self._cb
+        # httptools reports a header only once it is complete, so an endless header line would
+        # grow unseen: bound the bytes of an unfinished request head ourselves, as they arrive.
+        if not cb.body_bytes:
+            self._pending += len(data)
+            head_limit = self._limits.max_line_bytes + self._limits.max_header_bytes + 4
+            if self._pending > head_limit and b"\r\n\r\n" not in data:
+                raise InvalidHandshake(431, f"request head exceeds {head_limit} bytes")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.rest = data[exc.args[0] :]
+            self.upgraded = True
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, InvalidHandshake):
+                raise cause from None
+            raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
+        except httptools.HttpParserError as exc:
+            raise InvalidHandshake(400, f"malformed HTTP request: {exc}") from None
+        done, cb.done = cb.done, []
+        if done:
+            self._pending = 0
+        return done
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """An accepted opening handshake: what the 101 response says and the connection uses."""
+
+    accept: str
+    subprotocol: str | None
+    offered_subprotocols: tuple[str, ...]
+    deflate: deflate.DeflateParams | None
+    extensions: str | None
+
+
+def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
+    """Check an upgrade request (RFC 6455 §4.2.1) and negotiate what the response will say.
+
+    Raises:
+        InvalidHandshake: 400 (malformed), 426 (version other than 13), 403 (origin refused).
+    """
+    if request.method != "GET":
+        raise InvalidHandshake(400, f"method {request.method} cannot upgrade; use GET")
+    if request.version != "1.1":
+        raise InvalidHandshake(400, f"HTTP/{request.version} cannot upgrade; use HTTP/1.1")
+    if request.count("host") != 1:
+        raise InvalidHandshake(400, "missing or repeated Host header")
+    if "websocket" not in request.tokens("upgrade"):
+        raise InvalidHandshake(400, "Upgrade header does not name websocket")
+    if "upgrade" not in request.tokens("connection"):
+        raise InvalidHandshake(400, "Connection header does not name upgrade")
+    key = request.header("sec-websocket-key")
+    if request.count("sec-websocket-key") != 1 or key is None or not _is_valid_key(key.strip()):
+        raise InvalidHandshake(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")
+    version = request.header("sec-websocket-version")
+    if version is None:
+        raise InvalidHandshake(400, "missing Sec-WebSocket-Version header")
+    if version.strip() != "13":
+        raise InvalidHandshake(
+            426, f"WebSocket version {version.strip()!r} is not supported; use 13", (("Sec-WebSocket-Version", "13"),)
+        )
+    if config.allowed_origins and request.header("origin") not in config.allowed_origins:
+        raise InvalidHandshake(403, f"origin {request.header('origin')!r} is not allowed")
+    offered = tuple(t.strip() for t in (request.header("sec-websocket-protocol") or "").split(",") if t.strip())
+    subprotocol = next((p for p in config.subprotocols if p in offered), None)
+    negotiated = deflate.negotiate(request.header("sec-websocket-extensions"), config.compression)
+    return Upgrade(
+        accept=accept_key(key.strip()),
+        subprotocol=subprotocol,
+        offered_subprotocols=offered,
+        deflate=negotiated[0] if negotiated else None,
+        extensions=negotiated[1] if negotiated else None,
+    )
+
+
+def _is_valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+
+
+def switching_protocols(upgrade: Upgrade, subprotocol: str | None = None) -> bytes:
+    """Build the 101 response; *subprotocol* overrides the one negotiated from the config."""
+    chosen = subprotocol if subprotocol is not None else upgrade.subprotocol
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {upgrade.accept}",
+    ]
+    if chosen:
+        lines.append(f"Sec-WebSocket-Protocol: {chosen}")
+    if upgrade.extensions:
+        lines.append(f"Sec-WebSocket-Extensions: {upgrade.extensions}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_response(
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str = "application/json",
+    headers: tuple[tuple[str, str], ...] = (),
+    close: bool = False,
+) -> bytes:
+    """Build an HTTP/1.1 response with a Content-Length body."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    if body or status not in (204, 304):
+        lines.append(f"Content-Type: {content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def error_response(
+    status: int, message: str, headers: tuple[tuple[str, str], ...] = (), *, close: bool = True
+) -> bytes:
+    """Build a JSON error response: `{"error": {"code", "message"}}` (PROTOCOL.md)."""
+    body = orjson.dumps({"error": {"code": ERROR_CODES.get(status, "bad_request"), "message": message}})
+    return http_response(status, body, headers=headers, close=close)

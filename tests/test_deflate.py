@@ -1,0 +1,170 @@
+"""permessage-deflate (RFC 7692): negotiation, and a codec that can never inflate past a limit."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+
+from sohbet import deflate
+from sohbet.config import CompressionConfig
+from sohbet.errors import ProtocolViolation
+
+ON = CompressionConfig(enabled=True, window_bits=12)
+
+
+@pytest.mark.parametrize(
+    ("header", "parsed"),
+    [
+        ("permessage-deflate", [("permessage-deflate", [])]),
+        (
+            "permessage-deflate; client_max_window_bits; server_max_window_bits=10, x-foo",
+            [
+                ("permessage-deflate", [("client_max_window_bits", None), ("server_max_window_bits", "10")]),
+                ("x-foo", []),
+            ],
+        ),
+        (
+            'permessage-deflate; server_max_window_bits="10"',
+            [("permessage-deflate", [("server_max_window_bits", "10")])],
+        ),
+        ("permessage-deflate; =10", None),
+        ("per message", None),
+        ('permessage-deflate; a="b c"', None),
+    ],
+    ids=["plain", "params-and-second", "quoted", "no-name", "space-in-token", "bad-quoted"],
+)
+def test_parse_extensions(header: str, parsed: object) -> None:
+    assert deflate.parse_extensions(header) == parsed
+
+
+@pytest.mark.parametrize(
+    ("offer", "response", "params"),
+    [
+        ("permessage-deflate", "permessage-deflate", deflate.DeflateParams(server_max_window_bits=12)),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_max_window_bits=12",
+            deflate.DeflateParams(server_max_window_bits=12, client_max_window_bits=12),
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=9",
+            "permessage-deflate; client_max_window_bits=9",
+            deflate.DeflateParams(server_max_window_bits=12, client_max_window_bits=9),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=10",
+            deflate.DeflateParams(server_max_window_bits=10),
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            deflate.DeflateParams(True, True, 12, 15),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate; client_no_context_takeover",
+            "permessage-deflate; client_no_context_takeover",
+            deflate.DeflateParams(client_no_context_takeover=True, server_max_window_bits=12),
+        ),
+        (
+            "x-webkit-deflate-frame, permessage-deflate",
+            "permessage-deflate",
+            deflate.DeflateParams(server_max_window_bits=12),
+        ),
+    ],
+    ids=["plain", "client-bits", "client-bits-9", "server-bits", "no-context", "decline-8-take-next", "other-first"],
+)
+def test_negotiate_accepts(offer: str, response: str, params: deflate.DeflateParams) -> None:
+    assert deflate.negotiate(offer, ON) == (params, response)
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits",
+        "permessage-deflate; client_max_window_bits=7",
+        "permessage-deflate; server_no_context_takeover=1",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; mystery",
+        "x-other",
+        "permessage-deflate; =",
+    ],
+    ids=[
+        "bits-8",
+        "bits-16",
+        "bits-no-value",
+        "client-bits-7",
+        "flag-with-value",
+        "repeated",
+        "unknown",
+        "other",
+        "bad",
+    ],
+)
+def test_negotiate_declines(offer: str) -> None:
+    assert deflate.negotiate(offer, ON) is None
+
+
+def test_negotiate_when_off_or_not_offered() -> None:
+    assert deflate.negotiate("permessage-deflate", CompressionConfig(enabled=False)) is None
+    assert deflate.negotiate(None, ON) is None
+
+
+def test_configured_no_context_takeover_is_announced() -> None:
+    config = CompressionConfig(enabled=True, server_no_context_takeover=True)
+    params, response = deflate.negotiate("permessage-deflate", config) or (None, "")
+    assert params is not None and params.server_no_context_takeover
+    assert response == "permessage-deflate; server_no_context_takeover"
+
+
+@pytest.mark.parametrize("no_context", [False, True], ids=["context-takeover", "no-context-takeover"])
+def test_round_trip_through_independent_zlib(no_context: bool) -> None:
+    deflater = deflate.Deflater(12, no_context)
+    inflater = deflate.Inflater(12, no_context)
+    reference = zlib.decompressobj(-12)  # the peer, built from zlib directly
+    for message in [b"hello " * 50, b"", os.urandom(3000), b"hello " * 50]:
+        payload = deflater.deflate(message)
+        assert not payload.endswith(b"\x00\x00\xff\xff")
+        assert inflater.inflate(payload, True, 1 << 20) == message
+        if no_context:
+            reference = zlib.decompressobj(-12)
+        assert reference.decompress(payload + b"\x00\x00\xff\xff") == message
+
+
+def test_context_takeover_makes_repeats_smaller() -> None:
+    deflater = deflate.Deflater(15, no_context_takeover=False)
+    first = deflater.deflate(b"the same sentence, again and again " * 3)
+    second = deflater.deflate(b"the same sentence, again and again " * 3)
+    assert len(second) < len(first)
+
+
+def test_inflating_a_bomb_stops_at_the_limit() -> None:
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = bomb.compress(bytes(50 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH)
+    assert len(payload) < 100 * 1024
+    with pytest.raises(ProtocolViolation) as info:
+        deflate.Inflater(15, False).inflate(payload[:-4], True, 64 * 1024)
+    assert info.value.close_code == 1009
+
+
+def test_the_limit_is_the_room_the_message_has_left() -> None:
+    payload = deflate.Deflater(15, False).deflate(b"x" * 10_000)
+    half = len(payload) // 2
+    whole = deflate.Inflater(15, False)
+    first = whole.inflate(payload[:half], False, 10_000)
+    assert first + whole.inflate(payload[half:], True, 10_000 - len(first)) == b"x" * 10_000
+    short = deflate.Inflater(15, False)
+    first = short.inflate(payload[:half], False, 10_000)
+    with pytest.raises(ProtocolViolation) as info:
+        short.inflate(payload[half:], True, 10_000 - len(first) - 1)
+    assert info.value.close_code == 1009
+
+
+def test_garbage_is_invalid_data() -> None:
+    with pytest.raises(ProtocolViolation) as info:
+        deflate.Inflater(15, False).inflate(b"\xff\xff\xff\xff", True, 1000)
+    assert info.value.close_code == 1007

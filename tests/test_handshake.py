@@ -1,0 +1,248 @@
+"""HTTP request reading and the opening handshake (RFC 6455 §4.2), in the order PROTOCOL.md fixes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from sohbet import handshake
+from sohbet.config import CompressionConfig, Limits, WebSocketConfig
+from sohbet.errors import InvalidHandshake
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3
+
+
+def upgrade_request(*extra: str, drop: tuple[str, ...] = (), first_line: str = "GET /ws?x=1 HTTP/1.1") -> bytes:
+    headers = {
+        "host": "Host: example.com",
+        "upgrade": "Upgrade: websocket",
+        "connection": "Connection: Upgrade",
+        "key": f"Sec-WebSocket-Key: {KEY}",
+        "version": "Sec-WebSocket-Version: 13",
+    }
+    lines = [first_line, *(v for k, v in headers.items() if k not in drop), *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_one(raw: bytes, limits: Limits | None = None) -> handshake.Request:
+    requests = handshake.RequestReader(limits or Limits()).feed(raw)
+    assert len(requests) == 1
+    return requests[0]
+
+
+# --- reading requests --------------------------------------------------------------------------
+
+
+def test_reads_an_upgrade_request_and_keeps_the_bytes_after_it() -> None:
+    reader = handshake.RequestReader(Limits())
+    [request] = reader.feed(upgrade_request() + b"\x81\x80\x00\x00\x00\x00")
+    assert (request.method, request.path, request.query, request.version) == ("GET", "/ws", "x=1", "1.1")
+    assert request.header("sec-websocket-key") == KEY
+    assert request.is_upgrade
+    assert reader.upgraded
+    assert reader.rest == b"\x81\x80\x00\x00\x00\x00"
+
+
+def test_reads_a_request_fed_one_byte_at_a_time() -> None:
+    reader = handshake.RequestReader(Limits())
+    raw = upgrade_request()
+    got = [r for i in range(len(raw)) for r in reader.feed(raw[i : i + 1])]
+    assert [r.path for r in got] == ["/ws"]
+
+
+def test_reads_pipelined_requests_with_bodies() -> None:
+    raw = (
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    first, second = handshake.RequestReader(Limits()).feed(raw)
+    assert (first.method, first.path, first.body, first.keep_alive) == ("POST", "/api/x", b"abc", True)
+    assert (second.path, second.keep_alive) == ("/healthz", False)
+
+
+def test_repeated_headers_are_joined_and_counted() -> None:
+    request = read_one(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-A: 2\r\n\r\n")
+    assert request.header("x-a") == "1, 2"
+    assert request.count("x-a") == 2
+    assert request.header("missing") is None
+    assert request.tokens("missing") == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "match"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 431, "request line"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431, "header line"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500) for i in range(40)) + b"\r\n",
+            431,
+            "headers exceed",
+        ),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(65)) + b"\r\n",
+            431,
+            "more than 64 headers",
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 1_100_000, 413, "body exceeds"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400, "malformed"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "malformed"),
+    ],
+    ids=["long-request-line", "long-header", "headers-too-large", "too-many-headers", "body", "obs-fold", "tls"],
+)
+def test_request_limits_and_syntax(raw: bytes, status: int, match: str) -> None:
+    with pytest.raises(InvalidHandshake, match=match) as info:
+        handshake.RequestReader(Limits()).feed(raw)
+    assert info.value.http_status == status
+
+
+def test_an_endless_header_is_refused_before_it_ends() -> None:
+    reader = handshake.RequestReader(Limits())
+    reader.feed(b"GET / HTTP/1.1\r\nX-Endless: ")
+    with pytest.raises(InvalidHandshake) as info:
+        for _ in range(100):
+            reader.feed(b"z" * 1024)  # no line end ever arrives
+    assert info.value.http_status == 431
+
+
+# --- validating the upgrade --------------------------------------------------------------------
+
+CONFIG = WebSocketConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (upgrade_request(first_line="POST /ws HTTP/1.1", drop=()), "method POST"),
+        (upgrade_request(first_line="GET /ws HTTP/1.0"), "HTTP/1.0"),
+        (upgrade_request(drop=("host",)), "Host"),
+        (upgrade_request("Host: twice.example"), "Host"),
+        (upgrade_request(drop=("upgrade",)), "Upgrade header"),
+        (upgrade_request("Upgrade: h2c", drop=("upgrade",)), "Upgrade header"),
+        (upgrade_request("Connection: keep-alive", drop=("connection",)), "Connection header"),
+        (upgrade_request(drop=("key",)), "Sec-WebSocket-Key"),
+        (upgrade_request("Sec-WebSocket-Key: dG9vIHNob3J0", drop=("key",)), "Sec-WebSocket-Key"),
+        (upgrade_request("Sec-WebSocket-Key: !!!notbase64!!!!!!!!!!!", drop=("key",)), "Sec-WebSocket-Key"),
+        (upgrade_request(f"Sec-WebSocket-Key: {KEY}"), "Sec-WebSocket-Key"),
+        (upgrade_request(drop=("version",)), "Sec-WebSocket-Version"),
+    ],
+    ids=[
+        "post",
+        "http-1.0",
+        "no-host",
+        "two-hosts",
+        "no-upgrade",
+        "upgrade-not-websocket",
+        "connection-not-upgrade",
+        "no-key",
+        "short-key",
+        "key-not-base64",
+        "two-keys",
+        "no-version",
+    ],
+)
+def test_malformed_upgrades_get_400(raw: bytes, match: str) -> None:
+    with pytest.raises(InvalidHandshake, match=match) as info:
+        handshake.validate_upgrade(read_one(raw), CONFIG)
+    assert info.value.http_status == 400
+
+
+def test_wrong_version_gets_426_naming_13() -> None:
+    raw = upgrade_request("Sec-WebSocket-Version: 8", drop=("version",))
+    with pytest.raises(InvalidHandshake) as info:
+        handshake.validate_upgrade(read_one(raw), CONFIG)
+    assert info.value.http_status == 426
+    assert info.value.headers == (("Sec-WebSocket-Version", "13"),)
+
+
+def test_checks_run_in_protocol_order() -> None:
+    origins = WebSocketConfig(allowed_origins=frozenset({"https://app.example"}))
+    # A bad key (400) wins over a bad version (426), which wins over a bad origin (403).
+    both = upgrade_request("Sec-WebSocket-Version: 8", "Origin: https://evil.example", drop=("version", "key"))
+    with pytest.raises(InvalidHandshake) as info:
+        handshake.validate_upgrade(read_one(both), origins)
+    assert info.value.http_status == 400
+    version_and_origin = upgrade_request("Sec-WebSocket-Version: 8", "Origin: https://evil.example", drop=("version",))
+    with pytest.raises(InvalidHandshake) as info:
+        handshake.validate_upgrade(read_one(version_and_origin), origins)
+    assert info.value.http_status == 426
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("Origin: https://app.example", True), ("Origin: https://evil.example", False), (None, False)],
+    ids=["listed", "other", "missing"],
+)
+def test_origin_allow_list(origin: str | None, allowed: bool) -> None:
+    config = WebSocketConfig(allowed_origins=frozenset({"https://app.example"}))
+    request = read_one(upgrade_request(*([origin] if origin else [])))
+    if allowed:
+        assert handshake.validate_upgrade(request, config).accept == ACCEPT
+    else:
+        with pytest.raises(InvalidHandshake) as info:
+            handshake.validate_upgrade(request, config)
+        assert info.value.http_status == 403
+
+
+def test_token_lists_are_case_insensitive() -> None:
+    raw = upgrade_request("Upgrade: WebSocket", "Connection: keep-alive, UPGRADE", drop=("upgrade", "connection"))
+    assert handshake.validate_upgrade(read_one(raw), CONFIG).accept == ACCEPT
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [
+        ("Sec-WebSocket-Protocol: chat, sohbet.v1", "sohbet.v1"),
+        ("Sec-WebSocket-Protocol: sohbet.v1, bearer.abc", "sohbet.v1"),
+        ("Sec-WebSocket-Protocol: chat, superchat", None),
+        ("Sec-WebSocket-Protocol: SOHBET.V1", None),
+        (None, None),
+    ],
+    ids=["ours-second", "with-bearer", "only-others", "wrong-case", "none"],
+)
+def test_subprotocol_selection(offered: str | None, selected: str | None) -> None:
+    config = WebSocketConfig(subprotocols=("sohbet.v1",))
+    upgrade = handshake.validate_upgrade(read_one(upgrade_request(*([offered] if offered else []))), config)
+    assert upgrade.subprotocol == selected
+    response = handshake.switching_protocols(upgrade)
+    assert (b"Sec-WebSocket-Protocol: sohbet.v1" in response) == (selected is not None)
+    assert b"bearer" not in response
+
+
+def test_switching_protocols_response() -> None:
+    config = WebSocketConfig(compression=CompressionConfig(enabled=True))
+    raw = upgrade_request("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
+    response = handshake.switching_protocols(handshake.validate_upgrade(read_one(raw), config))
+    assert response == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=12\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "bad_request"), (401, "unauthorized"), (403, "forbidden"), (426, "bad_request"), (503, "unavailable")],
+)
+def test_error_responses_are_json(status: int, code: str) -> None:
+    raw = handshake.error_response(status, "why", (("Sec-WebSocket-Version", "13"),))
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"Content-Type: application/json" in head
+    assert b"Connection: close" in head
+    assert b"Sec-WebSocket-Version: 13" in head
+    assert orjson.loads(body) == {"error": {"code": code, "message": "why"}}
+
+
+def test_plain_responses() -> None:
+    assert handshake.http_response(204) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert handshake.http_response(200, b"ok", content_type="text/plain") == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+    )
+
+
+def test_a_body_may_arrive_in_pieces() -> None:
+    reader = handshake.RequestReader(Limits())
+    assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc") == []
+    [request] = reader.feed(b"def")
+    assert request.body == b"abcdef"

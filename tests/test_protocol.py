@@ -1,0 +1,271 @@
+"""The sans-I/O connection: byte vectors in, events and bytes out (RFC 6455 §5, §7; RFC 7692)."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from sohbet.deflate import DeflateParams, Deflater, Inflater
+from sohbet.errors import InvalidState
+from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
+from sohbet.frames import FrameParser, build_frame
+from sohbet.protocol import CLOSED, CLOSING, OPEN, BinaryReceived, Connection, TextReceived
+
+KEY = b"\x37\xfa\x21\x3d"
+
+
+def cf(opcode: int, payload: bytes | str = b"", *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A client frame, masked as RFC 6455 §5.3 requires."""
+    return build_frame(opcode, payload, fin=fin, rsv1=rsv1, mask=KEY)
+
+
+def server_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
+    return [(f.opcode, f.rsv1, f.payload) for f in FrameParser(client=True, allow_rsv1=True).feed(data)]
+
+
+@pytest.mark.parametrize(
+    ("wire", "events"),
+    [
+        (b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", [TextReceived(b"Hello")]),
+        (cf(2, b"\x00\xff"), [BinaryReceived(b"\x00\xff")]),
+        (cf(1, "Hel", fin=False) + cf(0, "lo"), [TextReceived(b"Hello")]),
+        (cf(1, "Hel", fin=False) + cf(9, "p") + cf(0, "lo"), [PingReceived(b"p"), TextReceived(b"Hello")]),
+        (cf(10, "beat"), [PongReceived(b"beat")]),
+        (cf(2, b"a", fin=False) + cf(0, b"b", fin=False) + cf(0, b"c"), [BinaryReceived(b"abc")]),
+        (cf(1, ""), [TextReceived(b"")]),
+    ],
+    ids=["rfc-masked-text", "binary", "fragmented", "ping-between-fragments", "pong", "three-fragments", "empty"],
+)
+def test_messages(wire: bytes, events: list[object]) -> None:
+    conn = Connection()
+    assert conn.feed(wire) == events
+    assert conn.take_output() == b""
+
+
+def test_message_events_compare_by_type_and_data() -> None:
+    assert TextReceived(b"x") != BinaryReceived(b"x")
+    assert TextReceived("κ".encode()).text == "κ"
+    assert repr(BinaryReceived(b"x")) == "BinaryReceived(b'x')"
+    assert repr(TextReceived(b"x")) == "TextReceived(b'x')"
+
+
+def test_a_ping_is_answered_in_event_order() -> None:
+    conn = Connection()
+    [ping] = conn.feed(cf(9, "hi"))
+    assert ping == PingReceived(b"hi")
+    assert conn.take_output() == b""  # not answered behind the caller's back ...
+    assert conn.frame_pong(b"hi") == b"\x8a\x02hi"  # ... but when the caller reaches the event
+    conn.pong(b"hi")
+    assert conn.take_output() == b"\x8a\x02hi"
+
+
+def test_peer_close_is_echoed_and_ends_the_connection() -> None:
+    conn = Connection()
+    events = conn.feed(cf(8, b"\x03\xe9bye") + cf(1, "ignored"))
+    assert events == [ClosedByPeer(1001, "bye")]
+    assert conn.take_output() == b"\x88\x02\x03\xe9"  # the code echoed (§5.5.1)
+    assert conn.state == CLOSED
+    assert (conn.close_code, conn.close_reason) == (1001, "bye")
+    assert conn.feed(cf(1, "late")) == []
+    with pytest.raises(InvalidState):
+        conn.frame_text("too late")
+
+
+def test_empty_close_is_answered_with_an_empty_close() -> None:
+    conn = Connection()
+    assert conn.feed(cf(8)) == [ClosedByPeer(1005, "")]
+    assert conn.take_output() == b"\x88\x00"
+
+
+def test_our_close_then_the_peers_reply() -> None:
+    conn = Connection()
+    conn.close(4008, "too slow")
+    assert conn.state == CLOSING
+    assert conn.take_output() == b"\x88\x0a\x0f\xa8too slow"
+    assert conn.feed(cf(1, "still arriving")) == [TextReceived(b"still arriving")]
+    assert conn.feed(cf(8, b"\x03\xe8")) == [ClosedByPeer(1000, "")]
+    assert conn.take_output() == b""  # the handshake is complete: nothing more to send
+    assert conn.state == CLOSED
+    assert (conn.close_code, conn.close_reason) == (4008, "too slow")  # we closed first
+    conn.close()  # closing twice does nothing
+    assert conn.take_output() == b""
+
+
+def test_replies_to_messages_before_a_close_go_out_before_it() -> None:
+    conn = Connection()
+    events = conn.feed(cf(1, "question") + cf(8, b"\x03\xe8"))
+    assert events == [TextReceived(b"question"), ClosedByPeer(1000, "")]
+    assert conn.can_send  # the close frame has not been taken yet
+    conn.send_text("answer")
+    assert conn.take_output() == b"\x81\x06answer\x88\x02\x03\xe8"
+    assert not conn.can_send
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (cf(1, "ok") + b"\x83\x80" + KEY, 1002),
+        (b"\x81\x05Hello", 1002),
+        (cf(8, b"\x03"), 1002),
+        (cf(8, b"\x03\xed"), 1002),
+        (cf(8, b"\x03\xe8\xff"), 1007),
+        (cf(1, b"\xce\xba\xff"), 1007),
+        (cf(0, "x"), 1002),
+    ],
+    ids=["bad-opcode", "unmasked", "close-1-byte", "close-code-1005", "close-reason-utf8", "text-utf8", "orphan-cont"],
+)
+def test_violations_fail_with_a_close_frame(wire: bytes, code: int) -> None:
+    conn = Connection()
+    events = conn.feed(wire)
+    failed = events[-1]
+    assert isinstance(failed, ConnectionFailed)
+    assert failed.code == code
+    out = server_frames(conn.take_output())
+    assert out[-1][0] == 8
+    assert int.from_bytes(out[-1][2][:2], "big") == code
+    assert conn.state == CLOSED
+    assert conn.feed(cf(1, "after")) == []
+
+
+def test_message_size_limit_counts_all_fragments() -> None:
+    conn = Connection(max_message_bytes=200)
+    events = conn.feed(cf(2, b"a" * 150, fin=False) + cf(0, b"a" * 100))
+    assert events == [ConnectionFailed(1009, "message of 250 bytes exceeds limit of 200")]
+
+
+def test_fragment_limit() -> None:
+    conn = Connection(max_fragments=2)
+    events = conn.feed(cf(1, "a", fin=False) + cf(0, "b", fin=False) + cf(0, "c"))
+    assert events == [ConnectionFailed(1009, "message of more than 2 fragments")]
+
+
+def test_frame_rate_limit_per_window() -> None:
+    conn = Connection(max_frames_per_window=3)
+    assert len(conn.feed(cf(1, "1") + cf(1, "2") + cf(1, "3"))) == 3
+    conn.new_window()
+    assert len(conn.feed(cf(1, "4") + cf(1, "5"))) == 2
+    events = conn.feed(cf(1, "6") + cf(1, "7"))
+    assert events == [ConnectionFailed(1008, "more than 3 frames in a window")]
+    assert server_frames(conn.take_output())[-1][2][:2] == b"\x03\xf0"
+
+
+def test_violation_after_ping_keeps_the_ping_event() -> None:
+    conn = Connection()
+    events = conn.feed(cf(9, "p") + b"\x83\x80" + KEY)
+    assert events[0] == PingReceived(b"p")
+    assert isinstance(events[1], ConnectionFailed)
+
+
+DEFLATE = DeflateParams(server_max_window_bits=15, client_max_window_bits=15)
+
+
+def compressed(text: bytes, deflater: Deflater | None = None) -> bytes:
+    return (deflater or Deflater(15, False)).deflate(text)
+
+
+def test_compressed_message_is_inflated() -> None:
+    conn = Connection(deflate=DEFLATE)
+    assert conn.feed(cf(1, compressed(b"hello " * 20), rsv1=True)) == [TextReceived(b"hello " * 20)]
+
+
+def test_compressed_message_across_fragments_with_context_takeover() -> None:
+    conn = Connection(deflate=DEFLATE)
+    peer = Deflater(15, False)
+    for _ in range(3):
+        payload = compressed(b"repeat me " * 30, peer)
+        wire = cf(1, payload[:5], fin=False, rsv1=True) + cf(0, payload[5:])
+        assert conn.feed(wire) == [TextReceived(b"repeat me " * 30)]
+
+
+def test_compressed_bomb_fails_with_1009() -> None:
+    conn = Connection(deflate=DEFLATE, max_message_bytes=64 * 1024)
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = (bomb.compress(bytes(10 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    [event] = conn.feed(cf(2, payload, rsv1=True))
+    assert isinstance(event, ConnectionFailed)
+    assert event.code == 1009
+
+
+def test_compressed_text_must_inflate_to_utf8() -> None:
+    conn = Connection(deflate=DEFLATE)
+    [event] = conn.feed(cf(1, compressed(b"ok \xff"), rsv1=True))
+    assert isinstance(event, ConnectionFailed)
+    assert event.code == 1007
+
+
+def test_rsv1_without_negotiation_fails() -> None:
+    [event] = Connection().feed(cf(1, compressed(b"x"), rsv1=True))
+    assert isinstance(event, ConnectionFailed)
+    assert event.code == 1002
+
+
+def test_outgoing_compression() -> None:
+    conn = Connection(deflate=DEFLATE, compress_min_bytes=32)
+    assert conn.compresses
+    [(opcode, rsv1, payload)] = server_frames(conn.frame_text("a" * 200))
+    assert (opcode, rsv1) == (1, True)
+    assert Inflater(15, False).inflate(payload, True, 1000) == b"a" * 200
+    assert server_frames(conn.frame_text("tiny")) == [(1, False, b"tiny")]  # smaller than compressing
+    assert not Connection().compresses
+
+
+def test_client_role_masks_and_reads_unmasked() -> None:
+    conn = Connection(client=True)
+    conn.send_text("hi")
+    conn.send_binary(b"\x01")
+    conn.ping(b"are you there")
+    out = conn.take_output()
+    assert [(f.opcode, f.payload) for f in FrameParser().feed(out)] == [(1, b"hi"), (2, b"\x01"), (9, b"are you there")]
+    assert conn.feed(b"\x81\x02ok") == [TextReceived(b"ok")]
+    masks = {conn.frame_text("x")[2:6] for _ in range(50)}
+    assert len(masks) > 40  # a fresh random key per frame (§5.3)
+
+
+def test_client_role_uses_the_client_side_of_deflate() -> None:
+    params = DeflateParams(client_no_context_takeover=True, server_max_window_bits=10, client_max_window_bits=9)
+    conn = Connection(client=True, deflate=params)
+    frame = conn.frame_text("z" * 100)
+    [parsed] = FrameParser(allow_rsv1=True).feed(frame)
+    assert Inflater(9, True).inflate(parsed.payload, True, 1000) == b"z" * 100
+
+
+def test_sends_are_refused_once_closed() -> None:
+    conn = Connection()
+    conn.close()
+    conn.take_output()
+    with pytest.raises(InvalidState):
+        conn.send_text("x")
+    with pytest.raises(InvalidState):
+        conn.send_binary(b"x")
+    conn.ping()
+    assert conn.frame_pong(b"") == b""
+    conn.pong(b"")
+    assert conn.take_output() == b""
+    assert conn.state == CLOSING
+
+
+def test_is_mid_message_and_message_count() -> None:
+    conn = Connection()
+    assert conn.state == OPEN
+    conn.feed(cf(1, "a", fin=False))
+    assert conn.is_mid_message
+    conn.feed(cf(0, "b"))
+    assert not conn.is_mid_message
+    assert conn.messages_received == 1
+
+
+def test_garbage_after_the_peers_close_is_ignored() -> None:
+    conn = Connection()
+    assert conn.feed(cf(8, b"\x03\xe8") + b"\x83\x80" + KEY) == [ClosedByPeer(1000, "")]
+    assert conn.take_output() == b"\x88\x02\x03\xe8"
+
+
+def test_violation_while_closing_sends_no_second_close() -> None:
+    conn = Connection()
+    conn.close(1001)
+    conn.take_output()
+    [event] = conn.feed(b"\x83\x80" + KEY)
+    assert isinstance(event, ConnectionFailed)
+    assert conn.take_output() == b""
+    assert conn.state == CLOSED
