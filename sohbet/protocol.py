@@ -93,6 +93,7 @@ class Connection:
         "_parts",
         "_size",
         "_utf8",
+        "can_send",
         "client",
         "close_code",
         "close_reason",
@@ -158,6 +159,9 @@ class Connection:
         # a failure): it goes out after anything the caller sends in answer to the messages
         # that came before it, so replies to those are not lost behind it.
         self._close_out = b""
+        #: Whether messages may still be sent: open, or closing with our close frame not yet
+        #: taken (so an answer to the last messages read still goes out before it).
+        self.can_send = True
         self.state = OPEN
         #: Why the connection closed: the code and reason of whichever side closed first.
         self.close_code = 0
@@ -199,15 +203,23 @@ class Connection:
             if self.state != CLOSED:
                 self._fail(exc.close_code, str(exc), events)
             return events
-        self._handle_frames(received, events)
-        return events
-
-    def _handle_frames(self, received: list[frames.Frame], events: list[Event]) -> None:
         if self.max_frames_per_window:
             self._frames_in_window += len(received)
             if self._frames_in_window > self.max_frames_per_window:
                 self._fail(1008, f"more than {self.max_frames_per_window} frames in a window", events)
-                return
+                return events
+        if len(received) == 1:
+            # The common case, inlined: one whole, uncompressed message per read.
+            frame = received[0]
+            opcode = frame.opcode
+            if frame.fin and not frame.rsv1 and opcode in {1, 2}:
+                self.messages_received += 1
+                events.append(TextReceived(frame.payload) if opcode == 1 else BinaryReceived(frame.payload))
+                return events
+        self._handle_frames(received, events)
+        return events
+
+    def _handle_frames(self, received: list[frames.Frame], events: list[Event]) -> None:
         for frame in received:
             try:
                 if not self._handle_frame(frame, events):
@@ -238,6 +250,8 @@ class Connection:
                 # Echo the peer's code (§5.5.1); a close without a code is answered without one.
                 self._close_out = self._close_frame(code, "")
                 self.close_code, self.close_reason = code, reason
+            else:
+                self.can_send = False
             self.state = CLOSED
             events.append(ClosedByPeer(code, reason))
             return False
@@ -272,6 +286,8 @@ class Connection:
     def _fail(self, code: int, reason: str, events: list[Event]) -> None:
         if self.state == OPEN:
             self._close_out = self._close_frame(code, reason)
+        else:
+            self.can_send = False
         self.state = CLOSED
         self.close_code, self.close_reason = code, reason
         events.append(ConnectionFailed(code, reason))
@@ -297,12 +313,6 @@ class Connection:
     def _close_frame(self, code: int, reason: str) -> bytes:
         return frames.build_close(code, reason, mask=self._mask())
 
-    @property
-    def can_send(self) -> bool:
-        """Whether messages may still be sent: open, or closing with our close frame not yet
-        taken (so an answer to the last messages read still goes out before it)."""
-        return self.state == OPEN or bool(self._close_out)
-
     def frame_text(self, data: Buffer | str) -> bytes:
         """Return a text message as frame bytes (compressed if negotiated), without queueing it.
 
@@ -313,6 +323,8 @@ class Connection:
         """
         if not self.can_send:
             raise InvalidState("cannot send on a connection that is closing or closed")
+        if self._deflater is None and not self.client:
+            return frames.build_frame(1, data)  # the common case, without the general path
         return self._frame(1, data, True)
 
     def frame_binary(self, data: Buffer) -> bytes:
@@ -358,6 +370,7 @@ class Connection:
             return
         self._out.append(self._close_frame(code, reason))
         self.state = CLOSING
+        self.can_send = False
         self.close_code, self.close_reason = code, reason
 
     def take_output(self) -> bytes:
@@ -366,6 +379,7 @@ class Connection:
         if self._close_out:
             out.append(self._close_out)
             self._close_out = b""
+            self.can_send = False
         if not out:
             return b""
         self._out = []

@@ -148,13 +148,14 @@ class WebSocket(asyncio.Protocol):
         if conn is None:
             self._http_received(data)
             return
-        self._last_rx = self._server.now
+        server = self._server
+        self._last_rx = server.now
         events = conn.feed(data)
         batch: list[bytes] = []
         self._batch = batch  # sends from the callbacks below gather here: one write at the end
         end: ClosedByPeer | ConnectionFailed | None = None
         broken = False
-        on_message = self._server.handler.on_message
+        on_message = server.handler.on_message
         try:
             for event in events:
                 kind = type(event)
@@ -224,14 +225,26 @@ class WebSocket(asyncio.Protocol):
     def send_text(self, data: str | bytes) -> None:
         """Send a text message (`str`, or bytes that are valid UTF-8); dropped once closing."""
         conn = self._conn
-        if self._phase == _WS and conn is not None and conn.can_send:
-            self._write(conn.frame_text(data))
+        if conn is None or not conn.can_send or self._phase != _WS:
+            return
+        frame = conn.frame_text(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)  # inside data_received: one write for everything at the end
+        else:
+            self._write(frame)
 
     def send_binary(self, data: bytes) -> None:
         """Send a binary message; dropped once closing."""
         conn = self._conn
-        if self._phase == _WS and conn is not None and conn.can_send:
-            self._write(conn.frame_binary(data))
+        if conn is None or not conn.can_send or self._phase != _WS:
+            return
+        frame = conn.frame_binary(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+        else:
+            self._write(frame)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the close handshake; the socket closes when the peer answers or time runs out."""
