@@ -60,7 +60,8 @@ def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]
 
 
 def _window_bits(value: str | None) -> int | None:
-    if value is None or not value.isdigit() or len(value) > 2 or not 8 <= int(value) <= 15:
+    # RFC 7692 §7.1.2.1: one or two digits, no leading zero, 8 to 15.
+    if value is None or not value.isdigit() or value.startswith("0") or not 8 <= int(value) <= 15:
         return None
     return int(value)
 
@@ -144,23 +145,33 @@ class Inflater:
     def inflate(self, data: bytes, final: bool, limit: int) -> bytes:
         """Inflate the next frame of a message; *limit* is the room the message has left.
 
+        A sender may end a message with a final (BFINAL) deflate block instead of a sync flush
+        (RFC 7692 §7.2.3.4); its stream is then over, and the next message starts a new one.
+
         Raises:
             ProtocolViolation: 1009 when the output would exceed *limit*; 1007 when the data
-                is not a valid deflate stream.
+                is not a valid deflate stream, or continues past a final block.
         """
-        if self._obj is None:
-            self._obj = zlib.decompressobj(self._wbits)
         obj = self._obj
+        if obj is None:
+            obj = self._obj = zlib.decompressobj(self._wbits)
         try:
-            out = obj.decompress(data, limit + 1)
-            if final and len(out) <= limit and not obj.unconsumed_tail:
-                out += obj.decompress(_TAIL, limit + 1 - len(out))
+            if obj.eof:
+                if data:
+                    raise ProtocolViolation(1007, "compressed data continues after a final deflate block")
+                out = b""
+            else:
+                out = obj.decompress(data, limit + 1)
+                if obj.eof and obj.unused_data:
+                    raise ProtocolViolation(1007, "compressed data continues after a final deflate block")
+                if final and not obj.eof and len(out) <= limit and not obj.unconsumed_tail:
+                    out += obj.decompress(_TAIL, limit + 1 - len(out))
         except zlib.error as exc:
             raise ProtocolViolation(1007, f"invalid compressed data: {exc}") from None
         if len(out) > limit or obj.unconsumed_tail:
             raise ProtocolViolation(1009, f"message inflates beyond limit of {limit} more bytes")
-        if final and self._reset:
-            self._obj = None  # the peer starts afresh: drop the window until the next message
+        if final and (self._reset or obj.eof):
+            self._obj = None  # a fresh window for the next message
         return out
 
 

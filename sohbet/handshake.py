@@ -126,7 +126,10 @@ class _Collector:
     def on_message_complete(self) -> None:
         parser = self.parser
         assert parser is not None  # set right after the parser is built
-        url = httptools.parse_url(self.url) if self.url else None
+        try:
+            url = httptools.parse_url(self.url) if self.url else None
+        except httptools.HttpParserInvalidURLError:
+            raise InvalidHandshake(400, "malformed request target") from None
         self.done.append(
             Request(
                 method=parser.get_method().decode("latin-1"),
@@ -213,6 +216,8 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
         raise InvalidHandshake(400, f"method {request.method} cannot upgrade; use GET")
     if request.version != "1.1":
         raise InvalidHandshake(400, f"HTTP/{request.version} cannot upgrade; use HTTP/1.1")
+    if request.body or request.header("content-length") not in (None, "0") or request.header("transfer-encoding"):
+        raise InvalidHandshake(400, "an upgrade request has no body")
     if request.count("host") != 1:
         raise InvalidHandshake(400, "missing or repeated Host header")
     if "websocket" not in request.tokens("upgrade"):

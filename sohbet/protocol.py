@@ -286,10 +286,10 @@ class Connection:
     def _fail(self, code: int, reason: str, events: list[Event]) -> None:
         if self.state == OPEN:
             self._close_out = self._close_frame(code, reason)
+            self.close_code, self.close_reason = code, reason
         else:
-            self.can_send = False
+            self.can_send = False  # we closed first: our code stands
         self.state = CLOSED
-        self.close_code, self.close_reason = code, reason
         events.append(ConnectionFailed(code, reason))
 
     def _mask(self) -> bytes | None:

@@ -23,7 +23,7 @@ from sohbet import handshake
 from sohbet.config import Limits, WebSocketConfig
 from sohbet.errors import InvalidHandshake
 from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived
-from sohbet.frames import build_frame
+from sohbet.frames import IMPLEMENTATION, build_frame
 from sohbet.protocol import OPEN, BinaryReceived, Connection, TextReceived
 
 __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
@@ -57,7 +57,7 @@ class Handler:
     belongs in tasks they start.
     """
 
-    def accept(self, request: handshake.Request, upgrade: handshake.Upgrade) -> Any:
+    def accept(self, request: handshake.Request, upgrade: handshake.Upgrade) -> object:
         """Decide on an upgrade request that passed the protocol checks (400, 426, 403).
 
         Returns:
@@ -82,6 +82,13 @@ class Handler:
         return Response(404, b'{"error":{"code":"not_found","message":"no such endpoint"}}')
 
 
+def _checked(request: handshake.Request, result: object) -> Response:
+    if isinstance(result, Response) and 100 <= result.status <= 599:
+        return result
+    log.error("on_http returned %r for %s %s, not a Response", result, request.method, request.path)
+    return Response(500, b'{"error":{"code":"internal","message":"internal error"}}')
+
+
 class WebSocket(asyncio.Protocol):
     """One client socket: HTTP until it upgrades, then a WebSocket connection.
 
@@ -96,6 +103,7 @@ class WebSocket(asyncio.Protocol):
         "_batch",
         "_close_at",
         "_conn",
+        "_drain",
         "_http_task",
         "_last_rx",
         "_mid_count",
@@ -122,6 +130,7 @@ class WebSocket(asyncio.Protocol):
         self._phase = _HTTP
         self._batch: list[bytes] | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
         self._queued: list[handshake.Request] = []
         self._opened_at = server.now
         self._last_rx = server.now
@@ -131,9 +140,9 @@ class WebSocket(asyncio.Protocol):
         self._mid_since = 0.0
         self._mid_count = -1
         self.id = next(server._ids)
-        self.data: Any = None
+        self.data: object = None
         self.subprotocol: str | None = None
-        self.remote: Any = None
+        self.remote: object = None  # the peer address as the socket reports it
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -203,12 +212,37 @@ class WebSocket(asyncio.Protocol):
         self._phase = _CLOSED
         self._conn = None
         self._reader = None
+        self._release_drain()
 
     def pause_writing(self) -> None:  # asyncio's contract
         self._paused_at = self._server.now
+        if self._phase == _HTTP:
+            self._transport.pause_reading()  # no more requests until the answers are read
 
     def resume_writing(self) -> None:  # asyncio's contract
         self._paused_at = 0.0
+        self._release_drain()
+        if self._phase == _HTTP and self._http_task is None:
+            self._transport.resume_reading()
+
+    def _release_drain(self) -> None:
+        drain = self._drain
+        if drain is not None:
+            self._drain = None
+            if not drain.done():
+                drain.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until the outgoing buffer is below its high-water mark (or the socket is gone).
+
+        For long sends, such as a replay of missed messages, that should keep pace with the
+        client rather than pile up in memory and end in a 4008.
+        """
+        if not self._paused_at or self._transport is None or self._phase == _CLOSED:
+            return
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+        await self._drain
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -251,10 +285,10 @@ class WebSocket(asyncio.Protocol):
         conn = self._conn
         if self._phase != _WS or conn is None:
             return
+        self._phase = _CLOSING  # first: writing the close frame may find the buffer over its limit
+        self._close_at = self._server.now + self._server.limits.close_timeout_s
         conn.close(code, reason)
         self._write(conn.take_output())
-        self._phase = _CLOSING
-        self._close_at = self._server.now + self._server.limits.close_timeout_s
 
     def _write(self, data: bytes) -> None:
         batch = self._batch
@@ -265,11 +299,20 @@ class WebSocket(asyncio.Protocol):
         transport.write(data)
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
         if self._paused_at and transport.get_write_buffer_size() > self._server.limits.max_buffered_bytes:
-            self._too_slow()
+            self._over_limit()
 
     def _too_slow(self) -> None:
         log.info("connection %d closed: %d bytes unread", self.id, self.buffered_bytes)
         self.close(4008, "too slow: messages were not read")
+
+    def _over_limit(self) -> None:
+        """More unread bytes than allowed: 4008 for a WebSocket, a plain hang-up otherwise."""
+        if self._phase == _WS:
+            self._too_slow()
+        elif self._phase == _HTTP:
+            log.info("connection %d dropped: %d response bytes unread", self.id, self.buffered_bytes)
+            self._phase = _CLOSED
+            self._transport.abort()
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -310,8 +353,10 @@ class WebSocket(asyncio.Protocol):
         """Answer queued requests in order; an async answer holds the rest until it is sent."""
         while self._queued and self._http_task is None and self._phase == _HTTP:
             request = self._queued.pop(0)
-            if request.header("upgrade") is None:
+            if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 self._answer_http(request)
+            elif self._server.closing:
+                self._refuse(InvalidHandshake(503, "server is shutting down"))
             elif request.path not in self._server.websocket.paths:
                 self._refuse(InvalidHandshake(404, f"no WebSocket endpoint at {request.path}"))
             else:
@@ -330,7 +375,7 @@ class WebSocket(asyncio.Protocol):
             self._transport.pause_reading()
             self._http_task = asyncio.ensure_future(self._finish_http(request, result))
             return
-        self._send_response(request, result)
+        self._send_response(request, _checked(request, result))
 
     async def _finish_http(self, request: handshake.Request, pending: Awaitable[Response]) -> None:
         try:
@@ -341,14 +386,16 @@ class WebSocket(asyncio.Protocol):
         self._http_task = None
         if self._phase != _HTTP:
             return
-        self._send_response(request, response)
+        self._send_response(request, _checked(request, response))
         if self._phase == _HTTP:
             self._transport.resume_reading()
             self._serve_queued()
 
     def _send_response(self, request: handshake.Request, response: Response) -> None:
-        keep = request.keep_alive
-        self._transport.write(
+        reader = self._reader
+        # After an upgrade request (h2c, say) the parser has stopped: answer it, then hang up.
+        keep = request.keep_alive and not self._server.closing and not (reader is not None and reader.upgraded)
+        self._write(
             handshake.http_response(
                 response.status,
                 response.body,
@@ -358,16 +405,20 @@ class WebSocket(asyncio.Protocol):
             )
         )
         self._opened_at = self._server.now  # the idle deadline of a kept-alive connection
-        if not keep:
-            self._phase = _CLOSED
-            self._transport.close()
+        if not keep and self._phase == _HTTP:
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close after the last response; the sweep aborts it if the peer never reads it."""
+        self._phase = _CLOSED
+        self._close_at = self._server.now + self._server.limits.close_timeout_s
+        self._transport.close()
 
     def _refuse(self, exc: InvalidHandshake) -> None:
         log.debug("refused connection %d: %d %s", self.id, exc.http_status, exc)
-        self._phase = _CLOSED
         self._reader = None
         self._transport.write(handshake.error_response(exc.http_status, str(exc), exc.headers))
-        self._transport.close()
+        self._hang_up()
 
     def _upgrade(self, request: handshake.Request, rest: bytes) -> None:
         server = self._server
@@ -465,6 +516,8 @@ class Server:
         self._ids = itertools.count(1)
         self._listener: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Set once shutdown begins: no new upgrades, HTTP answers close their connection.
+        self.closing = False
         self._window_end = 0.0
         self.now = 0.0
 
@@ -481,6 +534,7 @@ class Server:
         self._window_end = self.now + _RATE_WINDOW_S
         self._listener = await loop.create_server(lambda: WebSocket(self), host, port, backlog=backlog)
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
+        log.info("listening on %s:%d (frame core: %s)", host, self.port, IMPLEMENTATION)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -500,6 +554,7 @@ class Server:
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, close every connection with 1001, wait up to *timeout_s* for them."""
+        self.closing = True
         if self._listener is not None:
             self._listener.close()
         for ws in list(self._sockets.values()):

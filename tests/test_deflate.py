@@ -168,3 +168,43 @@ def test_garbage_is_invalid_data() -> None:
     with pytest.raises(ProtocolViolation) as info:
         deflate.Inflater(15, False).inflate(b"\xff\xff\xff\xff", True, 1000)
     assert info.value.close_code == 1007
+
+
+def finished(message: bytes, wbits: int = 15) -> bytes:
+    """A message ended with a final (BFINAL) block instead of a sync flush (RFC 7692 §7.2.3.4)."""
+    obj = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    return obj.compress(message) + obj.flush(zlib.Z_FINISH)
+
+
+def test_a_final_block_ends_the_stream_and_the_next_message_starts_afresh() -> None:
+    inflater = deflate.Inflater(15, no_context_takeover=False)
+    assert inflater.inflate(finished(b"first message"), True, 1000) == b"first message"
+    assert inflater.inflate(finished(b"second message"), True, 1000) == b"second message"
+    payload = finished(b"split across fragments")
+    assert inflater.inflate(payload[:5], False, 1000) + inflater.inflate(payload[5:], True, 1000) == (
+        b"split across fragments"
+    )
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same-frame", "next-fragment"])
+def test_data_after_a_final_block_is_invalid(split: bool) -> None:
+    inflater = deflate.Inflater(15, no_context_takeover=False)
+    payload = finished(b"done") + b"\x00garbage"
+    with pytest.raises(ProtocolViolation) as info:
+        if split:
+            inflater.inflate(finished(b"done"), False, 1000)
+            inflater.inflate(b"more", True, 1000)
+        else:
+            inflater.inflate(payload, True, 1000)
+    assert info.value.close_code == 1007
+
+
+def test_window_bits_with_a_leading_zero_are_declined() -> None:
+    assert deflate.negotiate("permessage-deflate; server_max_window_bits=09", ON) is None
+
+
+def test_an_empty_fragment_after_a_final_block_is_fine() -> None:
+    inflater = deflate.Inflater(15, no_context_takeover=False)
+    assert inflater.inflate(finished(b"all here"), False, 1000) == b"all here"
+    assert inflater.inflate(b"", True, 1000) == b""
+    assert inflater.inflate(finished(b"next"), True, 1000) == b"next"

@@ -246,3 +246,37 @@ def test_a_body_may_arrive_in_pieces() -> None:
     assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc") == []
     [request] = reader.feed(b"def")
     assert request.body == b"abcdef"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET http:// HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ids=["connect", "bad-absolute-url"],
+)
+def test_malformed_targets_are_a_400_not_a_crash(raw: bytes) -> None:
+    with pytest.raises(InvalidHandshake) as info:
+        handshake.RequestReader(Limits()).feed(raw)
+    assert info.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    "extra", ["Content-Length: 5", "Transfer-Encoding: chunked"], ids=["content-length", "chunked"]
+)
+def test_an_upgrade_with_a_body_is_refused(extra: str) -> None:
+    request = handshake.Request(
+        "GET",
+        "/ws",
+        "",
+        "1.1",
+        (
+            ("host", "x"),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", KEY),
+            ("sec-websocket-version", "13"),
+            tuple(extra.lower().split(": ")),  # type: ignore[arg-type]
+        ),
+    )
+    with pytest.raises(InvalidHandshake, match="no body") as info:
+        handshake.validate_upgrade(request, CONFIG)
+    assert info.value.http_status == 400

@@ -34,7 +34,7 @@ CORE = {
 }
 STORAGE = {"store", "broker"}
 SERVICE = {"chat"}
-TRANSPORT = {"server", "http_api", "client", "echo", "_server"}
+TRANSPORT = {"server", "http_api", "client", "echo", "gateway"}
 ENTRY = {"cli", "__main__"}
 
 # layer -> (sohbet modules it may import, third-party packages it may import, stdlib it may not)
@@ -66,6 +66,10 @@ def module_name(path: Path) -> str:
     return ".".join(rel.parts)
 
 
+def _is_module(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").exists() or (PACKAGE / name).is_dir() or any(PACKAGE.glob(f"{name}.*.so"))
+
+
 def imports_of(path: Path) -> set[str]:
     if path.suffix == ".pyx":
         pattern = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import|c?import\s+([\w.]+))", re.MULTILINE)
@@ -80,7 +84,8 @@ def imports_of(path: Path) -> set[str]:
                 base = ["sohbet", *package[: len(package) - node.level + 1]]
                 found.add(".".join([*base, node.module] if node.module else base))
             elif node.module == "sohbet":
-                found.update(f"sohbet.{alias.name}" for alias in node.names)
+                # `from sohbet import x`: a submodule if one has that name, else the package.
+                found.update(f"sohbet.{a.name}" if _is_module(a.name) else "sohbet" for a in node.names)
             else:
                 found.add(node.module or "")
     return found

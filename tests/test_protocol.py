@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sohbet.deflate import DeflateParams, Deflater, Inflater
 from sohbet.errors import InvalidState
@@ -269,3 +272,41 @@ def test_violation_while_closing_sends_no_second_close() -> None:
     assert isinstance(event, ConnectionFailed)
     assert conn.take_output() == b""
     assert conn.state == CLOSED
+
+
+def test_a_violation_while_closing_keeps_our_close_code() -> None:
+    conn = Connection()
+    conn.close(1001, "going away")
+    conn.take_output()
+    conn.feed(cf(1, b"\xff"))  # invalid UTF-8 from a peer that has not seen our close yet
+    assert (conn.close_code, conn.close_reason) == (1001, "going away")
+
+
+@st.composite
+def client_streams(draw: st.DrawFn) -> list[bytes]:
+    """Frames a client may send: whole and fragmented messages, pings between fragments."""
+    frames: list[bytes] = []
+    for _ in range(draw(st.integers(1, 6))):
+        if draw(st.booleans()):
+            frames.append(cf(9, draw(st.binary(max_size=20))))
+            continue
+        text = draw(st.text(max_size=30)).encode()
+        cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=3)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        for i, piece in enumerate(pieces):
+            frames.append(cf(1 if i == 0 else 0, piece, fin=i == len(pieces) - 1))
+            if i < len(pieces) - 1 and draw(st.booleans()):
+                frames.append(cf(9, b"p"))
+    if draw(st.booleans()):
+        frames.append(cf(8, b"\x03\xe8"))
+    return frames
+
+
+@given(frames=client_streams(), cuts=st.lists(st.integers(0, 10_000), max_size=10))
+def test_the_same_events_whatever_the_chunking(frames: list[bytes], cuts: list[int]) -> None:
+    wire = b"".join(frames)
+    whole = Connection().feed(wire)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    chunked = Connection()
+    events = [e for a, b in itertools.pairwise(points) for e in chunked.feed(wire[a:b])]
+    assert events == whole

@@ -17,16 +17,14 @@ import pytest
 
 from sohbet.config import CompressionConfig, WebSocketConfig
 from sohbet.echo import ECHO_LIMITS, EchoHandler
-from sohbet.frames import build_frame
 
-from .conftest import RawClient, running
+from .conftest import RawClient, client_frame, running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 K = b"\x01\x02\x03\x04"
 
 
-def f(opcode: int, payload: bytes | str = b"", *, fin: bool = True, rsv1: bool = False) -> bytes:
-    return build_frame(opcode, payload, fin=fin, rsv1=rsv1, mask=K)
+f = client_frame
 
 
 def raw_frame(first: int, payload: bytes) -> bytes:
@@ -34,6 +32,10 @@ def raw_frame(first: int, payload: bytes) -> bytes:
     assert len(payload) < 126
     masked = bytes(b ^ K[i % 4] for i, b in enumerate(payload))
     return bytes([first, 0x80 | len(payload)]) + K + masked
+
+
+def chop(frame: bytes, size: int) -> list[bytes]:
+    return [frame[i : i + size] for i in range(0, len(frame), size)]
 
 
 BIG = os.urandom(65536)
@@ -48,7 +50,7 @@ CASES: list[tuple[str, list[bytes], list[Any]]] = [
     ("2.3-binary-ping", [f(9, b"\x00\xff\xfe\xfd\xfc\xfb\x00\xff")], [("pong", b"\x00\xff\xfe\xfd\xfc\xfb\x00\xff")]),
     ("2.4-ping-125", [f(9, b"\xfe" * 125)], [("pong", b"\xfe" * 125)]),
     ("2.5-ping-126", [raw_frame(0x89, b"")[:1] + b"\xfe\x00\x7e" + K + b"\x00" * 126], [("close", 1002)]),
-    ("2.6-ping-chopped", [f(9, b"\xfe" * 125)[i : i + 2] for i in range(0, 131, 2)], [("pong", b"\xfe" * 125)]),
+    ("2.6-ping-chopped", chop(f(9, b"\xfe" * 125), 2), [("pong", b"\xfe" * 125)]),
     ("2.7-unsolicited-pong", [f(10, "unsolicited"), f(1, "after")], [("text", b"after")]),
     ("2.10-ten-pings", [f(9, f"ping {i}") for i in range(10)], [("pong", f"ping {i}".encode()) for i in range(10)]),
     # 3.x reserved bits: the echo of the earlier message still goes out first.
@@ -173,8 +175,11 @@ def test_compressed_echo(run: Run, offer: str) -> None:
             agreed = client.response.split(b"Sec-WebSocket-Extensions: ")[1].split(b"\r\n")[0].decode()
             server_bits = int(agreed.split("server_max_window_bits=")[1][:2]) if "server_max" in agreed else 15
             inflater = zlib.decompressobj(-server_bits)
+            client_bits = int(agreed.split("client_max_window_bits=")[1][:2]) if "client_max" in agreed else 15
+            deflater = zlib.compressobj(6, zlib.DEFLATED, -client_bits)  # one stream: context takeover
             for message in [b"compress me " * 100, os.urandom(2000), b"compress me " * 100]:
-                deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+                if "client_no_context_takeover" in agreed:
+                    deflater = zlib.compressobj(6, zlib.DEFLATED, -client_bits)
                 payload = (deflater.compress(message) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
                 client.send(2, payload, rsv1=True)
                 frame = await client.next_frame()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -342,5 +343,137 @@ def test_broadcast_frames_once_and_skips_closed(run: Run) -> None:
             assert frame.rsv1  # compressed for the one that negotiated it
             for client in (*plain[:2], deflated):
                 client.abort()
+
+    run(main())
+
+
+def test_4008_from_outside_a_callback_and_shutdown_still_returns(run: Run) -> None:
+    async def main() -> None:
+        handler = Recorder(echo=False)
+        limits = Limits(max_buffered_bytes=2 * 1024 * 1024, close_timeout_s=1.0)
+        async with running(handler, limits=limits) as server:
+            client = await RawClient.connect(server.port)  # and never reads
+            ws = await get(handler.opened)
+            for _ in range(2000):  # a task pushing events, as the chat fan-out does
+                ws.send_binary(b"z" * 65536)
+                if not ws.is_open:
+                    break
+            _, code, reason = await get(handler.closed, timeout=10.0)
+            assert (code, reason) == (4008, "too slow: messages were not read")
+            await server.shutdown(timeout_s=3.0)
+            assert server._sockets == {}
+            client.abort()
+
+    run(main())
+
+
+def test_pipelined_requests_to_a_client_that_never_reads_are_bounded(run: Run) -> None:
+    class Big(Handler):
+        def on_http(self, request: Request) -> Any:
+            return Response(200, b"x" * 65536)
+
+    async def main() -> None:
+        limits = Limits(handshake_timeout_s=1.0, close_timeout_s=1.0)
+        async with running(Big(), limits=limits) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                for _ in range(100):
+                    writer.write(request * 200)  # 20,000 requests, none of whose answers we read
+                    await asyncio.wait_for(writer.drain(), 0.5)
+            # The server stops reading while its answers pile up, and drops the connection
+            # (over the unread-bytes limit, or at the idle deadline) instead of buffering 1.3 GB.
+            for ws in server._sockets.values():
+                assert ws.buffered_bytes <= limits.max_buffered_bytes + 2 * 65536
+            await get_eof(reader, timeout=5.0)
+            assert server._sockets == {}
+            writer.close()
+
+    run(main())
+
+
+async def get_eof(reader: asyncio.StreamReader, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1 << 20):
+                pass
+
+
+def test_a_closing_response_nobody_reads_is_dropped(run: Run) -> None:
+    class Huge(Handler):
+        def on_http(self, request: Request) -> Any:
+            return Response(200, b"h" * (32 * 1024 * 1024))
+
+    async def main() -> None:
+        async with running(Huge(), limits=Limits(close_timeout_s=1.0)) as server:
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(5.0):
+                while server._sockets:
+                    await asyncio.sleep(0.05)  # the sweep runs each second: wait for it, bounded
+            writer.close()
+
+    run(main())
+
+
+def test_shutdown_during_an_async_http_answer(run: Run) -> None:
+    gate = asyncio.Event()
+    reached = asyncio.Event()
+
+    class Slow(Recorder):
+        def on_http(self, request: Request) -> Any:
+            reached.set()
+
+            async def later() -> Response:
+                await gate.wait()
+                return Response(200, b'{"late":true}')
+
+            return later()
+
+    async def main() -> None:
+        handler = Slow()
+        async with running(handler) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade(path="/ws"))
+            await asyncio.wait_for(reached.wait(), 5.0)
+            started = asyncio.get_running_loop().time()
+            shutdown = asyncio.ensure_future(server.shutdown(timeout_s=3.0))
+            await asyncio.sleep(0)
+            gate.set()
+            data = await asyncio.wait_for(reader.read(), 5.0)
+            await shutdown
+            assert asyncio.get_running_loop().time() - started < 2.0
+            assert data.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in data
+            assert b"101 Switching" not in data  # the upgrade behind it was not accepted
+            assert handler.opened.empty()
+            writer.close()
+
+    run(main())
+
+
+def test_other_upgrades_are_plain_http(run: Run) -> None:
+    class Health(Handler):
+        def on_http(self, request: Request) -> Any:
+            return Response(200, b'{"status":"ok"}')
+
+    async def main() -> None:
+        async with running(Health()) as server:
+            raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n"
+            status, _, body = await http(server.port, raw)
+            assert (status, body) == (200, b'{"status":"ok"}')
+
+    run(main())
+
+
+def test_a_handler_returning_nonsense_gets_a_500(run: Run) -> None:
+    class Wrong(Handler):
+        def on_http(self, request: Request) -> Any:
+            return None
+
+    async def main() -> None:
+        async with running(Wrong()) as server:
+            status, _, body = await http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert status == 500 and orjson.loads(body)["error"]["code"] == "internal"
 
     run(main())
