@@ -6,11 +6,23 @@ and raises `ConfigError`, so a bad setting stops the process at startup, never l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sohbet.errors import ConfigError
 
-__all__ = ["CompressionConfig", "Limits", "WebSocketConfig"]
+__all__ = [
+    "SETTINGS",
+    "AuthConfig",
+    "ChatConfig",
+    "CompressionConfig",
+    "Config",
+    "Limits",
+    "Setting",
+    "StoreConfig",
+    "WebSocketConfig",
+    "merge_settings",
+]
 
 
 def _require(ok: bool, message: str) -> None:
@@ -123,3 +135,281 @@ class WebSocketConfig:
     #: Subprotocols in order of preference; the first one the client also offers is selected.
     subprotocols: tuple[str, ...] = ()
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+
+
+#: JWT algorithms sohbet accepts, by key kind. The token never picks one: configuration does.
+HMAC_ALGORITHMS: frozenset[str] = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """How tokens are verified (PROTOCOL.md, "Connecting")."""
+
+    algorithm: str = "HS256"
+    #: Shared secret for HS* algorithms: its UTF-8 bytes, at least 32 of them.
+    secret: str | None = field(default=None, repr=False)
+    #: Public keys (PEM text) for RS/ES/EdDSA, by `kid`; a None kid is used for tokens without one.
+    public_keys: tuple[tuple[str | None, str], ...] = field(default=(), repr=False)
+    audience: str | None = None
+    issuer: str | None = None
+    leeway_s: float = 5.0
+    #: Bearer key of the application backend for the HTTP API; None disables those endpoints.
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.algorithm in HMAC_ALGORITHMS:
+            _require(self.secret is not None, f"{self.algorithm} needs a JWT secret")
+            secret_bytes = len((self.secret or "").encode())
+            _require(
+                secret_bytes >= MIN_SECRET_BYTES,
+                f"JWT secret of {secret_bytes} bytes is shorter than {MIN_SECRET_BYTES}",
+            )
+        elif self.algorithm in PUBLIC_KEY_ALGORITHMS:
+            _require(bool(self.public_keys), f"{self.algorithm} needs at least one public key")
+        else:
+            _require(False, f"JWT algorithm {self.algorithm!r} is not supported")
+        _require(0 <= self.leeway_s <= 300, f"leeway_s of {self.leeway_s} is outside 0-300")
+        if self.api_key is not None:
+            _require(len(self.api_key) >= 16, f"API key of {len(self.api_key)} characters is shorter than 16")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where messages live: `sqlite:///path.db` (embedded) or `postgresql://...`."""
+
+    url: str = field(default="sqlite:///sohbet.db", repr=False)
+    #: Most `chat:send`s written in one transaction (group commit).
+    max_batch: int = 512
+    #: Sends waiting for the writer before new ones are refused with `unavailable`.
+    max_queue: int = 20_000
+    pool_size: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
+        _require(1 <= self.max_batch <= 10_000, f"max_batch of {self.max_batch} is outside 1-10000")
+        _require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
+        _require(1 <= self.pool_size <= 100, f"pool_size of {self.pool_size} is outside 1-100")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the URL names an SQLite file."""
+        return self.url.startswith("sqlite:///")
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the URL names a PostgreSQL server."""
+        return self.url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite file's path (everything after `sqlite:///`)."""
+        return self.url[len("sqlite:///") :]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """The chat protocol's limits and timings (PROTOCOL.md, "Limits" and "Messages")."""
+
+    #: `chat:send`s per second per user, all connections together; 0: unlimited.
+    send_rate_per_s: float = 10.0
+    send_burst: int = 30
+    max_content_chars: int = 4000
+    max_group_members: int = 10_000
+    max_connections_per_user: int = 10
+    #: Seconds a user stays online after their last connection closes.
+    presence_grace_s: float = 10.0
+    typing_interval_s: float = 2.0
+    typing_expires_ms: int = 6000
+    #: Client-fault errors (bad_request, unauthorized, forbidden, too_large) per 10 s before 1008.
+    max_errors_per_10s: int = 20
+    max_presence_query: int = 500
+    #: `sync` limits: per conversation, per call, and for conversations the client did not name.
+    sync_per_conversation: int = 1000
+    sync_per_call: int = 10_000
+    sync_unnamed: int = 50
+
+    def __post_init__(self) -> None:
+        _require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
+        _require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
+        _require(
+            1 <= self.max_content_chars <= 60_000, f"max_content_chars of {self.max_content_chars} is outside 1-60000"
+        )
+        _require(self.max_group_members >= 3, f"max_group_members of {self.max_group_members} is below 3")
+        _require(self.max_connections_per_user >= 1, "max_connections_per_user is below 1")
+        _require(self.presence_grace_s >= 0, f"presence_grace_s of {self.presence_grace_s} is negative")
+        _require(self.typing_interval_s >= 0, f"typing_interval_s of {self.typing_interval_s} is negative")
+        _require(self.max_errors_per_10s >= 1, "max_errors_per_10s is below 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One user-facing setting: a `--flag`, a `SOHBET_*` variable and a TOML key at once."""
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    has_flag: bool = True
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it."""
+        return "SOHBET_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        """The command-line option that sets it."""
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "address to listen on"),
+    Setting("port", int, 8080, "port for HTTP and WebSocket"),
+    Setting("data_dir", str, ".", "directory of the default SQLite database and of the generated sohbet.secret"),
+    Setting("database_url", str, None, "sqlite:///path.db or postgresql://...; default: SQLite in --data-dir"),
+    Setting("jwt_secret", str, None, "HS256 secret, at least 32 bytes; generated into sohbet.secret if unset (SQLite)"),
+    Setting("jwt_public_key", str, None, "PEM file with the public key for RS256/ES256/EdDSA tokens"),
+    Setting("jwt_algorithm", str, "HS256", "the one JWT algorithm accepted (HS256, RS256, ES256, EdDSA, ...)"),
+    Setting("jwt_audience", str, None, "required `aud` claim, if set"),
+    Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
+    Setting("jwt_leeway", float, 5.0, "clock-skew leeway for exp/nbf/iat, in seconds"),
+    Setting("redis_url", str, None, "redis://... to fan out across several instances"),
+    Setting("api_key", str, None, "bearer key of the application backend for the HTTP API", has_flag=False),
+    Setting("send_rate", float, 10.0, "chat:send per second per user across connections; 0 means unlimited"),
+    Setting("send_burst", int, 30, "chat:send burst allowance per user"),
+    Setting("frame_rate", int, 120, "inbound frames per 10 s per connection; 0 means unlimited"),
+    Setting("presence_grace", float, 10.0, "seconds a user stays online after the last connection closes"),
+    Setting("max_connections", int, 0, "open WebSocket connections per server (HTTP 503 above); 0 means unlimited"),
+    Setting("max_connections_per_user", int, 10, "open connections per user (close 1008 above)"),
+    Setting("max_message_bytes", int, 65536, "largest WebSocket message, after reassembly and inflating"),
+    Setting("compression", bool, False, "negotiate permessage-deflate (12-bit window)"),
+    Setting("allowed_origins", str, "", "comma-separated Origin values allowed to connect; empty: any"),
+    Setting("log_level", str, "info", "debug, info, warning or error"),
+)
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _coerce(setting: Setting, value: object, source: str) -> object:
+    """Turn a raw value (a string from the environment, a TOML value, a flag) into the setting's type."""
+    try:
+        if setting.kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError(text)
+        if setting.kind is int and isinstance(value, bool):
+            raise ValueError(value)
+        return setting.kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {value!r} is not a valid {setting.kind.__name__} for {setting.name}") from None
+
+
+def merge_settings(
+    environ: Mapping[str, str],
+    file: Mapping[str, object] | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """Resolve every setting: flags win over the environment, which wins over the file.
+
+    Raises:
+        ConfigError: an unknown key in the file, or a value of the wrong type.
+    """
+    values: dict[str, object] = {s.name: s.default for s in SETTINGS}
+    for key, value in (file or {}).items():
+        name = key.replace("-", "_")
+        if name not in SETTINGS_BY_NAME:
+            raise ConfigError(f"config file: unknown setting {key!r}")
+        values[name] = _coerce(SETTINGS_BY_NAME[name], value, "config file")
+    for setting in SETTINGS:
+        if setting.env in environ:
+            values[setting.name] = _coerce(setting, environ[setting.env], setting.env)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(SETTINGS_BY_NAME[name], value, SETTINGS_BY_NAME[name].flag)
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server needs, in sections; each component receives only its own.
+
+    `auth` has no default: a server never runs with a key nobody chose.
+    """
+
+    auth: AuthConfig
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "."
+    limits: Limits = field(default_factory=Limits)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    redis_url: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"port {self.port} is outside 0-65535")
+        _require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
+
+    @classmethod
+    def from_settings(
+        cls, values: Mapping[str, object], public_keys: tuple[tuple[str | None, str], ...] = ()
+    ) -> Config:
+        """Build the configuration from resolved settings (see `merge_settings`).
+
+        Args:
+            values: every setting by name.
+            public_keys: PEM public keys already read from `jwt_public_key` (reading files is
+                the caller's I/O, not this module's).
+
+        Raises:
+            ConfigError: any invalid combination.
+        """
+        v = dict(values)
+        data_dir = str(v["data_dir"])
+        url = v["database_url"] or f"sqlite:///{data_dir.rstrip('/')}/sohbet.db"
+        origins = frozenset(o.strip() for o in str(v["allowed_origins"]).split(",") if o.strip())
+        return cls(
+            host=str(v["host"]),
+            port=int(v["port"]),  # type: ignore[call-overload]  # coerced by merge_settings
+            data_dir=data_dir,
+            limits=Limits(
+                max_message_bytes=int(v["max_message_bytes"]),  # type: ignore[call-overload]  # coerced
+                max_frames_per_10s=int(v["frame_rate"]),  # type: ignore[call-overload]  # coerced
+                max_connections=int(v["max_connections"]),  # type: ignore[call-overload]  # coerced
+            ),
+            websocket=WebSocketConfig(
+                allowed_origins=origins,
+                subprotocols=("sohbet.v1",),
+                compression=CompressionConfig(enabled=bool(v["compression"]), window_bits=12),
+            ),
+            auth=AuthConfig(
+                algorithm=str(v["jwt_algorithm"]),
+                secret=None if v["jwt_secret"] is None else str(v["jwt_secret"]),
+                public_keys=public_keys,
+                audience=None if v["jwt_audience"] is None else str(v["jwt_audience"]),
+                issuer=None if v["jwt_issuer"] is None else str(v["jwt_issuer"]),
+                leeway_s=float(v["jwt_leeway"]),  # type: ignore[arg-type]  # coerced
+                api_key=None if v["api_key"] is None else str(v["api_key"]),
+            ),
+            store=StoreConfig(url=str(url)),
+            chat=ChatConfig(
+                send_rate_per_s=float(v["send_rate"]),  # type: ignore[arg-type]  # coerced
+                send_burst=int(v["send_burst"]),  # type: ignore[call-overload]  # coerced
+                presence_grace_s=float(v["presence_grace"]),  # type: ignore[arg-type]  # coerced
+                max_connections_per_user=int(v["max_connections_per_user"]),  # type: ignore[call-overload]  # coerced
+            ),
+            redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
+            log_level=str(v["log_level"]),
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Build the configuration from `SOHBET_*` variables alone (defaults elsewhere)."""
+        return cls.from_settings(merge_settings(environ))

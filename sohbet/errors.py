@@ -68,12 +68,16 @@ class TokenInvalid(AuthError):
 
 
 class MessageRejected(SohbetError):
-    """A chat envelope is unacceptable: reply with an `error` of `code`, keep the connection."""
+    """A chat envelope is unacceptable: reply with an `error` of `code`, keep the connection.
 
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
+    `ref` is the request's ref when it was readable, so the error can answer the request.
+    """
+
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None, ref: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after_ms = retry_after_ms
+        self.ref = ref
 
 
 class StoreError(SohbetError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -36,3 +40,44 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "python":
         return importlib.import_module("sohbet._frames_py")
     return load_compiled_core()
+
+
+POSTGRES_URL = os.environ.get("SOHBET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty database for this test run; dropped at the end.
+
+    Where no Postgres answers, tests that need it skip with a loud reason, except under
+    CI=true, where they fail: CI must never pass by skipping.
+    """
+    import asyncpg  # noqa: PLC0415  # only the Postgres half of the suite needs it
+
+    name = f"sohbet_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        con = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        message = f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc}); set SOHBET_TEST_POSTGRES_URL"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip("SKIPPING THE POSTGRES HALF OF THE SUITE: " + message)
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage backend in turn: the same tests run on SQLite and on Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/sohbet.db"
+    return str(request.getfixturevalue("postgres_database"))

@@ -51,3 +51,109 @@ def test_defaults_are_the_protocols() -> None:
     assert not CompressionConfig().enabled
     assert CompressionConfig().window_bits == 12
     assert WebSocketConfig().paths == frozenset({"/", "/ws"})
+
+
+# --- the chat server's settings ---------------------------------------------------------------
+
+from sohbet.config import (  # noqa: E402  # grouped with the tests that use them
+    SETTINGS,
+    AuthConfig,
+    ChatConfig,
+    Config,
+    StoreConfig,
+    merge_settings,
+)
+
+SECRET = "s" * 32
+
+
+def test_every_setting_has_a_flag_an_environment_variable_and_help() -> None:
+    names = {s.name for s in SETTINGS}
+    assert {"host", "port", "database_url", "jwt_secret", "jwt_public_key", "jwt_algorithm", "redis_url"} <= names
+    assert {"api_key", "send_rate", "send_burst", "frame_rate", "presence_grace", "max_connections"} <= names
+    assert {"max_message_bytes", "compression"} <= names
+    for s in SETTINGS:
+        assert s.env == "SOHBET_" + s.name.upper() and s.flag == "--" + s.name.replace("_", "-") and s.help
+
+
+def test_precedence_flags_over_environment_over_file_over_defaults() -> None:
+    file = {"port": 1000, "send-rate": 1.5, "host": "0.0.0.0"}
+    environ = {"SOHBET_PORT": "2000", "SOHBET_COMPRESSION": "yes"}
+    flags = {"port": 3000, "send_burst": None}
+    values = merge_settings(environ, file, flags)
+    assert values["port"] == 3000
+    assert values["host"] == "0.0.0.0"
+    assert values["send_rate"] == 1.5
+    assert values["compression"] is True
+    assert values["send_burst"] == 30  # a flag left out (None) does not override
+    assert merge_settings({"SOHBET_COMPRESSION": "off"})["compression"] is False
+    assert merge_settings({}, {"compression": True})["compression"] is True
+
+
+@pytest.mark.parametrize(
+    ("environ", "file", "match"),
+    [
+        ({"SOHBET_PORT": "eighty"}, {}, "SOHBET_PORT: 'eighty' is not a valid int for port"),
+        ({"SOHBET_COMPRESSION": "maybe"}, {}, "not a valid bool"),
+        ({}, {"port": True}, "not a valid int"),
+        ({}, {"mystery": 1}, "unknown setting 'mystery'"),
+    ],
+    ids=["bad-int", "bad-bool", "bool-as-int", "unknown-key"],
+)
+def test_bad_settings_are_refused(environ: dict[str, str], file: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        merge_settings(environ, file)
+
+
+def test_config_from_settings() -> None:
+    config = Config.from_env(
+        {
+            "SOHBET_JWT_SECRET": SECRET,
+            "SOHBET_PORT": "9000",
+            "SOHBET_DATA_DIR": "/var/lib/sohbet/",
+            "SOHBET_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "SOHBET_FRAME_RATE": "0",
+            "SOHBET_JWT_AUDIENCE": "chat",
+            "SOHBET_API_KEY": "k" * 16,
+        }
+    )
+    assert config.port == 9000
+    assert config.store.url == "sqlite:////var/lib/sohbet/sohbet.db"
+    assert config.store.sqlite_path == "/var/lib/sohbet/sohbet.db"
+    assert config.websocket.allowed_origins == frozenset({"https://a.example", "https://b.example"})
+    assert config.websocket.subprotocols == ("sohbet.v1",)
+    assert config.limits.max_frames_per_10s == 0
+    assert config.auth.audience == "chat" and config.auth.api_key == "k" * 16
+    assert SECRET not in repr(config)  # secrets never reach a log line
+    pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})
+    assert pg.store.is_postgres and "pw" not in repr(pg)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (AuthConfig, "needs a JWT secret"),
+        (lambda: AuthConfig(secret="short"), "5 bytes is shorter than 32"),
+        (lambda: AuthConfig(algorithm="RS256"), "at least one public key"),
+        (lambda: AuthConfig(algorithm="none", secret=SECRET), "not supported"),
+        (lambda: AuthConfig(secret=SECRET, leeway_s=-1), "leeway"),
+        (lambda: AuthConfig(secret=SECRET, api_key="short"), "API key"),
+        (lambda: StoreConfig(url="mysql://x"), "sqlite:/// or postgresql://"),
+        (lambda: StoreConfig(max_batch=0), "max_batch"),
+        (lambda: StoreConfig(max_batch=100, max_queue=10), "max_queue"),
+        (lambda: StoreConfig(pool_size=0), "pool_size"),
+        (lambda: ChatConfig(send_rate_per_s=-1), "send_rate_per_s"),
+        (lambda: ChatConfig(send_burst=0), "send_burst"),
+        (lambda: ChatConfig(max_content_chars=0), "max_content_chars"),
+        (lambda: ChatConfig(max_group_members=2), "max_group_members"),
+        (lambda: ChatConfig(max_connections_per_user=0), "max_connections_per_user"),
+        (lambda: ChatConfig(presence_grace_s=-1), "presence_grace_s"),
+        (lambda: ChatConfig(typing_interval_s=-1), "typing_interval_s"),
+        (lambda: ChatConfig(max_errors_per_10s=0), "max_errors_per_10s"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), port=70000), "port"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), log_level="loud"), "log level"),
+    ],
+)
+def test_sections_refuse_nonsense(make: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make()  # type: ignore[operator]

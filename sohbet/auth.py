@@ -1,0 +1,97 @@
+"""JWT verification: a token in, an `Identity` out, with the algorithm pinned by configuration.
+
+Layer: core. Imports pyjwt, the standard library and the core modules. pyjwt's own `exp`/`nbf`
+check is the one clock read in the core (STYLE.md §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NewType
+
+import jwt
+
+from sohbet.config import HMAC_ALGORITHMS, AuthConfig
+from sohbet.errors import TokenExpired, TokenInvalid
+
+__all__ = ["Identity", "UserId", "Verifier", "issue_token"]
+
+UserId = NewType("UserId", str)
+MAX_USER_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for, and until when (epoch seconds)."""
+
+    user_id: UserId
+    exp: float
+
+
+class Verifier:
+    """Verify tokens against the configured algorithm, keys and claims (PROTOCOL.md)."""
+
+    __slots__ = ("_config", "_keys")
+
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+        if config.algorithm in HMAC_ALGORITHMS:
+            assert config.secret is not None  # AuthConfig checked it
+            self._keys: dict[str | None, Any] = {None: config.secret.encode()}
+        else:
+            algorithm = jwt.get_algorithm_by_name(config.algorithm)
+            self._keys = {kid: algorithm.prepare_key(pem) for kid, pem in config.public_keys}
+
+    def verify(self, token: str) -> Identity:
+        """Return the identity a token proves.
+
+        Raises:
+            TokenExpired: `exp` (plus leeway) has passed.
+            TokenInvalid: anything else: malformed, wrong algorithm or key, missing claims, a
+                `sub` that is not a string of 1-128 characters.
+        """
+        config = self._config
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid)
+            if key is None and len(self._keys) == 1 and (kid is None or None in self._keys):
+                key = next(iter(self._keys.values()))  # one key: a kid cannot pick another
+            if key is None:
+                raise TokenInvalid(f"no key for kid {kid!r}")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[config.algorithm],  # pinned: the token never chooses
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=config.leeway_s,
+                options={"require": ["exp", "sub"], "verify_aud": config.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired("token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenInvalid(f"invalid token: {exc}") from None
+        # pyjwt (>= 2.10) has already checked that sub is a string and exp a number.
+        sub = str(claims["sub"])
+        if not 1 <= len(sub) <= MAX_USER_ID_CHARS:
+            raise TokenInvalid("sub must be a string of 1-128 characters")
+        return Identity(UserId(sub), float(claims["exp"]))
+
+
+def issue_token(config: AuthConfig, user_id: str, ttl_s: float, now: float) -> str:
+    """Sign a token for *user_id* with the configured HMAC secret (for `sohbet-server token`).
+
+    Raises:
+        TokenInvalid: the configuration verifies with a public key, whose private half the
+            server does not hold, or the user id is not 1-128 characters.
+    """
+    if config.algorithm not in HMAC_ALGORITHMS or config.secret is None:
+        raise TokenInvalid(f"cannot sign {config.algorithm} tokens: the server holds only public keys")
+    if not 1 <= len(user_id) <= MAX_USER_ID_CHARS:
+        raise TokenInvalid("user id must be 1-128 characters")
+    claims: dict[str, Any] = {"sub": user_id, "iat": int(now), "exp": int(now + ttl_s)}
+    if config.audience is not None:
+        claims["aud"] = config.audience
+    if config.issuer is not None:
+        claims["iss"] = config.issuer
+    return jwt.encode(claims, config.secret.encode(), algorithm=config.algorithm)

@@ -1,0 +1,589 @@
+"""The chat service: protocol v1 requests in, storage and hub updates, replies and events out.
+
+Layer: service. Imports the core, asyncio and the `sohbet.store` interface (never a concrete
+store: `cli.py` picks one). Connections reach it as `Client`s, and events leave through an
+`Outbox` that frames a message once for all its recipients.
+
+Reads that need the database run as tasks; a `chat:send` never does. It is validated against
+cached membership and the user's rate bucket, queued, and written by one writer task in batches
+(group commit), which acks each sender and fans each message out in seq order once its batch
+has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Final, Protocol
+
+from sohbet import messages as m
+from sohbet.auth import Identity, UserId, Verifier
+from sohbet.config import ChatConfig
+from sohbet.errors import AuthError, MessageRejected, StoreError
+from sohbet.hub import Hub
+from sohbet.messages import ConversationId
+from sohbet.store import Conversation, InvalidCursor, MessageStore, NewMessage, StoredMessage
+
+__all__ = ["ChatService", "Client", "Outbox", "Session"]
+
+log = logging.getLogger("sohbet.chat")
+
+CLIENT_FAULTS: Final = frozenset({"bad_request", "unauthorized", "forbidden", "too_large"})
+_TICK_S: Final = 0.5
+_ERROR_WINDOW_S: Final = 10.0
+
+
+class Client(Protocol):
+    """A connection as the chat service sees it; the server's `WebSocket` is one."""
+
+    @property
+    def id(self) -> int: ...
+    def send_text(self, data: str | bytes) -> None: ...
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+    async def drained(self) -> None: ...
+
+
+class Outbox(Protocol):
+    """Delivers one encoded message to many clients, framing it once."""
+
+    def deliver(self, clients: Iterable[Client], data: bytes) -> int: ...
+
+
+class Session:
+    """The chat state of one connection."""
+
+    __slots__ = ("client", "closed", "error_count", "error_window", "exp", "user")
+
+    def __init__(self, client: Client, identity: Identity) -> None:
+        self.client = client
+        self.user = identity.user_id
+        self.exp = identity.exp
+        self.error_count = 0
+        self.error_window = 0.0
+        self.closed = False
+
+
+def _conversation_object(c: Conversation, with_unread: bool = False) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": c.id,
+        "kind": c.kind,
+        "title": c.title,
+        "member_count": c.member_count,
+        "members": c.members,
+        "last_seq": c.last_seq,
+    }
+    if with_unread:
+        obj["unread"] = c.unread
+    return obj
+
+
+class ChatService:
+    """Protocol v1 (PROTOCOL.md) for the connections of one server process."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        config: ChatConfig,
+        verifier: Verifier,
+        outbox: Outbox,
+        *,
+        max_message_bytes: int,
+        leeway_s: float,
+        max_batch: int = 512,
+        max_queue: int = 20_000,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.verifier = verifier
+        self.outbox = outbox
+        self.hub: Hub[Client] = Hub()
+        self.max_message_bytes = max_message_bytes
+        self.leeway_s = leeway_s
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._sessions: dict[int, Session] = {}
+        self._expiries: list[tuple[float, int, Session]] = []
+        self._expiry_ids = itertools.count()
+        self._queue: list[tuple[Session, str | None, NewMessage]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._loading: dict[UserId, asyncio.Future[None]] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.handlers: dict[str, Callable[[Session, m.Envelope], None]] = {
+            "chat:send": self._send,
+            "chat:typing": self._typing,
+            "chat:read": self._spawn(self._read),
+            "chat:history": self._spawn(self._history),
+            "sync": self._spawn(self._sync),
+            "conversation:create": self._spawn(self._create),
+            "conversation:list": self._spawn(self._list),
+            "conversation:members": self._spawn(self._members_page),
+            "conversation:leave": self._spawn(self._leave),
+            "presence:query": self._spawn(self._presence),
+            "auth:refresh": self._refresh,
+        }
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer and the ticker."""
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._ticker = asyncio.ensure_future(self._tick_loop())
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop; requests still reading are cancelled."""
+        self._stopping = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        for task in (self._ticker, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def session_count(self) -> int:
+        """Open sessions on this instance."""
+        return len(self._sessions)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def open(self, client: Client, identity: Identity) -> Session | None:
+        """A connection authenticated and upgraded: say hello and announce presence.
+
+        Returns None (and closes the connection with 1008) when the user already holds the
+        maximum number of connections; their older connections stay open.
+        """
+        hub = self.hub
+        if len(hub.connections(identity.user_id)) >= self.config.max_connections_per_user:
+            client.close(1008, f"more than {self.config.max_connections_per_user} connections for this user")
+            return None
+        session = Session(client, identity)
+        self._sessions[client.id] = session
+        heapq.heappush(self._expiries, (identity.exp, next(self._expiry_ids), session))
+        came_online = hub.attach(session.user, client)
+        cfg = self.config
+        client.send_text(
+            m.encode(
+                "hello",
+                {
+                    "user_id": session.user,
+                    "connection_id": str(client.id),
+                    "server_time": m.format_time(int(time.time() * 1000)),
+                    "protocol": 1,
+                    "limits": {
+                        "max_message_bytes": self.max_message_bytes,
+                        "max_content_chars": cfg.max_content_chars,
+                        "send_rate_per_s": cfg.send_rate_per_s,
+                        "send_burst": cfg.send_burst,
+                    },
+                },
+            )
+        )
+        if came_online or hub.conversations(session.user) is None:
+            self._load_contacts(session.user, announce=came_online)
+        return session
+
+    def _load_contacts(self, user: UserId, *, announce: bool) -> asyncio.Future[None]:
+        """Load a user's conversations and their members (once, however many ask), then
+        announce the user to their contacts if they have just come online."""
+        loading = self._loading.get(user)
+        if loading is None or loading.done():
+            loading = self._loading[user] = asyncio.ensure_future(self._came_online(user, announce=announce))
+            self._tasks.add(loading)
+            loading.add_done_callback(self._tasks.discard)
+            loading.add_done_callback(lambda _: self._loading.pop(user, None))
+        return loading
+
+    def closed(self, session: Session) -> None:
+        """The connection is gone: the user stays online for the grace period if it was their last."""
+        session.closed = True
+        self._sessions.pop(session.client.id, None)
+        now = asyncio.get_running_loop().time()
+        self.hub.detach(session.user, session.client, now + self.config.presence_grace_s)
+
+    def received(self, session: Session, data: bytes) -> None:
+        """One text message from a client."""
+        try:
+            envelope = m.decode(data)
+        except MessageRejected as exc:
+            self._error(session, exc.code, str(exc), exc.ref)
+            return
+        handler = self.handlers.get(envelope.type)
+        if handler is None:
+            self._error(session, "bad_request", f"unknown type {envelope.type[:64]!r}", envelope.ref)
+            return
+        try:
+            handler(session, envelope)
+        except MessageRejected as exc:
+            self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+
+    # -- replies ------------------------------------------------------------------------------
+
+    def _reply(self, session: Session, kind: str, payload: dict[str, Any], ref: str | None) -> None:
+        if not session.closed:
+            session.client.send_text(m.encode(kind, payload, ref))
+
+    def _error(
+        self, session: Session, code: str, message: str, ref: str | None, retry_after_ms: int | None = None
+    ) -> None:
+        payload: dict[str, Any] = {"code": code, "message": message}
+        if retry_after_ms is not None:
+            payload["retry_after_ms"] = retry_after_ms
+        self._reply(session, "error", payload, ref)
+        if code in CLIENT_FAULTS:
+            now = asyncio.get_running_loop().time()
+            if now - session.error_window >= _ERROR_WINDOW_S:
+                session.error_window, session.error_count = now, 0
+            session.error_count += 1
+            if session.error_count > self.config.max_errors_per_10s:
+                session.client.close(1008, f"more than {self.config.max_errors_per_10s} errors in 10 s")
+
+    def _to_members(self, members: Iterable[UserId], data: bytes, *, skip: Client | None = None) -> int:
+        clients: Iterator[Client] = self.hub.connections_of(members)
+        if skip is not None:
+            clients = (c for c in clients if c is not skip)
+        return self.outbox.deliver(clients, data)
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def _start(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn(
+        self, handler: Callable[[Session, m.Envelope], Awaitable[None]]
+    ) -> Callable[[Session, m.Envelope], None]:
+        """Run a handler that reads the database as a task, mapping its errors to replies."""
+
+        async def guarded(session: Session, envelope: m.Envelope) -> None:
+            try:
+                await handler(session, envelope)
+            except MessageRejected as exc:
+                self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+            except InvalidCursor as exc:
+                self._error(session, "bad_request", str(exc), envelope.ref)
+            except StoreError as exc:
+                log.warning("store failed on %s: %s", envelope.type, exc)
+                self._error(session, "unavailable", "storage is unavailable; retry", envelope.ref)
+            except Exception:
+                log.exception("%s failed", envelope.type)
+                self._error(session, "internal", "internal error", envelope.ref)
+
+        return lambda session, envelope: self._start(guarded(session, envelope))
+
+    async def _member_set(self, conversation: ConversationId) -> set[UserId]:
+        """The conversation's members, from the cache or loaded into it (empty if none)."""
+        members = self.hub.members(conversation)
+        if members is None:
+            loaded = await self.store.members(conversation)
+            if not loaded:
+                return set()  # not cached: unknown ids must not grow the cache
+            members = self.hub.set_members(conversation, loaded)
+        return members
+
+    async def _require_member(self, session: Session, conversation: ConversationId) -> set[UserId]:
+        members = await self._member_set(conversation)
+        if session.user not in members:
+            # Same answer for "no such conversation" and "not yours": nobody learns which exist.
+            raise MessageRejected("forbidden", f"conversation {conversation} is not one of yours")
+        return members
+
+    # -- chat:send and the writer -------------------------------------------------------------
+
+    def _send(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.SendRequest.parse(envelope.payload, self.config.max_content_chars)
+        members = self.hub.members(request.conversation_id)
+        if members is None:
+            self._start(self._send_after_loading(session, envelope, request))
+            return
+        self._enqueue(session, envelope.ref, request, members)
+
+    async def _send_after_loading(self, session: Session, envelope: m.Envelope, request: m.SendRequest) -> None:
+        try:
+            members = await self._member_set(request.conversation_id)
+        except StoreError:
+            self._error(session, "unavailable", "storage is unavailable; retry", envelope.ref)
+            return
+        try:
+            self._enqueue(session, envelope.ref, request, members)
+        except MessageRejected as exc:
+            self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+
+    def _enqueue(self, session: Session, ref: str | None, request: m.SendRequest, members: set[UserId]) -> None:
+        if session.user not in members:
+            raise MessageRejected("forbidden", f"conversation {request.conversation_id} is not one of yours")
+        cfg = self.config
+        wait_ms = self.hub.take_send_token(
+            session.user, asyncio.get_running_loop().time(), cfg.send_rate_per_s, cfg.send_burst
+        )
+        if wait_ms:
+            # A retry of a stored message is answered even when the bucket is empty: replays
+            # spend no token. Finding out needs the database, so only this path pays for it.
+            self._start(self._limited_or_replay(session, ref, request, wait_ms))
+            return
+        if len(self._queue) >= self.max_queue or self._stopping:
+            self.hub.refund_send_token(session.user, cfg.send_burst)
+            raise MessageRejected("unavailable", "too many messages waiting to be stored; retry")
+        self._queue.append(
+            (session, ref, NewMessage(request.conversation_id, session.user, request.client_id, request.content))
+        )
+        self._wake.set()
+
+    async def _limited_or_replay(self, session: Session, ref: str | None, request: m.SendRequest, wait_ms: int) -> None:
+        try:
+            earlier = await self.store.find_message(session.user, request.client_id)
+        except StoreError:
+            earlier = None
+        if earlier is not None:
+            self._reply(
+                session, "chat:ack", {"client_id": earlier.client_id, "message": m.message_object(earlier)}, ref
+            )
+            return
+        self._error(
+            session, "rate_limited", f"more than {self.config.send_rate_per_s:g} messages per second", ref, wait_ms
+        )
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                await self._commit(batch)
+            if self._stopping:
+                return
+
+    async def _commit(self, batch: list[tuple[Session, str | None, NewMessage]]) -> None:
+        try:
+            stored = await self.store.append([item for _, _, item in batch], int(time.time() * 1000))
+        except StoreError as exc:
+            log.warning("could not store %d messages: %s", len(batch), exc)
+            for session, ref, _ in batch:
+                self.hub.refund_send_token(session.user, self.config.send_burst)
+                self._error(session, "unavailable", "storage is unavailable; nothing was stored; retry", ref)
+            return
+        for (session, ref, _), message in zip(batch, stored, strict=True):
+            self._acked(session, ref, message)
+
+    def _acked(self, session: Session, ref: str | None, message: StoredMessage) -> None:
+        obj = m.message_object(message)
+        if message.is_new:
+            members = self.hub.members(message.conversation_id) or ()
+            self._to_members(members, m.encode("chat:message", {"message": obj}), skip=session.client)
+        else:
+            self.hub.refund_send_token(session.user, self.config.send_burst)  # replays are free
+        self._reply(session, "chat:ack", {"client_id": message.client_id, "message": obj}, ref)
+
+    # -- typing, reads, history ---------------------------------------------------------------
+
+    def _typing(self, session: Session, envelope: m.Envelope) -> None:
+        conversation = m.conversation_of(envelope.payload)
+        members = self.hub.members(conversation)
+        if members is None:
+            self._spawn(self._typing_after_loading)(session, envelope)
+            return
+        self._forward_typing(session, conversation, members)
+
+    async def _typing_after_loading(self, session: Session, envelope: m.Envelope) -> None:
+        conversation = m.conversation_of(envelope.payload)
+        self._forward_typing(session, conversation, await self._member_set(conversation))
+
+    def _forward_typing(self, session: Session, conversation: ConversationId, members: set[UserId]) -> None:
+        if session.user not in members:
+            raise MessageRejected("forbidden", f"conversation {conversation} is not one of yours")
+        now = asyncio.get_running_loop().time()
+        if self.hub.allow_typing(session.user, conversation, now, self.config.typing_interval_s):
+            notice = {
+                "conversation_id": conversation,
+                "user_id": session.user,
+                "expires_in_ms": self.config.typing_expires_ms,
+            }
+            others = (u for u in members if u != session.user)  # not the typist's own devices
+            self._to_members(others, m.encode("chat:typing", notice))
+
+    async def _read(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.ReadRequest.parse(envelope.payload)
+        members = await self._require_member(session, request.conversation_id)
+        moved = await self.store.mark_read(request.conversation_id, session.user, request.seq)
+        if moved is not None:
+            receipt = {"conversation_id": request.conversation_id, "user_id": session.user, "seq": moved}
+            self._to_members(members, m.encode("chat:read", receipt), skip=session.client)
+
+    async def _history(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.HistoryRequest.parse(envelope.payload)
+        await self._require_member(session, request.conversation_id)
+        found, has_more = await self.store.history(request.conversation_id, request.before_seq, request.limit)
+        payload = {
+            "conversation_id": request.conversation_id,
+            "messages": [m.message_object(x) for x in found],
+            "has_more": has_more,
+        }
+        self._reply(session, "chat:history", payload, envelope.ref)
+
+    async def _sync(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.SyncRequest.parse(envelope.payload)
+        cfg = self.config
+        mine = await self.store.conversation_ids(session.user)
+        known = await self.store.last_seqs(mine)
+        highest = dict(known)
+        forbidden = [cid for cid in request.cursors if cid not in known]
+        budget = cfg.sync_per_call
+        complete = True
+        for cid, after in request.cursors.items():
+            if cid not in known:
+                continue
+            limit = min(cfg.sync_per_conversation, budget)
+            found = await self.store.messages_after(cid, after, limit + 1) if limit > 0 else []
+            if limit <= 0 or len(found) > limit:
+                # Cut short: report what was delivered, so the next call's cursor resumes there.
+                complete = False
+                found = found[:limit]
+                highest[cid] = found[-1].seq if found else after
+            budget -= len(found)
+            await self._replay(session, found)
+        for cid in mine:
+            if cid not in request.cursors:
+                newest, _ = await self.store.history(cid, None, cfg.sync_unnamed)
+                await self._replay(session, newest)
+        payload = {
+            "conversations": {str(cid): seq for cid, seq in highest.items()},
+            "forbidden": forbidden,
+            "complete": complete,
+        }
+        self._reply(session, "sync:done", payload, envelope.ref)
+
+    async def _replay(self, session: Session, found: list[StoredMessage]) -> None:
+        for message in found:
+            if session.closed:
+                return
+            session.client.send_text(m.encode("chat:message", {"message": m.message_object(message)}))
+            await session.client.drained()  # a long replay waits for the client to read
+
+    # -- conversations ------------------------------------------------------------------------
+
+    async def _create(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.CreateRequest.parse(envelope.payload, self.config.max_group_members)
+        members = list(dict.fromkeys([session.user, *request.members]))  # the creator is always in
+        if len(members) < 2:
+            raise MessageRejected("bad_request", "a conversation needs at least one other member")
+        if len(members) > self.config.max_group_members:
+            raise MessageRejected("too_large", f"a group holds at most {self.config.max_group_members} members")
+        kind = "direct" if len(members) == 2 else "group"
+        conversation, created = await self.store.create_conversation(
+            members, request.title, kind, int(time.time() * 1000)
+        )
+        if created:
+            self.hub.set_members(conversation.id, members)
+            for user in members:
+                self.hub.add_member(conversation.id, user)
+        obj = {"conversation": _conversation_object(conversation)}
+        self._reply(session, "conversation:created", obj, envelope.ref)
+        if created:
+            self._to_members(members, m.encode("conversation:created", obj), skip=session.client)
+
+    async def _list(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.ListRequest.parse(envelope.payload)
+        page = await self.store.list_conversations(session.user, request.cursor, request.limit)
+        payload = {
+            "conversations": [_conversation_object(c, with_unread=True) for c in page.conversations],
+            "next_cursor": page.next_cursor,
+        }
+        self._reply(session, "conversation:list", payload, envelope.ref)
+
+    async def _members_page(self, session: Session, envelope: m.Envelope) -> None:
+        request = m.MembersRequest.parse(envelope.payload)
+        await self._require_member(session, request.conversation_id)
+        found, next_cursor = await self.store.members_page(request.conversation_id, request.cursor, request.limit)
+        payload = {"conversation_id": request.conversation_id, "members": found, "next_cursor": next_cursor}
+        self._reply(session, "conversation:members", payload, envelope.ref)
+
+    async def _leave(self, session: Session, envelope: m.Envelope) -> None:
+        conversation = m.conversation_of(envelope.payload)
+        members = set(await self._require_member(session, conversation))
+        await self.store.remove_member(conversation, session.user)
+        self.remove_member(conversation, session.user, members, skip=session.client)
+        self._reply(session, "conversation:left", {"conversation_id": conversation}, envelope.ref)
+
+    def remove_member(
+        self, conversation: ConversationId, user: UserId, before: set[UserId], *, skip: Client | None = None
+    ) -> None:
+        """Apply a removal: the user stops receiving the conversation at once, and the remaining
+        members and the user's other connections get `conversation:member_removed`."""
+        self.hub.remove_member(conversation, user)
+        notice = m.encode("conversation:member_removed", {"conversation_id": conversation, "user_id": user})
+        self._to_members(before, notice, skip=skip)
+
+    # -- presence and tokens ------------------------------------------------------------------
+
+    async def _came_online(self, user: UserId, *, announce: bool) -> None:
+        try:
+            conversations = await self.store.conversation_ids(user)
+            for cid in conversations:
+                if self.hub.members(cid) is None:
+                    self.hub.set_members(cid, await self.store.members(cid))
+        except StoreError as exc:
+            log.warning("could not load the conversations of a user: %s", exc)
+            return
+        self.hub.set_conversations(user, conversations)
+        if announce:
+            self._to_members(self.hub.contacts(user), m.encode("user:online", {"user_id": user}))
+
+    async def _presence(self, session: Session, envelope: m.Envelope) -> None:
+        query = m.PresenceQuery.parse(envelope.payload, self.config.max_presence_query)
+        if session.user in self._loading or self.hub.conversations(session.user) is None:
+            await asyncio.shield(self._load_contacts(session.user, announce=False))
+        visible = self.hub.contacts(session.user)
+        online = [u for u in dict.fromkeys(query.user_ids) if u in visible and self.hub.is_online(u)]
+        self._reply(session, "presence:state", {"online": online}, envelope.ref)
+
+    def _refresh(self, session: Session, envelope: m.Envelope) -> None:
+        token = m.token_of(envelope.payload)
+        try:
+            identity = self.verifier.verify(token)
+        except AuthError as exc:
+            raise MessageRejected("unauthorized", str(exc)) from None
+        if identity.user_id != session.user:
+            raise MessageRejected("unauthorized", "the new token is for another user")
+        session.exp = identity.exp
+        heapq.heappush(self._expiries, (identity.exp, next(self._expiry_ids), session))
+        self._reply(session, "auth:refreshed", {"exp": int(identity.exp)}, envelope.ref)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_TICK_S)
+            try:
+                self.tick(time.time(), loop.time())
+            except Exception:
+                log.exception("chat tick failed")
+
+    def tick(self, wall: float, now: float) -> None:
+        """Expire tokens (close 4001), end grace periods (`user:offline`), forget stale state."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] + self.leeway_s <= wall:
+            exp, _, session = heapq.heappop(expiries)
+            if not session.closed and session.exp == exp:
+                session.client.close(4001, "token expired")
+        for user in self.hub.expired_graces(now):
+            self._to_members(self.hub.contacts(user), m.encode("user:offline", {"user_id": user}))
+            self.hub.forget(user)
+        cfg = self.config
+        self.hub.forget_typing(now - cfg.typing_interval_s)
+        self.hub.forget_buckets(now, cfg.send_rate_per_s, cfg.send_burst)
+
+    def verify(self, token: str) -> Identity:
+        """Verify a token for a new connection (the gateway calls this before the upgrade).
+
+        Raises:
+            AuthError: the token is refused.
+        """
+        return self.verifier.verify(token)

@@ -1,0 +1,202 @@
+"""`sohbet-server`: the composition root, where configuration becomes a running server.
+
+Layer: entry. The only module that picks concrete implementations (which store), reads files
+and the environment, and owns the process (signals, exit codes).
+
+    sohbet-server                        serve (SQLite in ./sohbet.db, port 8080)
+    sohbet-server token alice --ttl 3600 print a token for user alice
+    sohbet-server migrate                apply the schema migrations and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from sohbet import __version__
+from sohbet.auth import Verifier, issue_token
+from sohbet.chat import ChatService
+from sohbet.config import HMAC_ALGORITHMS, MIN_SECRET_BYTES, SETTINGS, Config, StoreConfig, merge_settings
+from sohbet.errors import ConfigError, SohbetError
+from sohbet.frames import IMPLEMENTATION
+from sohbet.gateway import ChatGateway, ServerOutbox
+from sohbet.server import serve
+from sohbet.store import MessageStore
+from sohbet.store.postgres import PostgresStore
+from sohbet.store.sqlite import SqliteStore
+
+__all__ = ["build_config", "main"]
+
+log = logging.getLogger("sohbet")
+SECRET_FILE = "sohbet.secret"
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="TOML file of settings")
+    for s in SETTINGS:
+        if not s.has_flag:
+            continue
+        default = "unset" if s.default is None else s.default
+        help_text = f"{s.help} [env {s.env}; default {default}]"
+        if s.kind is bool:
+            settings.add_argument(
+                s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            settings.add_argument(s.flag, dest=s.name, type=s.kind, default=argparse.SUPPRESS, help=help_text)
+    parser = argparse.ArgumentParser(
+        prog="sohbet-server",
+        description="sohbet: a real-time messaging server. Precedence: flags > environment > --config file > defaults.",
+        parents=[settings],
+        epilog="SOHBET_API_KEY (environment or file only) enables the HTTP API for an application backend.",
+    )
+    parser.add_argument("--version", action="version", version=f"sohbet {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", parents=[settings], help="run the server (the default)")
+    token = commands.add_parser("token", parents=[settings], help="print a token for a user")
+    token.add_argument("user_id", help="the token's sub")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires [default 3600]")
+    commands.add_parser("migrate", parents=[settings], help="apply schema migrations and exit")
+    return parser
+
+
+def _load_secret(data_dir: Path) -> str:
+    """Read the generated secret, or make one: random, never a guessable default."""
+    path = data_dir / SECRET_FILE
+    if path.exists():
+        secret = path.read_text().strip()
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
+        return secret
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    log.warning("no JWT key configured: generated a random secret in %s (mode 0600)", path)
+    return secret
+
+
+def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
+    """Resolve flags, environment and file into a `Config`; generate the secret if allowed.
+
+    Raises:
+        ConfigError: invalid settings, or no key where several instances must share one.
+    """
+    file: dict[str, object] = {}
+    if "config" in args:
+        try:
+            file = tomllib.loads(Path(args["config"]).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {args['config']}: {exc}") from None
+    flags = {k: v for k, v in args.items() if k not in {"config", "command", "user_id", "ttl"}}
+    values = merge_settings(environ, file, flags)
+    public_keys: tuple[tuple[str | None, str], ...] = ()
+    if values["jwt_public_key"]:
+        try:
+            public_keys = ((None, Path(str(values["jwt_public_key"])).read_text()),)
+        except OSError as exc:
+            raise ConfigError(f"cannot read JWT public key: {exc}") from None
+    if values["jwt_algorithm"] in HMAC_ALGORITHMS and not values["jwt_secret"]:
+        url = str(values["database_url"] or "")
+        if StoreConfig(url=url).is_postgres if url else False:
+            raise ConfigError("with Postgres configured, set SOHBET_JWT_SECRET: every instance must share the key")
+        if values["redis_url"]:
+            raise ConfigError("with Redis configured, set SOHBET_JWT_SECRET: every instance must share the key")
+        values["jwt_secret"] = _load_secret(Path(str(values["data_dir"])))
+    return Config.from_settings(values, public_keys)
+
+
+def make_store(config: StoreConfig) -> MessageStore:
+    """The one place that picks a storage implementation."""
+    if config.is_postgres:
+        return PostgresStore(config.url, pool_size=config.pool_size)
+    Path(config.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(config.sqlite_path)
+
+
+async def run(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Serve until *stop* is set (or SIGINT/SIGTERM), then shut down gracefully."""
+    store = make_store(config.store)
+    await store.migrate()
+    chat = ChatService(
+        store,
+        config.chat,
+        Verifier(config.auth),
+        ServerOutbox(),
+        max_message_bytes=config.limits.max_message_bytes,
+        leeway_s=config.auth.leeway_s,
+        max_batch=config.store.max_batch,
+        max_queue=config.store.max_queue,
+    )
+    await chat.start()
+    gateway = ChatGateway(chat)
+    server = await serve(gateway, config.host, config.port, limits=config.limits, websocket=config.websocket)
+    gateway.accepting = True
+    kind = "postgres" if config.store.is_postgres else f"sqlite {config.store.sqlite_path}"
+    log.info(
+        "sohbet %s listening on ws://%s:%d/ws (storage: %s; frame core: %s)",
+        __version__, config.host, server.port, kind, IMPLEMENTATION,
+    )  # fmt: skip
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing %d connections with 1001", len(server.connections))
+    gateway.accepting = False
+    await server.shutdown(SHUTDOWN_TIMEOUT_S)
+    await chat.stop()
+    await store.close()
+    log.info("stopped")
+
+
+async def _migrate(config: Config) -> None:
+    store = make_store(config.store)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `sohbet-server` console command."""
+    args = vars(_parser().parse_args(argv))
+    logging.basicConfig(
+        level=str(args.get("log_level") or os.environ.get("SOHBET_LOG_LEVEL", "info")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = build_config(args, dict(os.environ))
+        command = args.get("command") or "serve"
+        if command == "token":
+            print(issue_token(config.auth, args["user_id"], args["ttl"], time.time()))
+        elif command == "migrate":
+            uvloop.run(_migrate(config))
+            log.info("migrations applied")
+        else:
+            uvloop.run(run(config))
+    except (ConfigError, SohbetError) as exc:
+        print(f"sohbet-server: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"sohbet-server: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

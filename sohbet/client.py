@@ -1,0 +1,290 @@
+"""An async Python client for sohbet: for tests, benchmarks and bots.
+
+Layer: transport. Speaks protocol v1 over the same sans-I/O core as the server (client role).
+
+    client = await ChatClient.connect("ws://127.0.0.1:8080/ws", token)
+    conversation = await client.request("conversation:create", {"members": ["bob"]})
+    message = await client.send("hi", conversation["conversation"]["id"])
+    async for event in client.events(): ...
+    await client.reconnect()   # after a drop: a new connection, then `sync` from the last seen seqs
+
+Replies are matched to requests by `ref`. Every `chat:message` seen (live or replayed) moves the
+per-conversation cursor, and duplicates by `(conversation_id, seq)` are dropped, so a reconnect
+delivers exactly what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from sohbet.errors import SohbetError
+from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived
+from sohbet.frames import accept_key
+from sohbet.protocol import Connection, TextReceived
+
+__all__ = ["ChatClient", "ChatError", "ConnectionClosed"]
+
+
+class ChatError(SohbetError):
+    """The server answered a request with `error`."""
+
+    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.retry_after_ms = retry_after_ms
+
+
+class ConnectionClosed(SohbetError):
+    """The connection ended; `code` is the close code (1006 when there was no close frame)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed with {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class _Wire(asyncio.Protocol):
+    """The socket side of one connection: handshake, then frames through `Connection`."""
+
+    def __init__(self, request: bytes, key: str) -> None:
+        self.request = request
+        self.key = key
+        self.transport: Any = None
+        self.conn = Connection(client=True, max_message_bytes=16 * 1024 * 1024)
+        self.head = b""
+        self.upgraded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.inbox: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
+        self.close_code = 1006
+        self.close_reason = ""
+
+    def connection_made(self, transport: Any) -> None:  # asyncio's contract
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:  # asyncio's contract
+        if not self.upgraded.done():
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = self.head[:end].decode("latin-1"), self.head[end + 4 :]
+            status = head.split("\r\n", 1)[0]
+            if " 101 " not in status + " ":
+                body = data.decode("utf-8", "replace")
+                self.upgraded.set_exception(ConnectionClosed(1006, f"handshake refused: {status} {body}"))
+                self.transport.close()
+                return
+            headers = {
+                k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
+            }
+            if headers.get("sec-websocket-accept") != accept_key(self.key):
+                self.upgraded.set_exception(ConnectionClosed(1006, "handshake answer does not match our key"))
+                self.transport.close()
+                return
+            self.upgraded.set_result(headers.get("sec-websocket-protocol", ""))
+            if not data:
+                return
+        for event in self.conn.feed(data):
+            if type(event) is TextReceived:
+                self.inbox.put_nowait(orjson.loads(event.data))
+            elif isinstance(event, PingReceived):
+                self.conn.pong(event.data)
+            elif isinstance(event, ClosedByPeer | ConnectionFailed):
+                self.close_code, self.close_reason = event.code, event.reason
+        out = self.conn.take_output()
+        if out:
+            self.transport.write(out)
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.conn.send_text(orjson.dumps(obj))
+        self.transport.write(self.conn.take_output())
+
+    def connection_lost(self, exc: Exception | None) -> None:  # asyncio's contract
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionClosed(1006, "connection lost during the handshake"))
+        self.inbox.put_nowait(ConnectionClosed(self.close_code, self.close_reason))
+
+
+class ChatClient:
+    """One user's connection to a sohbet server."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self.hello: dict[str, Any] = {}
+        self.cursors: dict[int, int] = {}  # highest seq seen per conversation
+        self._wire: _Wire | None = None
+        self._refs = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
+        self._seen: set[tuple[int, int]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, url: str, token: str, *, timeout: float = 10.0) -> ChatClient:
+        """Open a connection and wait for `hello`.
+
+        Raises:
+            ConnectionClosed: the handshake was refused (the message has the HTTP status).
+        """
+        client = cls(url, token)
+        await client._open(timeout)
+        return client
+
+    async def _open(self, timeout: float) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme != "ws":
+            raise ValueError(f"only ws:// URLs are supported, not {self.url}")
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sohbet.v1\r\n"
+            f"Authorization: Bearer {self.token}\r\n\r\n"
+        ).encode()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            _, wire = await loop.create_connection(lambda: _Wire(request, key), host, port)
+            await wire.upgraded
+            self._wire = wire
+            self._reader = asyncio.ensure_future(self._read(wire))
+            hello = await self._events.get()
+        if isinstance(hello, ConnectionClosed):
+            raise hello
+        self.hello = hello["payload"]
+
+    async def _read(self, wire: _Wire) -> None:
+        while True:
+            item = await wire.inbox.get()
+            if isinstance(item, ConnectionClosed):
+                for waiter in self._waiting.values():
+                    if not waiter.done():
+                        waiter.set_exception(item)
+                self._waiting.clear()
+                self._events.put_nowait(item)
+                return
+            ref = item.get("ref")
+            if ref is not None and ref in self._waiting:
+                self._waiting.pop(ref).set_result(item)
+                if item["type"] == "chat:ack":
+                    self._note(item["payload"]["message"])
+                continue
+            if item["type"] == "chat:message" and not self._note(item["payload"]["message"]):
+                continue  # already seen (a replay overlapping live delivery)
+            self._events.put_nowait(item)
+
+    def _note(self, message: dict[str, Any]) -> bool:
+        key = (message["conversation_id"], message["seq"])
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        cid = message["conversation_id"]
+        self.cursors[cid] = max(self.cursors.get(cid, 0), message["seq"])
+        return True
+
+    async def request(
+        self, kind: str, payload: dict[str, Any] | None = None, *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a request and return the payload of its reply.
+
+        Raises:
+            ChatError: the reply was an `error`.
+            ConnectionClosed: the connection ended first.
+        """
+        wire = self._wire
+        if wire is None or wire.transport.is_closing():
+            raise ConnectionClosed(1006, "not connected")
+        ref = f"r{next(self._refs)}"
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[ref] = waiter
+        wire.send({"type": kind, "payload": payload or {}, "ref": ref})
+        async with asyncio.timeout(timeout):
+            reply = await waiter
+        if reply["type"] == "error":
+            p = reply["payload"]
+            raise ChatError(p["code"], p["message"], p.get("retry_after_ms"))
+        return dict(reply["payload"])
+
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        """Send a message that has no reply (`chat:typing`, `chat:read`)."""
+        if self._wire is None:
+            raise ConnectionClosed(1006, "not connected")
+        self._wire.send({"type": kind, "payload": payload})
+
+    async def send(self, content: str, conversation_id: int, client_id: str | None = None) -> dict[str, Any]:
+        """Send a chat message; return the stored message once the server has acked it."""
+        ack = await self.request(
+            "chat:send",
+            {"conversation_id": conversation_id, "content": content, "client_id": client_id or uuid.uuid4().hex},
+        )
+        return dict(ack["message"])
+
+    async def next_event(self, kind: str | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event (of *kind*, skipping others), as `{"type", "payload"}`.
+
+        Raises:
+            ConnectionClosed: the connection ended first.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await self._events.get()
+                if isinstance(item, ConnectionClosed):
+                    self._events.put_nowait(item)  # later calls see it too
+                    raise item
+                if kind is None or item["type"] == kind:
+                    return item
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event until the connection closes."""
+        while True:
+            try:
+                yield await self.next_event(timeout=1e9)
+            except ConnectionClosed:
+                return
+
+    async def sync(self) -> dict[str, Any]:
+        """Catch up from the cursors, calling `sync` again while the server says incomplete."""
+        while True:
+            done = await self.request("sync", {"cursors": {str(c): s for c, s in self.cursors.items()}})
+            for cid, seq in done["conversations"].items():
+                self.cursors[int(cid)] = max(self.cursors.get(int(cid), 0), seq)
+            if done["complete"]:
+                return done
+
+    async def reconnect(self, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Open a new connection and `sync` everything missed since the last seen seqs."""
+        await self.close()
+        self._events = asyncio.Queue()
+        await self._open(timeout)
+        return await self.sync()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (the close handshake, then the TCP connection)."""
+        wire = self._wire
+        if wire is None:
+            return
+        self._wire = None
+        if not wire.transport.is_closing():
+            wire.conn.close(code, reason)
+            wire.transport.write(wire.conn.take_output())
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
+            except TimeoutError:
+                wire.transport.abort()
+                self._reader.cancel()
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection has ended."""
+        return None if self._wire is None or not self._wire.transport.is_closing() else self._wire.close_code

@@ -1,0 +1,311 @@
+"""The chat envelope (PROTOCOL.md, "Messages"): JSON in, validated requests out; events encoded.
+
+Layer: core. Imports orjson, the standard library and the core modules.
+
+Every check raises `MessageRejected` with the protocol's error code, in the protocol's order:
+`bad_request` (malformed, wrong type, missing field) before `too_large`. Membership and rate
+limits are the chat service's (they need state); this module only needs the bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, NamedTuple, NewType, Protocol
+
+import orjson
+
+from sohbet.auth import MAX_USER_ID_CHARS, UserId
+from sohbet.errors import MessageRejected
+
+__all__ = [
+    "REQUEST_TYPES",
+    "ConversationId",
+    "CreateRequest",
+    "Envelope",
+    "HistoryRequest",
+    "ListRequest",
+    "MembersRequest",
+    "MessageLike",
+    "PresenceQuery",
+    "ReadRequest",
+    "SendRequest",
+    "SyncRequest",
+    "decode",
+    "encode",
+    "format_time",
+    "message_object",
+]
+
+ConversationId = NewType("ConversationId", int)
+MAX_ID: Final = 2**53  # ids are JSON integers every client can hold exactly
+MAX_REF_CHARS: Final = 64
+MAX_CLIENT_ID_CHARS: Final = 128
+MAX_TITLE_CHARS: Final = 200
+
+REQUEST_TYPES: Final = frozenset(
+    {
+        "chat:send",
+        "chat:typing",
+        "chat:read",
+        "chat:history",
+        "sync",
+        "conversation:create",
+        "conversation:list",
+        "conversation:members",
+        "conversation:leave",
+        "presence:query",
+        "auth:refresh",
+    }
+)
+
+
+class Envelope(NamedTuple):
+    type: str
+    payload: dict[str, Any]
+    ref: str | None
+
+
+def _bad(message: str) -> MessageRejected:
+    return MessageRejected("bad_request", message)
+
+
+def decode(data: bytes) -> Envelope:
+    """Parse one client message.
+
+    Raises:
+        MessageRejected: `bad_request`: not JSON, not an object, an unknown type, a payload that
+            is not an object, a `ref` that is not a string of 1-64 characters.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise _bad("message is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("message must be a JSON object")
+    ref = obj.get("ref")
+    if ref is not None and not (isinstance(ref, str) and 1 <= len(ref) <= MAX_REF_CHARS):
+        raise _bad("ref must be a string of 1-64 characters")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise MessageRejected("bad_request", "type must be a string", ref=ref)
+    payload = obj.get("payload", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise MessageRejected("bad_request", "payload must be a JSON object", ref=ref)
+    return Envelope(kind, payload, ref)
+
+
+def encode(kind: str, payload: dict[str, Any], ref: str | None = None) -> bytes:
+    """Encode one server message; `ref` only on the reply to a request."""
+    if ref is None:
+        return orjson.dumps({"type": kind, "payload": payload})
+    return orjson.dumps({"type": kind, "payload": payload, "ref": ref})
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds: `2026-11-25T17:52:00.123Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+class MessageLike(Protocol):
+    """The fields of a stored message (the store's `StoredMessage` has them)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def conversation_id(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sender_id(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def created_at_ms(self) -> int: ...
+
+
+def message_object(m: MessageLike) -> dict[str, Any]:
+    """The wire form of a message (PROTOCOL.md: "A message object")."""
+    return {
+        "id": m.id,
+        "conversation_id": m.conversation_id,
+        "seq": m.seq,
+        "sender_id": m.sender_id,
+        "content": m.content,
+        "client_id": m.client_id,
+        "created_at": format_time(m.created_at_ms),
+    }
+
+
+# --- field readers ---------------------------------------------------------------------------
+
+
+def _int(payload: dict[str, Any], key: str, *, low: int = 1, high: int = MAX_ID - 1, default: int | None = None) -> int:
+    value = payload.get(key)
+    if value is None:
+        if default is not None:
+            return default
+        raise _bad(f"{key} is required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(f"{key} must be an integer")
+    if not low <= value <= high:
+        raise _bad(f"{key} of {value} is outside {low}-{high}")
+    return value
+
+
+def _conversation_id(payload: dict[str, Any]) -> ConversationId:
+    return ConversationId(_int(payload, "conversation_id"))
+
+
+def _text(payload: dict[str, Any], key: str, high: int, *, required: bool = True) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        if required:
+            raise _bad(f"{key} is required")
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"{key} must be a string")
+    if not 1 <= len(value) <= high:
+        raise _bad(f"{key} must be 1-{high} characters")
+    return value
+
+
+def _user_ids(payload: dict[str, Any], key: str, high: int) -> list[UserId]:
+    value = payload.get(key)
+    if not isinstance(value, list):
+        raise _bad(f"{key} must be a list of user ids")
+    for user in value:
+        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_ID_CHARS:
+            raise _bad(f"{key} must hold user ids: strings of 1-{MAX_USER_ID_CHARS} characters")
+    if len(value) > high:  # after the type checks: bad_request comes before too_large
+        raise MessageRejected("too_large", f"{key} lists {len(value)} users; at most {high}")
+    return [UserId(u) for u in value]
+
+
+def _cursor(payload: dict[str, Any]) -> str | None:
+    return _text(payload, "cursor", 512, required=False)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class SendRequest(NamedTuple):
+    conversation_id: ConversationId
+    content: str
+    client_id: str
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], max_chars: int) -> SendRequest:
+        """Validate `chat:send` (bad_request first, then too_large)."""
+        conversation_id = _conversation_id(payload)
+        client_id = _text(payload, "client_id", MAX_CLIENT_ID_CHARS)
+        content = payload.get("content")
+        if not isinstance(content, str):
+            raise _bad("content must be a string")
+        if not content:
+            raise _bad("content must not be empty")
+        if len(content) > max_chars:
+            raise MessageRejected("too_large", f"content of {len(content)} characters exceeds {max_chars}")
+        assert client_id is not None  # required
+        return cls(conversation_id, content, client_id)
+
+
+class ReadRequest(NamedTuple):
+    conversation_id: ConversationId
+    seq: int
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> ReadRequest:
+        """Validate `chat:read`."""
+        return cls(_conversation_id(payload), _int(payload, "seq", low=0))
+
+
+class HistoryRequest(NamedTuple):
+    conversation_id: ConversationId
+    before_seq: int | None
+    limit: int
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> HistoryRequest:
+        """Validate `chat:history` (limit 1-100, default 50)."""
+        before = payload.get("before_seq")
+        return cls(
+            _conversation_id(payload),
+            None if before is None else _int(payload, "before_seq", low=1),
+            _int(payload, "limit", high=100, default=50),
+        )
+
+
+class SyncRequest(NamedTuple):
+    cursors: dict[ConversationId, int]
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> SyncRequest:
+        """Validate `sync`: cursors map conversation ids, written as strings, to seqs."""
+        raw = payload.get("cursors", {})
+        if not isinstance(raw, dict):
+            raise _bad("cursors must be an object")
+        cursors: dict[ConversationId, int] = {}
+        for key, seq in raw.items():
+            if not (key.isdigit() and len(key) <= 16 and 1 <= int(key) < MAX_ID):
+                raise _bad(f"cursor key {key[:20]!r} is not a conversation id")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_ID:
+                raise _bad(f"cursor for {key} must be a seq (an integer of 0 or more)")
+            cursors[ConversationId(int(key))] = seq
+        return cls(cursors)
+
+
+class CreateRequest(NamedTuple):
+    members: list[UserId]
+    title: str | None
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], max_members: int) -> CreateRequest:
+        """Validate `conversation:create` (the creator is added by the caller)."""
+        title = _text(payload, "title", MAX_TITLE_CHARS, required=False)
+        return cls(_user_ids(payload, "members", max_members), title)
+
+
+class ListRequest(NamedTuple):
+    cursor: str | None
+    limit: int
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> ListRequest:
+        """Validate `conversation:list` (limit 1-100, default 50)."""
+        return cls(_cursor(payload), _int(payload, "limit", high=100, default=50))
+
+
+class MembersRequest(NamedTuple):
+    conversation_id: ConversationId
+    cursor: str | None
+    limit: int
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> MembersRequest:
+        """Validate `conversation:members` (limit 1-1000, default 100)."""
+        return cls(_conversation_id(payload), _cursor(payload), _int(payload, "limit", high=1000, default=100))
+
+
+class PresenceQuery(NamedTuple):
+    user_ids: list[UserId]
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], max_users: int) -> PresenceQuery:
+        """Validate `presence:query`."""
+        return cls(_user_ids(payload, "user_ids", max_users))
+
+
+def conversation_of(payload: dict[str, Any]) -> ConversationId:
+    """Validate a payload that names only a conversation (`chat:typing`, `conversation:leave`)."""
+    return _conversation_id(payload)
+
+
+def token_of(payload: dict[str, Any]) -> str:
+    """Validate `auth:refresh`."""
+    token = _text(payload, "token", 8192)
+    assert token is not None  # required
+    return token

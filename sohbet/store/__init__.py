@@ -1,0 +1,183 @@
+"""The storage interface: what the chat service needs from a database, and nothing about which.
+
+Layer: storage. Imports the core and the standard library. Implementations: `sqlite.py`
+(embedded default) and `postgres.py` (production); one contract test suite runs on both.
+
+Every implementation must stay correct with a second server process writing to the same
+database: per-conversation `seq` is allocated inside the transaction that inserts, under a lock
+on the conversation row, and `(sender_id, client_id)` is enforced by a unique index.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from sohbet.auth import UserId
+from sohbet.errors import StoreError, StoreUnavailable
+from sohbet.messages import ConversationId
+
+__all__ = [
+    "Conversation",
+    "ConversationPage",
+    "InvalidCursor",
+    "MessageStore",
+    "NewMessage",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredMessage",
+    "direct_key",
+]
+
+#: A conversation object lists at most this many members; `members_page` pages through the rest.
+MEMBERS_IN_OBJECT = 100
+
+
+class NewMessage(NamedTuple):
+    conversation_id: ConversationId
+    sender_id: UserId
+    client_id: str
+    content: str
+
+
+class StoredMessage(NamedTuple):
+    id: int
+    conversation_id: ConversationId
+    seq: int
+    sender_id: UserId
+    content: str
+    client_id: str
+    created_at_ms: int
+    #: False when this is an earlier message returned for a repeated `(sender, client_id)`.
+    is_new: bool = True
+
+
+class Conversation(NamedTuple):
+    id: ConversationId
+    kind: str  # "direct" or "group"
+    title: str | None
+    member_count: int
+    members: list[UserId]  # the first MEMBERS_IN_OBJECT, ordered by user id
+    last_seq: int
+    unread: int = 0
+
+
+class ConversationPage(NamedTuple):
+    conversations: list[Conversation]
+    next_cursor: str | None
+
+
+class InvalidCursor(StoreError):
+    """A pagination cursor this server did not make: the request is malformed."""
+
+
+_NO_CURSOR = (2**62, 2**62)
+
+
+def encode_cursor(activity_ms: int, conversation_id: int) -> str:
+    """A conversation-list cursor: where the previous page ended."""
+    return f"{activity_ms}.{conversation_id}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[int, int]:
+    """Read a conversation-list cursor; None starts from the top.
+
+    Raises:
+        InvalidCursor: the cursor is not one this server made.
+    """
+    if cursor is None:
+        return _NO_CURSOR
+    activity, _, conversation = cursor.partition(".")
+    if not (activity.isdigit() and conversation.isdigit() and len(cursor) <= 40):
+        raise InvalidCursor(f"cursor {cursor[:40]!r} is not valid")
+    return int(activity), int(conversation)
+
+
+def direct_key(a: UserId, b: UserId) -> str:
+    """The key that makes a direct conversation unique per pair, whichever side asks."""
+    first, second = sorted((a, b))
+    return f"{len(first)}:{first}{second}"
+
+
+class MessageStore(Protocol):
+    """What the chat service asks of a database. Driver errors never leave an implementation:
+    they become `StoreUnavailable` (nothing was written; the client may retry)."""
+
+    async def migrate(self) -> None:
+        """Apply the schema migrations that are missing (safe to run from several processes)."""
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+        """Store messages in one transaction (group commit), in order; one result per input.
+
+        A repeated `(sender_id, client_id)` (earlier in the database or in the same batch) stores
+        nothing and returns the original message with `is_new=False`. Seqs within a
+        conversation are consecutive, without gaps or duplicates, whatever runs concurrently.
+        """
+        ...
+
+    async def find_message(self, sender: UserId, client_id: str) -> StoredMessage | None:
+        """The message *sender* stored under *client_id*, if any (marked `is_new=False`)."""
+        ...
+
+    async def create_conversation(
+        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+    ) -> tuple[Conversation, bool]:
+        """Create a conversation with deduplicated *members*; for a direct one, return the
+        existing conversation of that pair instead (the bool says whether it is new)."""
+        ...
+
+    async def conversation(
+        self, conversation_id: ConversationId, for_user: UserId | None = None
+    ) -> Conversation | None:
+        """One conversation (with `unread` for *for_user*), or None if it does not exist."""
+        ...
+
+    async def list_conversations(self, user: UserId, cursor: str | None, limit: int) -> ConversationPage:
+        """The user's conversations, newest activity first, each with its unread count."""
+        ...
+
+    async def conversation_ids(self, user: UserId) -> list[ConversationId]:
+        """Every conversation the user belongs to."""
+        ...
+
+    async def members(self, conversation_id: ConversationId) -> list[UserId]:
+        """Every member (for the hub's cache; groups hold at most 10,000)."""
+        ...
+
+    async def members_page(
+        self, conversation_id: ConversationId, cursor: str | None, limit: int
+    ) -> tuple[list[UserId], str | None]:
+        """Members ordered by user id, after *cursor*; and the next cursor, or None at the end."""
+        ...
+
+    async def add_member(self, conversation_id: ConversationId, user: UserId, now_ms: int) -> bool:
+        """Add a member; False if already one."""
+        ...
+
+    async def remove_member(self, conversation_id: ConversationId, user: UserId) -> bool:
+        """Remove a member; False if not one."""
+        ...
+
+    async def history(
+        self, conversation_id: ConversationId, before_seq: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """The newest *limit* messages with seq < *before_seq*, ascending; and whether older exist."""
+        ...
+
+    async def messages_after(self, conversation_id: ConversationId, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Up to *limit* messages with seq > *after_seq*, ascending."""
+        ...
+
+    async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
+        """The highest seq of each conversation."""
+        ...
+
+    async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
+        """Move the member's read position forward to *seq* (clamped to the last seq); return
+        the new position, or None if it did not move (or the user is not a member)."""
+        ...

@@ -1,0 +1,35 @@
+-- sohbet schema, version 1 (PostgreSQL). Never edited once released: later changes are new files.
+CREATE TABLE conversations (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+    title TEXT,
+    direct_key TEXT UNIQUE,                 -- makes a direct conversation unique per pair
+    last_seq BIGINT NOT NULL DEFAULT 0,     -- seqs are allocated from here, under a row lock
+    member_count INTEGER NOT NULL DEFAULT 0,
+    created_at_ms BIGINT NOT NULL,
+    last_activity_ms BIGINT NOT NULL
+);
+
+CREATE TABLE members (
+    conversation_id BIGINT NOT NULL REFERENCES conversations (id),
+    user_id TEXT NOT NULL,
+    read_seq BIGINT NOT NULL DEFAULT 0,
+    joined_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+);
+
+CREATE INDEX members_by_user ON members (user_id, conversation_id);
+
+CREATE TABLE messages (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    conversation_id BIGINT NOT NULL REFERENCES conversations (id),
+    seq BIGINT NOT NULL,
+    sender_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    content TEXT,                           -- NULL once erased by a deletion (a later step)
+    created_at_ms BIGINT NOT NULL,
+    edited_at_ms BIGINT,                    -- set by an edit (a later step)
+    deleted_at_ms BIGINT,                   -- set by a deletion (a later step)
+    UNIQUE (conversation_id, seq),
+    UNIQUE (sender_id, client_id)           -- idempotent retries, across all conversations, forever
+);

@@ -1,0 +1,332 @@
+"""The production store: PostgreSQL through an asyncpg pool.
+
+Layer: storage. SQL lives here as constants with `$n` parameters only.
+
+Group commit: `append` writes a whole batch in one transaction with a fixed number of round
+trips (find repeats, lock the conversations, insert, advance), whatever the batch size. Seqs are
+allocated under `SELECT ... FOR UPDATE` on the conversation rows, locked in id order so two
+writers cannot deadlock; a second server process writing to the same database waits its turn
+and can never produce a gap or a duplicate. If another process inserts the same
+`(sender_id, client_id)` between our check and our insert, the unique index stops it, the
+transaction rolls back and the batch is retried: a seq is never burnt.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Final
+
+import asyncpg
+
+from sohbet.auth import UserId
+from sohbet.errors import StoreError, StoreUnavailable
+from sohbet.messages import ConversationId
+from sohbet.store import (
+    MEMBERS_IN_OBJECT,
+    Conversation,
+    ConversationPage,
+    NewMessage,
+    StoredMessage,
+    decode_cursor,
+    direct_key,
+    encode_cursor,
+)
+
+__all__ = ["PostgresStore"]
+
+_MIGRATION_LOCK: Final = 0x50_68_62_74  # advisory lock key: one migrator at a time across processes
+_MIGRATIONS: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
+)
+_APPLIED: Final = "SELECT version FROM schema_migrations"
+_RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version) VALUES ($1)"
+
+_MESSAGE_COLUMNS: Final = "id, conversation_id, seq, sender_id, content, client_id, created_at_ms"
+_FIND_SENT: Final = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages m "
+    "JOIN unnest($1::text[], $2::text[]) AS k(sender, client) ON m.sender_id = k.sender AND m.client_id = k.client"
+)
+_FIND_ONE: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
+_LOCK_CONVERSATIONS: Final = (
+    "SELECT id, last_seq FROM conversations WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+)
+_INSERT_MESSAGES: Final = (
+    "INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[]) "
+    "ON CONFLICT (sender_id, client_id) DO NOTHING RETURNING id, conversation_id, seq"
+)
+_ADVANCE: Final = (
+    "UPDATE conversations c SET last_seq = v.seq, last_activity_ms = $3 "
+    "FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq) WHERE c.id = v.id"
+)
+_FIND_DIRECT: Final = "SELECT id FROM conversations WHERE direct_key = $1"
+_INSERT_CONVERSATION: Final = (
+    "INSERT INTO conversations (kind, title, direct_key, member_count, created_at_ms, last_activity_ms) "
+    "VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (direct_key) DO NOTHING RETURNING id"
+)
+_INSERT_MEMBERS: Final = (
+    "INSERT INTO members (conversation_id, user_id, joined_at_ms) "
+    "SELECT $1, u, $3 FROM unnest($2::text[]) AS u ON CONFLICT DO NOTHING"
+)
+_CONVERSATIONS: Final = (
+    "SELECT c.id, c.kind, c.title, c.member_count, c.last_seq, "
+    "ARRAY(SELECT user_id FROM members WHERE conversation_id = c.id ORDER BY user_id LIMIT $2) AS first, "
+    "CASE WHEN $3::text IS NULL THEN 0 ELSE (SELECT count(*) FROM messages x JOIN members m "
+    "ON m.conversation_id = x.conversation_id AND m.user_id = $3 "
+    "WHERE x.conversation_id = c.id AND x.seq > m.read_seq AND x.sender_id <> $3) END AS unread "
+    "FROM conversations c WHERE c.id = ANY($1::bigint[])"
+)
+_LIST: Final = (
+    "SELECT c.id, c.last_activity_ms FROM members m JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.user_id = $1 AND (c.last_activity_ms, c.id) < ($2, $3) "
+    "ORDER BY c.last_activity_ms DESC, c.id DESC LIMIT $4"
+)
+_CONVERSATION_IDS: Final = "SELECT conversation_id FROM members WHERE user_id = $1"
+_MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = $1"
+_MEMBERS_PAGE: Final = (
+    "SELECT user_id FROM members WHERE conversation_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3"
+)
+_ADD_MEMBER: Final = (
+    "WITH added AS (INSERT INTO members (conversation_id, user_id, joined_at_ms) VALUES ($1, $2, $3) "
+    "ON CONFLICT DO NOTHING RETURNING 1) "
+    "UPDATE conversations SET member_count = member_count + (SELECT count(*) FROM added) WHERE id = $1 "
+    "RETURNING (SELECT count(*) FROM added)"
+)
+_REMOVE_MEMBER: Final = (
+    "WITH removed AS (DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING 1) "
+    "UPDATE conversations SET member_count = member_count - (SELECT count(*) FROM removed) WHERE id = $1 "
+    "RETURNING (SELECT count(*) FROM removed)"
+)
+_HISTORY: Final = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+)
+_AFTER: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+_LAST_SEQS: Final = "SELECT id, last_seq FROM conversations WHERE id = ANY($1::bigint[])"
+_MARK_READ: Final = (
+    "UPDATE members m SET read_seq = LEAST($3, c.last_seq) FROM conversations c "
+    "WHERE c.id = m.conversation_id AND m.conversation_id = $1 AND m.user_id = $2 "
+    "AND m.read_seq < LEAST($3, c.last_seq) RETURNING m.read_seq"
+)
+
+_RETRIES: Final = 5
+
+
+class _Conflict(Exception):
+    """Another process stored one of our (sender_id, client_id) pairs first: retry the batch."""
+
+
+def _message(row: Any, is_new: bool = True) -> StoredMessage:
+    return StoredMessage(
+        row["id"], row["conversation_id"], row["seq"], row["sender_id"], row["content"], row["client_id"],
+        row["created_at_ms"], is_new,
+    )  # fmt: skip
+
+
+class PostgresStore:
+    """`MessageStore` on PostgreSQL (see `sohbet.store.MessageStore` for the contract)."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 8) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise StoreUnavailable(f"postgres: {exc}") from exc
+        return self._pool
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        pool = await self._get_pool()
+        try:
+            return list(await pool.fetch(query, *args))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+
+    async def migrate(self) -> None:  # see MessageStore
+        pool = await self._get_pool()
+        folder = resources.files("sohbet.store") / "migrations" / "postgres"
+        try:
+            async with pool.acquire() as con, con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await con.execute(_MIGRATIONS)
+                applied = {r["version"] for r in await con.fetch(_APPLIED)}
+                for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+                    version = int(entry.name.split("_", 1)[0])
+                    if version not in applied:
+                        await con.execute(entry.read_text())
+                        await con.execute(_RECORD_MIGRATION, version)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+
+    async def ping(self) -> None:  # see MessageStore
+        await self._fetch("SELECT 1")
+
+    async def close(self) -> None:  # see MessageStore
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+        pool = await self._get_pool()
+        for _ in range(_RETRIES):
+            try:
+                async with pool.acquire() as con, con.transaction():
+                    return await _append(con, batch, now_ms)
+            except _Conflict:
+                continue
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise StoreUnavailable(f"postgres: {exc}") from exc
+        raise StoreUnavailable(f"batch kept conflicting with concurrent writers after {_RETRIES} tries")
+
+    async def find_message(self, sender: UserId, client_id: str) -> StoredMessage | None:  # see MessageStore
+        rows = await self._fetch(_FIND_ONE, sender, client_id)
+        return _message(rows[0], is_new=False) if rows else None
+
+    async def create_conversation(  # see MessageStore
+        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+    ) -> tuple[Conversation, bool]:
+        unique = sorted(set(members))
+        key = direct_key(unique[0], unique[1]) if kind == "direct" else None
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(
+                    _INSERT_CONVERSATION, kind, title if kind == "group" else None, key, len(unique), now_ms
+                )
+                if row is None:  # the direct conversation of this pair exists (maybe made just now)
+                    existing = await con.fetchval(_FIND_DIRECT, key)
+                    created = False
+                    cid = ConversationId(existing)
+                else:
+                    cid = ConversationId(row["id"])
+                    await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
+                    created = True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+        found = await self.conversation(cid)
+        if found is None:
+            raise StoreError(f"conversation {cid} vanished after it was created")
+        return found, created
+
+    async def _conversations(self, ids: list[int], for_user: UserId | None) -> dict[int, Conversation]:
+        rows = await self._fetch(_CONVERSATIONS, ids, MEMBERS_IN_OBJECT, for_user)
+        return {
+            r["id"]: Conversation(
+                ConversationId(r["id"]),
+                r["kind"],
+                r["title"],
+                r["member_count"],
+                [UserId(u) for u in r["first"]],
+                r["last_seq"],
+                r["unread"],
+            )
+            for r in rows
+        }
+
+    async def conversation(  # see MessageStore
+        self, conversation_id: ConversationId, for_user: UserId | None = None
+    ) -> Conversation | None:
+        return (await self._conversations([conversation_id], for_user)).get(conversation_id)
+
+    async def list_conversations(self, user: UserId, cursor: str | None, limit: int) -> ConversationPage:
+        activity, after_id = decode_cursor(cursor)
+        rows = await self._fetch(_LIST, user, activity, after_id, limit + 1)
+        page = rows[:limit]
+        found = await self._conversations([r["id"] for r in page], user)
+        conversations = [found[r["id"]] for r in page if r["id"] in found]
+        last = page[-1] if len(rows) > limit else None
+        return ConversationPage(conversations, encode_cursor(last["last_activity_ms"], last["id"]) if last else None)
+
+    async def conversation_ids(self, user: UserId) -> list[ConversationId]:
+        return [ConversationId(r["conversation_id"]) for r in await self._fetch(_CONVERSATION_IDS, user)]
+
+    async def members(self, conversation_id: ConversationId) -> list[UserId]:
+        return [UserId(r["user_id"]) for r in await self._fetch(_MEMBERS, conversation_id)]
+
+    async def members_page(  # see MessageStore
+        self, conversation_id: ConversationId, cursor: str | None, limit: int
+    ) -> tuple[list[UserId], str | None]:
+        rows = [
+            UserId(r["user_id"]) for r in await self._fetch(_MEMBERS_PAGE, conversation_id, cursor or "", limit + 1)
+        ]
+        return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
+
+    async def add_member(self, conversation_id: ConversationId, user: UserId, now_ms: int) -> bool:
+        rows = await self._fetch(_ADD_MEMBER, conversation_id, user, now_ms)
+        return bool(rows and rows[0][0])
+
+    async def remove_member(self, conversation_id: ConversationId, user: UserId) -> bool:
+        rows = await self._fetch(_REMOVE_MEMBER, conversation_id, user)
+        return bool(rows and rows[0][0])
+
+    async def history(  # see MessageStore
+        self, conversation_id: ConversationId, before_seq: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        rows = await self._fetch(_HISTORY, conversation_id, before_seq or 2**62, limit + 1)
+        return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
+
+    async def messages_after(  # see MessageStore
+        self, conversation_id: ConversationId, after_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        return [_message(r) for r in await self._fetch(_AFTER, conversation_id, after_seq, limit)]
+
+    async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
+        rows = await self._fetch(_LAST_SEQS, conversation_ids)
+        return {ConversationId(r["id"]): r["last_seq"] for r in rows}
+
+    async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
+        rows = await self._fetch(_MARK_READ, conversation_id, user, seq)
+        return rows[0]["read_seq"] if rows else None
+
+
+async def _append(con: Any, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+    found = await con.fetch(_FIND_SENT, [m.sender_id for m in batch], [m.client_id for m in batch])
+    earlier: dict[tuple[str, str], StoredMessage] = {(r["sender_id"], r["client_id"]): _message(r) for r in found}
+    fresh: list[NewMessage] = []
+    pending: set[tuple[str, str]] = set()
+    for m in batch:
+        key = (m.sender_id, m.client_id)
+        if key not in earlier and key not in pending:
+            pending.add(key)
+            fresh.append(m)
+    seqs: list[int] = []
+    if fresh:
+        conversations = sorted({m.conversation_id for m in fresh})
+        locked = await con.fetch(_LOCK_CONVERSATIONS, conversations)
+        last = {r["id"]: r["last_seq"] for r in locked}
+        for m in fresh:
+            if m.conversation_id not in last:
+                raise StoreError(f"conversation {m.conversation_id} does not exist")
+            last[m.conversation_id] += 1
+            seqs.append(last[m.conversation_id])
+        inserted = await con.fetch(
+            _INSERT_MESSAGES,
+            [m.conversation_id for m in fresh],
+            seqs,
+            [m.sender_id for m in fresh],
+            [m.client_id for m in fresh],
+            [m.content for m in fresh],
+            [now_ms] * len(fresh),
+        )
+        if len(inserted) != len(fresh):
+            raise _Conflict  # rolls back: the seqs we took are not burnt
+        ids = {(r["conversation_id"], r["seq"]): r["id"] for r in inserted}
+        await con.execute(_ADVANCE, list(last), list(last.values()), now_ms)
+        for m, seq in zip(fresh, seqs, strict=True):
+            key = (m.sender_id, m.client_id)
+            earlier[key] = StoredMessage(
+                ids[(m.conversation_id, seq)], m.conversation_id, seq, m.sender_id, m.content, m.client_id, now_ms
+            )
+    results = []
+    first_use: set[tuple[str, str]] = set()
+    fresh_keys = {(m.sender_id, m.client_id) for m in fresh}
+    for m in batch:
+        key = (m.sender_id, m.client_id)
+        stored = earlier[key]
+        is_new = key in fresh_keys and key not in first_use
+        first_use.add(key)
+        results.append(stored if is_new else stored._replace(is_new=False))
+    return results

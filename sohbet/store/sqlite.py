@@ -1,0 +1,334 @@
+"""The embedded store: the standard library's sqlite3 on one dedicated thread.
+
+Layer: storage. One thread owns the connection, so every call is serialised without locks in
+Python; the event loop awaits it. WAL mode lets readers run beside the writer, and
+`synchronous=FULL` makes a commit survive a killed process before anything is acked. Seqs are
+allocated inside `BEGIN IMMEDIATE` transactions, so a second process on the same file stays
+gapless too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, Final, TypeVar
+
+from sohbet.auth import UserId
+from sohbet.errors import StoreError, StoreUnavailable
+from sohbet.messages import ConversationId
+from sohbet.store import (
+    MEMBERS_IN_OBJECT,
+    Conversation,
+    ConversationPage,
+    NewMessage,
+    StoredMessage,
+    decode_cursor,
+    direct_key,
+    encode_cursor,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_MIGRATIONS: Final = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER)"
+_APPLIED: Final = "SELECT version FROM schema_migrations"
+_RECORD_MIGRATION: Final = (
+    "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, strftime('%s','now') * 1000)"
+)
+_FIND_SENT: Final = (
+    "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
+    "WHERE sender_id = ? AND client_id = ?"
+)
+_LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE id = ?"
+_INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+_ADVANCE: Final = "UPDATE conversations SET last_seq = ?, last_activity_ms = ? WHERE id = ?"
+_FIND_DIRECT: Final = "SELECT id FROM conversations WHERE direct_key = ?"
+_INSERT_CONVERSATION: Final = (
+    "INSERT INTO conversations (kind, title, direct_key, member_count, created_at_ms, last_activity_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+_INSERT_MEMBER: Final = "INSERT OR IGNORE INTO members (conversation_id, user_id, joined_at_ms) VALUES (?, ?, ?)"
+_CONVERSATION: Final = "SELECT id, kind, title, member_count, last_seq FROM conversations WHERE id = ?"
+_FIRST_MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY user_id LIMIT ?"
+_UNREAD: Final = (
+    "SELECT count(*) FROM messages x JOIN members m ON m.conversation_id = x.conversation_id AND m.user_id = ? "
+    "WHERE x.conversation_id = ? AND x.seq > m.read_seq AND x.sender_id <> m.user_id"
+)
+_LIST: Final = (
+    "SELECT c.id, c.last_activity_ms FROM members m JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.user_id = ? AND (c.last_activity_ms < ? OR (c.last_activity_ms = ? AND c.id < ?)) "
+    "ORDER BY c.last_activity_ms DESC, c.id DESC LIMIT ?"
+)
+_CONVERSATION_IDS: Final = "SELECT conversation_id FROM members WHERE user_id = ?"
+_MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = ?"
+_MEMBERS_PAGE: Final = "SELECT user_id FROM members WHERE conversation_id = ? AND user_id > ? ORDER BY user_id LIMIT ?"
+_COUNT_MEMBERS: Final = "UPDATE conversations SET member_count = member_count + ? WHERE id = ?"
+_DELETE_MEMBER: Final = "DELETE FROM members WHERE conversation_id = ? AND user_id = ?"
+_HISTORY: Final = (
+    "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
+    "WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+)
+_AFTER: Final = (
+    "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
+    "WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_READ_POSITION: Final = (
+    "SELECT m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.conversation_id = ? AND m.user_id = ?"
+)
+_MARK_READ: Final = "UPDATE members SET read_seq = ? WHERE conversation_id = ? AND user_id = ? AND read_seq < ?"
+
+
+class SqliteStore:
+    """`MessageStore` on an SQLite file (see `sohbet.store.MessageStore` for the contract)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sohbet-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._db is None:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+        try:
+            return fn(self._db, *args)
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    async def migrate(self) -> None:  # see MessageStore
+        await self._run(_migrate)
+
+    async def ping(self) -> None:  # see MessageStore
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:  # see MessageStore
+        def close(db: sqlite3.Connection) -> None:
+            db.close()
+
+        if self._db is not None:
+            await self._run(close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+        return await self._run(_append, batch, now_ms)
+
+    async def find_message(self, sender: UserId, client_id: str) -> StoredMessage | None:  # see MessageStore
+        def find(db: sqlite3.Connection) -> StoredMessage | None:
+            row = db.execute(_FIND_SENT, (sender, client_id)).fetchone()
+            return None if row is None else _message(row, is_new=False)
+
+        return await self._run(find)
+
+    async def create_conversation(  # see MessageStore
+        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+    ) -> tuple[Conversation, bool]:
+        return await self._run(_create, members, title, kind, now_ms)
+
+    async def conversation(  # see MessageStore
+        self, conversation_id: ConversationId, for_user: UserId | None = None
+    ) -> Conversation | None:
+        return await self._run(_conversation, conversation_id, for_user)
+
+    async def list_conversations(self, user: UserId, cursor: str | None, limit: int) -> ConversationPage:
+        return await self._run(_list, user, cursor, limit)
+
+    async def conversation_ids(self, user: UserId) -> list[ConversationId]:
+        return await self._run(lambda db: [ConversationId(r[0]) for r in db.execute(_CONVERSATION_IDS, (user,))])
+
+    async def members(self, conversation_id: ConversationId) -> list[UserId]:
+        return await self._run(lambda db: [UserId(r[0]) for r in db.execute(_MEMBERS, (conversation_id,))])
+
+    async def members_page(  # see MessageStore
+        self, conversation_id: ConversationId, cursor: str | None, limit: int
+    ) -> tuple[list[UserId], str | None]:
+        def page(db: sqlite3.Connection) -> tuple[list[UserId], str | None]:
+            rows = [UserId(r[0]) for r in db.execute(_MEMBERS_PAGE, (conversation_id, cursor or "", limit + 1))]
+            return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
+
+        return await self._run(page)
+
+    async def add_member(self, conversation_id: ConversationId, user: UserId, now_ms: int) -> bool:
+        return await self._run(_add_member, conversation_id, user, now_ms)
+
+    async def remove_member(self, conversation_id: ConversationId, user: UserId) -> bool:
+        return await self._run(_remove_member, conversation_id, user)
+
+    async def history(  # see MessageStore
+        self, conversation_id: ConversationId, before_seq: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        def history(db: sqlite3.Connection) -> tuple[list[StoredMessage], bool]:
+            rows = db.execute(_HISTORY, (conversation_id, before_seq or 2**62, limit + 1)).fetchall()
+            return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
+
+        return await self._run(history)
+
+    async def messages_after(  # see MessageStore
+        self, conversation_id: ConversationId, after_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        return await self._run(
+            lambda db: [_message(r) for r in db.execute(_AFTER, (conversation_id, after_seq, limit))]
+        )
+
+    async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
+        def seqs(db: sqlite3.Connection) -> dict[ConversationId, int]:
+            out: dict[ConversationId, int] = {}
+            for cid in conversation_ids:
+                row = db.execute(_LAST_SEQ, (cid,)).fetchone()
+                if row is not None:
+                    out[cid] = row[0]
+            return out
+
+        return await self._run(seqs)
+
+    async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
+        return await self._run(_mark_read, conversation_id, user, seq)
+
+
+def _message(row: tuple[Any, ...], is_new: bool = True) -> StoredMessage:
+    return StoredMessage(row[0], ConversationId(row[1]), row[2], UserId(row[3]), row[4], row[5], row[6], is_new)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")  # one migrator at a time, even across processes
+    db.execute(_MIGRATIONS)
+    applied = {row[0] for row in db.execute(_APPLIED)}
+    folder = resources.files("sohbet.store") / "migrations" / "sqlite"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        version = int(entry.name.split("_", 1)[0])
+        if version in applied:
+            continue
+        for statement in entry.read_text().split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(_RECORD_MIGRATION, (version,))
+    db.execute("COMMIT")
+
+
+def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+    db.execute("BEGIN IMMEDIATE")
+    results: list[StoredMessage] = []
+    seen: dict[tuple[str, str], StoredMessage] = {}
+    last: dict[int, int] = {}
+    for item in batch:
+        key = (item.sender_id, item.client_id)
+        earlier = seen.get(key)
+        if earlier is None:
+            row = db.execute(_FIND_SENT, key).fetchone()
+            if row is not None:
+                earlier = seen[key] = _message(row)
+        if earlier is not None:
+            results.append(earlier._replace(is_new=False))
+            continue
+        cid = item.conversation_id
+        if cid not in last:
+            row = db.execute(_LAST_SEQ, (cid,)).fetchone()
+            if row is None:
+                raise StoreError(f"conversation {cid} does not exist")
+            last[cid] = row[0]
+        seq = last[cid] = last[cid] + 1
+        (message_id,) = db.execute(
+            _INSERT_MESSAGE, (cid, seq, item.sender_id, item.client_id, item.content, now_ms)
+        ).fetchone()
+        stored = StoredMessage(message_id, cid, seq, item.sender_id, item.content, item.client_id, now_ms)
+        seen[key] = stored
+        results.append(stored)
+    for conversation, newest in last.items():
+        db.execute(_ADVANCE, (newest, now_ms, conversation))
+    db.execute("COMMIT")
+    return results
+
+
+def _create(
+    db: sqlite3.Connection, members: list[UserId], title: str | None, kind: str, now_ms: int
+) -> tuple[Conversation, bool]:
+    unique = sorted(set(members))
+    key = direct_key(unique[0], unique[1]) if kind == "direct" else None
+    db.execute("BEGIN IMMEDIATE")
+    if key is not None:
+        row = db.execute(_FIND_DIRECT, (key,)).fetchone()
+        if row is not None:
+            db.execute("COMMIT")
+            found = _conversation(db, ConversationId(row[0]), None)
+            assert found is not None  # just read inside the same thread
+            return found, False
+    (cid,) = db.execute(
+        _INSERT_CONVERSATION, (kind, title if kind == "group" else None, key, len(unique), now_ms, now_ms)
+    ).fetchone()
+    db.executemany(_INSERT_MEMBER, [(cid, user, now_ms) for user in unique])
+    db.execute("COMMIT")
+    created = _conversation(db, ConversationId(cid), None)
+    assert created is not None
+    return created, True
+
+
+def _conversation(db: sqlite3.Connection, cid: ConversationId, for_user: UserId | None) -> Conversation | None:
+    row = db.execute(_CONVERSATION, (cid,)).fetchone()
+    if row is None:
+        return None
+    first = [UserId(r[0]) for r in db.execute(_FIRST_MEMBERS, (cid, MEMBERS_IN_OBJECT))]
+    unread = db.execute(_UNREAD, (for_user, cid)).fetchone()[0] if for_user is not None else 0
+    return Conversation(ConversationId(row[0]), row[1], row[2], row[3], first, row[4], unread)
+
+
+def _list(db: sqlite3.Connection, user: UserId, cursor: str | None, limit: int) -> ConversationPage:
+    activity, after_id = decode_cursor(cursor)
+    rows = db.execute(_LIST, (user, activity, activity, after_id, limit + 1)).fetchall()
+    conversations = []
+    for cid, _ in rows[:limit]:
+        found = _conversation(db, ConversationId(cid), user)
+        if found is not None:
+            conversations.append(found)
+    next_cursor = encode_cursor(rows[limit - 1][1], rows[limit - 1][0]) if len(rows) > limit else None
+    return ConversationPage(conversations, next_cursor)
+
+
+def _add_member(db: sqlite3.Connection, cid: ConversationId, user: UserId, now_ms: int) -> bool:
+    db.execute("BEGIN IMMEDIATE")
+    added = db.execute(_INSERT_MEMBER, (cid, user, now_ms)).rowcount == 1
+    if added:
+        db.execute(_COUNT_MEMBERS, (1, cid))
+    db.execute("COMMIT")
+    return added
+
+
+def _remove_member(db: sqlite3.Connection, cid: ConversationId, user: UserId) -> bool:
+    db.execute("BEGIN IMMEDIATE")
+    removed = db.execute(_DELETE_MEMBER, (cid, user)).rowcount == 1
+    if removed:
+        db.execute(_COUNT_MEMBERS, (-1, cid))
+    db.execute("COMMIT")
+    return removed
+
+
+def _mark_read(db: sqlite3.Connection, cid: ConversationId, user: UserId, seq: int) -> int | None:
+    db.execute("BEGIN IMMEDIATE")
+    row = db.execute(_READ_POSITION, (cid, user)).fetchone()
+    moved = None
+    if row is not None:
+        target = min(seq, row[1])  # clamped to the last seq
+        if target > row[0] and db.execute(_MARK_READ, (target, cid, user, target)).rowcount == 1:
+            moved = target
+    db.execute("COMMIT")
+    return moved

@@ -1,0 +1,200 @@
+"""Helpers for the chat tests: a real store, a real server on a free port, an independent client.
+
+The client speaks the protocol through the `websockets` library, not through sohbet's own
+client, so a framing or protocol bug shared by our server and client cannot cancel out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from sohbet.auth import Verifier, issue_token
+from sohbet.chat import ChatService
+from sohbet.cli import make_store
+from sohbet.config import AuthConfig, ChatConfig, Limits, StoreConfig, WebSocketConfig
+from sohbet.gateway import ChatGateway, ServerOutbox
+from sohbet.server import Server
+from sohbet.store import MessageStore
+
+SECRET = "test-secret-that-is-long-enough-for-hs256!"
+AUTH = AuthConfig(secret=SECRET, leeway_s=0.0)
+
+
+async def open_store(url: str) -> MessageStore:
+    """A migrated, empty store (Postgres tables are truncated: one database serves the run)."""
+    store = make_store(StoreConfig(url=url))
+    await store.migrate()
+    if url.startswith("postgresql://"):
+        pool = await store._get_pool()  # type: ignore[attr-defined]  # test-only reach into PostgresStore
+        await pool.execute("TRUNCATE messages, members, conversations RESTART IDENTITY")
+    return store
+
+
+def token(user: str, ttl_s: float = 3600.0, auth: AuthConfig = AUTH) -> str:
+    return issue_token(auth, user, ttl_s, time.time())
+
+
+class Harness:
+    """A running chat server and ways to reach it."""
+
+    def __init__(self, server: Server, chat: ChatService, store: MessageStore) -> None:
+        self.server = server
+        self.chat = chat
+        self.store = store
+        self.clients: list[WsChat] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/ws"
+
+    async def connect(self, user: str, *, ttl_s: float = 3600.0, hello: bool = True, **kwargs: Any) -> WsChat:
+        ws = await connect(
+            self.url,
+            additional_headers={"Authorization": f"Bearer {token(user, ttl_s)}"},
+            max_size=None,
+            max_queue=None,  # never stop reading: a test may leave events unread
+            **kwargs,
+        )
+        client = WsChat(ws, user)
+        self.clients.append(client)
+        if hello:
+            client.hello = (await client.expect("hello"))["payload"]
+        return client
+
+
+@asynccontextmanager
+async def chat_server(
+    url: str,
+    *,
+    chat: ChatConfig | None = None,
+    limits: Limits | None = None,
+    auth: AuthConfig = AUTH,
+    store: MessageStore | None = None,
+) -> AsyncIterator[Harness]:
+    """A chat server on a free port; on exit everything it held must be released."""
+    own_store = store is None
+    store = store or await open_store(url)
+    service = ChatService(
+        store,
+        chat or ChatConfig(),
+        Verifier(auth),
+        ServerOutbox(),
+        max_message_bytes=(limits or Limits()).max_message_bytes,
+        leeway_s=auth.leeway_s,
+    )
+    await service.start()
+    gateway = ChatGateway(service)
+    server = Server(gateway, limits=limits, websocket=WebSocketConfig(subprotocols=("sohbet.v1",)))
+    await server.start("127.0.0.1", 0)
+    gateway.accepting = True
+    harness = Harness(server, service, store)
+    try:
+        yield harness
+    finally:
+        for client in harness.clients:
+            await client.ws.close()
+        await server.shutdown(timeout_s=3.0)
+        await service.stop()
+        if own_store:
+            await store.close()
+        assert server.connections == {}
+        assert server._sockets == {}
+        assert service.session_count == 0
+        assert service.hub.connection_count == 0
+
+
+class WsChat:
+    """One user's connection, through the `websockets` client library."""
+
+    _refs = itertools.count(1)
+
+    def __init__(self, ws: ClientConnection, user: str) -> None:
+        self.ws = ws
+        self.user = user
+        self.hello: dict[str, Any] = {}
+        self.backlog: list[dict[str, Any]] = []
+
+    async def send_raw(self, obj: Any) -> None:
+        await self.ws.send(orjson.dumps(obj).decode())
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.pop(0)
+        return dict(orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+
+    async def expect(self, kind: str, *, ref: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message of *kind* (and *ref*); others seen on the way wait in the backlog."""
+        for i, item in enumerate(self.backlog):
+            if item["type"] == kind and (ref is None or item.get("ref") == ref):
+                return self.backlog.pop(i)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            item = dict(orjson.loads(await asyncio.wait_for(self.ws.recv(), max(left, 0.001))))
+            if item["type"] == kind and (ref is None or item.get("ref") == ref):
+                return item
+            self.backlog.append(item)
+
+    async def request(
+        self, kind: str, payload: dict[str, Any] | None = None, *, ref: str | None = None
+    ) -> dict[str, Any]:
+        """Send a request; return the whole reply envelope (an `error` included)."""
+        ref = ref or f"q{next(self._refs)}"
+        await self.send_raw({"type": kind, "payload": payload or {}, "ref": ref})
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while True:
+            for i, item in enumerate(self.backlog):
+                if item.get("ref") == ref:
+                    return self.backlog.pop(i)
+            left = deadline - asyncio.get_running_loop().time()
+            item = dict(orjson.loads(await asyncio.wait_for(self.ws.recv(), max(left, 0.001))))
+            if item.get("ref") == ref:
+                return item
+            self.backlog.append(item)
+
+    async def ok(self, kind: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = await self.request(kind, payload)
+        assert reply["type"] != "error", reply
+        return dict(reply["payload"])
+
+    async def create(self, *members: str, title: str | None = None) -> int:
+        payload: dict[str, Any] = {"members": list(members)}
+        if title is not None:
+            payload["title"] = title
+        return int((await self.ok("conversation:create", payload))["conversation"]["id"])
+
+    async def send(self, conversation_id: int, content: str, client_id: str | None = None) -> dict[str, Any]:
+        ack = await self.ok(
+            "chat:send",
+            {"conversation_id": conversation_id, "content": content, "client_id": client_id or f"c{next(self._refs)}"},
+        )
+        return dict(ack["message"])
+
+    async def nothing_pending(self) -> list[dict[str, Any]]:
+        """Everything delivered to this connection before now, without waiting on a clock.
+
+        A request's reply is written after everything the server wrote to this connection
+        before it, so what precedes the reply is exactly what was pending.
+        """
+        ref = f"probe{next(self._refs)}"
+        await self.send_raw({"type": "presence:query", "payload": {"user_ids": []}, "ref": ref})
+        got = list(self.backlog)
+        self.backlog.clear()
+        while True:
+            item = dict(orjson.loads(await asyncio.wait_for(self.ws.recv(), 5.0)))
+            if item.get("ref") == ref:
+                return got
+            got.append(item)
+
+
+def with_chat(**changes: Any) -> ChatConfig:
+    return replace(ChatConfig(), **changes)

@@ -1,0 +1,132 @@
+"""JWT verification: the algorithm is pinned by configuration, never chosen by the token."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sohbet.auth import Identity, Verifier, issue_token
+from sohbet.config import AuthConfig
+from sohbet.errors import TokenExpired, TokenInvalid
+
+SECRET = "a-secret-that-is-thirty-two-bytes-long"
+HS = AuthConfig(secret=SECRET, leeway_s=0)
+
+
+def hs(
+    claims: dict[str, object], secret: str = SECRET, alg: str = "HS256", headers: dict[str, str] | None = None
+) -> str:
+    return jwt.encode(claims, secret, algorithm=alg, headers=headers)
+
+
+def future() -> int:
+    return int(time.time()) + 3600
+
+
+def test_a_valid_token_names_its_user() -> None:
+    exp = future()
+    assert Verifier(HS).verify(hs({"sub": "alice", "exp": exp})) == Identity("alice", float(exp))
+
+
+@pytest.mark.parametrize(
+    ("claims", "match"),
+    [
+        ({"sub": "alice"}, "exp"),
+        ({"exp": 2**40}, "sub"),
+        ({"sub": 7, "exp": 2**40}, "(?i)subject must be a string"),
+        ({"sub": "", "exp": 2**40}, "1-128"),
+        ({"sub": "x" * 129, "exp": 2**40}, "1-128"),
+        ({"sub": "alice", "exp": 2**40, "nbf": 2**40}, "not yet valid"),
+    ],
+    ids=["no-exp", "no-sub", "sub-not-string", "sub-empty", "sub-too-long", "not-yet-valid"],
+)
+def test_claims_are_required_and_checked(claims: dict[str, object], match: str) -> None:
+    with pytest.raises(TokenInvalid, match=match):
+        Verifier(HS).verify(hs(claims))
+
+
+def test_expired_tokens_and_leeway() -> None:
+    expired = hs({"sub": "alice", "exp": int(time.time()) - 3})
+    with pytest.raises(TokenExpired):
+        Verifier(HS).verify(expired)
+    lenient = AuthConfig(secret=SECRET, leeway_s=10)
+    assert Verifier(lenient).verify(expired).user_id == "alice"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "alice", "exp": 2**40}, None, algorithm="none"),
+        hs({"sub": "alice", "exp": 2**40}, secret=SECRET * 2, alg="HS384"),
+        hs({"sub": "alice", "exp": 2**40}, secret="another-secret-of-thirty-two-bytes!!"),
+        "not.a.jwt",
+        "garbage",
+    ],
+    ids=["alg-none", "other-hmac", "wrong-secret", "bad-parts", "garbage"],
+)
+def test_the_token_never_chooses_the_algorithm(token: str) -> None:
+    with pytest.raises(TokenInvalid):
+        Verifier(HS).verify(token)
+
+
+def test_audience_and_issuer_when_configured() -> None:
+    config = AuthConfig(secret=SECRET, audience="chat", issuer="https://auth.example")
+    good = hs({"sub": "alice", "exp": future(), "aud": "chat", "iss": "https://auth.example"})
+    assert Verifier(config).verify(good).user_id == "alice"
+    for claims in [
+        {"sub": "alice", "exp": future(), "aud": "other", "iss": "https://auth.example"},
+        {"sub": "alice", "exp": future(), "aud": "chat", "iss": "https://evil.example"},
+        {"sub": "alice", "exp": future()},
+    ]:
+        with pytest.raises(TokenInvalid):
+            Verifier(config).verify(hs(claims))
+
+
+def pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return raw.decode()
+
+
+def test_public_keys_by_kid_for_rotation() -> None:
+    old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    config = AuthConfig(algorithm="ES256", public_keys=(("2025", pem(old)), ("2026", pem(new))))
+    verifier = Verifier(config)
+    for kid, key in (("2025", old), ("2026", new)):
+        token = jwt.encode({"sub": "alice", "exp": future()}, key, algorithm="ES256", headers={"kid": kid})
+        assert verifier.verify(token).user_id == "alice"
+    crossed = jwt.encode({"sub": "alice", "exp": future()}, old, algorithm="ES256", headers={"kid": "2026"})
+    with pytest.raises(TokenInvalid):
+        verifier.verify(crossed)
+    unknown = jwt.encode({"sub": "alice", "exp": future()}, new, algorithm="ES256", headers={"kid": "1999"})
+    with pytest.raises(TokenInvalid, match="no key for kid"):
+        verifier.verify(unknown)
+    no_kid = jwt.encode({"sub": "alice", "exp": future()}, new, algorithm="ES256")
+    with pytest.raises(TokenInvalid, match="no key for kid"):
+        verifier.verify(no_kid)
+
+
+def test_a_single_key_serves_tokens_with_any_kid() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    verifier = Verifier(AuthConfig(algorithm="RS256", public_keys=((None, pem(key)),)))
+    token = jwt.encode({"sub": "alice", "exp": future()}, key, algorithm="RS256", headers={"kid": "whatever"})
+    assert verifier.verify(token).user_id == "alice"
+    hs_token = hs({"sub": "alice", "exp": future()})
+    with pytest.raises(TokenInvalid):
+        verifier.verify(hs_token)
+
+
+def test_issue_token() -> None:
+    now = time.time()
+    token = issue_token(HS, "alice", 60, now)
+    assert Verifier(HS).verify(token) == Identity("alice", float(int(now + 60)))
+    scoped = AuthConfig(secret=SECRET, audience="chat", issuer="me")
+    assert Verifier(scoped).verify(issue_token(scoped, "bob", 60, now)).user_id == "bob"
+    with pytest.raises(TokenInvalid, match="1-128"):
+        issue_token(HS, "", 60, now)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(TokenInvalid, match="public keys"):
+        issue_token(AuthConfig(algorithm="RS256", public_keys=((None, pem(key)),)), "alice", 60, now)

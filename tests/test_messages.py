@@ -1,0 +1,148 @@
+"""The envelope and every request's validation: bad_request before too_large, with the value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from sohbet import messages as m
+from sohbet.errors import MessageRejected
+from sohbet.store import StoredMessage
+
+
+class _Rejects:
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
+        assert isinstance(exc, MessageRejected), f"expected a {self.code} rejection, got {exc!r}"
+        assert exc.code == self.code, (exc.code, str(exc))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("raw", "ref"),
+    [
+        (b"{", None),
+        (b"[]", None),
+        (b'{"ref": ""}', None),
+        (b'{"ref": 5}', None),
+        (b'{"type": 1, "ref": "a"}', "a"),
+        (b'{"type": "x", "payload": [], "ref": "b"}', "b"),
+    ],
+    ids=["not-json", "not-object", "empty-ref", "number-ref", "type-not-string", "payload-not-object"],
+)
+def test_decode_rejects_with_the_ref_when_readable(raw: bytes, ref: str | None) -> None:
+    with pytest.raises(MessageRejected) as info:
+        m.decode(raw)
+    assert (info.value.code, info.value.ref) == ("bad_request", ref)
+
+
+def test_decode_and_encode() -> None:
+    assert m.decode(b'{"type":"sync","payload":null,"ref":"r"}') == m.Envelope("sync", {}, "r")
+    assert m.decode(b'{"type":"sync"}') == m.Envelope("sync", {}, None)
+    assert orjson.loads(m.encode("hello", {"a": 1})) == {"type": "hello", "payload": {"a": 1}}
+    assert orjson.loads(m.encode("x", {}, "r")) == {"type": "x", "payload": {}, "ref": "r"}
+
+
+def test_times_are_rfc3339_utc_milliseconds() -> None:
+    assert m.format_time(1764093120123) == "2025-11-25T17:52:00.123Z"
+    assert m.format_time(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_message_object() -> None:
+    stored = StoredMessage(7, m.ConversationId(3), 2, "alice", "hi", "c1", 1000)  # type: ignore[arg-type]
+    assert m.message_object(stored) == {
+        "id": 7, "conversation_id": 3, "seq": 2, "sender_id": "alice", "content": "hi", "client_id": "c1",
+        "created_at": "1970-01-01T00:00:01.000Z",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"conversation_id": 1, "content": "x", "client_id": "c"}, None),
+        ({"conversation_id": 0, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": 1.5, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": 1, "content": None, "client_id": "c"}, "bad_request"),
+        ({"conversation_id": 1, "content": "x", "client_id": ""}, "bad_request"),
+        ({"conversation_id": 1, "content": "x", "client_id": 3}, "bad_request"),
+        ({"conversation_id": 1, "content": "x" * 11, "client_id": "c"}, "too_large"),
+        ({"conversation_id": 1, "content": "x" * 11, "client_id": 3}, "bad_request"),  # bad_request first
+    ],
+    ids=["ok", "id-zero", "id-float", "no-content", "empty-client-id", "client-id-number", "too-long", "both"],
+)
+def test_send_request(payload: dict[str, Any], code: str | None) -> None:
+    if code is None:
+        assert m.SendRequest.parse(payload, max_chars=10) == (1, "x", "c")
+    else:
+        with _Rejects(code):
+            m.SendRequest.parse(payload, max_chars=10)
+
+
+def test_other_requests() -> None:
+    assert m.ReadRequest.parse({"conversation_id": 1, "seq": 0}) == (1, 0)
+    assert m.HistoryRequest.parse({"conversation_id": 1}) == (1, None, 50)
+    assert m.HistoryRequest.parse({"conversation_id": 1, "before_seq": 9, "limit": 100}) == (1, 9, 100)
+    assert m.SyncRequest.parse({}) == ({},)
+    assert m.SyncRequest.parse({"cursors": {"12": 3}}) == ({12: 3},)
+    assert m.CreateRequest.parse({"members": ["b"], "title": "t"}, 10) == (["b"], "t")
+    assert m.CreateRequest.parse({"members": ["b"]}, 10) == (["b"], None)
+    assert m.ListRequest.parse({}) == (None, 50)
+    assert m.MembersRequest.parse({"conversation_id": 1, "cursor": "bob", "limit": 5}) == (1, "bob", 5)
+    assert m.PresenceQuery.parse({"user_ids": ["a"]}, 500) == (["a"],)
+    assert m.conversation_of({"conversation_id": 4}) == 4
+    assert m.token_of({"token": "t"}) == "t"
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "limit": 101}), "bad_request"),
+        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "before_seq": 0}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": []}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"abc": 1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"0": 1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"1": -1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"1": True}}), "bad_request"),
+        (lambda: m.CreateRequest.parse({"members": "bob"}, 10), "bad_request"),
+        (lambda: m.CreateRequest.parse({"members": ["b"] * 11}, 10), "too_large"),
+        (lambda: m.CreateRequest.parse({"members": [None] * 11}, 10), "bad_request"),
+        (lambda: m.CreateRequest.parse({"members": ["b"], "title": ""}, 10), "bad_request"),
+        (lambda: m.CreateRequest.parse({"members": ["b"], "title": 5}, 10), "bad_request"),
+        (lambda: m.ListRequest.parse({"cursor": 5}), "bad_request"),
+        (lambda: m.PresenceQuery.parse({"user_ids": ["a"] * 3}, 2), "too_large"),
+        (lambda: m.conversation_of({}), "bad_request"),
+        (lambda: m.token_of({"token": ""}), "bad_request"),
+        (lambda: m.token_of({}), "bad_request"),
+        (lambda: m.SendRequest.parse({"conversation_id": 1, "content": "", "client_id": "c"}, 10), "bad_request"),
+    ],
+    ids=[
+        "history-limit",
+        "history-before-zero",
+        "cursors-list",
+        "cursor-key",
+        "cursor-key-zero",
+        "cursor-negative",
+        "cursor-bool",
+        "members-string",
+        "members-too-many",
+        "members-wrong-type-first",
+        "title-empty",
+        "title-number",
+        "cursor-number",
+        "presence-too-many",
+        "no-conversation",
+        "empty-token",
+        "no-token",
+        "empty-content",
+    ],
+)
+def test_rejections(call: Any, code: str) -> None:
+    with _Rejects(code):
+        call()
