@@ -68,6 +68,9 @@ class Harness:
         self.clients.append(client)
         if hello:
             client.hello = (await client.expect("hello"))["payload"]
+            # Wait until the server has loaded (and announced) the user's contacts, so what a
+            # test does next cannot race the announcement; anything that arrived meanwhile stays.
+            client.backlog = await client.nothing_pending()
         return client
 
 
