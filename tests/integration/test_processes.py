@@ -1,0 +1,225 @@
+"""`sohbet-server` as real processes: the command line, two instances on one Postgres, a kill -9.
+
+Every process started here is stopped here, by PID, within the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import pytest
+import websockets
+
+SECRET = "a-shared-secret-of-at-least-32-bytes!!"
+SERVER = [sys.executable, "-I", "-m", "sohbet.cli"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+    return subprocess.run(
+        [*SERVER, *args], capture_output=True, text=True, timeout=60, check=False, env={**environ, **(env or {})},
+        cwd=cwd,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server_process(*args: str, cwd: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+    proc = subprocess.Popen(
+        [*SERVER, "--port", str(port), *args], cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}") from None
+                time.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_help_names_every_setting() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    names = "--host --port --database-url --jwt-secret --jwt-public-key --jwt-algorithm --redis-url --send-rate"
+    names += " --send-burst --frame-rate --presence-grace --max-connections --max-message-bytes --compression"
+    for name in [*names.split(), "SOHBET_PORT", "SOHBET_API_KEY"]:
+        assert name in result.stdout, name
+
+
+def test_generated_secret_and_token_command(tmp_path: Path) -> None:
+    first = cli("token", "alice", "--ttl", "60", "--data-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    secret_file = tmp_path / "sohbet.secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert len(secret_file.read_text().strip()) >= 32
+    assert "generated a random secret" in first.stderr
+    second = cli("token", "bob", "--data-dir", str(tmp_path))
+    assert "generated" not in second.stderr  # the same secret is reused
+
+    import jwt  # noqa: PLC0415
+
+    claims = jwt.decode(first.stdout.strip(), secret_file.read_text().strip(), algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 60
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--database-url", "postgresql://x@127.0.0.1/db"], {}, "set SOHBET_JWT_SECRET"),
+        (["--redis-url", "redis://127.0.0.1"], {}, "set SOHBET_JWT_SECRET"),
+        ([], {"SOHBET_JWT_SECRET": "too short"}, "shorter than 32"),
+        ([], {"SOHBET_PORT": "http"}, "SOHBET_PORT: 'http' is not a valid int"),
+        (["--jwt-algorithm", "RS256"], {}, "at least one public key"),
+    ],
+    ids=["postgres-needs-key", "redis-needs-key", "short-secret", "bad-env", "rs256-needs-key"],
+)
+def test_refuses_to_start(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+    result = cli("token", "alice", "--data-dir", str(tmp_path), *args, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "sohbet.secret").exists() or not args
+
+
+def test_precedence_of_flags_environment_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "sohbet.toml"
+    config.write_text(f'jwt-secret = "{SECRET}"\nport = 1111\nsend-rate = 3.5\n')
+    from sohbet.cli import build_config  # noqa: PLC0415
+
+    built = build_config({"config": str(config), "port": 3333}, {"SOHBET_PORT": "2222", "SOHBET_SEND_BURST": "7"})
+    assert (built.port, built.chat.send_rate_per_s, built.chat.send_burst) == (3333, 3.5, 7)
+    from_env = build_config({"config": str(config)}, {"SOHBET_PORT": "2222"})
+    assert from_env.port == 2222
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = = 1")
+    result = cli("token", "x", "--config", str(bad))
+    assert result.returncode == 2 and "cannot read config file" in result.stderr
+
+
+async def send_all(port: int, token: str, conversation: int, prefix: str, count: int) -> list[int]:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}", max_queue=None) as ws:
+        await ws.recv()  # hello
+        seqs = []
+        for i in range(count):
+            ref = f"{prefix}{i}"
+            await ws.send(orjson.dumps({"type": "chat:send", "ref": ref, "payload": {
+                "conversation_id": conversation, "content": f"{prefix} {i}", "client_id": ref}}).decode())  # fmt: skip
+            while True:
+                reply = orjson.loads(await ws.recv())
+                if reply.get("ref") == ref:
+                    assert reply["type"] == "chat:ack", reply
+                    seqs.append(reply["payload"]["message"]["seq"])
+                    break
+        return seqs
+
+
+async def create(port: int, token: str, members: list[str]) -> int:
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
+        await ws.recv()
+        await ws.send(
+            orjson.dumps({"type": "conversation:create", "ref": "c", "payload": {"members": members}}).decode()
+        )
+        while True:
+            reply = orjson.loads(await ws.recv())
+            if reply.get("ref") == "c":
+                return int(reply["payload"]["conversation"]["id"])
+
+
+def token(user: str, data_dir: Path | None = None) -> str:
+    args = ["token", user] + (["--data-dir", str(data_dir)] if data_dir else [])
+    result = cli(*args, env={} if data_dir else {"SOHBET_JWT_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_two_instances_on_one_postgres_keep_seqs_gapless(tmp_path: Path, postgres_database: str) -> None:
+    args = ["--database-url", postgres_database, "--jwt-secret", SECRET, "--send-rate", "0"]
+    users = [f"user{i}" for i in range(20)]
+    tokens = {u: token(u) for u in users}
+    with server_process(*args, cwd=tmp_path) as (_, port_a), server_process(*args, cwd=tmp_path) as (_, port_b):
+
+        async def main() -> list[int]:
+            conversation = await create(port_a, tokens[users[0]], users[1:])
+            runs = [
+                send_all(port_a if i % 2 == 0 else port_b, tokens[u], conversation, u, 10) for i, u in enumerate(users)
+            ]
+            return [s for seqs in await asyncio.gather(*runs) for s in seqs]
+
+        seqs = asyncio.run(main())
+    assert sorted(seqs) == list(range(1, 201))
+
+
+def test_nothing_acked_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
+    tokens = {u: token(u, tmp_path) for u in ("alice", "bob")}
+    with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (proc, port):
+
+        async def before_the_kill() -> tuple[int, list[int]]:
+            conversation = await create(port, tokens["alice"], ["bob"])
+            return conversation, await send_all(port, tokens["alice"], conversation, "m", 25)
+
+        conversation, acked = asyncio.run(before_the_kill())
+        proc.kill()  # SIGKILL: no shutdown, no flush, no goodbye
+        proc.wait()
+    with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (_, port):
+
+        async def after_the_restart() -> list[int]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={tokens['bob']}") as ws:
+                await ws.recv()
+                await ws.send(orjson.dumps({"type": "chat:history", "ref": "h", "payload": {
+                    "conversation_id": conversation, "limit": 100}}).decode())  # fmt: skip
+                while True:
+                    reply = orjson.loads(await ws.recv())
+                    if reply.get("ref") == "h":
+                        return [m["seq"] for m in reply["payload"]["messages"]]
+
+        stored = asyncio.run(after_the_restart())
+    assert acked == list(range(1, 26))
+    assert stored == acked
+
+
+def test_sigterm_closes_connections_with_1001(tmp_path: Path) -> None:
+    alice = token("alice", tmp_path)
+    with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (proc, port):
+
+        async def main() -> int | None:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={alice}") as ws:
+                await ws.recv()
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await asyncio.wait_for(ws.recv(), 10)
+                return info.value.rcvd.code if info.value.rcvd else None
+
+        assert asyncio.run(main()) == 1001
+        assert proc.wait(timeout=15) == 0

@@ -1,0 +1,182 @@
+"""The storage contract, run against SQLite and Postgres alike, with real databases.
+
+The concurrency tests use two store objects on one database: two connection pools (or two
+SQLite connections on one file), as two server processes would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from sohbet.auth import UserId
+from sohbet.messages import ConversationId
+from sohbet.store import InvalidCursor, MessageStore, NewMessage
+
+from ..chatkit import open_store
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+A, B, C = UserId("alice"), UserId("bob"), UserId("carol")
+
+
+@pytest.fixture
+def run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        async def bounded() -> Any:
+            async with asyncio.timeout(60):
+                return await coro
+
+        return asyncio.run(bounded())
+
+    return runner
+
+
+def msg(cid: ConversationId, sender: UserId, client_id: str, content: str = "x") -> NewMessage:
+    return NewMessage(cid, sender, client_id, content)
+
+
+async def with_store(url: str, body: Callable[[MessageStore], Coroutine[Any, Any, None]]) -> None:
+    store = await open_store(url)
+    try:
+        await body(store)
+    finally:
+        await store.close()
+
+
+def test_append_assigns_consecutive_seqs_and_dedupes(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        direct, created = await store.create_conversation([A, B], None, "direct", 1000)
+        assert created and direct.kind == "direct" and direct.members == [A, B] and direct.last_seq == 0
+        other, _ = await store.create_conversation([A, B, C], "trio", "group", 1000)
+        batch = [
+            msg(direct.id, A, "1"),
+            msg(other.id, A, "2"),
+            msg(direct.id, B, "1"),  # same client id, another sender: a new message
+            msg(direct.id, A, "1", "retry in the same batch"),
+            msg(direct.id, A, "3"),
+        ]
+        stored = await store.append(batch, 5000)
+        d, o = direct.id, other.id
+        expected = [(d, 1, True), (o, 1, True), (d, 2, True), (d, 1, False), (d, 3, True)]
+        assert [(s.conversation_id, s.seq, s.is_new) for s in stored] == expected
+        assert stored[3] == stored[0]._replace(is_new=False)
+        assert all(s.created_at_ms == 5000 for s in stored)
+        again = await store.append([msg(other.id, A, "1", "different content elsewhere")], 6000)
+        assert again[0] == stored[0]._replace(is_new=False)  # unique across conversations, forever
+        assert await store.find_message(A, "2") == stored[1]._replace(is_new=False)
+        assert await store.find_message(A, "nope") is None
+        assert await store.last_seqs([direct.id, other.id, ConversationId(999)]) == {direct.id: 3, other.id: 1}
+
+    run(with_store(database_url, body))
+
+
+def test_two_writers_on_one_database_never_gap_or_repeat(run: Run, database_url: str) -> None:
+    async def body(first: MessageStore) -> None:
+        second = await open_store(database_url) if database_url.startswith("sqlite") else None
+        if second is None:  # Postgres: a second pool, without truncating what the first made
+            from sohbet.store.postgres import PostgresStore  # noqa: PLC0415
+
+            second = PostgresStore(database_url)
+        try:
+            conversation, _ = await first.create_conversation([A, B], None, "direct", 0)
+            cid = conversation.id
+
+            async def writer(store: MessageStore, tag: str) -> list[int]:
+                seqs: list[int] = []
+                for i in range(20):
+                    batch = [msg(cid, A, f"{tag}-{i}-{j}") for j in range(5)]
+                    seqs += [s.seq for s in await store.append(batch, i)]
+                return seqs
+
+            results = await asyncio.gather(*(writer(s, f"w{n}") for n, s in enumerate([first, second] * 4)))
+            seqs = sorted(s for r in results for s in r)
+            assert seqs == list(range(1, 801))
+            # A retry racing between the two: exactly one stores it.
+            race = await asyncio.gather(first.append([msg(cid, B, "dup")], 1), second.append([msg(cid, B, "dup")], 1))
+            assert sorted(r[0].is_new for r in race) == [False, True]
+            assert race[0][0].seq == race[1][0].seq == 801
+        finally:
+            await second.close()
+
+    run(with_store(database_url, body))
+
+
+def test_direct_conversations_are_unique_per_pair(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        first, created = await store.create_conversation([A, B], "ignored", "direct", 0)
+        again, created_again = await store.create_conversation([B, A], None, "direct", 0)
+        assert created and not created_again and first.id == again.id and first.title is None
+        racing = await asyncio.gather(*(store.create_conversation([A, C], None, "direct", 0) for _ in range(5)))
+        assert len({c.id for c, _ in racing}) == 1 and sum(new for _, new in racing) == 1
+
+    run(with_store(database_url, body))
+
+
+def test_members_paging_and_changes(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        users = [UserId(f"u{i:03}") for i in range(150)]
+        group, _ = await store.create_conversation([*users, users[0]], "big", "group", 0)
+        assert group.member_count == 150 and group.members == users[:100]
+        page, cursor = await store.members_page(group.id, None, 100)
+        rest, end = await store.members_page(group.id, cursor, 100)
+        assert page + rest == users and end is None
+        assert await store.add_member(group.id, A, 1) is True
+        assert await store.add_member(group.id, A, 1) is False
+        assert await store.remove_member(group.id, users[0]) is True
+        assert await store.remove_member(group.id, users[0]) is False
+        found = await store.conversation(group.id)
+        assert found is not None and found.member_count == 150
+        assert set(await store.members(group.id)) == {*users[1:], A}
+        assert group.id in await store.conversation_ids(A)
+        assert await store.conversation(ConversationId(424242)) is None
+
+    run(with_store(database_url, body))
+
+
+def test_history_after_and_read_positions(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        conversation, _ = await store.create_conversation([A, B], None, "direct", 0)
+        cid = conversation.id
+        await store.append([msg(cid, A, str(i), f"m{i}") for i in range(1, 8)], 10)
+        page, more = await store.history(cid, None, 3)
+        assert [m.seq for m in page] == [5, 6, 7] and more
+        page, more = await store.history(cid, 2, 3)
+        assert [m.seq for m in page] == [1] and not more
+        assert [m.seq for m in await store.messages_after(cid, 4, 2)] == [5, 6]
+        assert await store.mark_read(cid, B, 99) == 7  # clamped to the last seq
+        assert await store.mark_read(cid, B, 3) is None  # never backwards
+        assert await store.mark_read(cid, C, 3) is None  # not a member
+        unread_for_a = await store.conversation(cid, A)
+        assert unread_for_a is not None and unread_for_a.unread == 0  # own messages never count
+        await store.append([msg(cid, A, "8")], 11)
+        unread_for_b = await store.conversation(cid, B)
+        assert unread_for_b is not None and unread_for_b.unread == 1
+
+    run(with_store(database_url, body))
+
+
+def test_list_pages_by_activity(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        made = [(await store.create_conversation([A, UserId(f"p{i}")], None, "direct", i))[0] for i in range(5)]
+        await store.append([msg(made[1].id, A, "late")], 100)
+        first = await store.list_conversations(A, None, 2)
+        assert [c.id for c in first.conversations] == [made[1].id, made[4].id]
+        second = await store.list_conversations(A, first.next_cursor, 2)
+        assert [c.id for c in second.conversations] == [made[3].id, made[2].id]
+        third = await store.list_conversations(A, second.next_cursor, 2)
+        assert [c.id for c in third.conversations] == [made[0].id] and third.next_cursor is None
+        with pytest.raises(InvalidCursor):
+            await store.list_conversations(A, "garbage", 2)
+
+    run(with_store(database_url, body))
+
+
+def test_migrations_are_idempotent(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        await asyncio.gather(store.migrate(), store.migrate())
+        await store.ping()
+
+    run(with_store(database_url, body))
