@@ -17,6 +17,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, Protocol
 
@@ -95,6 +96,8 @@ class ChatService:
         leeway_s: float,
         max_batch: int = 512,
         max_queue: int = 20_000,
+        writers: int = 1,
+        depth: int = 1,
     ) -> None:
         self.store = store
         self.config = config
@@ -105,14 +108,19 @@ class ChatService:
         self.leeway_s = leeway_s
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.depth = depth
         self._sessions: dict[int, Session] = {}
         self._expiries: list[tuple[float, int, Session]] = []
         self._expiry_ids = itertools.count()
-        self._queue: list[tuple[Session, str | None, NewMessage]] = []
-        self._wake = asyncio.Event()
+        # One queue and one writer task per shard; a conversation always maps to the same shard,
+        # so its messages commit and fan out in seq order, while other conversations commit in
+        # parallel (a database like Postgres then flushes their commits together).
+        self._queues: list[list[tuple[Session, str | None, NewMessage]]] = [[] for _ in range(writers)]
+        self._wakes = [asyncio.Event() for _ in range(writers)]
+        self._queued = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._loading: dict[UserId, asyncio.Future[None]] = {}
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
         self.handlers: dict[str, Callable[[Session, m.Envelope], None]] = {
@@ -133,15 +141,15 @@ class ChatService:
 
     async def start(self) -> None:
         """Start the writer and the ticker."""
-        self._writer = asyncio.ensure_future(self._write_loop())
+        self._writers = [asyncio.ensure_future(self._write_loop(shard)) for shard in range(len(self._queues))]
         self._ticker = asyncio.ensure_future(self._tick_loop())
 
     async def stop(self) -> None:
         """Commit what is queued, then stop; requests still reading are cancelled."""
         self._stopping = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
+        for wake in self._wakes:
+            wake.set()
+        await asyncio.gather(*self._writers)
         for task in (self._ticker, *self._tasks):
             if task is not None:
                 task.cancel()
@@ -329,13 +337,15 @@ class ChatService:
             # spend no token. Finding out needs the database, so only this path pays for it.
             self._start(self._limited_or_replay(session, ref, request, wait_ms))
             return
-        if len(self._queue) >= self.max_queue or self._stopping:
+        if self._queued >= self.max_queue or self._stopping:
             self.hub.refund_send_token(session.user, cfg.send_burst)
             raise MessageRejected("unavailable", "too many messages waiting to be stored; retry")
-        self._queue.append(
+        shard = request.conversation_id % len(self._queues)
+        self._queues[shard].append(
             (session, ref, NewMessage(request.conversation_id, session.user, request.client_id, request.content))
         )
-        self._wake.set()
+        self._queued += 1
+        self._wakes[shard].set()
 
     async def _limited_or_replay(self, session: Session, ref: str | None, request: m.SendRequest, wait_ms: int) -> None:
         try:
@@ -351,20 +361,46 @@ class ChatService:
             session, "rate_limited", f"more than {self.config.send_rate_per_s:g} messages per second", ref, wait_ms
         )
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                await self._commit(batch)
-            if self._stopping:
-                return
+    async def _write_loop(self, shard: int) -> None:
+        """Commit this shard's queue in batches, up to `depth` transactions in flight.
 
-    async def _commit(self, batch: list[tuple[Session, str | None, NewMessage]]) -> None:
+        While one batch commits the next one gathers and starts; results are handled strictly in
+        submission order, and a later transaction on the same conversation waits for the earlier
+        one's row lock, so acks and fan-out stay in seq order.
+        """
+        queue, wake = self._queues[shard], self._wakes[shard]
+        inflight: deque[tuple[list[tuple[Session, str | None, NewMessage]], asyncio.Future[list[StoredMessage]]]]
+        inflight = deque()
+        while True:
+            while queue and len(inflight) < self.depth:
+                batch = queue[: self.max_batch]
+                del queue[: self.max_batch]
+                self._queued -= len(batch)
+                appended = self.store.append([item for _, _, item in batch], int(time.time() * 1000))
+                inflight.append((batch, asyncio.ensure_future(appended)))
+            if not inflight:
+                if self._stopping:
+                    return
+                await wake.wait()
+                wake.clear()
+                continue
+            batch, oldest = inflight[0]
+            if not oldest.done():
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                pending: set[asyncio.Future[Any]] = {oldest, waiter}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                wake.clear()
+                if not oldest.done():
+                    continue  # more sends arrived: start another batch while this one commits
+            inflight.popleft()
+            self._committed(batch, oldest)
+
+    def _committed(
+        self, batch: list[tuple[Session, str | None, NewMessage]], result: asyncio.Future[list[StoredMessage]]
+    ) -> None:
         try:
-            stored = await self.store.append([item for _, _, item in batch], int(time.time() * 1000))
+            stored = result.result()
         except StoreError as exc:
             log.warning("could not store %d messages: %s", len(batch), exc)
             for session, ref, _ in batch:

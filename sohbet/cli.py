@@ -141,6 +141,8 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         leeway_s=config.auth.leeway_s,
         max_batch=config.store.max_batch,
         max_queue=config.store.max_queue,
+        writers=config.store.writers,
+        depth=config.store.write_depth,
     )
     await chat.start()
     gateway = ChatGateway(chat)

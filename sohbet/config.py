@@ -184,13 +184,26 @@ class StoreConfig:
     max_batch: int = 512
     #: Sends waiting for the writer before new ones are refused with `unavailable`.
     max_queue: int = 20_000
-    pool_size: int = 8
+    pool_size: int = 16
 
     def __post_init__(self) -> None:
         _require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
         _require(1 <= self.max_batch <= 10_000, f"max_batch of {self.max_batch} is outside 1-10000")
         _require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
         _require(1 <= self.pool_size <= 100, f"pool_size of {self.pool_size} is outside 1-100")
+
+    @property
+    def writers(self) -> int:
+        """Writer tasks, one per shard of conversations. One: measured on Postgres, a single
+        writer with large batches outran 8 writers with small ones (33k vs 17k rows/s)."""
+        return 1
+
+    @property
+    def write_depth(self) -> int:
+        """Transactions one writer keeps in flight: while one commits, the next batch gathers
+        and starts (SQLite has one writer thread, so a second would only wait in line). Two:
+        measured against 1 and 4 with 64 senders on Postgres (18.2k, 21.6k, 20.5k acks/s)."""
+        return 1 if self.is_sqlite else 2
 
     @property
     def is_sqlite(self) -> bool:

@@ -157,3 +157,9 @@ def test_config_from_settings() -> None:
 def test_sections_refuse_nonsense(make: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         make()  # type: ignore[operator]
+
+
+def test_writer_shape_per_backend() -> None:
+    sqlite, postgres = StoreConfig(), StoreConfig(url="postgresql://h/db")
+    assert (sqlite.writers, sqlite.write_depth) == (1, 1)  # one writer thread: a second would wait
+    assert (postgres.writers, postgres.write_depth) == (1, 2)  # the next batch gathers while one commits

@@ -1,0 +1,451 @@
+"""Chat server benchmarks: persisted sends, fan-out, idle memory. Bounded, loopback only.
+
+    python benchmarks/chat_bench.py send --database sqlite        # acked chat:send per second
+    python benchmarks/chat_bench.py send --database postgres      # ... and pgbench in the same run
+    python benchmarks/chat_bench.py fanout --members 1000         # one send to a group, vs picows
+    python benchmarks/chat_bench.py idle --users 5000             # memory per connected user
+
+The server under test runs as its own process pinned to CPU 0 (taskset); this script, the
+clients, runs on CPU 1. The sohbet server is started with `fanout_server.py`, which is
+`sohbet-server` plus a timer around each broadcast, so "handed to every transport" is measured
+inside the server; its CPU time comes from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import uvloop
+
+from sohbet import _frames
+from sohbet.auth import issue_token
+from sohbet.config import AuthConfig
+
+HERE = Path(__file__).resolve().parent
+SECRET = "benchmark-secret-of-at-least-32-bytes!"
+AUTH = AuthConfig(secret=SECRET)
+PG_ADMIN = os.environ.get("SOHBET_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")
+
+
+class Client(asyncio.Protocol):
+    """A raw chat client: JSON text frames, replies matched by ref, events counted."""
+
+    def __init__(self, token: str, on_event: Any = None) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.upgrade_request = (
+            f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ).encode()
+        self.transport: Any = None
+        self.parser = _frames.FrameParser(client=True, max_frame_bytes=1 << 24)
+        self.head = b""
+        self.upgraded = False
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.on_event = on_event
+        self.mask = os.urandom(4)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.upgrade_request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in self.head[:20]:
+                self.ready.set_exception(RuntimeError(self.head[:200].decode(errors="replace")))
+                return
+            self.upgraded = True
+            data, self.head = self.head[end + 4 :], b""
+        for frame in self.parser.feed(data):
+            if frame.opcode != 1:
+                continue
+            payload = frame.payload
+            if not self.ready.done():
+                self.ready.set_result(None)  # hello
+                continue
+            if b'"ref"' in payload:
+                msg = orjson.loads(payload)
+                waiter = self.waiting.pop(msg.get("ref"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
+                    continue
+            if self.on_event is not None:
+                self.on_event(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("lost during handshake"))
+
+    def send_json(self, obj: dict[str, Any]) -> None:
+        self.transport.write(_frames.build_frame(1, orjson.dumps(obj), mask=self.mask))
+
+    async def request(self, kind: str, payload: dict[str, Any], ref: str) -> dict[str, Any]:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiting[ref] = waiter
+        self.send_json({"type": kind, "payload": payload, "ref": ref})
+        return await waiter
+
+
+async def connect(port: int, user: str, on_event: Any = None) -> Client:
+    loop = asyncio.get_running_loop()
+    token = issue_token(AUTH, user, 3600, time.time())
+    _, client = await loop.create_connection(lambda: Client(token, on_event), "127.0.0.1", port)
+    await asyncio.wait_for(client.ready, 30)
+    return client
+
+
+async def connect_many(port: int, users: list[str], on_event: Any = None, concurrency: int = 100) -> list[Client]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(user: str) -> Client:
+        async with sem:
+            return await connect(port, user, on_event)
+
+    return list(await asyncio.gather(*(one(u) for u in users)))
+
+
+class Server:
+    """`fanout_server.py` in its own process, pinned to CPU 0."""
+
+    def __init__(self, database_url: str, data_dir: str, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}}
+        args = [
+            "taskset", "-c", "0", sys.executable, str(HERE / "fanout_server.py"), "--port", str(self.port),
+            "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
+            "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> list[str]:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out.decode().splitlines()
+
+
+async def fresh_postgres() -> str:
+    name = f"sohbet_bench_{os.getpid()}"
+    con = await asyncpg.connect(PG_ADMIN)
+    await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await con.execute(f'CREATE DATABASE "{name}"')
+    await con.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+# --- chat:send throughput and latency ------------------------------------------------------------
+
+
+async def senders(port: int, n: int) -> tuple[list[Client], list[int]]:
+    owner = await connect(port, "owner")
+    clients = await connect_many(port, [f"s{i}" for i in range(n)])
+    conversations = []
+    for i, client in enumerate(clients):  # each sender in its own direct conversation: minimal fan-out
+        reply = await client.request("conversation:create", {"members": [f"r{i}"]}, f"c{i}")
+        conversations.append(reply["payload"]["conversation"]["id"])
+    owner.transport.close()
+    return clients, conversations
+
+
+async def closed_loop(clients: list[Client], conversations: list[int], duration: float) -> tuple[int, float]:
+    deadline = time.perf_counter() + duration
+    count = 0
+
+    async def run(client: Client, cid: int, tag: int) -> None:
+        nonlocal count
+        i = 0
+        while time.perf_counter() < deadline:
+            i += 1
+            ref = f"{tag}-{i}"
+            reply = await client.request(
+                "chat:send", {"conversation_id": cid, "content": "hello there", "client_id": ref}, ref
+            )
+            assert reply["type"] == "chat:ack", reply
+            count += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run(c, cid, i) for i, (c, cid) in enumerate(zip(clients, conversations, strict=True))))
+    return count, time.perf_counter() - t0
+
+
+async def paced(clients: list[Client], conversations: list[int], rate: float, duration: float) -> list[float]:
+    """Each sender sends on its own schedule (an open loop) so the total is *rate*; ack latencies."""
+    per_client = rate / len(clients)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def run(client: Client, cid: int, tag: int) -> None:
+        pending: list[asyncio.Task[None]] = []
+        i = 0
+        start = time.perf_counter() + tag / rate  # spread the senders over one period
+
+        async def one(ref: str) -> None:
+            t = time.perf_counter()
+            reply = await client.request(
+                "chat:send", {"conversation_id": cid, "content": "hello there", "client_id": ref}, ref
+            )
+            assert reply["type"] == "chat:ack"
+            latencies.append(time.perf_counter() - t)
+
+        while True:
+            at = start + i / per_client
+            if at >= deadline:
+                break
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            i += 1
+            pending.append(asyncio.ensure_future(one(f"p{tag}-{i}")))
+        await asyncio.gather(*pending)
+
+    await asyncio.gather(*(run(c, cid, i) for i, (c, cid) in enumerate(zip(clients, conversations, strict=True))))
+    return latencies
+
+
+def pgbench(admin_url: str, clients: int, seconds: int) -> float:
+    """pgbench with one single-row INSERT per transaction, in a database of its own."""
+    if shutil.which("pgbench") is None:
+        raise RuntimeError("pgbench is not installed")
+    name = f"pgbench_{os.getpid()}"
+
+    async def setup(sql: list[str], db: str) -> None:
+        con = await asyncpg.connect(db)
+        for statement in sql:
+            await con.execute(statement)
+        await con.close()
+
+    asyncio.run(setup([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'], admin_url))
+    db = admin_url.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(setup(["CREATE TABLE rows (id BIGSERIAL PRIMARY KEY, conversation BIGINT, body TEXT)"], db))
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write("INSERT INTO rows (conversation, body) VALUES (:client_id, 'hello there');\n")
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", "1", "pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds),
+             "-f", script.name, db],
+            capture_output=True, text=True, timeout=seconds + 60, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+        asyncio.run(setup([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], admin_url))
+    for line in out.splitlines():
+        if line.startswith("tps"):
+            return float(line.split("=")[1].split()[0])
+    raise RuntimeError(out)
+
+
+def bench_send(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
+        server = Server(url, data_dir)
+        try:
+
+            async def main() -> dict[str, Any]:
+                clients, conversations = await senders(server.port, args.senders)
+                await closed_loop(clients, conversations, 1.0)  # warm-up
+                cpu0 = cpu_s(server.proc.pid)
+                count, elapsed = await closed_loop(clients, conversations, args.duration)
+                cpu1 = cpu_s(server.proc.pid)
+                rate = count / elapsed
+                latencies = sorted(await paced(clients, conversations, rate / 2, args.duration))
+                for c in clients:
+                    c.transport.close()
+                return {
+                    "database": args.database,
+                    "senders": args.senders,
+                    "acked_per_s": rate,
+                    "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
+                    "half_rate": rate / 2,
+                    "ack_p50_ms": latencies[len(latencies) // 2] * 1000,
+                    "ack_p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+                    "latency_samples": len(latencies),
+                }
+
+            result = uvloop.run(main())
+        finally:
+            server.stop()
+    if args.database == "postgres":
+        result["pgbench_insert_tps"] = pgbench(PG_ADMIN, args.senders, int(args.duration))
+        result["ratio_vs_pgbench"] = result["acked_per_s"] / result["pgbench_insert_tps"]
+    return result
+
+
+# --- fan-out ---------------------------------------------------------------------------------------
+
+
+def bench_fanout(args: argparse.Namespace) -> dict[str, Any]:
+    members = [f"m{i}" for i in range(args.members - 1)]
+    results: dict[str, Any] = {"members": args.members, "messages": args.messages}
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(f"sqlite:///{data_dir}/bench.db", data_dir)
+        try:
+            results["sohbet"] = uvloop.run(fanout_clients(server.port, server.proc.pid, members, args.messages, True))
+        finally:
+            lines = server.stop()
+        handed = [float(line.split()[1]) for line in lines if line.startswith("delivered")]
+        results["sohbet"]["server_handoff_ms_median"] = statistics.median(handed[1:] or handed)
+    port = free_port()
+    peer = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, str(HERE / "fanout_peer.py"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port, peer)  # type: ignore[arg-type]  # Popen[bytes] either way
+        results["picows"] = uvloop.run(fanout_clients(port, peer.pid, members, args.messages, False))
+    finally:
+        peer.terminate()
+        out, _ = peer.communicate(timeout=30)
+    handed = [float(line.split()[1]) for line in out.decode().splitlines() if line.startswith("delivered")]
+    results["picows"]["server_handoff_ms_median"] = statistics.median(handed[1:] or handed)
+    for name in ("sohbet", "picows"):
+        r = results[name]
+        r["deliveries_per_s_server"] = (args.members - 1) / (r["server_handoff_ms_median"] / 1000)
+    results["sohbet_vs_picows_cpu_per_delivery"] = (
+        results["sohbet"]["server_cpu_us_per_delivery"] / results["picows"]["server_cpu_us_per_delivery"]
+    )
+    return results
+
+
+async def fanout_clients(port: int, pid: int, members: list[str], messages: int, chat: bool) -> dict[str, Any]:
+    received = 0
+    done = asyncio.Event()
+    target = 0
+
+    def on_event(payload: bytes) -> None:
+        nonlocal received
+        if payload.startswith(b'{"type":"chat:message"') or not chat:
+            received += 1
+            if received >= target:
+                done.set()
+
+    clients = await connect_many(port, members, on_event)
+    sender = await connect(port, "sender")
+    cid = 0
+    if chat:
+        reply = await sender.request("conversation:create", {"members": members}, "create")
+        cid = reply["payload"]["conversation"]["id"]
+    times = []
+    cpu0 = cpu_s(pid)
+    for i in range(messages):
+        received = 0
+        target = len(members)
+        done.clear()
+        t0 = time.perf_counter()
+        if chat:
+            payload = {"conversation_id": cid, "content": f"to all {i}", "client_id": f"f{i}"}
+            sender.send_json({"type": "chat:send", "ref": f"f{i}", "payload": payload})
+        else:
+            sender.send_json({"type": "broadcast", "payload": {"content": f"to all {i}"}})
+        await asyncio.wait_for(done.wait(), 60)
+        times.append(time.perf_counter() - t0)
+    cpu1 = cpu_s(pid)
+    for c in [*clients, sender]:
+        c.transport.close()
+    deliveries = messages * len(members)
+    return {
+        "last_member_read_ms_median": statistics.median(times) * 1000,
+        "server_cpu_us_per_delivery": (cpu1 - cpu0) / deliveries * 1e6,
+        "deliveries_per_s_end_to_end": deliveries / sum(times),
+    }
+
+
+# --- idle memory -----------------------------------------------------------------------------------
+
+
+def bench_idle(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = Server(f"sqlite:///{data_dir}/bench.db", data_dir)
+        try:
+
+            async def main() -> dict[str, Any]:
+                warm = await connect_many(server.port, [f"w{i}" for i in range(50)])
+                await asyncio.sleep(1.0)
+                before = rss_kib(server.proc.pid)
+                clients = await connect_many(server.port, [f"u{i}" for i in range(args.users)])
+                await asyncio.sleep(2.0)
+                after = rss_kib(server.proc.pid)
+                for c in [*warm, *clients]:
+                    c.transport.close()
+                return {"users": args.users, "rss_before_kib": before, "rss_after_kib": after,
+                        "kib_per_user": (after - before) / args.users}  # fmt: skip
+
+            return uvloop.run(main())
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["send", "fanout", "idle"])
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--senders", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--members", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--users", type=int, default=5000)
+    args = parser.parse_args()
+    args.duration = min(args.duration, 60.0)
+    args.members = min(args.members, 10_000)
+    args.users = min(args.users, 15_000)
+    result = {"send": bench_send, "fanout": bench_fanout, "idle": bench_idle}[args.mode](args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

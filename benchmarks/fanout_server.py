@@ -1,0 +1,29 @@
+"""`sohbet-server`, plus a timer around every broadcast: for chat_bench.py only.
+
+It prints `delivered <ms> <connections>` for each delivery to more than 100 connections: the
+time from the first to the last `transport.write` of one message's fan-out, inside the server.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+
+from sohbet import cli
+from sohbet.chat import Client
+from sohbet.gateway import ServerOutbox
+
+
+class TimedOutbox(ServerOutbox):
+    def deliver(self, clients: Iterable[Client], data: bytes) -> int:
+        start = time.perf_counter()
+        count = super().deliver(clients, data)
+        if count > 100:
+            print(f"delivered {(time.perf_counter() - start) * 1000:.3f} {count}", flush=True)
+        return count
+
+
+if __name__ == "__main__":
+    cli.ServerOutbox = TimedOutbox  # type: ignore[misc]  # the benchmark's own instrumentation
+    cli.main(sys.argv[1:])
