@@ -16,9 +16,9 @@ from sohbet.gateway import ServerOutbox
 
 
 class TimedOutbox(ServerOutbox):
-    def deliver(self, clients: Iterable[Client], data: bytes) -> int:
+    def deliver(self, clients: Iterable[Client], data: bytes, *, skip: Client | None = None) -> int:
         start = time.perf_counter()
-        count = super().deliver(clients, data)
+        count = super().deliver(clients, data, skip=skip)
         if count > 100:
             print(f"delivered {(time.perf_counter() - start) * 1000:.3f} {count}", flush=True)
         return count

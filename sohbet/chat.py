@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol
 
 from sohbet import messages as m
@@ -49,9 +49,9 @@ class Client(Protocol):
 
 
 class Outbox(Protocol):
-    """Delivers one encoded message to many clients, framing it once."""
+    """Delivers one encoded message to many clients (all but *skip*), framing it once."""
 
-    def deliver(self, clients: Iterable[Client], data: bytes) -> int: ...
+    def deliver(self, clients: Iterable[Client], data: bytes, *, skip: Client | None = None) -> int: ...
 
 
 class Session:
@@ -254,10 +254,7 @@ class ChatService:
                 session.client.close(1008, f"more than {self.config.max_errors_per_10s} errors in 10 s")
 
     def _to_members(self, members: Iterable[UserId], data: bytes, *, skip: Client | None = None) -> int:
-        clients: Iterator[Client] = self.hub.connections_of(members)
-        if skip is not None:
-            clients = (c for c in clients if c is not skip)
-        return self.outbox.deliver(clients, data)
+        return self.outbox.deliver(self.hub.connections_of(members), data, skip=skip)
 
     # -- tasks --------------------------------------------------------------------------------
 

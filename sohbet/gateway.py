@@ -110,5 +110,5 @@ class ChatGateway(Handler):
 class ServerOutbox:
     """The chat service's `Outbox`: frame once, write to every connection."""
 
-    def deliver(self, clients: Iterable[Client], data: bytes) -> int:  # see Outbox
-        return broadcast(clients, data)  # type: ignore[arg-type]  # the clients are this server's WebSockets
+    def deliver(self, clients: Iterable[Client], data: bytes, *, skip: Client | None = None) -> int:  # see Outbox
+        return broadcast(clients, data, skip=skip)  # type: ignore[arg-type]  # the clients are this server's WebSockets

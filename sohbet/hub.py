@@ -10,7 +10,7 @@ the chat service fills from storage and keeps current as it changes memberships 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from sohbet.auth import UserId
@@ -93,13 +93,11 @@ class Hub(Generic[C]):
         """The user's connections on this instance (a live view: do not mutate)."""
         return self._connections.get(user) or set()
 
-    def connections_of(self, users: Iterable[UserId]) -> Iterator[C]:
-        """Every local connection of every user in *users*."""
+    def connections_of(self, users: Iterable[UserId]) -> list[C]:
+        """Every local connection of every user in *users* (a list: it is built for a fan-out,
+        where a comprehension costs half of what a generator's yields do per recipient)."""
         table = self._connections
-        for user in users:
-            conns = table.get(user)
-            if conns:
-                yield from conns
+        return [c for user in users if (conns := table.get(user)) for c in conns]
 
     @property
     def connection_count(self) -> int:

@@ -590,22 +590,30 @@ async def serve(
     return server
 
 
-def broadcast(connections: Iterable[WebSocket], data: bytes) -> int:
+def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket | None = None) -> int:
     """Send one text message to many connections, framing it once; return how many got it.
 
-    Connections with compression get their own compressed frame; all others share one `bytes`.
+    Connections with compression get their own compressed frame; all others share one `bytes`,
+    written straight to their transport (the common case, kept to a few attribute reads: this
+    loop runs once per recipient of every message).
     """
-    frame = b""
+    frame = build_frame(1, data)
+    limit = 0
     sent = 0
     for ws in connections:
         conn = ws._conn
-        if ws._phase != _WS or conn is None or not conn.can_send:
+        if ws is skip or conn is None or ws._phase != _WS or not conn.can_send:
             continue
-        if conn.compresses:
-            ws._write(conn.frame_text(data))
-        else:
-            if not frame:
-                frame = build_frame(1, data)
-            ws._write(frame)
         sent += 1
+        if conn._deflater is not None:
+            ws._write(conn.frame_text(data))
+        elif ws._batch is not None:
+            ws._batch.append(frame)
+        else:
+            transport = ws._transport
+            transport.write(frame)
+            if ws._paused_at:
+                limit = limit or ws._server.limits.max_buffered_bytes
+                if transport.get_write_buffer_size() > limit:
+                    ws._over_limit()
     return sent
