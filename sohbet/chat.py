@@ -398,8 +398,11 @@ class ChatService:
     ) -> None:
         try:
             stored = result.result()
-        except StoreError as exc:
-            log.warning("could not store %d messages: %s", len(batch), exc)
+        except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
+            if isinstance(exc, StoreError):
+                log.warning("could not store %d messages: %s", len(batch), exc)
+            else:
+                log.error("storing %d messages failed", len(batch), exc_info=exc)
             for session, ref, _ in batch:
                 self.hub.refund_send_token(session.user, self.config.send_burst)
                 self._error(session, "unavailable", "storage is unavailable; nothing was stored; retry", ref)

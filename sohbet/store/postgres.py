@@ -129,6 +129,15 @@ _MARK_READ: Final = (
 )
 
 _RETRIES: Final = 5
+# Everything asyncpg raises when the server or the connection goes away; none of it leaves this
+# module except as StoreUnavailable (a connection killed mid-query raises InternalClientError).
+_DRIVER_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 async def _keep_session(con: Any) -> None:
@@ -163,7 +172,7 @@ class PostgresStore:
                     # small stays when they grow (measured: 5x slower group commits). Plan each run.
                     server_settings={"plan_cache_mode": "force_custom_plan"},
                 )
-            except (OSError, asyncpg.PostgresError) as exc:
+            except _DRIVER_ERRORS as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
         return self._pool
 
@@ -171,7 +180,7 @@ class PostgresStore:
         pool = await self._get_pool()
         try:
             return list(await pool.fetch(query, *args))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
 
     async def migrate(self) -> None:  # see MessageStore
@@ -187,7 +196,7 @@ class PostgresStore:
                     if version not in applied:
                         await con.execute(entry.read_text())
                         await con.execute(_RECORD_MIGRATION, version)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
 
     async def ping(self) -> None:  # see MessageStore
@@ -212,7 +221,7 @@ class PostgresStore:
                 rows = await pool.fetch(_APPEND, *args)
             except asyncpg.UniqueViolationError:
                 continue  # another process stored one of our pairs first: see it next time
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _DRIVER_ERRORS as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
             return _results(batch, rows)
         raise StoreUnavailable(f"batch kept conflicting with concurrent writers after {_RETRIES} tries")
@@ -240,7 +249,7 @@ class PostgresStore:
                     cid = ConversationId(row["id"])
                     await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
                     created = True
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
         found = await self.conversation(cid)
         if found is None:

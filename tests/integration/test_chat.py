@@ -722,3 +722,38 @@ def test_healthz_and_readyz(run: Run, database_url: str) -> None:
             assert status == 426 and headers["upgrade"] == "websocket"
 
     run(main())
+
+
+def test_storage_down_means_unavailable_and_a_safe_retry(run: Run, postgres_database: str) -> None:
+    """Postgres really refuses connections for a while; nothing is stored, a retry later is."""
+    import asyncpg  # noqa: PLC0415
+
+    from ..conftest import POSTGRES_URL  # noqa: PLC0415
+
+    name = postgres_database.rsplit("/", 1)[1]
+
+    async def admin(sql: str) -> None:
+        con = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    async def main() -> None:
+        async with chat_server(postgres_database) as h:
+            alice = await h.connect("alice")
+            cid = await alice.create("bob")
+            await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            try:
+                await admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                down = await alice.request("chat:send", {"conversation_id": cid, "content": "hi", "client_id": "k1"})
+                assert down["type"] == "error" and down["payload"]["code"] == "unavailable"
+                history = await alice.request("chat:history", {"conversation_id": cid})
+                assert history["payload"]["code"] == "unavailable"
+            finally:
+                await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            retried = await alice.send(cid, "hi", client_id="k1")
+            assert retried["seq"] == 1  # the failed attempt stored nothing and burnt no seq
+            assert await h.chat.store.find_message("alice", "k1") is not None  # type: ignore[arg-type]
+
+    run(main())
