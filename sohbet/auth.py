@@ -73,8 +73,8 @@ class Verifier:
             raise TokenInvalid(f"invalid token: {exc}") from None
         # pyjwt (>= 2.10) has already checked that sub is a string and exp a number.
         sub = str(claims["sub"])
-        if not 1 <= len(sub) <= MAX_USER_ID_CHARS:
-            raise TokenInvalid("sub must be a string of 1-128 characters")
+        if not 1 <= len(sub) <= MAX_USER_ID_CHARS or "\x00" in sub:
+            raise TokenInvalid("sub must be a string of 1-128 characters, without U+0000")
         return Identity(UserId(sub), float(claims["exp"]))
 
 

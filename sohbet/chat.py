@@ -13,8 +13,6 @@ has committed.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from collections import deque
@@ -24,7 +22,7 @@ from typing import Any, Final, Protocol
 from sohbet import messages as m
 from sohbet.auth import Identity, UserId, Verifier
 from sohbet.config import ChatConfig
-from sohbet.errors import AuthError, MessageRejected, StoreError
+from sohbet.errors import AuthError, MessageRejected, StoreError, StoreUnavailable
 from sohbet.hub import Hub
 from sohbet.messages import ConversationId
 from sohbet.store import Conversation, InvalidCursor, MessageStore, NewMessage, StoredMessage
@@ -57,15 +55,22 @@ class Outbox(Protocol):
 class Session:
     """The chat state of one connection."""
 
-    __slots__ = ("client", "closed", "error_count", "error_window", "exp", "user")
+    __slots__ = ("client", "closed", "errors", "exp", "lock", "user")
 
     def __init__(self, client: Client, identity: Identity) -> None:
         self.client = client
         self.user = identity.user_id
         self.exp = identity.exp
-        self.error_count = 0
-        self.error_window = 0.0
+        #: When the latest client-fault errors happened: a sliding 10 s window.
+        self.errors: deque[float] = deque()
+        #: Serialises this connection's reads (sync, history, ...): one at a time holds memory.
+        self.lock = asyncio.Lock()
         self.closed = False
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not load a user's contacts: %s", task.exception())
 
 
 def _conversation_object(c: Conversation, with_unread: bool = False) -> dict[str, Any]:
@@ -110,8 +115,6 @@ class ChatService:
         self.max_queue = max_queue
         self.depth = depth
         self._sessions: dict[int, Session] = {}
-        self._expiries: list[tuple[float, int, Session]] = []
-        self._expiry_ids = itertools.count()
         # One queue and one writer task per shard; a conversation always maps to the same shard,
         # so its messages commit and fan out in seq order, while other conversations commit in
         # parallel (a database like Postgres then flushes their commits together).
@@ -174,7 +177,6 @@ class ChatService:
             return None
         session = Session(client, identity)
         self._sessions[client.id] = session
-        heapq.heappush(self._expiries, (identity.exp, next(self._expiry_ids), session))
         came_online = hub.attach(session.user, client)
         cfg = self.config
         client.send_text(
@@ -207,6 +209,7 @@ class ChatService:
             self._tasks.add(loading)
             loading.add_done_callback(self._tasks.discard)
             loading.add_done_callback(lambda _: self._loading.pop(user, None))
+            loading.add_done_callback(_log_failure)
         return loading
 
     def closed(self, session: Session) -> None:
@@ -247,10 +250,11 @@ class ChatService:
         self._reply(session, "error", payload, ref)
         if code in CLIENT_FAULTS:
             now = asyncio.get_running_loop().time()
-            if now - session.error_window >= _ERROR_WINDOW_S:
-                session.error_window, session.error_count = now, 0
-            session.error_count += 1
-            if session.error_count > self.config.max_errors_per_10s:
+            errors = session.errors
+            errors.append(now)
+            while errors[0] <= now - _ERROR_WINDOW_S:
+                errors.popleft()
+            if len(errors) > self.config.max_errors_per_10s:
                 session.client.close(1008, f"more than {self.config.max_errors_per_10s} errors in 10 s")
 
     def _to_members(self, members: Iterable[UserId], data: bytes, *, skip: Client | None = None) -> int:
@@ -270,7 +274,9 @@ class ChatService:
 
         async def guarded(session: Session, envelope: m.Envelope) -> None:
             try:
-                await handler(session, envelope)
+                async with session.lock:
+                    if not session.closed:
+                        await handler(session, envelope)
             except MessageRejected as exc:
                 self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
             except InvalidCursor as exc:
@@ -366,13 +372,16 @@ class ChatService:
         one's row lock, so acks and fan-out stay in seq order.
         """
         queue, wake = self._queues[shard], self._wakes[shard]
-        inflight: deque[tuple[list[tuple[Session, str | None, NewMessage]], asyncio.Future[list[StoredMessage]]]]
+        inflight: deque[tuple[list[tuple[Session, str | None, NewMessage]], asyncio.Future[list[StoredMessage | None]]]]
         inflight = deque()
+        busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
         while True:
             while queue and len(inflight) < self.depth:
-                batch = queue[: self.max_batch]
-                del queue[: self.max_batch]
-                self._queued -= len(batch)
+                batch = self._take(queue, busy)
+                if not batch:
+                    break  # everything queued waits for a conversation already in flight
+                for _, _, item in batch:
+                    busy[item.conversation_id] = busy.get(item.conversation_id, 0) + 1
                 appended = self.store.append([item for _, _, item in batch], int(time.time() * 1000))
                 inflight.append((batch, asyncio.ensure_future(appended)))
             if not inflight:
@@ -391,24 +400,74 @@ class ChatService:
                 if not oldest.done():
                     continue  # more sends arrived: start another batch while this one commits
             inflight.popleft()
-            self._committed(batch, oldest)
+            for _, _, item in batch:
+                held = busy[item.conversation_id] - 1
+                if held:
+                    busy[item.conversation_id] = held
+                else:
+                    del busy[item.conversation_id]
+            await self._committed(batch, oldest)
 
-    def _committed(
-        self, batch: list[tuple[Session, str | None, NewMessage]], result: asyncio.Future[list[StoredMessage]]
+    def _take(
+        self, queue: list[tuple[Session, str | None, NewMessage]], busy: dict[ConversationId, int]
+    ) -> list[tuple[Session, str | None, NewMessage]]:
+        """The next batch: queued sends whose conversation is not in a transaction in flight.
+
+        Two transactions on one conversation could take its row lock in either order, so its
+        seqs could come back out of submission order; keeping each conversation in at most one
+        transaction makes acks and fan-out follow seq order while other conversations commit in
+        parallel. The others keep their place in the queue.
+        """
+        if not busy:
+            batch = queue[: self.max_batch]
+            del queue[: self.max_batch]
+        else:
+            batch, rest = [], []
+            for entry in queue:
+                if len(batch) < self.max_batch and entry[2].conversation_id not in busy:
+                    batch.append(entry)
+                else:
+                    rest.append(entry)
+            queue[:] = rest
+        self._queued -= len(batch)
+        return batch
+
+    async def _committed(
+        self, batch: list[tuple[Session, str | None, NewMessage]], result: asyncio.Future[list[StoredMessage | None]]
     ) -> None:
         try:
             stored = result.result()
-        except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
-            if isinstance(exc, StoreError):
-                log.warning("could not store %d messages: %s", len(batch), exc)
-            else:
-                log.error("storing %d messages failed", len(batch), exc_info=exc)
-            for session, ref, _ in batch:
-                self.hub.refund_send_token(session.user, self.config.send_burst)
-                self._error(session, "unavailable", "storage is unavailable; nothing was stored; retry", ref)
+        except StoreUnavailable as exc:
+            log.warning("could not store %d messages: %s", len(batch), exc)
+            self._unavailable(batch)
             return
-        for (session, ref, _), message in zip(batch, stored, strict=True):
-            self._acked(session, ref, message)
+        except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
+            log.error("storing %d messages failed", len(batch), exc_info=exc)
+            if len(batch) == 1:
+                self._unavailable(batch)
+                return
+            # Something in the batch itself failed: store each message alone, so one bad
+            # message cannot fail the others.
+            for entry in batch:
+                alone = asyncio.get_running_loop().create_future()
+                try:
+                    alone.set_result(await self.store.append([entry[2]], int(time.time() * 1000)))
+                except Exception as failure:
+                    alone.set_exception(failure)
+                await self._committed([entry], alone)
+            return
+        for (session, ref, item), message in zip(batch, stored, strict=True):
+            if message is None:
+                # The sender stopped being a member before the commit (a leave raced the send).
+                self.hub.refund_send_token(session.user, self.config.send_burst)
+                self._error(session, "forbidden", f"conversation {item.conversation_id} is not one of yours", ref)
+            else:
+                self._acked(session, ref, message)
+
+    def _unavailable(self, batch: list[tuple[Session, str | None, NewMessage]]) -> None:
+        for session, ref, _ in batch:
+            self.hub.refund_send_token(session.user, self.config.send_burst)
+            self._error(session, "unavailable", "storage is unavailable; retry with the same client_id", ref)
 
     def _acked(self, session: Session, ref: str | None, message: StoredMessage) -> None:
         obj = m.message_object(message)
@@ -477,6 +536,8 @@ class ChatService:
         for cid, after in request.cursors.items():
             if cid not in known:
                 continue
+            if known[cid] <= after:
+                continue  # nothing after this cursor
             limit = min(cfg.sync_per_conversation, budget)
             found = await self.store.messages_after(cid, after, limit + 1) if limit > 0 else []
             if limit <= 0 or len(found) > limit:
@@ -517,7 +578,7 @@ class ChatService:
         conversation, created = await self.store.create_conversation(
             members, request.title, kind, int(time.time() * 1000)
         )
-        if created:
+        if created or kind == "direct":  # a direct one asked for again may have had a member rejoin
             self.hub.set_members(conversation.id, members)
             for user in members:
                 self.hub.add_member(conversation.id, user)
@@ -545,7 +606,14 @@ class ChatService:
     async def _leave(self, session: Session, envelope: m.Envelope) -> None:
         conversation = m.conversation_of(envelope.payload)
         members = set(await self._require_member(session, conversation))
-        await self.store.remove_member(conversation, session.user)
+        # The cache first: from here on, new sends from this user are refused (the store also
+        # refuses, at commit, messages from anyone who is no longer a member).
+        self.hub.remove_member(conversation, session.user)
+        try:
+            await self.store.remove_member(conversation, session.user)
+        except StoreError:
+            self.hub.add_member(conversation, session.user)
+            raise
         self.remove_member(conversation, session.user, members, skip=session.client)
         self._reply(session, "conversation:left", {"conversation_id": conversation}, envelope.ref)
 
@@ -561,14 +629,12 @@ class ChatService:
     # -- presence and tokens ------------------------------------------------------------------
 
     async def _came_online(self, user: UserId, *, announce: bool) -> None:
-        try:
-            conversations = await self.store.conversation_ids(user)
-            for cid in conversations:
-                if self.hub.members(cid) is None:
-                    self.hub.set_members(cid, await self.store.members(cid))
-        except StoreError as exc:
-            log.warning("could not load the conversations of a user: %s", exc)
-            return
+        conversations = await self.store.conversation_ids(user)
+        for cid in conversations:
+            if self.hub.members(cid) is None:
+                self.hub.set_members(cid, await self.store.members(cid))
+        if not self.hub.is_online(user):
+            return  # gone (and past the grace period) while loading: announce nothing, keep nothing
         self.hub.set_conversations(user, conversations)
         if announce:
             self._to_members(self.hub.contacts(user), m.encode("user:online", {"user_id": user}))
@@ -590,7 +656,6 @@ class ChatService:
         if identity.user_id != session.user:
             raise MessageRejected("unauthorized", "the new token is for another user")
         session.exp = identity.exp
-        heapq.heappush(self._expiries, (identity.exp, next(self._expiry_ids), session))
         self._reply(session, "auth:refreshed", {"exp": int(identity.exp)}, envelope.ref)
 
     async def _tick_loop(self) -> None:
@@ -604,11 +669,11 @@ class ChatService:
 
     def tick(self, wall: float, now: float) -> None:
         """Expire tokens (close 4001), end grace periods (`user:offline`), forget stale state."""
-        expiries = self._expiries
-        while expiries and expiries[0][0] + self.leeway_s <= wall:
-            exp, _, session = heapq.heappop(expiries)
-            if not session.closed and session.exp == exp:
-                session.client.close(4001, "token expired")
+        # A scan, not a heap: nothing to forget when a session closes or refreshes, and 10,000
+        # sessions take about a millisecond every half second.
+        deadline = wall - self.leeway_s
+        for session in [s for s in self._sessions.values() if s.exp <= deadline]:
+            session.client.close(4001, "token expired")
         for user in self.hub.expired_graces(now):
             self._to_members(self.hub.contacts(user), m.encode("user:offline", {"user_id": user}))
             self.hub.forget(user)

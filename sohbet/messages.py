@@ -170,6 +170,8 @@ def _text(payload: dict[str, Any], key: str, high: int, *, required: bool = True
         raise _bad(f"{key} must be a string")
     if not 1 <= len(value) <= high:
         raise _bad(f"{key} must be 1-{high} characters")
+    if "\x00" in value:
+        raise _bad(f"{key} must not contain U+0000")  # no database keeps it in text
     return value
 
 
@@ -178,8 +180,8 @@ def _user_ids(payload: dict[str, Any], key: str, high: int) -> list[UserId]:
     if not isinstance(value, list):
         raise _bad(f"{key} must be a list of user ids")
     for user in value:
-        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_ID_CHARS:
-            raise _bad(f"{key} must hold user ids: strings of 1-{MAX_USER_ID_CHARS} characters")
+        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_ID_CHARS or "\x00" in user:
+            raise _bad(f"{key} must hold user ids: strings of 1-{MAX_USER_ID_CHARS} characters, without U+0000")
     if len(value) > high:  # after the type checks: bad_request comes before too_large
         raise MessageRejected("too_large", f"{key} lists {len(value)} users; at most {high}")
     return [UserId(u) for u in value]
@@ -207,6 +209,8 @@ class SendRequest(NamedTuple):
             raise _bad("content must be a string")
         if not content:
             raise _bad("content must not be empty")
+        if "\x00" in content:
+            raise _bad("content must not contain U+0000")
         if len(content) > max_chars:
             raise MessageRejected("too_large", f"content of {len(content)} characters exceeds {max_chars}")
         assert client_id is not None  # required
@@ -250,7 +254,8 @@ class SyncRequest(NamedTuple):
             raise _bad("cursors must be an object")
         cursors: dict[ConversationId, int] = {}
         for key, seq in raw.items():
-            if not (key.isdigit() and len(key) <= 16 and 1 <= int(key) < MAX_ID):
+            # isascii: isdigit alone accepts digits such as "²" and "٣" that are not ids.
+            if not (key.isascii() and key.isdigit() and len(key) <= 16 and 1 <= int(key) < MAX_ID):
                 raise _bad(f"cursor key {key[:20]!r} is not a conversation id")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_ID:
                 raise _bad(f"cursor for {key} must be a seq (an integer of 0 or more)")

@@ -10,6 +10,7 @@ the kernel's socket work. See benchmarks/README.md before moving it to Cython.
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from sohbet import frames
@@ -27,6 +28,7 @@ CLOSING: Final = 2  # we sent a close frame and wait for the peer's
 CLOSED: Final = 3  # the close handshake is over, or the connection failed
 
 _MASK_POOL_BYTES: Final = 4096  # one os.urandom call masks 1024 client frames
+WINDOW_SLOTS: Final = 10  # the frame limit's window, in calls to new_window()
 
 
 class TextReceived:
@@ -83,6 +85,7 @@ class Connection:
         "_close_out",
         "_deflater",
         "_frames_in_window",
+        "_frames_recent",
         "_inflater",
         "_mask_pos",
         "_masks",
@@ -92,6 +95,7 @@ class Connection:
         "_parser",
         "_parts",
         "_size",
+        "_slots",
         "_utf8",
         "can_send",
         "client",
@@ -167,7 +171,11 @@ class Connection:
         self.close_code = 0
         self.close_reason = ""
         self.messages_received = 0
+        # The frame limit counts a sliding window of WINDOW_SLOTS slots: the frames of the
+        # current slot, and the sum of the slots before it (their counts wait in _slots).
         self._frames_in_window = 0
+        self._frames_recent = 0
+        self._slots: deque[int] = deque()
         # The message being reassembled: its opcode, whether compressed, its parts and size.
         self._msg_opcode = 0
         self._msg_compressed = False
@@ -188,7 +196,13 @@ class Connection:
         return self._parser.is_mid_message
 
     def new_window(self) -> None:
-        """Start a new window for the inbound frame limit."""
+        """Start the next slot of the frame limit's sliding window (the caller owns the clock:
+        the server calls this every second, so the limit counts any 10 consecutive seconds)."""
+        slots = self._slots
+        slots.append(self._frames_in_window)
+        self._frames_recent += self._frames_in_window
+        if len(slots) >= WINDOW_SLOTS:
+            self._frames_recent -= slots.popleft()
         self._frames_in_window = 0
 
     def feed(self, data: Buffer) -> list[Event]:
@@ -205,7 +219,7 @@ class Connection:
             return events
         if self.max_frames_per_window:
             self._frames_in_window += len(received)
-            if self._frames_in_window > self.max_frames_per_window:
+            if self._frames_recent + self._frames_in_window > self.max_frames_per_window:
                 self._fail(1008, f"more than {self.max_frames_per_window} frames in a window", events)
                 return events
         if len(received) == 1:

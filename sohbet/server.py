@@ -31,7 +31,7 @@ __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 log = logging.getLogger("sohbet.server")
 
 _SWEEP_S: Final = 1.0
-_RATE_WINDOW_S: Final = 10.0  # the inbound frame limit counts frames per 10 s (PROTOCOL.md)
+_RATE_SLOT_S: Final = 1.0  # the frame limit's window (10 s, PROTOCOL.md) slides by one-second slots
 
 # Phases of a socket: HTTP requests, then (after a 101) WebSocket, then closing, then gone.
 _HTTP: Final = 0
@@ -531,7 +531,7 @@ class Server:
         """Listen on *host*:*port* and start the sweep timer."""
         loop = asyncio.get_running_loop()
         self.now = loop.time()
-        self._window_end = self.now + _RATE_WINDOW_S
+        self._window_end = self.now + _RATE_SLOT_S
         self._listener = await loop.create_server(lambda: WebSocket(self), host, port, backlog=backlog)
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
         log.info("listening on %s:%d (frame core: %s)", host, self.port, IMPLEMENTATION)
@@ -541,7 +541,7 @@ class Server:
         now = self.now = loop.time()
         new_window = now >= self._window_end
         if new_window:
-            self._window_end = now + _RATE_WINDOW_S
+            self._window_end = now + _RATE_SLOT_S
         for ws in list(self._sockets.values()):
             if new_window and ws._conn is not None:
                 ws._conn.new_window()

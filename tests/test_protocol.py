@@ -143,10 +143,13 @@ def test_fragment_limit() -> None:
     assert events == [ConnectionFailed(1009, "message of more than 2 fragments")]
 
 
-def test_frame_rate_limit_per_window() -> None:
+def test_frame_rate_limit_slides() -> None:
     conn = Connection(max_frames_per_window=3)
-    assert len(conn.feed(cf(1, "1") + cf(1, "2") + cf(1, "3"))) == 3
-    conn.new_window()
+    assert len(conn.feed(cf(1, "1") + cf(1, "2"))) == 2
+    for _ in range(9):
+        conn.new_window()  # nine slots later the first two frames still count ...
+    assert len(conn.feed(cf(1, "3"))) == 1
+    conn.new_window()  # ... and in the tenth they have slid out of the window
     assert len(conn.feed(cf(1, "4") + cf(1, "5"))) == 2
     events = conn.feed(cf(1, "6") + cf(1, "7"))
     assert events == [ConnectionFailed(1008, "more than 3 frames in a window")]

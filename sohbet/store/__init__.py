@@ -111,11 +111,13 @@ class MessageStore(Protocol):
     async def close(self) -> None:
         """Release connections and threads."""
 
-    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
         """Store messages in one transaction (group commit), in order; one result per input.
 
         A repeated `(sender_id, client_id)` (earlier in the database or in the same batch) stores
-        nothing and returns the original message with `is_new=False`. Seqs within a
+        nothing and returns the original message with `is_new=False`. A message whose sender is
+        not a member of its conversation when the transaction commits (a leave raced the send, or
+        the conversation does not exist) is not stored: its result is None. Seqs within a
         conversation are consecutive, without gaps or duplicates, whatever runs concurrently.
         """
         ...

@@ -44,7 +44,8 @@ _RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version) VALUES ($1)"
 _MESSAGE_COLUMNS: Final = "id, conversation_id, seq, sender_id, content, client_id, created_at_ms"
 _FIND_ONE: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
 # Group commit in one statement, so one round trip and an implicit transaction per batch:
-# earlier messages with the same (sender_id, client_id) are returned, not stored again; the first
+# earlier messages with the same (sender_id, client_id) are returned, not stored again; a sender
+# who is not a member stores nothing; the first
 # of each repeated pair in the batch is numbered after the conversation's last_seq, under
 # FOR UPDATE on the conversation rows (id order: two writers cannot deadlock). A concurrent
 # insert of the same pair makes the INSERT fail on the unique index; the caller retries.
@@ -58,6 +59,7 @@ WITH input AS (
         ON m.sender_id = k.sender AND m.client_id = k.client
 ), firsts AS (
     SELECT DISTINCT ON (i.sender, i.client) i.conv, i.sender, i.client, i.content, i.idx FROM input i
+    JOIN members mb ON mb.conversation_id = i.conv AND mb.user_id = i.sender
     WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.sender_id = i.sender AND e.client_id = i.client)
     ORDER BY i.sender, i.client, i.idx
 ), locked AS (
@@ -87,6 +89,9 @@ _INSERT_CONVERSATION: Final = (
 _INSERT_MEMBERS: Final = (
     "INSERT INTO members (conversation_id, user_id, joined_at_ms) "
     "SELECT $1, u, $3 FROM unnest($2::text[]) AS u ON CONFLICT DO NOTHING"
+)
+_RECOUNT_MEMBERS: Final = (
+    "UPDATE conversations SET member_count = (SELECT count(*) FROM members WHERE conversation_id = $1) WHERE id = $1"
 )
 _CONVERSATIONS: Final = (
     "SELECT c.id, c.kind, c.title, c.member_count, c.last_seq, "
@@ -207,7 +212,7 @@ class PostgresStore:
             await self._pool.close()
             self._pool = None
 
-    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:  # see MessageStore
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
         pool = await self._get_pool()
         args = (
             [m.conversation_id for m in batch],
@@ -245,6 +250,9 @@ class PostgresStore:
                     existing = await con.fetchval(_FIND_DIRECT, key)
                     created = False
                     cid = ConversationId(existing)
+                    # Asked again after one side left: the pair rejoins its one direct conversation.
+                    await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
+                    await con.execute(_RECOUNT_MEMBERS, cid)
                 else:
                     cid = ConversationId(row["id"])
                     await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
@@ -327,16 +335,15 @@ class PostgresStore:
         return rows[0]["read_seq"] if rows else None
 
 
-def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage]:
-    """One result per input: new for the first of each stored pair, the original for repeats."""
+def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage | None]:
+    """One result per input: new for the first of each stored pair, the original for repeats,
+    None for a sender who is not a member."""
     found = {(r["sender_id"], r["client_id"]): r for r in rows}
-    results = []
+    results: list[StoredMessage | None] = []
     seen: set[tuple[str, str]] = set()
     for m in batch:
         key = (m.sender_id, m.client_id)
         row = found.get(key)
-        if row is None:
-            raise StoreError(f"conversation {m.conversation_id} does not exist")
-        results.append(_message(row, is_new=row["is_new"] and key not in seen))
+        results.append(None if row is None else _message(row, is_new=row["is_new"] and key not in seen))
         seen.add(key)
     return results

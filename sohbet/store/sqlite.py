@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any, Final, TypeVar
 
 from sohbet.auth import UserId
-from sohbet.errors import StoreError, StoreUnavailable
+from sohbet.errors import StoreUnavailable
 from sohbet.messages import ConversationId
 from sohbet.store import (
     MEMBERS_IN_OBJECT,
@@ -45,6 +45,7 @@ _FIND_SENT: Final = (
     "WHERE sender_id = ? AND client_id = ?"
 )
 _LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE id = ?"
+_IS_MEMBER: Final = "SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?"
 _INSERT_MESSAGE: Final = (
     "INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms) "
     "VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
@@ -71,6 +72,9 @@ _CONVERSATION_IDS: Final = "SELECT conversation_id FROM members WHERE user_id = 
 _MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = ?"
 _MEMBERS_PAGE: Final = "SELECT user_id FROM members WHERE conversation_id = ? AND user_id > ? ORDER BY user_id LIMIT ?"
 _COUNT_MEMBERS: Final = "UPDATE conversations SET member_count = member_count + ? WHERE id = ?"
+_RECOUNT_MEMBERS: Final = (
+    "UPDATE conversations SET member_count = (SELECT count(*) FROM members WHERE conversation_id = ?) WHERE id = ?"
+)
 _DELETE_MEMBER: Final = "DELETE FROM members WHERE conversation_id = ? AND user_id = ?"
 _HISTORY: Final = (
     "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
@@ -131,7 +135,7 @@ class SqliteStore:
             self._db = None
         self._executor.shutdown(wait=True)
 
-    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
         return await self._run(_append, batch, now_ms)
 
     async def find_message(self, sender: UserId, client_id: str) -> StoredMessage | None:  # see MessageStore
@@ -226,10 +230,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> list[StoredMessage]:
+def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
     db.execute("BEGIN IMMEDIATE")
-    results: list[StoredMessage] = []
+    results: list[StoredMessage | None] = []
     seen: dict[tuple[str, str], StoredMessage] = {}
+    members: dict[tuple[int, str], bool] = {}
     last: dict[int, int] = {}
     for item in batch:
         key = (item.sender_id, item.client_id)
@@ -242,11 +247,14 @@ def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> lis
             results.append(earlier._replace(is_new=False))
             continue
         cid = item.conversation_id
+        membership = (cid, item.sender_id)
+        if membership not in members:
+            members[membership] = db.execute(_IS_MEMBER, membership).fetchone() is not None
+        if not members[membership]:
+            results.append(None)  # not a member when this transaction runs: nothing stored
+            continue
         if cid not in last:
-            row = db.execute(_LAST_SEQ, (cid,)).fetchone()
-            if row is None:
-                raise StoreError(f"conversation {cid} does not exist")
-            last[cid] = row[0]
+            last[cid] = db.execute(_LAST_SEQ, (cid,)).fetchone()[0]
         seq = last[cid] = last[cid] + 1
         (message_id,) = db.execute(
             _INSERT_MESSAGE, (cid, seq, item.sender_id, item.client_id, item.content, now_ms)
@@ -269,6 +277,9 @@ def _create(
     if key is not None:
         row = db.execute(_FIND_DIRECT, (key,)).fetchone()
         if row is not None:
+            # Asked again after one side left: the pair rejoins its one direct conversation.
+            db.executemany(_INSERT_MEMBER, [(row[0], user, now_ms) for user in unique])
+            db.execute(_RECOUNT_MEMBERS, (row[0], row[0]))
             db.execute("COMMIT")
             found = _conversation(db, ConversationId(row[0]), None)
             assert found is not None  # just read inside the same thread

@@ -757,3 +757,104 @@ def test_storage_down_means_unavailable_and_a_safe_retry(run: Run, postgres_data
             assert await h.chat.store.find_message("alice", "k1") is not None  # type: ignore[arg-type]
 
     run(main())
+
+
+def test_pipelined_senders_are_delivered_in_seq_order(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        async with chat_server(database_url, chat=with_chat(send_rate_per_s=0)) as h:
+            users = [f"p{i}" for i in range(8)]
+            senders = [await h.connect(u) for u in users]
+            cid = await senders[0].create(*users[1:])
+            watcher = await h.connect("p0")
+
+            async def pipeline(client: Any) -> None:
+                for n in range(40):  # no waiting for acks: many batches in flight at once
+                    key = f"{client.user}-{n}"
+                    payload = {"conversation_id": cid, "content": "x", "client_id": key}
+                    await client.send_raw({"type": "chat:send", "ref": key, "payload": payload})
+
+            await asyncio.gather(*(pipeline(c) for c in senders))
+            seen = [(await watcher.expect("chat:message"))["payload"]["message"]["seq"] for _ in range(320)]
+            assert seen == list(range(1, 321))  # strictly in seq order, no gap
+
+    run(main())
+
+
+def test_content_with_nul_is_a_bad_request_not_a_poisoned_batch(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        async with chat_server(database_url) as h:
+            alice = await h.connect("alice")
+            cid = await alice.create("bob")
+            for payload in [
+                {"conversation_id": cid, "content": "a\u0000b", "client_id": "n1"},
+                {"conversation_id": cid, "content": "ok", "client_id": "n\u00002"},
+            ]:
+                assert (await alice.request("chat:send", payload))["payload"]["code"] == "bad_request"
+            create = await alice.request("conversation:create", {"members": ["x\u0000y"]})
+            assert create["payload"]["code"] == "bad_request"
+            assert (await alice.send(cid, "fine"))["seq"] == 1
+
+    run(main())
+
+
+def test_leave_racing_sends_stores_nothing_after_it(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        async with chat_server(database_url, chat=with_chat(send_rate_per_s=0)) as h:
+            alice = await h.connect("alice")
+            bob = await h.connect("bob")
+            cid = await alice.create("bob", "carol")
+            for n in range(20):  # at most 20 forbidden answers: more would close with 1008
+                payload = {"conversation_id": cid, "content": f"m{n}", "client_id": f"s{n}"}
+                await bob.send_raw({"type": "chat:send", "ref": f"s{n}", "payload": payload})
+                if n == 10:
+                    await bob.send_raw(
+                        {"type": "conversation:leave", "ref": "bye", "payload": {"conversation_id": cid}}
+                    )
+            outcomes: dict[str, str] = {}
+            while len(outcomes) < 21:
+                reply = await bob.recv()
+                if reply.get("ref"):
+                    outcomes[reply["ref"]] = reply["type"] if reply["type"] != "error" else reply["payload"]["code"]
+            assert outcomes["bye"] == "conversation:left"
+            acked = [r for r, kind in outcomes.items() if kind == "chat:ack"]
+            assert all(kind in ("chat:ack", "forbidden") for r, kind in outcomes.items() if r != "bye")
+            history = await alice.ok("chat:history", {"conversation_id": cid, "limit": 100})
+            assert sorted(m["client_id"] for m in history["messages"]) == sorted(acked)  # nothing unacked stored
+
+    run(main())
+
+
+def test_a_direct_conversation_can_be_rejoined(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        async with chat_server(database_url) as h:
+            alice = await h.connect("alice")
+            bob = await h.connect("bob")
+            cid = await alice.create("bob")
+            await bob.ok("conversation:leave", {"conversation_id": cid})
+            again = (await bob.ok("conversation:create", {"members": ["alice"]}))["conversation"]
+            assert again["id"] == cid and again["member_count"] == 2 and again["members"] == ["alice", "bob"]
+            await bob.send(cid, "back again")
+            assert (await alice.expect("chat:message"))["payload"]["message"]["content"] == "back again"
+            await alice.send(cid, "welcome back")
+            assert (await bob.expect("chat:message"))["payload"]["message"]["content"] == "welcome back"
+
+    run(main())
+
+
+def test_sync_edge_cases(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        async with chat_server(database_url, chat=with_chat(send_rate_per_s=0, sync_per_call=5)) as h:
+            alice = await h.connect("alice")
+            cid = await alice.create("bob")
+            quiet = await alice.create("bob", "carol")
+            for i in range(5):
+                await alice.send(cid, f"m{i}")
+            bob = await h.connect("bob")
+            done = await bob.request("sync", {"cursors": {str(cid): 0, str(quiet): 0}})
+            assert done["payload"]["complete"] is True  # the budget ran out exactly: nothing left
+            ahead = await bob.request("sync", {"cursors": {str(cid): 99}})
+            assert ahead["payload"]["conversations"][str(cid)] == 5  # a cursor past the end
+            odd = await bob.request("sync", {"cursors": {"\u00b2": 0}})
+            assert odd["payload"]["code"] == "bad_request"
+
+    run(main())
