@@ -31,6 +31,8 @@ from typing import Any
 import asyncpg
 import orjson
 import uvloop
+from loadgen import server_cpu_s as cpu_s  # benchmarks/ is the script's directory
+from loadgen import server_rss_kib as rss_kib
 
 from sohbet import _frames
 from sohbet.auth import issue_token
@@ -40,21 +42,6 @@ HERE = Path(__file__).resolve().parent
 SECRET = "benchmark-secret-of-at-least-32-bytes!"
 AUTH = AuthConfig(secret=SECRET)
 PG_ADMIN = os.environ.get("SOHBET_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def free_port() -> int:
