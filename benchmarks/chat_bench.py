@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ from typing import Any
 import asyncpg
 import orjson
 import uvloop
-from loadgen import server_cpu_s as cpu_s  # benchmarks/ is the script's directory
+from loadgen import free_port, wait_listening  # benchmarks/ is the script's directory
+from loadgen import server_cpu_s as cpu_s
 from loadgen import server_rss_kib as rss_kib
 
 from sohbet import _frames
@@ -42,25 +42,6 @@ HERE = Path(__file__).resolve().parent
 SECRET = "benchmark-secret-of-at-least-32-bytes!"
 AUTH = AuthConfig(secret=SECRET)
 PG_ADMIN = os.environ.get("SOHBET_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
 
 
 class Client(asyncio.Protocol):
@@ -149,18 +130,14 @@ async def connect_many(port: int, users: list[str], on_event: Any = None, concur
 
 
 class Server:
-    """`fanout_server.py` in its own process, pinned to CPU 0."""
+    """A server script of benchmarks/ in its own process, pinned to CPU 0."""
 
-    def __init__(self, database_url: str, data_dir: str, extra: list[str] | None = None) -> None:
+    def __init__(self, script: str, args: list[str]) -> None:
         self.port = free_port()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}}
-        args = [
-            "taskset", "-c", "0", sys.executable, str(HERE / "fanout_server.py"), "--port", str(self.port),
-            "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
-            "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+        command = ["taskset", "-c", "0", sys.executable, str(HERE / script), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
 
     def stop(self) -> list[str]:
         self.proc.terminate()
@@ -170,6 +147,21 @@ class Server:
             self.proc.kill()
             out, _ = self.proc.communicate()
         return out.decode().splitlines()
+
+
+def handoff_ms_median(lines: list[str]) -> float:
+    """The median time a fan-out server took to hand one message to every socket, from its
+    `delivered MS` lines (the first warms up: it counts only if alone)."""
+    handed = [float(line.split()[1]) for line in lines if line.startswith("delivered")]
+    return statistics.median(handed[1:] or handed)
+
+
+def sohbet_server(database_url: str, data_dir: str, extra: list[str] | None = None) -> Server:
+    """`fanout_server.py`: sohbet-server, printing how long each fan-out took."""
+    return Server("fanout_server.py", [
+        "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
+        "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
+    ])  # fmt: skip
 
 
 async def fresh_postgres() -> str:
@@ -283,7 +275,7 @@ def pgbench(admin_url: str, clients: int, seconds: int) -> float:
 def bench_send(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data_dir:
         url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
-        server = Server(url, data_dir)
+        server = sohbet_server(url, data_dir)
         try:
 
             async def main() -> dict[str, Any]:
@@ -324,26 +316,18 @@ def bench_fanout(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"members": args.members, "messages": args.messages}
     with tempfile.TemporaryDirectory() as data_dir:
         # Listing 10,000 members in one conversation:create takes ~90 KB: over the default 64 KiB.
-        server = Server(f"sqlite:///{data_dir}/bench.db", data_dir, ["--max-message-bytes", str(1 << 20)])
+        server = sohbet_server(f"sqlite:///{data_dir}/bench.db", data_dir, ["--max-message-bytes", str(1 << 20)])
         try:
             results["sohbet"] = uvloop.run(fanout_clients(server.port, server.proc.pid, members, args.messages, True))
         finally:
             lines = server.stop()
-        handed = [float(line.split()[1]) for line in lines if line.startswith("delivered")]
-        results["sohbet"]["server_handoff_ms_median"] = statistics.median(handed[1:] or handed)
-    port = free_port()
-    peer = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, str(HERE / "fanout_peer.py"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        results["sohbet"]["server_handoff_ms_median"] = handoff_ms_median(lines)
+    peer = Server("fanout_peer.py", [])
     try:
-        wait_port(port, peer)  # type: ignore[arg-type]  # Popen[bytes] either way
-        results["picows"] = uvloop.run(fanout_clients(port, peer.pid, members, args.messages, False))
+        results["picows"] = uvloop.run(fanout_clients(peer.port, peer.proc.pid, members, args.messages, False))
     finally:
-        peer.terminate()
-        out, _ = peer.communicate(timeout=30)
-    handed = [float(line.split()[1]) for line in out.decode().splitlines() if line.startswith("delivered")]
-    results["picows"]["server_handoff_ms_median"] = statistics.median(handed[1:] or handed)
+        lines = peer.stop()
+    results["picows"]["server_handoff_ms_median"] = handoff_ms_median(lines)
     for name in ("sohbet", "picows"):
         r = results[name]
         r["deliveries_per_s_server"] = (args.members - 1) / (r["server_handoff_ms_median"] / 1000)
@@ -401,7 +385,7 @@ async def fanout_clients(port: int, pid: int, members: list[str], messages: int,
 
 def bench_idle(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data_dir:
-        server = Server(f"sqlite:///{data_dir}/bench.db", data_dir)
+        server = sohbet_server(f"sqlite:///{data_dir}/bench.db", data_dir)
         try:
 
             async def main() -> dict[str, Any]:

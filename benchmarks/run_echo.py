@@ -14,12 +14,13 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from loadgen import free_port, wait_listening  # benchmarks/ is the script's directory
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -32,28 +33,11 @@ SERVERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def scenario(name: str, mode: str, args: list[str]) -> dict[str, Any]:
     port = free_port()
     server = subprocess.Popen(["taskset", "-c", "0", *SERVERS[name], str(port)], stderr=subprocess.DEVNULL)
     try:
-        wait_listening(port)
+        wait_listening(port, server)
         out = subprocess.run(
             ["taskset", "-c", "1", PY, str(HERE / "loadgen.py"), mode, "--port", str(port), "--server-pid",
              str(server.pid), *args],

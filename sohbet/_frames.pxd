@@ -14,7 +14,7 @@ cdef void xor_mask(unsigned char* dst, const unsigned char* src, Py_ssize_t n,
                    const unsigned char* key, Py_ssize_t offset) noexcept nogil
 cdef Py_ssize_t utf8_scan(Utf8State* st, const unsigned char* p, Py_ssize_t n) noexcept nogil
 cdef void utf8_reset(Utf8State* st) noexcept nogil
-cdef bint close_code_ok(long code) noexcept nogil
+cdef bint close_code_ok(Py_ssize_t code) noexcept nogil
 cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint fin, bint rsv1,
                        const unsigned char* key)
 

@@ -59,7 +59,7 @@ cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
 cdef Py_ssize_t _PREALLOC_BYTES = 64 * 1024
 
 
-cdef bint close_code_ok(long code) noexcept nogil:
+cdef bint close_code_ok(Py_ssize_t code) noexcept nogil:
     # Wire close codes (RFC 6455 §7.4.1, §7.4.2 and the IANA registry): 1004, 1005, 1006 and
     # 1015 are reserved for local use and must never appear in a close frame.
     return ((1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999))
@@ -349,7 +349,7 @@ cdef inline int _check_control(int opcode, Py_ssize_t n, bint fin) except -1:
 def is_valid_close_code(code) -> bool:
     """Return whether *code* may appear in a close frame on the wire (RFC 6455 §7.4)."""
     cdef Py_ssize_t c = _index(code)
-    return 0 <= c <= 65535 and close_code_ok(c)
+    return close_code_ok(c)
 
 
 def parse_close(payload) -> tuple:
@@ -412,7 +412,7 @@ def build_close(code=1000, reason="", *, mask=None) -> bytes:
     if c == 1005:
         body = b""
     else:
-        if not (1000 <= c <= 4999 and close_code_ok(c)):
+        if not close_code_ok(c):
             raise ValueError(f"close code {c} may not be sent")
         raw = (<str>reason).encode("utf-8")
         cut = PyBytes_GET_SIZE(raw)

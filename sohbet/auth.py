@@ -20,6 +20,12 @@ UserId = NewType("UserId", str)
 MAX_USER_ID_CHARS = 128
 
 
+def is_user_id(value: object) -> bool:
+    """Whether *value* can be a user id: 1-128 characters, without U+0000 (Postgres text cannot
+    hold it, so it would fail a whole batch of writes)."""
+    return isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_CHARS and "\x00" not in value
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who a verified token speaks for, and until when (epoch seconds)."""
@@ -73,7 +79,7 @@ class Verifier:
             raise TokenInvalid(f"invalid token: {exc}") from None
         # pyjwt (>= 2.10) has already checked that sub is a string and exp a number.
         sub = str(claims["sub"])
-        if not 1 <= len(sub) <= MAX_USER_ID_CHARS or "\x00" in sub:
+        if not is_user_id(sub):
             raise TokenInvalid("sub must be a string of 1-128 characters, without U+0000")
         return Identity(UserId(sub), float(claims["exp"]))
 
@@ -83,12 +89,12 @@ def issue_token(config: AuthConfig, user_id: str, ttl_s: float, now: float) -> s
 
     Raises:
         TokenInvalid: the configuration verifies with a public key, whose private half the
-            server does not hold, or the user id is not 1-128 characters.
+            server does not hold, or the user id is not 1-128 characters without U+0000.
     """
     if config.algorithm not in HMAC_ALGORITHMS or config.secret is None:
         raise TokenInvalid(f"cannot sign {config.algorithm} tokens: the server holds only public keys")
-    if not 1 <= len(user_id) <= MAX_USER_ID_CHARS:
-        raise TokenInvalid("user id must be 1-128 characters")
+    if not is_user_id(user_id):
+        raise TokenInvalid("user id must be 1-128 characters, without U+0000")
     claims: dict[str, Any] = {"sub": user_id, "iat": int(now), "exp": int(now + ttl_s)}
     if config.audience is not None:
         claims["aud"] = config.audience

@@ -13,10 +13,11 @@ has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, Protocol
 
 from sohbet import messages as m
@@ -62,7 +63,7 @@ class Session:
         self.user = identity.user_id
         self.exp = identity.exp
         #: When the latest client-fault errors happened: a sliding 10 s window.
-        self.errors: deque[float] = deque()
+        self.errors: list[float] = []  # at most max_errors_per_10s + 1 long
         #: Serialises this connection's reads (sync, history, ...): one at a time holds memory.
         self.lock = asyncio.Lock()
         self.closed = False
@@ -253,7 +254,7 @@ class ChatService:
             errors = session.errors
             errors.append(now)
             while errors[0] <= now - _ERROR_WINDOW_S:
-                errors.popleft()
+                del errors[0]
             if len(errors) > self.config.max_errors_per_10s:
                 session.client.close(1008, f"more than {self.config.max_errors_per_10s} errors in 10 s")
 
@@ -273,22 +274,28 @@ class ChatService:
         """Run a handler that reads the database as a task, mapping its errors to replies."""
 
         async def guarded(session: Session, envelope: m.Envelope) -> None:
-            try:
+            with self._answering_errors(session, envelope):
                 async with session.lock:
                     if not session.closed:
                         await handler(session, envelope)
-            except MessageRejected as exc:
-                self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
-            except InvalidCursor as exc:
-                self._error(session, "bad_request", str(exc), envelope.ref)
-            except StoreError as exc:
-                log.warning("store failed on %s: %s", envelope.type, exc)
-                self._error(session, "unavailable", "storage is unavailable; retry", envelope.ref)
-            except Exception:
-                log.exception("%s failed", envelope.type)
-                self._error(session, "internal", "internal error", envelope.ref)
 
         return lambda session, envelope: self._start(guarded(session, envelope))
+
+    @contextlib.contextmanager
+    def _answering_errors(self, session: Session, envelope: m.Envelope) -> Iterator[None]:
+        """Turn what a request's work raised into its `error` reply: a task has nobody else to tell."""
+        try:
+            yield
+        except MessageRejected as exc:
+            self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+        except InvalidCursor as exc:
+            self._error(session, "bad_request", str(exc), envelope.ref)
+        except StoreError as exc:
+            log.warning("store failed on %s: %s", envelope.type, exc)
+            self._error(session, "unavailable", "storage is unavailable; retry", envelope.ref)
+        except Exception:
+            log.exception("%s failed", envelope.type)
+            self._error(session, "internal", "internal error", envelope.ref)
 
     async def _member_set(self, conversation: ConversationId) -> set[UserId]:
         """The conversation's members, from the cache or loaded into it (empty if none)."""
@@ -318,15 +325,8 @@ class ChatService:
         self._enqueue(session, envelope.ref, request, members)
 
     async def _send_after_loading(self, session: Session, envelope: m.Envelope, request: m.SendRequest) -> None:
-        try:
-            members = await self._member_set(request.conversation_id)
-        except StoreError:
-            self._error(session, "unavailable", "storage is unavailable; retry", envelope.ref)
-            return
-        try:
-            self._enqueue(session, envelope.ref, request, members)
-        except MessageRejected as exc:
-            self._error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+        with self._answering_errors(session, envelope):
+            self._enqueue(session, envelope.ref, request, await self._member_set(request.conversation_id))
 
     def _enqueue(self, session: Session, ref: str | None, request: m.SendRequest, members: set[UserId]) -> None:
         if session.user not in members:
@@ -423,11 +423,14 @@ class ChatService:
             del queue[: self.max_batch]
         else:
             batch, rest = [], []
-            for entry in queue:
-                if len(batch) < self.max_batch and entry[2].conversation_id not in busy:
-                    batch.append(entry)
-                else:
+            for i, entry in enumerate(queue):
+                if entry[2].conversation_id in busy:
                     rest.append(entry)
+                    continue
+                batch.append(entry)
+                if len(batch) == self.max_batch:
+                    rest += queue[i + 1 :]
+                    break
             queue[:] = rest
         self._queued -= len(batch)
         return batch
@@ -449,13 +452,18 @@ class ChatService:
             # Something in the batch itself failed: store each message alone, so one bad
             # message cannot fail the others.
             for entry in batch:
-                alone = asyncio.get_running_loop().create_future()
                 try:
-                    alone.set_result(await self.store.append([entry[2]], int(time.time() * 1000)))
+                    alone = await self.store.append([entry[2]], int(time.time() * 1000))
                 except Exception as failure:
-                    alone.set_exception(failure)
-                await self._committed([entry], alone)
+                    log.error("storing a message alone failed", exc_info=failure)
+                    self._unavailable([entry])
+                else:
+                    self._answer([entry], alone)
             return
+        self._answer(batch, stored)
+
+    def _answer(self, batch: list[tuple[Session, str | None, NewMessage]], stored: list[StoredMessage | None]) -> None:
+        """Ack what was stored; refuse what the store turned away (sender no longer a member)."""
         for (session, ref, item), message in zip(batch, stored, strict=True):
             if message is None:
                 # The sender stopped being a member before the commit (a leave raced the send).
@@ -580,8 +588,6 @@ class ChatService:
         )
         if created or kind == "direct":  # a direct one asked for again may have had a member rejoin
             self.hub.set_members(conversation.id, members)
-            for user in members:
-                self.hub.add_member(conversation.id, user)
         obj = {"conversation": _conversation_object(conversation)}
         self._reply(session, "conversation:created", obj, envelope.ref)
         if created:
@@ -614,25 +620,20 @@ class ChatService:
         except StoreError:
             self.hub.add_member(conversation, session.user)
             raise
-        self.remove_member(conversation, session.user, members, skip=session.client)
+        # The remaining members and the user's other connections learn of it.
+        notice = m.encode("conversation:member_removed", {"conversation_id": conversation, "user_id": session.user})
+        self._to_members(members, notice, skip=session.client)
         self._reply(session, "conversation:left", {"conversation_id": conversation}, envelope.ref)
-
-    def remove_member(
-        self, conversation: ConversationId, user: UserId, before: set[UserId], *, skip: Client | None = None
-    ) -> None:
-        """Apply a removal: the user stops receiving the conversation at once, and the remaining
-        members and the user's other connections get `conversation:member_removed`."""
-        self.hub.remove_member(conversation, user)
-        notice = m.encode("conversation:member_removed", {"conversation_id": conversation, "user_id": user})
-        self._to_members(before, notice, skip=skip)
 
     # -- presence and tokens ------------------------------------------------------------------
 
     async def _came_online(self, user: UserId, *, announce: bool) -> None:
         conversations = await self.store.conversation_ids(user)
-        for cid in conversations:
-            if self.hub.members(cid) is None:
-                self.hub.set_members(cid, await self.store.members(cid))
+        missing = [cid for cid in conversations if self.hub.members(cid) is None]
+        if missing:
+            for cid, members in (await self.store.members_of(missing)).items():
+                if self.hub.members(cid) is None:  # a send may have loaded it meanwhile
+                    self.hub.set_members(cid, members)
         if not self.hub.is_online(user):
             return  # gone (and past the grace period) while loading: announce nothing, keep nothing
         self.hub.set_conversations(user, conversations)

@@ -178,12 +178,9 @@ async def _migrate(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The `sohbet-server` console command."""
     args = vars(_parser().parse_args(argv))
-    logging.basicConfig(
-        level=str(args.get("log_level") or os.environ.get("SOHBET_LOG_LEVEL", "info")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
         config = build_config(args, dict(os.environ))
+        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
         command = args.get("command") or "serve"
         if command == "token":
             print(issue_token(config.auth, args["user_id"], args["ttl"], time.time()))

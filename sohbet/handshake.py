@@ -29,6 +29,7 @@ __all__ = [
     "Request",
     "RequestReader",
     "Upgrade",
+    "error_body",
     "error_response",
     "http_response",
     "switching_protocols",
@@ -220,12 +221,12 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
         raise InvalidHandshake(400, "an upgrade request has no body")
     if request.count("host") != 1:
         raise InvalidHandshake(400, "missing or repeated Host header")
-    if "websocket" not in request.tokens("upgrade"):
+    if not request.is_upgrade:
         raise InvalidHandshake(400, "Upgrade header does not name websocket")
     if "upgrade" not in request.tokens("connection"):
         raise InvalidHandshake(400, "Connection header does not name upgrade")
-    key = request.header("sec-websocket-key")
-    if request.count("sec-websocket-key") != 1 or key is None or not _is_valid_key(key.strip()):
+    key = (request.header("sec-websocket-key") or "").strip()
+    if request.count("sec-websocket-key") != 1 or not _is_valid_key(key):
         raise InvalidHandshake(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")
     version = request.header("sec-websocket-version")
     if version is None:
@@ -240,7 +241,7 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
     subprotocol = next((p for p in config.subprotocols if p in offered), None)
     negotiated = deflate.negotiate(request.header("sec-websocket-extensions"), config.compression)
     return Upgrade(
-        accept=accept_key(key.strip()),
+        accept=accept_key(key),
         subprotocol=subprotocol,
         offered_subprotocols=offered,
         deflate=negotiated[0] if negotiated else None,
@@ -255,9 +256,9 @@ def _is_valid_key(key: str) -> bool:
         return False
 
 
-def switching_protocols(upgrade: Upgrade, subprotocol: str | None = None) -> bytes:
-    """Build the 101 response; *subprotocol* overrides the one negotiated from the config."""
-    chosen = subprotocol if subprotocol is not None else upgrade.subprotocol
+def switching_protocols(upgrade: Upgrade) -> bytes:
+    """Build the 101 response."""
+    chosen = upgrade.subprotocol
     lines = [
         "HTTP/1.1 101 Switching Protocols",
         "Upgrade: websocket",
@@ -293,6 +294,10 @@ def http_response(
 def error_response(
     status: int, message: str, headers: tuple[tuple[str, str], ...] = (), *, close: bool = True
 ) -> bytes:
-    """Build a JSON error response: `{"error": {"code", "message"}}` (PROTOCOL.md)."""
-    body = orjson.dumps({"error": {"code": ERROR_CODES.get(status, "bad_request"), "message": message}})
-    return http_response(status, body, headers=headers, close=close)
+    """Build a JSON error response (PROTOCOL.md)."""
+    return http_response(status, error_body(status, message), headers=headers, close=close)
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (PROTOCOL.md)."""
+    return orjson.dumps({"error": {"code": ERROR_CODES.get(status, "bad_request"), "message": message}})

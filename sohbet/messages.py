@@ -14,11 +14,10 @@ from typing import Any, Final, NamedTuple, NewType, Protocol
 
 import orjson
 
-from sohbet.auth import MAX_USER_ID_CHARS, UserId
+from sohbet.auth import MAX_USER_ID_CHARS, UserId, is_user_id
 from sohbet.errors import MessageRejected
 
 __all__ = [
-    "REQUEST_TYPES",
     "ConversationId",
     "CreateRequest",
     "Envelope",
@@ -42,22 +41,6 @@ MAX_REF_CHARS: Final = 64
 MAX_CLIENT_ID_CHARS: Final = 128
 MAX_TITLE_CHARS: Final = 200
 
-REQUEST_TYPES: Final = frozenset(
-    {
-        "chat:send",
-        "chat:typing",
-        "chat:read",
-        "chat:history",
-        "sync",
-        "conversation:create",
-        "conversation:list",
-        "conversation:members",
-        "conversation:leave",
-        "presence:query",
-        "auth:refresh",
-    }
-)
-
 
 class Envelope(NamedTuple):
     type: str
@@ -73,8 +56,8 @@ def decode(data: bytes) -> Envelope:
     """Parse one client message.
 
     Raises:
-        MessageRejected: `bad_request`: not JSON, not an object, an unknown type, a payload that
-            is not an object, a `ref` that is not a string of 1-64 characters.
+        MessageRejected: `bad_request`: not JSON, not an object, a type that is not a string, a
+            payload that is not an object, a `ref` that is not a string of 1-64 characters.
     """
     try:
         obj = orjson.loads(data)
@@ -180,7 +163,7 @@ def _user_ids(payload: dict[str, Any], key: str, high: int) -> list[UserId]:
     if not isinstance(value, list):
         raise _bad(f"{key} must be a list of user ids")
     for user in value:
-        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_ID_CHARS or "\x00" in user:
+        if not is_user_id(user):
             raise _bad(f"{key} must hold user ids: strings of 1-{MAX_USER_ID_CHARS} characters, without U+0000")
     if len(value) > high:  # after the type checks: bad_request comes before too_large
         raise MessageRejected("too_large", f"{key} lists {len(value)} users; at most {high}")

@@ -10,7 +10,6 @@ the kernel's socket work. See benchmarks/README.md before moving it to Cython.
 from __future__ import annotations
 
 import os
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from sohbet import frames
@@ -95,6 +94,7 @@ class Connection:
         "_parser",
         "_parts",
         "_size",
+        "_slot",
         "_slots",
         "_utf8",
         "can_send",
@@ -172,10 +172,12 @@ class Connection:
         self.close_reason = ""
         self.messages_received = 0
         # The frame limit counts a sliding window of WINDOW_SLOTS slots: the frames of the
-        # current slot, and the sum of the slots before it (their counts wait in _slots).
+        # current slot, and the sum of the slots before it, whose counts wait in _slots, a ring
+        # (a list of small ints: an idle connection's footprint is what a server has most of).
         self._frames_in_window = 0
         self._frames_recent = 0
-        self._slots: deque[int] = deque()
+        self._slots = [0] * (WINDOW_SLOTS - 1)
+        self._slot = 0
         # The message being reassembled: its opcode, whether compressed, its parts and size.
         self._msg_opcode = 0
         self._msg_compressed = False
@@ -198,11 +200,10 @@ class Connection:
     def new_window(self) -> None:
         """Start the next slot of the frame limit's sliding window (the caller owns the clock:
         the server calls this every second, so the limit counts any 10 consecutive seconds)."""
-        slots = self._slots
-        slots.append(self._frames_in_window)
-        self._frames_recent += self._frames_in_window
-        if len(slots) >= WINDOW_SLOTS:
-            self._frames_recent -= slots.popleft()
+        i = self._slot
+        self._frames_recent += self._frames_in_window - self._slots[i]  # the oldest slot slides out
+        self._slots[i] = self._frames_in_window
+        self._slot = (i + 1) % (WINDOW_SLOTS - 1)
         self._frames_in_window = 0
 
     def feed(self, data: Buffer) -> list[Event]:

@@ -30,8 +30,7 @@ __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 
 log = logging.getLogger("sohbet.server")
 
-_SWEEP_S: Final = 1.0
-_RATE_SLOT_S: Final = 1.0  # the frame limit's window (10 s, PROTOCOL.md) slides by one-second slots
+_SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (PROTOCOL.md) slides by one sweep
 
 # Phases of a socket: HTTP requests, then (after a 101) WebSocket, then closing, then gone.
 _HTTP: Final = 0
@@ -79,14 +78,18 @@ class Handler:
 
     def on_http(self, request: handshake.Request) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (anything that is not a WebSocket upgrade)."""
-        return Response(404, b'{"error":{"code":"not_found","message":"no such endpoint"}}')
+        return _NOT_FOUND
+
+
+_NOT_FOUND: Final = Response(404, handshake.error_body(404, "no such endpoint"))
+_INTERNAL_ERROR: Final = Response(500, handshake.error_body(500, "internal error"))
 
 
 def _checked(request: handshake.Request, result: object) -> Response:
     if isinstance(result, Response) and 100 <= result.status <= 599:
         return result
     log.error("on_http returned %r for %s %s, not a Response", result, request.method, request.path)
-    return Response(500, b'{"error":{"code":"internal","message":"internal error"}}')
+    return _INTERNAL_ERROR
 
 
 class WebSocket(asyncio.Protocol):
@@ -261,24 +264,14 @@ class WebSocket(asyncio.Protocol):
         conn = self._conn
         if conn is None or not conn.can_send or self._phase != _WS:
             return
-        frame = conn.frame_text(data)
-        batch = self._batch
-        if batch is not None:
-            batch.append(frame)  # inside data_received: one write for everything at the end
-        else:
-            self._write(frame)
+        self._write(conn.frame_text(data))
 
     def send_binary(self, data: bytes) -> None:
         """Send a binary message; dropped once closing."""
         conn = self._conn
         if conn is None or not conn.can_send or self._phase != _WS:
             return
-        frame = conn.frame_binary(data)
-        batch = self._batch
-        if batch is not None:
-            batch.append(frame)
-        else:
-            self._write(frame)
+        self._write(conn.frame_binary(data))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the close handshake; the socket closes when the peer answers or time runs out."""
@@ -323,11 +316,10 @@ class WebSocket(asyncio.Protocol):
         and the sweep aborts a socket whose peer does not read it in time. The server closes
         TCP first (RFC 6455 §7.1.1).
         """
-        self._phase = _CLOSED
-        self._close_at = self._server.now + self._server.limits.close_timeout_s
+        self._phase = _CLOSED  # before on_close: sends from it are dropped
         if self._server.connections.pop(self.id, None) is not None:
             self._report_close(code, reason)
-        self._transport.close()
+        self._hang_up()
 
     def _report_close(self, code: int, reason: str) -> None:
         try:
@@ -370,7 +362,7 @@ class WebSocket(asyncio.Protocol):
             result = self._server.handler.on_http(request)
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
-            result = Response(500, b'{"error":{"code":"internal","message":"internal error"}}')
+            result = _INTERNAL_ERROR
         if inspect.isawaitable(result):
             self._transport.pause_reading()
             self._http_task = asyncio.ensure_future(self._finish_http(request, result))
@@ -382,7 +374,7 @@ class WebSocket(asyncio.Protocol):
             response = await pending
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
-            response = Response(500, b'{"error":{"code":"internal","message":"internal error"}}')
+            response = _INTERNAL_ERROR
         self._http_task = None
         if self._phase != _HTTP:
             return
@@ -518,7 +510,6 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         #: Set once shutdown begins: no new upgrades, HTTP answers close their connection.
         self.closing = False
-        self._window_end = 0.0
         self.now = 0.0
 
     @property
@@ -531,7 +522,6 @@ class Server:
         """Listen on *host*:*port* and start the sweep timer."""
         loop = asyncio.get_running_loop()
         self.now = loop.time()
-        self._window_end = self.now + _RATE_SLOT_S
         self._listener = await loop.create_server(lambda: WebSocket(self), host, port, backlog=backlog)
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
         log.info("listening on %s:%d (frame core: %s)", host, self.port, IMPLEMENTATION)
@@ -539,11 +529,9 @@ class Server:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = self.now = loop.time()
-        new_window = now >= self._window_end
-        if new_window:
-            self._window_end = now + _RATE_SLOT_S
+        rate_limited = self.limits.max_frames_per_10s > 0
         for ws in list(self._sockets.values()):
-            if new_window and ws._conn is not None:
+            if rate_limited and ws._conn is not None:
                 ws._conn.new_window()
             try:
                 ws._sweep(now)
@@ -561,8 +549,7 @@ class Server:
             if ws._phase == _WS:
                 ws.close(1001, "server shutting down")
             elif ws._phase == _HTTP and ws._http_task is None:
-                ws._phase = _CLOSED
-                ws._transport.close()
+                ws._hang_up()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._sockets and loop.time() < deadline:

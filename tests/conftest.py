@@ -45,6 +45,17 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 POSTGRES_URL = os.environ.get("SOHBET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+async def pg_admin(sql: str) -> None:
+    """Run one statement on the server's maintenance database (create, drop, lock out databases)."""
+    import asyncpg  # noqa: PLC0415  # only the Postgres half of the suite needs it
+
+    con = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    try:
+        await con.execute(sql)
+    finally:
+        await con.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh, empty database for this test run; dropped at the end.
@@ -55,16 +66,8 @@ def postgres_database() -> Iterator[str]:
     import asyncpg  # noqa: PLC0415  # only the Postgres half of the suite needs it
 
     name = f"sohbet_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        con = await asyncpg.connect(POSTGRES_URL, timeout=5)
-        try:
-            await con.execute(sql)
-        finally:
-            await con.close()
-
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         message = f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc}); set SOHBET_TEST_POSTGRES_URL"
         if IN_CI:
@@ -72,7 +75,7 @@ def postgres_database() -> Iterator[str]:
         pytest.skip("SKIPPING THE POSTGRES HALF OF THE SUITE: " + message)
     base = POSTGRES_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

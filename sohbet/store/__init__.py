@@ -10,7 +10,9 @@ on the conversation row, and `(sender_id, client_id)` is enforced by a unique in
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from collections.abc import Sequence
+from importlib import resources
+from typing import NamedTuple, Protocol, TypeVar
 
 from sohbet.auth import UserId
 from sohbet.errors import StoreError, StoreUnavailable
@@ -70,7 +72,28 @@ class InvalidCursor(StoreError):
     """A pagination cursor this server did not make: the request is malformed."""
 
 
-_NO_CURSOR = (2**62, 2**62)
+NO_SEQ = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
+_NO_CURSOR = (NO_SEQ, NO_SEQ)
+
+T = TypeVar("T")
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """The numbered migration scripts of *dialect* (`sqlite`, `postgres`), in order: (version, SQL)."""
+    folder = resources.files("sohbet.store") / "migrations" / dialect
+    found = [(int(entry.name.split("_", 1)[0]), entry.read_text()) for entry in folder.iterdir()]
+    return sorted(found)
+
+
+def members_page_of(users: Sequence[UserId], limit: int) -> tuple[list[UserId], str | None]:
+    """A members page from up to *limit* + 1 rows: the extra row only says that more follow."""
+    return list(users[:limit]), (users[limit - 1] if len(users) > limit else None)
+
+
+def history_page_of(newest_first: Sequence[T], limit: int) -> tuple[list[T], bool]:
+    """A history page, ascending, from up to *limit* + 1 rows fetched newest first; and whether
+    older messages exist (the extra row)."""
+    return list(reversed(newest_first[:limit])), len(newest_first) > limit
 
 
 def encode_cursor(activity_ms: int, conversation_id: int) -> str:
@@ -149,6 +172,11 @@ class MessageStore(Protocol):
 
     async def members(self, conversation_id: ConversationId) -> list[UserId]:
         """Every member (for the hub's cache; groups hold at most 10,000)."""
+        ...
+
+    async def members_of(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, list[UserId]]:
+        """Every member of each conversation, in one round trip (a user coming online loads all
+        their conversations at once); conversations without members are left out."""
         ...
 
     async def members_page(

@@ -13,7 +13,6 @@ transaction rolls back and the batch is retried: a seq is never burnt.
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Final
 
 import asyncpg
@@ -23,6 +22,7 @@ from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.messages import ConversationId
 from sohbet.store import (
     MEMBERS_IN_OBJECT,
+    NO_SEQ,
     Conversation,
     ConversationPage,
     NewMessage,
@@ -30,6 +30,9 @@ from sohbet.store import (
     decode_cursor,
     direct_key,
     encode_cursor,
+    history_page_of,
+    members_page_of,
+    migrations,
 )
 
 __all__ = ["PostgresStore"]
@@ -108,6 +111,7 @@ _LIST: Final = (
 )
 _CONVERSATION_IDS: Final = "SELECT conversation_id FROM members WHERE user_id = $1"
 _MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = $1"
+_MEMBERS_OF: Final = "SELECT conversation_id, user_id FROM members WHERE conversation_id = ANY($1::bigint[])"
 _MEMBERS_PAGE: Final = (
     "SELECT user_id FROM members WHERE conversation_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3"
 )
@@ -190,16 +194,14 @@ class PostgresStore:
 
     async def migrate(self) -> None:  # see MessageStore
         pool = await self._get_pool()
-        folder = resources.files("sohbet.store") / "migrations" / "postgres"
         try:
             async with pool.acquire() as con, con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await con.execute(_MIGRATIONS)
                 applied = {r["version"] for r in await con.fetch(_APPLIED)}
-                for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-                    version = int(entry.name.split("_", 1)[0])
+                for version, script in migrations("postgres"):
                     if version not in applied:
-                        await con.execute(entry.read_text())
+                        await con.execute(script)
                         await con.execute(_RECORD_MIGRATION, version)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
@@ -299,13 +301,17 @@ class PostgresStore:
     async def members(self, conversation_id: ConversationId) -> list[UserId]:
         return [UserId(r["user_id"]) for r in await self._fetch(_MEMBERS, conversation_id)]
 
+    async def members_of(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, list[UserId]]:
+        found: dict[ConversationId, list[UserId]] = {}
+        for r in await self._fetch(_MEMBERS_OF, conversation_ids):
+            found.setdefault(ConversationId(r["conversation_id"]), []).append(UserId(r["user_id"]))
+        return found
+
     async def members_page(  # see MessageStore
         self, conversation_id: ConversationId, cursor: str | None, limit: int
     ) -> tuple[list[UserId], str | None]:
-        rows = [
-            UserId(r["user_id"]) for r in await self._fetch(_MEMBERS_PAGE, conversation_id, cursor or "", limit + 1)
-        ]
-        return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
+        rows = await self._fetch(_MEMBERS_PAGE, conversation_id, cursor or "", limit + 1)
+        return members_page_of([UserId(r["user_id"]) for r in rows], limit)
 
     async def add_member(self, conversation_id: ConversationId, user: UserId, now_ms: int) -> bool:
         rows = await self._fetch(_ADD_MEMBER, conversation_id, user, now_ms)
@@ -318,8 +324,8 @@ class PostgresStore:
     async def history(  # see MessageStore
         self, conversation_id: ConversationId, before_seq: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
-        rows = await self._fetch(_HISTORY, conversation_id, before_seq or 2**62, limit + 1)
-        return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
+        rows = await self._fetch(_HISTORY, conversation_id, before_seq or NO_SEQ, limit + 1)
+        return history_page_of([_message(r) for r in rows], limit)
 
     async def messages_after(  # see MessageStore
         self, conversation_id: ConversationId, after_seq: int, limit: int

@@ -14,7 +14,6 @@ import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from typing import Any, Final, TypeVar
 
 from sohbet.auth import UserId
@@ -22,6 +21,7 @@ from sohbet.errors import StoreUnavailable
 from sohbet.messages import ConversationId
 from sohbet.store import (
     MEMBERS_IN_OBJECT,
+    NO_SEQ,
     Conversation,
     ConversationPage,
     NewMessage,
@@ -29,6 +29,9 @@ from sohbet.store import (
     decode_cursor,
     direct_key,
     encode_cursor,
+    history_page_of,
+    members_page_of,
+    migrations,
 )
 
 __all__ = ["SqliteStore"]
@@ -164,12 +167,19 @@ class SqliteStore:
     async def members(self, conversation_id: ConversationId) -> list[UserId]:
         return await self._run(lambda db: [UserId(r[0]) for r in db.execute(_MEMBERS, (conversation_id,))])
 
+    async def members_of(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, list[UserId]]:
+        def members_of(db: sqlite3.Connection) -> dict[ConversationId, list[UserId]]:
+            found = {cid: [UserId(r[0]) for r in db.execute(_MEMBERS, (cid,))] for cid in conversation_ids}
+            return {cid: users for cid, users in found.items() if users}
+
+        return await self._run(members_of)  # in-process: a query per conversation costs no round trip
+
     async def members_page(  # see MessageStore
         self, conversation_id: ConversationId, cursor: str | None, limit: int
     ) -> tuple[list[UserId], str | None]:
         def page(db: sqlite3.Connection) -> tuple[list[UserId], str | None]:
             rows = [UserId(r[0]) for r in db.execute(_MEMBERS_PAGE, (conversation_id, cursor or "", limit + 1))]
-            return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
+            return members_page_of(rows, limit)
 
         return await self._run(page)
 
@@ -183,8 +193,8 @@ class SqliteStore:
         self, conversation_id: ConversationId, before_seq: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
         def history(db: sqlite3.Connection) -> tuple[list[StoredMessage], bool]:
-            rows = db.execute(_HISTORY, (conversation_id, before_seq or 2**62, limit + 1)).fetchall()
-            return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
+            rows = db.execute(_HISTORY, (conversation_id, before_seq or NO_SEQ, limit + 1)).fetchall()
+            return history_page_of([_message(r) for r in rows], limit)
 
         return await self._run(history)
 
@@ -218,12 +228,10 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")  # one migrator at a time, even across processes
     db.execute(_MIGRATIONS)
     applied = {row[0] for row in db.execute(_APPLIED)}
-    folder = resources.files("sohbet.store") / "migrations" / "sqlite"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        version = int(entry.name.split("_", 1)[0])
+    for version, script in migrations("sqlite"):
         if version in applied:
             continue
-        for statement in entry.read_text().split(";"):
+        for statement in script.split(";"):
             if statement.strip():
                 db.execute(statement)
         db.execute(_RECORD_MIGRATION, (version,))

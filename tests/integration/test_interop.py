@@ -21,11 +21,11 @@ from sohbet.config import CompressionConfig, WebSocketConfig
 from sohbet.echo import ECHO_LIMITS
 from sohbet.server import WebSocket
 
+from ..conftest import IN_CI
 from .conftest import Recorder, get, running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 DEFLATE = WebSocketConfig(compression=CompressionConfig(enabled=True, window_bits=15))
-IN_CI = os.environ.get("CI") == "true"
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -13,13 +13,16 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-import orjson
 import pytest
 import websockets
+
+from sohbet.config import AuthConfig
+
+from ..chatkit import WsChat, token
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 SERVER = [sys.executable, "-I", "-m", "sohbet.cli"]
@@ -128,38 +131,41 @@ def test_precedence_of_flags_environment_and_file(tmp_path: Path) -> None:
     assert result.returncode == 2 and "cannot read config file" in result.stderr
 
 
-async def send_all(port: int, token: str, conversation: int, prefix: str, count: int) -> list[int]:
+@asynccontextmanager
+async def chat(port: int, token: str) -> AsyncIterator[WsChat]:
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}", max_queue=None) as ws:
-        await ws.recv()  # hello
+        client = WsChat(ws, "")
+        await client.expect("hello")
+        yield client
+
+
+async def send_all(port: int, token: str, conversation: int, prefix: str, count: int) -> list[int]:
+    async with chat(port, token) as client:
         seqs = []
         for i in range(count):
             ref = f"{prefix}{i}"
-            await ws.send(orjson.dumps({"type": "chat:send", "ref": ref, "payload": {
-                "conversation_id": conversation, "content": f"{prefix} {i}", "client_id": ref}}).decode())  # fmt: skip
-            while True:
-                reply = orjson.loads(await ws.recv())
-                if reply.get("ref") == ref:
-                    assert reply["type"] == "chat:ack", reply
-                    seqs.append(reply["payload"]["message"]["seq"])
-                    break
+            payload = {"conversation_id": conversation, "content": f"{prefix} {i}", "client_id": ref}
+            reply = await client.request("chat:send", payload, ref=ref)
+            assert reply["type"] == "chat:ack", reply
+            seqs.append(reply["payload"]["message"]["seq"])
         return seqs
 
 
 async def create(port: int, token: str, members: list[str]) -> int:
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}") as ws:
-        await ws.recv()
-        await ws.send(
-            orjson.dumps({"type": "conversation:create", "ref": "c", "payload": {"members": members}}).decode()
-        )
-        while True:
-            reply = orjson.loads(await ws.recv())
-            if reply.get("ref") == "c":
-                return int(reply["payload"]["conversation"]["id"])
+    async with chat(port, token) as client:
+        return await client.create(*members)
 
 
-def token(user: str, data_dir: Path | None = None) -> str:
-    args = ["token", user] + (["--data-dir", str(data_dir)] if data_dir else [])
-    result = cli(*args, env={} if data_dir else {"SOHBET_JWT_SECRET": SECRET})
+def env_secret_token(user: str) -> str:
+    """A token from `sohbet-server token`, signed with SOHBET_JWT_SECRET."""
+    result = cli("token", user, env={"SOHBET_JWT_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def data_dir_token(user: str, data_dir: Path) -> str:
+    """A token signed with the secret `sohbet-server` generated in *data_dir*."""
+    result = cli("token", user, "--data-dir", str(data_dir), env={})
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -167,7 +173,8 @@ def token(user: str, data_dir: Path | None = None) -> str:
 def test_two_instances_on_one_postgres_keep_seqs_gapless(tmp_path: Path, postgres_database: str) -> None:
     args = ["--database-url", postgres_database, "--jwt-secret", SECRET, "--send-rate", "0"]
     users = [f"user{i}" for i in range(20)]
-    tokens = {u: token(u) for u in users}
+    tokens = {u: token(u, auth=AuthConfig(secret=SECRET)) for u in users[1:]}
+    tokens[users[0]] = env_secret_token(users[0])  # the command line's own tokens work too
     with server_process(*args, cwd=tmp_path) as (_, port_a), server_process(*args, cwd=tmp_path) as (_, port_b):
 
         async def main() -> list[int]:
@@ -182,7 +189,7 @@ def test_two_instances_on_one_postgres_keep_seqs_gapless(tmp_path: Path, postgre
 
 
 def test_nothing_acked_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
-    tokens = {u: token(u, tmp_path) for u in ("alice", "bob")}
+    tokens = {u: data_dir_token(u, tmp_path) for u in ("alice", "bob")}
     with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (proc, port):
 
         async def before_the_kill() -> tuple[int, list[int]]:
@@ -195,14 +202,9 @@ def test_nothing_acked_is_lost_when_the_process_is_killed(tmp_path: Path) -> Non
     with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (_, port):
 
         async def after_the_restart() -> list[int]:
-            async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={tokens['bob']}") as ws:
-                await ws.recv()
-                await ws.send(orjson.dumps({"type": "chat:history", "ref": "h", "payload": {
-                    "conversation_id": conversation, "limit": 100}}).decode())  # fmt: skip
-                while True:
-                    reply = orjson.loads(await ws.recv())
-                    if reply.get("ref") == "h":
-                        return [m["seq"] for m in reply["payload"]["messages"]]
+            async with chat(port, tokens["bob"]) as client:
+                history = await client.ok("chat:history", {"conversation_id": conversation, "limit": 100})
+                return [m["seq"] for m in history["messages"]]
 
         stored = asyncio.run(after_the_restart())
     assert acked == list(range(1, 26))
@@ -210,7 +212,7 @@ def test_nothing_acked_is_lost_when_the_process_is_killed(tmp_path: Path) -> Non
 
 
 def test_sigterm_closes_connections_with_1001(tmp_path: Path) -> None:
-    alice = token("alice", tmp_path)
+    alice = data_dir_token("alice", tmp_path)
     with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (proc, port):
 
         async def main() -> int | None:

@@ -130,6 +130,12 @@ def test_members_paging_and_changes(run: Run, database_url: str) -> None:
         found = await store.conversation(group.id)
         assert found is not None and found.member_count == 150
         assert set(await store.members(group.id)) == {*users[1:], A}
+        direct, _ = await store.create_conversation([A, B], None, "direct", 0)
+        loaded = await store.members_of([group.id, direct.id, ConversationId(424242)])
+        assert {cid: set(found) for cid, found in loaded.items()} == {
+            group.id: {*users[1:], A},
+            direct.id: {A, B},
+        }
         assert group.id in await store.conversation_ids(A)
         assert await store.conversation(ConversationId(424242)) is None
 
