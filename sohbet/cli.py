@@ -178,9 +178,11 @@ async def _migrate(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The `sohbet-server` console command."""
     args = vars(_parser().parse_args(argv))
+    # Warnings while the config is read (a generated secret) show at the default level.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = build_config(args, dict(os.environ))
-        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.getLogger().setLevel(config.log_level.upper())
         command = args.get("command") or "serve"
         if command == "token":
             print(issue_token(config.auth, args["user_id"], args["ttl"], time.time()))

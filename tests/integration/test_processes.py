@@ -116,6 +116,16 @@ def test_refuses_to_start(tmp_path: Path, args: list[str], env: dict[str, str], 
     assert not (tmp_path / "sohbet.secret").exists() or not args
 
 
+def test_log_level_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "sohbet.toml"
+    config.write_text(f'jwt-secret = "{SECRET}"\nlog-level = "warning"\n')
+    quiet = cli("migrate", "--config", str(config), "--data-dir", str(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "migrations applied" not in quiet.stderr  # info, below the file's level
+    loud = cli("migrate", "--config", str(config), "--log-level", "info", "--data-dir", str(tmp_path))
+    assert "INFO sohbet migrations applied" in loud.stderr  # the flag wins over the file
+
+
 def test_precedence_of_flags_environment_and_file(tmp_path: Path) -> None:
     config = tmp_path / "sohbet.toml"
     config.write_text(f'jwt-secret = "{SECRET}"\nport = 1111\nsend-rate = 3.5\n')
