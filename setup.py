@@ -29,10 +29,11 @@ compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
 
 
 def extension(name: str) -> Extension:
+    """A compiled module of the WebSocket layer, `sohbet.ws.<name>`."""
     return Extension(
-        f"sohbet.{name}",
-        [f"sohbet/{name}.pyx"],
-        depends=["sohbet/_xor.h", "sohbet/_frames.pxd"],
+        f"sohbet.ws.{name}",
+        [f"sohbet/ws/{name}.pyx"],
+        depends=["sohbet/ws/_xor.h", "sohbet/ws/_frames.pxd"],
         extra_compile_args=compile_args,
         define_macros=macros,
     )

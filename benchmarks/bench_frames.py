@@ -20,7 +20,7 @@ from websockets.protocol import OPEN, Protocol, Side
 from websockets.speedups import apply_mask as websockets_mask
 from websockets.utils import accept_key as websockets_accept_key
 
-from sohbet import _frames, _frames_py
+from sohbet.ws import _frames, _frames_py
 
 SIZES = [16, 125, 1024, 65536, 1 << 20]
 SIZE_IDS = ["16B", "125B", "1KiB", "64KiB", "1MiB"]

@@ -34,9 +34,9 @@ from loadgen import free_port, wait_listening  # benchmarks/ is the script's dir
 from loadgen import server_cpu_s as cpu_s
 from loadgen import server_rss_kib as rss_kib
 
-from sohbet import _frames
 from sohbet.auth import issue_token
 from sohbet.config import AuthConfig
+from sohbet.ws import _frames
 
 HERE = Path(__file__).resolve().parent
 SECRET = "benchmark-secret-of-at-least-32-bytes!"

@@ -31,7 +31,7 @@ from typing import Any
 
 import uvloop
 
-from sohbet import _frames
+from sohbet.ws import _frames
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sohbet.errors import ProtocolViolation, SohbetError
-from sohbet.frames import CloseCode, Frame, FrameParser, Opcode
+from sohbet.ws.frames import CloseCode, Frame, FrameParser, Opcode
 
 __all__ = ["CloseCode", "Frame", "FrameParser", "Opcode", "ProtocolViolation", "SohbetError", "__version__"]
 

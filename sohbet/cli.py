@@ -29,12 +29,12 @@ from sohbet.auth import Verifier, issue_token
 from sohbet.chat import ChatService
 from sohbet.config import HMAC_ALGORITHMS, MIN_SECRET_BYTES, SETTINGS, Config, StoreConfig, merge_settings
 from sohbet.errors import ConfigError, SohbetError
-from sohbet.frames import IMPLEMENTATION
 from sohbet.gateway import ChatGateway, ServerOutbox
-from sohbet.server import serve
 from sohbet.store import MessageStore
 from sohbet.store.postgres import PostgresStore
 from sohbet.store.sqlite import SqliteStore
+from sohbet.ws.frames import IMPLEMENTATION
+from sohbet.ws.server import serve
 
 __all__ = ["build_config", "main"]
 

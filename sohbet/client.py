@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from sohbet.errors import SohbetError
-from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived
-from sohbet.frames import accept_key
-from sohbet.protocol import Connection, TextReceived
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
+from sohbet.ws.frames import accept_key
+from sohbet.ws.protocol import Connection, TextReceived
 
 __all__ = ["ChatClient", "ChatError", "ConnectionClosed"]
 

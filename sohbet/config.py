@@ -1,7 +1,10 @@
 """Configuration: small frozen sections, each handed only to the object that needs it.
 
-Layer: core. Imports only the standard library and `sohbet.errors`. `__post_init__` validates
-and raises `ConfigError`, so a bad setting stops the process at startup, never later.
+Layer: domain. Imports the standard library, `sohbet.errors` and the WebSocket layer's own
+sections (`sohbet.ws.config`: `Limits`, `WebSocketConfig`, `CompressionConfig`), which it
+composes with the chat server's into one `Config`. No I/O: reading files and the environment is
+the caller's. `__post_init__` validates and raises `ConfigError`, so a bad setting stops the
+process at startup, never later.
 """
 
 from __future__ import annotations
@@ -10,131 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sohbet.errors import ConfigError
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig, require
 
 __all__ = [
     "SETTINGS",
     "AuthConfig",
     "ChatConfig",
-    "CompressionConfig",
     "Config",
-    "Limits",
     "Setting",
     "StoreConfig",
-    "WebSocketConfig",
     "merge_settings",
 ]
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on everything a peer controls, and the timeouts that free what it holds.
-
-    Defaults are the chat server's (PROTOCOL.md, "Limits"); the echo server raises the size
-    limits for conformance runs. A value of 0 disables a count or a rate limit.
-    """
-
-    #: Largest message after reassembly and after inflating (1009 above it).
-    max_message_bytes: int = 64 * 1024
-    #: Most frames in one message (1009 above it); 0: no limit.
-    max_fragments: int = 64
-    #: Seconds a fragmented message may take to finish (1008 after it).
-    message_timeout_s: float = 30.0
-    #: Seconds to send a complete upgrade request before the connection is dropped.
-    handshake_timeout_s: float = 5.0
-    #: Seconds to wait for the peer's close frame (or for it to hang up) after ours.
-    close_timeout_s: float = 5.0
-    #: Longest request line or single header line (431 above it).
-    max_line_bytes: int = 8 * 1024
-    #: All header bytes of a request (431 above it).
-    max_header_bytes: int = 16 * 1024
-    #: Most header fields in a request (431 above it).
-    max_headers: int = 64
-    #: Largest HTTP request body (413 above it).
-    max_body_bytes: int = 1024 * 1024
-    #: Seconds of silence from the peer before the server pings it; 0: never ping.
-    ping_interval_s: float = 20.0
-    #: Seconds to wait for any sign of life after a ping (1011 after it).
-    pong_timeout_s: float = 20.0
-    #: Outgoing bytes a connection may leave unread before it is closed with 4008.
-    max_buffered_bytes: int = 1024 * 1024
-    #: Outgoing bytes above which a connection counts as not draining ...
-    buffer_high_water_bytes: int = 64 * 1024
-    #: ... and the seconds it may stay above them before it is closed with 4008.
-    slow_consumer_s: float = 10.0
-    #: Inbound frames per connection per 10 s (1008 above it); 0: no limit.
-    max_frames_per_10s: int = 120
-    #: Open WebSocket connections per server (HTTP 503 before the upgrade above it); 0: none.
-    max_connections: int = 0
-
-    def __post_init__(self) -> None:
-        _require(self.max_message_bytes >= 125, f"max_message_bytes of {self.max_message_bytes} is below 125")
-        for name in ("max_fragments", "max_frames_per_10s", "max_connections"):
-            _require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
-        for name in (
-            "message_timeout_s",
-            "handshake_timeout_s",
-            "close_timeout_s",
-            "pong_timeout_s",
-            "slow_consumer_s",
-        ):
-            _require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
-        _require(self.ping_interval_s >= 0, f"ping_interval_s of {self.ping_interval_s} is negative")
-        _require(self.max_line_bytes >= 256, f"max_line_bytes of {self.max_line_bytes} is below 256")
-        _require(
-            self.max_header_bytes >= self.max_line_bytes,
-            f"max_header_bytes of {self.max_header_bytes} is below max_line_bytes of {self.max_line_bytes}",
-        )
-        _require(self.max_headers >= 8, f"max_headers of {self.max_headers} is below 8")
-        _require(self.max_body_bytes >= 0, f"max_body_bytes of {self.max_body_bytes} is negative")
-        _require(
-            self.max_buffered_bytes >= self.buffer_high_water_bytes > 0,
-            f"buffer_high_water_bytes of {self.buffer_high_water_bytes} must be positive and at most "
-            f"max_buffered_bytes of {self.max_buffered_bytes}",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CompressionConfig:
-    """permessage-deflate (RFC 7692) as this server offers it.
-
-    Compression costs memory per connection (a deflate window each way) and opens
-    decompression-bomb and CRIME-style risks, so the chat server keeps it off unless asked.
-    """
-
-    enabled: bool = False
-    #: Largest LZ77 window, as a power of two, for our compressor and (when the client lets us
-    #: choose) for the client's: 12 bits is 4 KiB each way instead of 32 KiB.
-    window_bits: int = 12
-    #: zlib compression level, 1 (fast) to 9 (small).
-    level: int = 6
-    #: zlib memLevel for our compressor, 1-9: lower saves memory per connection.
-    mem_level: int = 5
-    #: Reset our compressor after every message, so it keeps no window between messages.
-    server_no_context_takeover: bool = False
-
-    def __post_init__(self) -> None:
-        # zlib cannot produce raw deflate streams with an 8-bit window (it silently uses 9).
-        _require(9 <= self.window_bits <= 15, f"window_bits of {self.window_bits} is outside 9-15")
-        _require(1 <= self.level <= 9, f"level of {self.level} is outside 1-9")
-        _require(1 <= self.mem_level <= 9, f"mem_level of {self.mem_level} is outside 1-9")
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketConfig:
-    """What the opening handshake accepts (RFC 6455 §4.2)."""
-
-    #: Request paths that serve WebSocket upgrades; other paths are plain HTTP.
-    paths: frozenset[str] = frozenset({"/", "/ws"})
-    #: Exact `Origin` values allowed; empty: any origin (and requests without one).
-    allowed_origins: frozenset[str] = frozenset()
-    #: Subprotocols in order of preference; the first one the client also offers is selected.
-    subprotocols: tuple[str, ...] = ()
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
 
 #: JWT algorithms sohbet accepts, by key kind. The token never picks one: configuration does.
@@ -160,19 +49,19 @@ class AuthConfig:
 
     def __post_init__(self) -> None:
         if self.algorithm in HMAC_ALGORITHMS:
-            _require(self.secret is not None, f"{self.algorithm} needs a JWT secret")
+            require(self.secret is not None, f"{self.algorithm} needs a JWT secret")
             secret_bytes = len((self.secret or "").encode())
-            _require(
+            require(
                 secret_bytes >= MIN_SECRET_BYTES,
                 f"JWT secret of {secret_bytes} bytes is shorter than {MIN_SECRET_BYTES}",
             )
         elif self.algorithm in PUBLIC_KEY_ALGORITHMS:
-            _require(bool(self.public_keys), f"{self.algorithm} needs at least one public key")
+            require(bool(self.public_keys), f"{self.algorithm} needs at least one public key")
         else:
-            _require(False, f"JWT algorithm {self.algorithm!r} is not supported")
-        _require(0 <= self.leeway_s <= 300, f"leeway_s of {self.leeway_s} is outside 0-300")
+            require(False, f"JWT algorithm {self.algorithm!r} is not supported")
+        require(0 <= self.leeway_s <= 300, f"leeway_s of {self.leeway_s} is outside 0-300")
         if self.api_key is not None:
-            _require(len(self.api_key) >= 16, f"API key of {len(self.api_key)} characters is shorter than 16")
+            require(len(self.api_key) >= 16, f"API key of {len(self.api_key)} characters is shorter than 16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +76,10 @@ class StoreConfig:
     pool_size: int = 16
 
     def __post_init__(self) -> None:
-        _require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
-        _require(1 <= self.max_batch <= 10_000, f"max_batch of {self.max_batch} is outside 1-10000")
-        _require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
-        _require(1 <= self.pool_size <= 100, f"pool_size of {self.pool_size} is outside 1-100")
+        require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
+        require(1 <= self.max_batch <= 10_000, f"max_batch of {self.max_batch} is outside 1-10000")
+        require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
+        require(1 <= self.pool_size <= 100, f"pool_size of {self.pool_size} is outside 1-100")
 
     @property
     def writers(self) -> int:
@@ -244,16 +133,16 @@ class ChatConfig:
     sync_unnamed: int = 50
 
     def __post_init__(self) -> None:
-        _require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
-        _require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
-        _require(
+        require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
+        require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
+        require(
             1 <= self.max_content_chars <= 60_000, f"max_content_chars of {self.max_content_chars} is outside 1-60000"
         )
-        _require(self.max_group_members >= 3, f"max_group_members of {self.max_group_members} is below 3")
-        _require(self.max_connections_per_user >= 1, "max_connections_per_user is below 1")
-        _require(self.presence_grace_s >= 0, f"presence_grace_s of {self.presence_grace_s} is negative")
-        _require(self.typing_interval_s >= 0, f"typing_interval_s of {self.typing_interval_s} is negative")
-        _require(self.max_errors_per_10s >= 1, "max_errors_per_10s is below 1")
+        require(self.max_group_members >= 3, f"max_group_members of {self.max_group_members} is below 3")
+        require(self.max_connections_per_user >= 1, "max_connections_per_user is below 1")
+        require(self.presence_grace_s >= 0, f"presence_grace_s of {self.presence_grace_s} is negative")
+        require(self.typing_interval_s >= 0, f"typing_interval_s of {self.typing_interval_s} is negative")
+        require(self.max_errors_per_10s >= 1, "max_errors_per_10s is below 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +256,8 @@ class Config:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        _require(0 <= self.port <= 65535, f"port {self.port} is outside 0-65535")
-        _require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
+        require(0 <= self.port <= 65535, f"port {self.port} is outside 0-65535")
+        require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
 
     @classmethod
     def from_settings(

@@ -14,9 +14,9 @@ import signal
 
 import uvloop
 
-from sohbet.config import CompressionConfig, Limits, WebSocketConfig
-from sohbet.frames import IMPLEMENTATION
-from sohbet.server import Handler, WebSocket, serve
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
+from sohbet.ws.frames import IMPLEMENTATION
+from sohbet.ws.server import Handler, WebSocket, serve
 
 __all__ = ["ECHO_LIMITS", "EchoHandler", "main"]
 

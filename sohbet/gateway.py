@@ -13,8 +13,9 @@ from urllib.parse import parse_qs
 from sohbet.auth import Identity
 from sohbet.chat import ChatService, Client, Session
 from sohbet.errors import AuthError, InvalidHandshake, StoreError
-from sohbet.handshake import Request, Upgrade
-from sohbet.server import Handler, Response, WebSocket, broadcast
+from sohbet.ws.handshake import Upgrade
+from sohbet.ws.http11 import Request
+from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
 __all__ = ["ChatGateway", "ServerOutbox", "token_of"]
 

@@ -20,10 +20,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from sohbet.auth import Verifier, issue_token
 from sohbet.chat import ChatService
 from sohbet.cli import make_store
-from sohbet.config import AuthConfig, ChatConfig, Limits, StoreConfig, WebSocketConfig
+from sohbet.config import AuthConfig, ChatConfig, StoreConfig
 from sohbet.gateway import ChatGateway, ServerOutbox
-from sohbet.server import Server
 from sohbet.store import MessageStore
+from sohbet.ws.config import Limits, WebSocketConfig
+from sohbet.ws.server import Server
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 AUTH = AuthConfig(secret=SECRET, leeway_s=0.0)

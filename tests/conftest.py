@@ -27,7 +27,7 @@ settings.load_profile("ci" if IN_CI else "default")
 def load_compiled_core() -> ModuleType:
     """Import `sohbet._frames`; outside CI a missing build skips, in CI it fails the run."""
     try:
-        return importlib.import_module("sohbet._frames")
+        return importlib.import_module("sohbet.ws._frames")
     except ImportError as exc:
         if IN_CI:
             pytest.fail(f"the compiled core is not built, and CI must test it: {exc}")
@@ -38,7 +38,7 @@ def load_compiled_core() -> ModuleType:
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     """Each `_frames` implementation in turn: every core test runs against both."""
     if request.param == "python":
-        return importlib.import_module("sohbet._frames_py")
+        return importlib.import_module("sohbet.ws._frames_py")
     return load_compiled_core()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sohbet.config import CompressionConfig, Limits, WebSocketConfig
 from sohbet.errors import ConfigError
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 import uvloop
 
-from sohbet.config import Limits, WebSocketConfig
-from sohbet.server import Handler, Server, WebSocket
+from sohbet.ws.config import Limits, WebSocketConfig
+from sohbet.ws.server import Handler, Server, WebSocket
 
 T = TypeVar("T")
 TEST_TIMEOUT_S = 30.0

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import websockets
 
-from sohbet.config import Limits
+from sohbet.ws.config import Limits
 
 from ..chatkit import chat_server, token, with_chat
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sohbet.config import CompressionConfig, WebSocketConfig
 from sohbet.echo import ECHO_LIMITS, EchoHandler
+from sohbet.ws.config import CompressionConfig, WebSocketConfig
 
 from .conftest import RawClient, client_frame, running
 

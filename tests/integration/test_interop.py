@@ -17,9 +17,9 @@ import websockets
 from playwright.async_api import async_playwright
 from websockets.asyncio.client import connect
 
-from sohbet.config import CompressionConfig, WebSocketConfig
 from sohbet.echo import ECHO_LIMITS
-from sohbet.server import WebSocket
+from sohbet.ws.config import CompressionConfig, WebSocketConfig
+from sohbet.ws.server import WebSocket
 
 from ..conftest import IN_CI
 from .conftest import Recorder, get, running

@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from sohbet.config import CompressionConfig, Limits, WebSocketConfig
 from sohbet.errors import InvalidHandshake
-from sohbet.handshake import Request, Upgrade
-from sohbet.server import Handler, Response, WebSocket, broadcast
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
+from sohbet.ws.handshake import Upgrade
+from sohbet.ws.http11 import Request
+from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
 from .conftest import RawClient, Recorder, get, http, running
 

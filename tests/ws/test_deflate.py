@@ -7,9 +7,9 @@ import zlib
 
 import pytest
 
-from sohbet import deflate
-from sohbet.config import CompressionConfig
 from sohbet.errors import ProtocolViolation
+from sohbet.ws import deflate
+from sohbet.ws.config import CompressionConfig
 
 ON = CompressionConfig(enabled=True, window_bits=12)
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sohbet import _frames_py
 from sohbet.errors import ProtocolViolation
+from sohbet.ws import _frames_py
 
-from .conftest import load_compiled_core
+from ..conftest import load_compiled_core
 
 VALID = [
     "",

@@ -14,9 +14,9 @@ import os
 from typing import Final
 
 if os.environ.get("SOHBET_NO_EXTENSIONS") == "1":
-    from sohbet import _frames_py as _impl
+    from sohbet.ws import _frames_py as _impl
 else:
-    from sohbet import _frames as _impl  # type: ignore[no-redef]  # same API, see _frames.pyi
+    from sohbet.ws import _frames as _impl  # type: ignore[no-redef]  # same API, see _frames.pyi
 
 __all__ = [
     "IMPLEMENTATION",

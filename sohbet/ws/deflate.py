@@ -12,8 +12,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from sohbet.config import CompressionConfig
 from sohbet.errors import ProtocolViolation
+from sohbet.ws.config import CompressionConfig
 
 __all__ = ["DeflateParams", "Deflater", "Inflater", "negotiate", "parse_extensions"]
 

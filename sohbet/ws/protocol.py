@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Final
 
-from sohbet import frames
-from sohbet.deflate import DeflateParams, Deflater, Inflater
 from sohbet.errors import InvalidState, ProtocolViolation
-from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
+from sohbet.ws import frames
+from sohbet.ws.deflate import DeflateParams, Deflater, Inflater
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sohbet import handshake
-from sohbet.config import Limits, WebSocketConfig
 from sohbet.errors import InvalidHandshake
-from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived
-from sohbet.frames import IMPLEMENTATION, build_frame
-from sohbet.protocol import OPEN, BinaryReceived, Connection, TextReceived
+from sohbet.ws import handshake, http11
+from sohbet.ws.config import Limits, WebSocketConfig
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
+from sohbet.ws.frames import IMPLEMENTATION, build_frame
+from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
 
 __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 
@@ -56,7 +56,7 @@ class Handler:
     belongs in tasks they start.
     """
 
-    def accept(self, request: handshake.Request, upgrade: handshake.Upgrade) -> object:
+    def accept(self, request: http11.Request, upgrade: handshake.Upgrade) -> object:
         """Decide on an upgrade request that passed the protocol checks (400, 426, 403).
 
         Returns:
@@ -76,16 +76,16 @@ class Handler:
     def on_close(self, ws: WebSocket, code: int, reason: str) -> None:
         """The connection is over (called once per opened connection); 1006: no close frame."""
 
-    def on_http(self, request: handshake.Request) -> Response | Awaitable[Response]:
+    def on_http(self, request: http11.Request) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (anything that is not a WebSocket upgrade)."""
         return _NOT_FOUND
 
 
-_NOT_FOUND: Final = Response(404, handshake.error_body(404, "no such endpoint"))
-_INTERNAL_ERROR: Final = Response(500, handshake.error_body(500, "internal error"))
+_NOT_FOUND: Final = Response(404, http11.error_body(404, "no such endpoint"))
+_INTERNAL_ERROR: Final = Response(500, http11.error_body(500, "internal error"))
 
 
-def _checked(request: handshake.Request, result: object) -> Response:
+def _checked(request: http11.Request, result: object) -> Response:
     if isinstance(result, Response) and 100 <= result.status <= 599:
         return result
     log.error("on_http returned %r for %s %s, not a Response", result, request.method, request.path)
@@ -128,13 +128,13 @@ class WebSocket(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
-        self._reader: handshake.RequestReader | None = handshake.RequestReader(server.limits)
+        self._reader: http11.RequestReader | None = http11.RequestReader(server.limits)
         self._conn: Connection | None = None
         self._phase = _HTTP
         self._batch: list[bytes] | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Future[None] | None = None
-        self._queued: list[handshake.Request] = []
+        self._queued: list[http11.Request] = []
         self._opened_at = server.now
         self._last_rx = server.now
         self._ping_at = 0.0
@@ -357,7 +357,7 @@ class WebSocket(asyncio.Protocol):
                 reader = self._reader
                 self._upgrade(request, reader.rest if reader is not None and reader.upgraded else b"")
 
-    def _answer_http(self, request: handshake.Request) -> None:
+    def _answer_http(self, request: http11.Request) -> None:
         try:
             result = self._server.handler.on_http(request)
         except Exception:
@@ -369,7 +369,7 @@ class WebSocket(asyncio.Protocol):
             return
         self._send_response(request, _checked(request, result))
 
-    async def _finish_http(self, request: handshake.Request, pending: Awaitable[Response]) -> None:
+    async def _finish_http(self, request: http11.Request, pending: Awaitable[Response]) -> None:
         try:
             response = await pending
         except Exception:
@@ -383,12 +383,12 @@ class WebSocket(asyncio.Protocol):
             self._transport.resume_reading()
             self._serve_queued()
 
-    def _send_response(self, request: handshake.Request, response: Response) -> None:
+    def _send_response(self, request: http11.Request, response: Response) -> None:
         reader = self._reader
         # After an upgrade request (h2c, say) the parser has stopped: answer it, then hang up.
         keep = request.keep_alive and not self._server.closing and not (reader is not None and reader.upgraded)
         self._write(
-            handshake.http_response(
+            http11.http_response(
                 response.status,
                 response.body,
                 content_type=response.content_type,
@@ -409,10 +409,10 @@ class WebSocket(asyncio.Protocol):
     def _refuse(self, exc: InvalidHandshake) -> None:
         log.debug("refused connection %d: %d %s", self.id, exc.http_status, exc)
         self._reader = None
-        self._transport.write(handshake.error_response(exc.http_status, str(exc), exc.headers))
+        self._transport.write(http11.error_response(exc.http_status, str(exc), exc.headers))
         self._hang_up()
 
-    def _upgrade(self, request: handshake.Request, rest: bytes) -> None:
+    def _upgrade(self, request: http11.Request, rest: bytes) -> None:
         server = self._server
         try:
             upgrade = handshake.validate_upgrade(request, server.websocket)

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sohbet import _frames_py, frames
 from sohbet.errors import ProtocolViolation
+from sohbet.ws import _frames_py, frames
 
-from .conftest import load_compiled_core
+from ..conftest import load_compiled_core
 
 KEY = b"\x37\xfa\x21\x3d"  # the masking key of RFC 6455 §5.7
 Z = b"\x00\x00\x00\x00"  # an all-zero key leaves the payload readable in the vectors below
@@ -514,7 +514,7 @@ def test_same_result_whatever_the_chunking(
 def test_frames_module_picks_the_compiled_core() -> None:
     load_compiled_core()
     assert frames.IMPLEMENTATION == "cython"
-    assert frames.FrameParser.__module__ == "sohbet._frames"
+    assert frames.FrameParser.__module__ == "sohbet.ws._frames"
 
 
 def test_twin_and_stub_export_the_same_names() -> None:
@@ -601,7 +601,7 @@ def test_invalid_utf8_in_a_large_frame_reports_its_offset(impl: ModuleType) -> N
 
 MEMORY_SCRIPT = """
 import resource, sys
-from sohbet import {module} as impl
+from sohbet.ws import {module} as impl
 from sohbet.errors import ProtocolViolation
 size = 400 << 20
 parser = impl.FrameParser(client=True, max_frame_bytes=1 << 40)

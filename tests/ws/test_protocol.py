@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sohbet.deflate import DeflateParams, Deflater, Inflater
 from sohbet.errors import InvalidState
-from sohbet.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
-from sohbet.frames import FrameParser, build_frame
-from sohbet.protocol import CLOSED, CLOSING, OPEN, BinaryReceived, Connection, TextReceived
+from sohbet.ws.deflate import DeflateParams, Deflater, Inflater
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
+from sohbet.ws.frames import FrameParser, build_frame
+from sohbet.ws.protocol import CLOSED, CLOSING, OPEN, BinaryReceived, Connection, TextReceived
 
 KEY = b"\x37\xfa\x21\x3d"
 

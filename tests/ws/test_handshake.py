@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sohbet import handshake
-from sohbet.config import CompressionConfig, Limits, WebSocketConfig
 from sohbet.errors import InvalidHandshake
+from sohbet.ws import handshake, http11
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3
@@ -25,8 +25,8 @@ def upgrade_request(*extra: str, drop: tuple[str, ...] = (), first_line: str = "
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def read_one(raw: bytes, limits: Limits | None = None) -> handshake.Request:
-    requests = handshake.RequestReader(limits or Limits()).feed(raw)
+def read_one(raw: bytes, limits: Limits | None = None) -> http11.Request:
+    requests = http11.RequestReader(limits or Limits()).feed(raw)
     assert len(requests) == 1
     return requests[0]
 
@@ -35,7 +35,7 @@ def read_one(raw: bytes, limits: Limits | None = None) -> handshake.Request:
 
 
 def test_reads_an_upgrade_request_and_keeps_the_bytes_after_it() -> None:
-    reader = handshake.RequestReader(Limits())
+    reader = http11.RequestReader(Limits())
     [request] = reader.feed(upgrade_request() + b"\x81\x80\x00\x00\x00\x00")
     assert (request.method, request.path, request.query, request.version) == ("GET", "/ws", "x=1", "1.1")
     assert request.header("sec-websocket-key") == KEY
@@ -45,7 +45,7 @@ def test_reads_an_upgrade_request_and_keeps_the_bytes_after_it() -> None:
 
 
 def test_reads_a_request_fed_one_byte_at_a_time() -> None:
-    reader = handshake.RequestReader(Limits())
+    reader = http11.RequestReader(Limits())
     raw = upgrade_request()
     got = [r for i in range(len(raw)) for r in reader.feed(raw[i : i + 1])]
     assert [r.path for r in got] == ["/ws"]
@@ -56,7 +56,7 @@ def test_reads_pipelined_requests_with_bodies() -> None:
         b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     )
-    first, second = handshake.RequestReader(Limits()).feed(raw)
+    first, second = http11.RequestReader(Limits()).feed(raw)
     assert (first.method, first.path, first.body, first.keep_alive) == ("POST", "/api/x", b"abc", True)
     assert (second.path, second.keep_alive) == ("/healthz", False)
 
@@ -92,12 +92,12 @@ def test_repeated_headers_are_joined_and_counted() -> None:
 )
 def test_request_limits_and_syntax(raw: bytes, status: int, match: str) -> None:
     with pytest.raises(InvalidHandshake, match=match) as info:
-        handshake.RequestReader(Limits()).feed(raw)
+        http11.RequestReader(Limits()).feed(raw)
     assert info.value.http_status == status
 
 
 def test_an_endless_header_is_refused_before_it_ends() -> None:
-    reader = handshake.RequestReader(Limits())
+    reader = http11.RequestReader(Limits())
     reader.feed(b"GET / HTTP/1.1\r\nX-Endless: ")
     with pytest.raises(InvalidHandshake) as info:
         for _ in range(100):
@@ -225,7 +225,7 @@ def test_switching_protocols_response() -> None:
     [(400, "bad_request"), (401, "unauthorized"), (403, "forbidden"), (426, "bad_request"), (503, "unavailable")],
 )
 def test_error_responses_are_json(status: int, code: str) -> None:
-    raw = handshake.error_response(status, "why", (("Sec-WebSocket-Version", "13"),))
+    raw = http11.error_response(status, "why", (("Sec-WebSocket-Version", "13"),))
     head, body = raw.split(b"\r\n\r\n", 1)
     assert head.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"Content-Type: application/json" in head
@@ -235,14 +235,14 @@ def test_error_responses_are_json(status: int, code: str) -> None:
 
 
 def test_plain_responses() -> None:
-    assert handshake.http_response(204) == b"HTTP/1.1 204 No Content\r\n\r\n"
-    assert handshake.http_response(200, b"ok", content_type="text/plain") == (
+    assert http11.http_response(204) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert http11.http_response(200, b"ok", content_type="text/plain") == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
     )
 
 
 def test_a_body_may_arrive_in_pieces() -> None:
-    reader = handshake.RequestReader(Limits())
+    reader = http11.RequestReader(Limits())
     assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc") == []
     [request] = reader.feed(b"def")
     assert request.body == b"abcdef"
@@ -255,7 +255,7 @@ def test_a_body_may_arrive_in_pieces() -> None:
 )
 def test_malformed_targets_are_a_400_not_a_crash(raw: bytes) -> None:
     with pytest.raises(InvalidHandshake) as info:
-        handshake.RequestReader(Limits()).feed(raw)
+        http11.RequestReader(Limits()).feed(raw)
     assert info.value.http_status == 400
 
 
@@ -263,7 +263,7 @@ def test_malformed_targets_are_a_400_not_a_crash(raw: bytes) -> None:
     "extra", ["Content-Length: 5", "Transfer-Encoding: chunked"], ids=["content-length", "chunked"]
 )
 def test_an_upgrade_with_a_body_is_refused(extra: str) -> None:
-    request = handshake.Request(
+    request = http11.Request(
         "GET",
         "/ws",
         "",

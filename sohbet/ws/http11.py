@@ -1,17 +1,16 @@
-"""HTTP/1.1 requests in, and the WebSocket opening handshake (RFC 6455 §4.2), sans-I/O.
+"""HTTP/1.1 requests in and responses out, sans-I/O: the part of every connection before an upgrade.
 
-Layer: core. Imports the standard library, httptools, orjson and the core modules.
+Layer: ws (sans-I/O). Imports the standard library, httptools, orjson and `sohbet.errors`,
+`sohbet.ws.config`; nothing of chat.
 
 One port serves HTTP and WebSocket, so every connection starts as HTTP: `RequestReader` turns
 bytes into `Request`s (httptools does the HTTP syntax; the size limits are ours, checked as bytes
-arrive, before a header is complete). `validate_upgrade` then checks an upgrade request in the
-order PROTOCOL.md fixes (400, 426, 403); the server adds 401 and 503 after it.
+arrive, before a header is complete). Responses, and the JSON error bodies every refusal
+carries (docs/protocol.md), are built here and nowhere else.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -19,21 +18,16 @@ from typing import Final
 import httptools
 import orjson
 
-from sohbet import deflate
-from sohbet.config import Limits, WebSocketConfig
 from sohbet.errors import InvalidHandshake
-from sohbet.frames import accept_key
+from sohbet.ws.config import Limits
 
 __all__ = [
     "ERROR_CODES",
     "Request",
     "RequestReader",
-    "Upgrade",
     "error_body",
     "error_response",
     "http_response",
-    "switching_protocols",
-    "validate_upgrade",
 ]
 
 #: The `error.code` a JSON error body carries for each HTTP status (PROTOCOL.md).
@@ -194,82 +188,6 @@ class RequestReader:
         if done:
             self._pending = 0
         return done
-
-
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """An accepted opening handshake: what the 101 response says and the connection uses."""
-
-    accept: str
-    subprotocol: str | None
-    offered_subprotocols: tuple[str, ...]
-    deflate: deflate.DeflateParams | None
-    extensions: str | None
-
-
-def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
-    """Check an upgrade request (RFC 6455 §4.2.1) and negotiate what the response will say.
-
-    Raises:
-        InvalidHandshake: 400 (malformed), 426 (version other than 13), 403 (origin refused).
-    """
-    if request.method != "GET":
-        raise InvalidHandshake(400, f"method {request.method} cannot upgrade; use GET")
-    if request.version != "1.1":
-        raise InvalidHandshake(400, f"HTTP/{request.version} cannot upgrade; use HTTP/1.1")
-    if request.body or request.header("content-length") not in (None, "0") or request.header("transfer-encoding"):
-        raise InvalidHandshake(400, "an upgrade request has no body")
-    if request.count("host") != 1:
-        raise InvalidHandshake(400, "missing or repeated Host header")
-    if not request.is_upgrade:
-        raise InvalidHandshake(400, "Upgrade header does not name websocket")
-    if "upgrade" not in request.tokens("connection"):
-        raise InvalidHandshake(400, "Connection header does not name upgrade")
-    key = (request.header("sec-websocket-key") or "").strip()
-    if request.count("sec-websocket-key") != 1 or not _is_valid_key(key):
-        raise InvalidHandshake(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")
-    version = request.header("sec-websocket-version")
-    if version is None:
-        raise InvalidHandshake(400, "missing Sec-WebSocket-Version header")
-    if version.strip() != "13":
-        raise InvalidHandshake(
-            426, f"WebSocket version {version.strip()!r} is not supported; use 13", (("Sec-WebSocket-Version", "13"),)
-        )
-    if config.allowed_origins and request.header("origin") not in config.allowed_origins:
-        raise InvalidHandshake(403, f"origin {request.header('origin')!r} is not allowed")
-    offered = tuple(t.strip() for t in (request.header("sec-websocket-protocol") or "").split(",") if t.strip())
-    subprotocol = next((p for p in config.subprotocols if p in offered), None)
-    negotiated = deflate.negotiate(request.header("sec-websocket-extensions"), config.compression)
-    return Upgrade(
-        accept=accept_key(key),
-        subprotocol=subprotocol,
-        offered_subprotocols=offered,
-        deflate=negotiated[0] if negotiated else None,
-        extensions=negotiated[1] if negotiated else None,
-    )
-
-
-def _is_valid_key(key: str) -> bool:
-    try:
-        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
-    except (binascii.Error, UnicodeEncodeError):
-        return False
-
-
-def switching_protocols(upgrade: Upgrade) -> bytes:
-    """Build the 101 response."""
-    chosen = upgrade.subprotocol
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {upgrade.accept}",
-    ]
-    if chosen:
-        lines.append(f"Sec-WebSocket-Protocol: {chosen}")
-    if upgrade.extensions:
-        lines.append(f"Sec-WebSocket-Extensions: {upgrade.extensions}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def http_response(

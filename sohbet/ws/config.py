@@ -1,0 +1,127 @@
+"""The WebSocket server's configuration: limits on what a peer controls, handshake, compression.
+
+Layer: ws (sans-I/O). Imports only the standard library and `sohbet.errors`, so the WebSocket
+layer can be used without anything of chat. `__post_init__` validates and raises `ConfigError`,
+so a bad setting stops the process at startup, never later. `sohbet.config` composes these
+sections with the chat server's own into one `Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sohbet.errors import ConfigError
+
+__all__ = ["CompressionConfig", "Limits", "WebSocketConfig", "require"]
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on everything a peer controls, and the timeouts that free what it holds.
+
+    Defaults are the chat server's (PROTOCOL.md, "Limits"); the echo server raises the size
+    limits for conformance runs. A value of 0 disables a count or a rate limit.
+    """
+
+    #: Largest message after reassembly and after inflating (1009 above it).
+    max_message_bytes: int = 64 * 1024
+    #: Most frames in one message (1009 above it); 0: no limit.
+    max_fragments: int = 64
+    #: Seconds a fragmented message may take to finish (1008 after it).
+    message_timeout_s: float = 30.0
+    #: Seconds to send a complete upgrade request before the connection is dropped.
+    handshake_timeout_s: float = 5.0
+    #: Seconds to wait for the peer's close frame (or for it to hang up) after ours.
+    close_timeout_s: float = 5.0
+    #: Longest request line or single header line (431 above it).
+    max_line_bytes: int = 8 * 1024
+    #: All header bytes of a request (431 above it).
+    max_header_bytes: int = 16 * 1024
+    #: Most header fields in a request (431 above it).
+    max_headers: int = 64
+    #: Largest HTTP request body (413 above it).
+    max_body_bytes: int = 1024 * 1024
+    #: Seconds of silence from the peer before the server pings it; 0: never ping.
+    ping_interval_s: float = 20.0
+    #: Seconds to wait for any sign of life after a ping (1011 after it).
+    pong_timeout_s: float = 20.0
+    #: Outgoing bytes a connection may leave unread before it is closed with 4008.
+    max_buffered_bytes: int = 1024 * 1024
+    #: Outgoing bytes above which a connection counts as not draining ...
+    buffer_high_water_bytes: int = 64 * 1024
+    #: ... and the seconds it may stay above them before it is closed with 4008.
+    slow_consumer_s: float = 10.0
+    #: Inbound frames per connection per 10 s (1008 above it); 0: no limit.
+    max_frames_per_10s: int = 120
+    #: Open WebSocket connections per server (HTTP 503 before the upgrade above it); 0: none.
+    max_connections: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.max_message_bytes >= 125, f"max_message_bytes of {self.max_message_bytes} is below 125")
+        for name in ("max_fragments", "max_frames_per_10s", "max_connections"):
+            require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
+        for name in (
+            "message_timeout_s",
+            "handshake_timeout_s",
+            "close_timeout_s",
+            "pong_timeout_s",
+            "slow_consumer_s",
+        ):
+            require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
+        require(self.ping_interval_s >= 0, f"ping_interval_s of {self.ping_interval_s} is negative")
+        require(self.max_line_bytes >= 256, f"max_line_bytes of {self.max_line_bytes} is below 256")
+        require(
+            self.max_header_bytes >= self.max_line_bytes,
+            f"max_header_bytes of {self.max_header_bytes} is below max_line_bytes of {self.max_line_bytes}",
+        )
+        require(self.max_headers >= 8, f"max_headers of {self.max_headers} is below 8")
+        require(self.max_body_bytes >= 0, f"max_body_bytes of {self.max_body_bytes} is negative")
+        require(
+            self.max_buffered_bytes >= self.buffer_high_water_bytes > 0,
+            f"buffer_high_water_bytes of {self.buffer_high_water_bytes} must be positive and at most "
+            f"max_buffered_bytes of {self.max_buffered_bytes}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """permessage-deflate (RFC 7692) as this server offers it.
+
+    Compression costs memory per connection (a deflate window each way) and opens
+    decompression-bomb and CRIME-style risks, so the chat server keeps it off unless asked.
+    """
+
+    enabled: bool = False
+    #: Largest LZ77 window, as a power of two, for our compressor and (when the client lets us
+    #: choose) for the client's: 12 bits is 4 KiB each way instead of 32 KiB.
+    window_bits: int = 12
+    #: zlib compression level, 1 (fast) to 9 (small).
+    level: int = 6
+    #: zlib memLevel for our compressor, 1-9: lower saves memory per connection.
+    mem_level: int = 5
+    #: Reset our compressor after every message, so it keeps no window between messages.
+    server_no_context_takeover: bool = False
+
+    def __post_init__(self) -> None:
+        # zlib cannot produce raw deflate streams with an 8-bit window (it silently uses 9).
+        require(9 <= self.window_bits <= 15, f"window_bits of {self.window_bits} is outside 9-15")
+        require(1 <= self.level <= 9, f"level of {self.level} is outside 1-9")
+        require(1 <= self.mem_level <= 9, f"mem_level of {self.mem_level} is outside 1-9")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """What the opening handshake accepts (RFC 6455 §4.2)."""
+
+    #: Request paths that serve WebSocket upgrades; other paths are plain HTTP.
+    paths: frozenset[str] = frozenset({"/", "/ws"})
+    #: Exact `Origin` values allowed; empty: any origin (and requests without one).
+    allowed_origins: frozenset[str] = frozenset()
+    #: Subprotocols in order of preference; the first one the client also offers is selected.
+    subprotocols: tuple[str, ...] = ()
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
