@@ -21,6 +21,7 @@ STDLIB = set(sys.stdlib_module_names)
 LAYERS: tuple[tuple[str, str], ...] = (
     ("errors", "base"),
     ("ws.server", "ws-transport"),
+    ("ws.websocket", "ws-transport"),
     ("ws.http_phase", "ws-transport"),
     ("ws", "ws"),
     ("chat", "service"),

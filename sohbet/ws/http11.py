@@ -25,6 +25,7 @@ __all__ = [
     "ERROR_CODES",
     "Request",
     "RequestReader",
+    "Response",
     "error_body",
     "error_response",
     "http_response",
@@ -76,6 +77,16 @@ class Request:
     def is_upgrade(self) -> bool:
         """Whether the request asks to switch to WebSocket (the headers of RFC 6455 §4.2.1)."""
         return "websocket" in self.tokens("upgrade")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A plain HTTP response, as an application's `Handler.on_http` returns it."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Collector:
