@@ -11,14 +11,14 @@ import time
 from collections.abc import Iterable
 
 from sohbet import cli
-from sohbet.chat import Client
 from sohbet.gateway import ServerOutbox
+from sohbet.service import Socket
 
 
 class TimedOutbox(ServerOutbox):
-    def deliver(self, clients: Iterable[Client], data: bytes, *, skip: Client | None = None) -> int:
+    def deliver(self, sockets: Iterable[Socket], data: bytes, *, skip: Socket | None = None) -> int:
         start = time.perf_counter()
-        count = super().deliver(clients, data, skip=skip)
+        count = super().deliver(sockets, data, skip=skip)
         if count > 100:
             print(f"delivered {(time.perf_counter() - start) * 1000:.3f} {count}", flush=True)
         return count

@@ -1,29 +1,21 @@
 """JWT verification: a token in, an `Identity` out, with the algorithm pinned by configuration.
 
-Layer: core. Imports pyjwt, the standard library and the core modules. pyjwt's own `exp`/`nbf`
-check is the one clock read in the core (STYLE.md §2).
+Layer: domain. Imports pyjwt, the standard library, `sohbet.config` and the chat ids. pyjwt's
+own `exp`/`nbf` check is the one clock read in the pure layers (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any
 
 import jwt
 
+from sohbet.chat.ids import UserId, is_user_id
 from sohbet.config import HMAC_ALGORITHMS, AuthConfig
 from sohbet.errors import TokenExpired, TokenInvalid
 
-__all__ = ["Identity", "UserId", "Verifier", "issue_token"]
-
-UserId = NewType("UserId", str)
-MAX_USER_ID_CHARS = 128
-
-
-def is_user_id(value: object) -> bool:
-    """Whether *value* can be a user id: 1-128 characters, without U+0000 (Postgres text cannot
-    hold it, so it would fail a whole batch of writes)."""
-    return isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_CHARS and "\x00" not in value
+__all__ = ["Identity", "Verifier", "issue_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +27,7 @@ class Identity:
 
 
 class Verifier:
-    """Verify tokens against the configured algorithm, keys and claims (PROTOCOL.md)."""
+    """Verify tokens against the configured algorithm, keys and claims (docs/protocol.md, "Connecting")."""
 
     __slots__ = ("_config", "_keys")
 

@@ -26,10 +26,10 @@ import uvloop
 
 from sohbet import __version__
 from sohbet.auth import Verifier, issue_token
-from sohbet.chat import ChatService
 from sohbet.config import HMAC_ALGORITHMS, MIN_SECRET_BYTES, SETTINGS, Config, StoreConfig, merge_settings
 from sohbet.errors import ConfigError, SohbetError
 from sohbet.gateway import ChatGateway, ServerOutbox
+from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.store.postgres import PostgresStore
 from sohbet.store.sqlite import SqliteStore

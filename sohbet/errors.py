@@ -1,6 +1,7 @@
-"""The exception hierarchy: what went wrong, and what a caller needs to act on it.
+"""The exception hierarchy: what went wrong, and what a caller needs to act on it; and the
+protocol's error codes.
 
-Layer: core. Imports nothing but the standard library.
+Layer: base. Imports the standard library and `sohbet.ws.codes` (itself a leaf).
 
 Peer errors (the other side broke a rule) and our own bugs (`InvalidState`) are separate types, so
 a bug is never mistaken for bad input and answered with a close frame.
@@ -8,9 +9,14 @@ a bug is never mistaken for bad input and answered with a close frame.
 
 from __future__ import annotations
 
+import enum
+
+from sohbet.ws.codes import CloseCode
+
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ErrorCode",
     "InvalidHandshake",
     "InvalidState",
     "MessageRejected",
@@ -21,6 +27,19 @@ __all__ = [
     "TokenExpired",
     "TokenInvalid",
 ]
+
+
+class ErrorCode(enum.StrEnum):
+    """The `code` of an `error` message and of an HTTP error body (docs/protocol.md, "Errors")."""
+
+    BAD_REQUEST = "bad_request"  # malformed: not JSON, unknown type, a missing or wrong field
+    UNAUTHORIZED = "unauthorized"  # a token that does not verify
+    FORBIDDEN = "forbidden"  # not a member, or no such conversation: the same answer
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"  # comes with retry_after_ms
+    UNAVAILABLE = "unavailable"  # storage down: nothing was stored, retry with the same client_id
+    INTERNAL = "internal"
 
 
 class SohbetError(Exception):
@@ -44,7 +63,7 @@ class InvalidHandshake(ProtocolViolation):
     """The HTTP upgrade request is unacceptable; answer with `http_status`, never upgrade."""
 
     def __init__(self, http_status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(1002, message)
+        super().__init__(CloseCode.PROTOCOL_ERROR, message)
         self.http_status = http_status
         self.headers = headers
 
@@ -56,7 +75,7 @@ class InvalidState(SohbetError):
 class AuthError(SohbetError):
     """A token was refused; an open connection closes with 4001."""
 
-    close_code = 4001
+    close_code = CloseCode.TOKEN_EXPIRED
 
 
 class TokenExpired(AuthError):
@@ -73,7 +92,9 @@ class MessageRejected(SohbetError):
     `ref` is the request's ref when it was readable, so the error can answer the request.
     """
 
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None, ref: str | None = None) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, retry_after_ms: int | None = None, ref: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after_ms = retry_after_ms

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Iterable
 from urllib.parse import parse_qs
 
 from sohbet.auth import Identity
-from sohbet.chat import ChatService, Client, Session
 from sohbet.errors import AuthError, InvalidHandshake, StoreError
+from sohbet.service import ChatService, Session, Socket
 from sohbet.ws.handshake import Upgrade
 from sohbet.ws.http11 import Request
 from sohbet.ws.server import Handler, Response, WebSocket, broadcast
@@ -111,5 +111,5 @@ class ChatGateway(Handler):
 class ServerOutbox:
     """The chat service's `Outbox`: frame once, write to every connection."""
 
-    def deliver(self, clients: Iterable[Client], data: bytes, *, skip: Client | None = None) -> int:  # see Outbox
-        return broadcast(clients, data, skip=skip)  # type: ignore[arg-type]  # the clients are this server's WebSockets
+    def deliver(self, sockets: Iterable[Socket], data: bytes, *, skip: Socket | None = None) -> int:  # see Outbox
+        return broadcast(sockets, data, skip=skip)  # type: ignore[arg-type]  # the sockets are this server's WebSockets

@@ -18,10 +18,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from sohbet.auth import Verifier, issue_token
-from sohbet.chat import ChatService
 from sohbet.cli import make_store
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig
 from sohbet.gateway import ChatGateway, ServerOutbox
+from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.server import Server

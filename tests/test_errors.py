@@ -1,4 +1,4 @@
-"""The exception hierarchy carries what a caller needs to act on an error (STYLE.md §3)."""
+"""The exception hierarchy carries what a caller needs to act on an error (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def test_message_rejected_carries_code_and_retry_hint() -> None:
 
 def test_every_error_is_a_sohbet_error() -> None:
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.SohbetError)
+        if name != "ErrorCode":  # the protocol's error codes, not an exception
+            assert issubclass(getattr(errors, name), errors.SohbetError)
     assert issubclass(errors.StoreUnavailable, errors.StoreError)
     assert not issubclass(errors.InvalidState, errors.ProtocolViolation)

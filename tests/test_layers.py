@@ -20,13 +20,12 @@ STDLIB = set(sys.stdlib_module_names)
 #: (module or package, layer), the first match wins: `ws.server` before the rest of `ws`.
 LAYERS: tuple[tuple[str, str], ...] = (
     ("errors", "base"),
+    ("ws.codes", "base"),
     ("ws.server", "ws-transport"),
     ("ws.websocket", "ws-transport"),
     ("ws.http_phase", "ws-transport"),
     ("ws", "ws"),
-    ("chat", "service"),
-    ("hub", "domain"),
-    ("messages", "domain"),
+    ("chat", "domain"),
     ("auth", "domain"),
     ("config", "domain"),
     ("store", "storage"),
@@ -48,7 +47,7 @@ ALL_LAYERS = {layer for _, layer in LAYERS}
 
 # layer -> (sohbet layers it may import, third-party packages it may import, stdlib it may not)
 RULES: dict[str, tuple[set[str], set[str], set[str]]] = {
-    "base": (set(), set(), NO_IO),
+    "base": ({"base"}, set(), NO_IO),
     "ws": ({"base", "ws"}, {"httptools", "orjson", "typing_extensions"}, NO_IO),
     "ws-transport": ({"base", "ws", "ws-transport"}, {"httptools", "uvloop", "typing_extensions"}, set()),
     "domain": ({"base", "ws", "domain"}, {"orjson", "jwt", "typing_extensions"}, NO_IO),

@@ -1,7 +1,9 @@
 """The storage interface: what the chat service needs from a database, and nothing about which.
 
-Layer: storage. Imports the core and the standard library. Implementations: `sqlite.py`
-(embedded default) and `postgres.py` (production); one contract test suite runs on both.
+Layer: storage. Imports the chat domain's ids and model, `sohbet.errors` and the standard
+library. Implementations: `sqlite.py` (embedded default) and `postgres.py` (production); one
+contract test suite runs on both. Only the composition root (`sohbet.app`) picks one; the
+service sees this module alone.
 
 Every implementation must stay correct with a second server process writing to the same
 database: per-conversation `seq` is allocated inside the transaction that inserts, under a lock
@@ -12,67 +14,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
-from sohbet.auth import UserId
-from sohbet.errors import StoreError, StoreUnavailable
-from sohbet.messages import ConversationId
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import Conversation, ConversationKind, ConversationPage, NewMessage, StoredMessage
+from sohbet.errors import StoreError
 
 __all__ = [
-    "Conversation",
-    "ConversationPage",
+    "NO_SEQ",
     "InvalidCursor",
     "MessageStore",
-    "NewMessage",
-    "StoreError",
-    "StoreUnavailable",
-    "StoredMessage",
+    "decode_cursor",
     "direct_key",
+    "encode_cursor",
+    "history_page_of",
+    "members_page_of",
+    "migrations",
 ]
-
-#: A conversation object lists at most this many members; `members_page` pages through the rest.
-MEMBERS_IN_OBJECT = 100
-
-
-class NewMessage(NamedTuple):
-    conversation_id: ConversationId
-    sender_id: UserId
-    client_id: str
-    content: str
-
-
-class StoredMessage(NamedTuple):
-    id: int
-    conversation_id: ConversationId
-    seq: int
-    sender_id: UserId
-    content: str
-    client_id: str
-    created_at_ms: int
-    #: False when this is an earlier message returned for a repeated `(sender, client_id)`.
-    is_new: bool = True
-
-
-class Conversation(NamedTuple):
-    id: ConversationId
-    kind: str  # "direct" or "group"
-    title: str | None
-    member_count: int
-    members: list[UserId]  # the first MEMBERS_IN_OBJECT, ordered by user id
-    last_seq: int
-    unread: int = 0
-
-
-class ConversationPage(NamedTuple):
-    conversations: list[Conversation]
-    next_cursor: str | None
 
 
 class InvalidCursor(StoreError):
     """A pagination cursor this server did not make: the request is malformed."""
 
 
-NO_SEQ = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
+NO_SEQ: Final = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
 _NO_CURSOR = (NO_SEQ, NO_SEQ)
 
 T = TypeVar("T")
@@ -150,7 +115,7 @@ class MessageStore(Protocol):
         ...
 
     async def create_conversation(
-        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+        self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
     ) -> tuple[Conversation, bool]:
         """Create a conversation with deduplicated *members*; for a direct one, return the
         existing conversation of that pair instead (the bool says whether it is new)."""

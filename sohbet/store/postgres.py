@@ -17,16 +17,18 @@ from typing import Any, Final
 
 import asyncpg
 
-from sohbet.auth import UserId
-from sohbet.errors import StoreError, StoreUnavailable
-from sohbet.messages import ConversationId
-from sohbet.store import (
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import (
     MEMBERS_IN_OBJECT,
-    NO_SEQ,
     Conversation,
+    ConversationKind,
     ConversationPage,
     NewMessage,
     StoredMessage,
+)
+from sohbet.errors import StoreError, StoreUnavailable
+from sohbet.store import (
+    NO_SEQ,
     decode_cursor,
     direct_key,
     encode_cursor,
@@ -238,15 +240,21 @@ class PostgresStore:
         return _message(rows[0], is_new=False) if rows else None
 
     async def create_conversation(  # see MessageStore
-        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+        self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
     ) -> tuple[Conversation, bool]:
         unique = sorted(set(members))
-        key = direct_key(unique[0], unique[1]) if kind == "direct" else None
+        key = direct_key(unique[0], unique[1]) if kind == ConversationKind.DIRECT else None
+        title = title if kind == ConversationKind.GROUP else None
         pool = await self._get_pool()
         try:
             async with pool.acquire() as con, con.transaction():
                 row = await con.fetchrow(
-                    _INSERT_CONVERSATION, kind, title if kind == "group" else None, key, len(unique), now_ms
+                    _INSERT_CONVERSATION,
+                    kind,
+                    title if kind == ConversationKind.GROUP else None,
+                    key,
+                    len(unique),
+                    now_ms,
                 )
                 if row is None:  # the direct conversation of this pair exists (maybe made just now)
                     existing = await con.fetchval(_FIND_DIRECT, key)
@@ -271,7 +279,7 @@ class PostgresStore:
         return {
             r["id"]: Conversation(
                 ConversationId(r["id"]),
-                r["kind"],
+                ConversationKind(r["kind"]),
                 r["title"],
                 r["member_count"],
                 [UserId(u) for u in r["first"]],

@@ -16,16 +16,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
-from sohbet.auth import UserId
-from sohbet.errors import StoreUnavailable
-from sohbet.messages import ConversationId
-from sohbet.store import (
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import (
     MEMBERS_IN_OBJECT,
-    NO_SEQ,
     Conversation,
+    ConversationKind,
     ConversationPage,
     NewMessage,
     StoredMessage,
+)
+from sohbet.errors import StoreUnavailable
+from sohbet.store import (
+    NO_SEQ,
     decode_cursor,
     direct_key,
     encode_cursor,
@@ -149,7 +151,7 @@ class SqliteStore:
         return await self._run(find)
 
     async def create_conversation(  # see MessageStore
-        self, members: list[UserId], title: str | None, kind: str, now_ms: int
+        self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
     ) -> tuple[Conversation, bool]:
         return await self._run(_create, members, title, kind, now_ms)
 
@@ -277,10 +279,10 @@ def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> lis
 
 
 def _create(
-    db: sqlite3.Connection, members: list[UserId], title: str | None, kind: str, now_ms: int
+    db: sqlite3.Connection, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
 ) -> tuple[Conversation, bool]:
     unique = sorted(set(members))
-    key = direct_key(unique[0], unique[1]) if kind == "direct" else None
+    key = direct_key(unique[0], unique[1]) if kind == ConversationKind.DIRECT else None
     db.execute("BEGIN IMMEDIATE")
     if key is not None:
         row = db.execute(_FIND_DIRECT, (key,)).fetchone()
@@ -293,7 +295,8 @@ def _create(
             assert found is not None  # just read inside the same thread
             return found, False
     (cid,) = db.execute(
-        _INSERT_CONVERSATION, (kind, title if kind == "group" else None, key, len(unique), now_ms, now_ms)
+        _INSERT_CONVERSATION,
+        (kind, title if kind == ConversationKind.GROUP else None, key, len(unique), now_ms, now_ms),
     ).fetchone()
     db.executemany(_INSERT_MEMBER, [(cid, user, now_ms) for user in unique])
     db.execute("COMMIT")
@@ -308,7 +311,7 @@ def _conversation(db: sqlite3.Connection, cid: ConversationId, for_user: UserId 
         return None
     first = [UserId(r[0]) for r in db.execute(_FIRST_MEMBERS, (cid, MEMBERS_IN_OBJECT))]
     unread = db.execute(_UNREAD, (for_user, cid)).fetchone()[0] if for_user is not None else 0
-    return Conversation(ConversationId(row[0]), row[1], row[2], row[3], first, row[4], unread)
+    return Conversation(ConversationId(row[0]), ConversationKind(row[1]), row[2], row[3], first, row[4], unread)
 
 
 def _list(db: sqlite3.Connection, user: UserId, cursor: str | None, limit: int) -> ConversationPage:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from sohbet.auth import UserId
-from sohbet.messages import ConversationId
-from sohbet.store import InvalidCursor, MessageStore, NewMessage
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import NewMessage
+from sohbet.store import InvalidCursor, MessageStore
 
 from ..chatkit import open_store
 

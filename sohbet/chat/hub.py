@@ -1,7 +1,8 @@
 """Who is connected, who belongs where, and the small per-user state of the chat protocol.
 
-Layer: core. Pure and synchronous: no coroutine can interleave with a mutation, so nothing here
-needs a lock, and time always comes in as an argument.
+Layer: domain. Imports only the standard library and the chat ids. Pure and synchronous: no
+coroutine can interleave with a mutation, so nothing here needs a lock, and time always comes
+in as an argument.
 
 The hub knows users by the connections it holds (`attach`/`detach`) and, for scale-out, by
 connections other instances report (`set_remote`): presence counts both. Membership is a cache
@@ -13,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from sohbet.auth import UserId
-from sohbet.messages import ConversationId
+from sohbet.chat.ids import ConversationId, UserId
 
 __all__ = ["Hub"]
 

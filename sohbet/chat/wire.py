@@ -1,55 +1,105 @@
-"""The chat envelope (PROTOCOL.md, "Messages"): JSON in, validated requests out; events encoded.
+"""The chat envelope (docs/protocol.md, "Messages"): JSON in, validated requests out; replies
+and events encoded.
 
-Layer: core. Imports orjson, the standard library and the core modules.
+Layer: domain. Imports orjson, the standard library and the chat domain's ids and model.
 
-Every check raises `MessageRejected` with the protocol's error code, in the protocol's order:
-`bad_request` (malformed, wrong type, missing field) before `too_large`. Membership and rate
-limits are the chat service's (they need state); this module only needs the bytes.
+Every message type and every object the protocol defines has its one place here: the `type`
+names (`RequestType`, `EventType`), the request validators, and the outbound objects (a message,
+a conversation, `hello`). Every check raises `MessageRejected` with the protocol's error code, in
+the protocol's order: `bad_request` (malformed, wrong type, missing field) before `too_large`.
+Membership and rate limits are the service's (they need state); this module only needs the bytes.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from typing import Any, Final, NamedTuple, NewType, Protocol
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-from sohbet.auth import MAX_USER_ID_CHARS, UserId, is_user_id
-from sohbet.errors import MessageRejected
+from sohbet.chat.ids import MAX_ID, MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
+from sohbet.chat.model import Conversation, StoredMessage
+from sohbet.errors import ErrorCode, MessageRejected
 
 __all__ = [
-    "ConversationId",
+    "PROTOCOL_VERSION",
+    "SUBPROTOCOL",
     "CreateRequest",
     "Envelope",
+    "EventType",
     "HistoryRequest",
     "ListRequest",
     "MembersRequest",
-    "MessageLike",
     "PresenceQuery",
     "ReadRequest",
+    "RequestType",
     "SendRequest",
     "SyncRequest",
+    "conversation_object",
     "decode",
     "encode",
     "format_time",
     "message_object",
 ]
 
-ConversationId = NewType("ConversationId", int)
-MAX_ID: Final = 2**53  # ids are JSON integers every client can hold exactly
+#: The protocol version `hello` announces, and the subprotocol that names it.
+PROTOCOL_VERSION: Final = 1
+SUBPROTOCOL: Final = "sohbet.v1"
 MAX_REF_CHARS: Final = 64
 MAX_CLIENT_ID_CHARS: Final = 128
 MAX_TITLE_CHARS: Final = 200
 
 
+class RequestType(enum.StrEnum):
+    """The `type` of a client's request (docs/protocol.md, "Client → server")."""
+
+    SEND = "chat:send"
+    TYPING = "chat:typing"
+    READ = "chat:read"
+    HISTORY = "chat:history"
+    SYNC = "sync"
+    CREATE = "conversation:create"
+    LIST = "conversation:list"
+    MEMBERS = "conversation:members"
+    LEAVE = "conversation:leave"
+    PRESENCE = "presence:query"
+    REFRESH = "auth:refresh"
+
+
+class EventType(enum.StrEnum):
+    """The `type` of what the server sends: replies to requests, and events."""
+
+    HELLO = "hello"
+    ERROR = "error"
+    ACK = "chat:ack"
+    MESSAGE = "chat:message"
+    TYPING = "chat:typing"
+    READ = "chat:read"
+    HISTORY = "chat:history"
+    SYNC_DONE = "sync:done"
+    CREATED = "conversation:created"
+    LIST = "conversation:list"
+    MEMBERS = "conversation:members"
+    LEFT = "conversation:left"
+    MEMBER_REMOVED = "conversation:member_removed"
+    PRESENCE = "presence:state"
+    ONLINE = "user:online"
+    OFFLINE = "user:offline"
+    REFRESHED = "auth:refreshed"
+
+
 class Envelope(NamedTuple):
+    """One client message: its type (any string: an unknown one is the service's to refuse),
+    its payload, and the ref its reply carries."""
+
     type: str
     payload: dict[str, Any]
     ref: str | None
 
 
 def _bad(message: str) -> MessageRejected:
-    return MessageRejected("bad_request", message)
+    return MessageRejected(ErrorCode.BAD_REQUEST, message)
 
 
 def decode(data: bytes) -> Envelope:
@@ -70,16 +120,16 @@ def decode(data: bytes) -> Envelope:
         raise _bad("ref must be a string of 1-64 characters")
     kind = obj.get("type")
     if not isinstance(kind, str):
-        raise MessageRejected("bad_request", "type must be a string", ref=ref)
+        raise MessageRejected(ErrorCode.BAD_REQUEST, "type must be a string", ref=ref)
     payload = obj.get("payload", {})
     if payload is None:
         payload = {}
     if not isinstance(payload, dict):
-        raise MessageRejected("bad_request", "payload must be a JSON object", ref=ref)
+        raise MessageRejected(ErrorCode.BAD_REQUEST, "payload must be a JSON object", ref=ref)
     return Envelope(kind, payload, ref)
 
 
-def encode(kind: str, payload: dict[str, Any], ref: str | None = None) -> bytes:
+def encode(kind: EventType, payload: dict[str, Any], ref: str | None = None) -> bytes:
     """Encode one server message; `ref` only on the reply to a request."""
     if ref is None:
         return orjson.dumps({"type": kind, "payload": payload})
@@ -91,27 +141,8 @@ def format_time(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
-class MessageLike(Protocol):
-    """The fields of a stored message (the store's `StoredMessage` has them)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def conversation_id(self) -> int: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def sender_id(self) -> str: ...
-    @property
-    def content(self) -> str: ...
-    @property
-    def client_id(self) -> str: ...
-    @property
-    def created_at_ms(self) -> int: ...
-
-
-def message_object(m: MessageLike) -> dict[str, Any]:
-    """The wire form of a message (PROTOCOL.md: "A message object")."""
+def message_object(m: StoredMessage) -> dict[str, Any]:
+    """The wire form of a message (docs/protocol.md: "A message")."""
     return {
         "id": m.id,
         "conversation_id": m.conversation_id,
@@ -121,6 +152,22 @@ def message_object(m: MessageLike) -> dict[str, Any]:
         "client_id": m.client_id,
         "created_at": format_time(m.created_at_ms),
     }
+
+
+def conversation_object(c: Conversation, with_unread: bool = False) -> dict[str, Any]:
+    """The wire form of a conversation (docs/protocol.md: "A conversation"), with `unread` in
+    a `conversation:list`."""
+    obj: dict[str, Any] = {
+        "id": c.id,
+        "kind": c.kind,
+        "title": c.title,
+        "member_count": c.member_count,
+        "members": c.members,
+        "last_seq": c.last_seq,
+    }
+    if with_unread:
+        obj["unread"] = c.unread
+    return obj
 
 
 # --- field readers ---------------------------------------------------------------------------
@@ -166,7 +213,7 @@ def _user_ids(payload: dict[str, Any], key: str, high: int) -> list[UserId]:
         if not is_user_id(user):
             raise _bad(f"{key} must hold user ids: strings of 1-{MAX_USER_ID_CHARS} characters, without U+0000")
     if len(value) > high:  # after the type checks: bad_request comes before too_large
-        raise MessageRejected("too_large", f"{key} lists {len(value)} users; at most {high}")
+        raise MessageRejected(ErrorCode.TOO_LARGE, f"{key} lists {len(value)} users; at most {high}")
     return [UserId(u) for u in value]
 
 
@@ -195,7 +242,7 @@ class SendRequest(NamedTuple):
         if "\x00" in content:
             raise _bad("content must not contain U+0000")
         if len(content) > max_chars:
-            raise MessageRejected("too_large", f"content of {len(content)} characters exceeds {max_chars}")
+            raise MessageRejected(ErrorCode.TOO_LARGE, f"content of {len(content)} characters exceeds {max_chars}")
         assert client_id is not None  # required
         return cls(conversation_id, content, client_id)
 

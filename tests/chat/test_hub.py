@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from sohbet.auth import UserId
-from sohbet.hub import Hub
-from sohbet.messages import ConversationId
+from sohbet.chat.hub import Hub
+from sohbet.chat.ids import ConversationId, UserId
 
 A, B, C = UserId("alice"), UserId("bob"), UserId("carol")
 X, Y = ConversationId(1), ConversationId(2)

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from sohbet import messages as m
+from sohbet.chat import wire as m
+from sohbet.chat.model import StoredMessage
 from sohbet.errors import MessageRejected
-from sohbet.store import StoredMessage
 
 
 class _Rejects:

@@ -1,0 +1,212 @@
+"""The chat service: connections open and close, requests come in and go to their family.
+
+Layer: service. Imports asyncio, the chat domain, `sohbet.auth` and the store interface (never
+a concrete store: `sohbet.app` picks one). Connections reach it as `Socket`s, and events leave
+through an `Outbox` that frames a message once for all its recipients.
+
+Each family of requests is a module with a class that registers its handlers (`handlers()`):
+messaging (send, typing, read, history), sync, conversations, presence. `ChatService` composes
+them around one shared `Context`, and adds what concerns a connection as a whole: `hello`, the
+connection limit per user, token expiry and `auth:refresh`, and the once-per-half-second tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from sohbet.auth import Identity, Verifier
+from sohbet.chat import wire
+from sohbet.chat.hub import Hub
+from sohbet.chat.ids import ConnId
+from sohbet.chat.wire import Envelope, EventType, RequestType
+from sohbet.config import ChatConfig
+from sohbet.errors import AuthError, ErrorCode, MessageRejected
+from sohbet.service.context import Context, Handler
+from sohbet.service.conversations import Conversations
+from sohbet.service.messaging import Messaging
+from sohbet.service.presence import Presence
+from sohbet.service.session import Clock, LoopClock, Outbox, Session, Socket
+from sohbet.service.sync import Sync
+from sohbet.service.writer import Writer
+from sohbet.store import MessageStore
+from sohbet.ws.codes import CloseCode
+
+__all__ = ["ChatService"]
+
+log = logging.getLogger("sohbet.chat")
+
+_TICK_S: Final = 0.5
+
+
+class ChatService:
+    """Protocol v1 (docs/protocol.md) for the connections of one server process."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        config: ChatConfig,
+        verifier: Verifier,
+        outbox: Outbox,
+        *,
+        max_message_bytes: int,
+        leeway_s: float,
+        max_batch: int = 512,
+        max_queue: int = 20_000,
+        writers: int = 1,
+        depth: int = 1,
+        clock: Clock | None = None,
+    ) -> None:
+        self.ctx = Context(store, config, outbox, clock or LoopClock())
+        self.verifier = verifier
+        self.max_message_bytes = max_message_bytes
+        self.leeway_s = leeway_s
+        self.writer = Writer(self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth)
+        self.presence = Presence(self.ctx)
+        self._sessions: dict[ConnId, Session] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        families: list[dict[RequestType, Handler]] = [
+            Messaging(self.ctx, self.writer).handlers(),
+            Sync(self.ctx).handlers(),
+            Conversations(self.ctx).handlers(),
+            self.presence.handlers(),
+            {RequestType.REFRESH: self._refresh},
+        ]
+        # Keyed by the plain string: the envelope's type is one, and str keys look up fastest.
+        self.handlers: dict[str, Handler] = {}
+        for family in families:
+            for kind, handler in family.items():
+                assert kind.value not in self.handlers, f"{kind} has two handlers"
+                self.handlers[kind.value] = handler
+
+    @property
+    def store(self) -> MessageStore:
+        """Where messages are kept."""
+        return self.ctx.store
+
+    @property
+    def hub(self) -> Hub[Socket]:
+        """Who is connected, and who belongs where."""
+        return self.ctx.hub
+
+    @property
+    def session_count(self) -> int:
+        """Open sessions on this instance."""
+        return len(self._sessions)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer and the ticker."""
+        self.writer.start()
+        self._ticker = asyncio.ensure_future(self._tick_loop())
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop; requests still reading are cancelled."""
+        await self.writer.stop()
+        tasks = self.ctx.tasks
+        for task in (self._ticker, *tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def open(self, socket: Socket, identity: Identity) -> Session | None:
+        """A connection authenticated and upgraded: say hello and announce presence.
+
+        Returns None (and closes the connection with 1008) when the user already holds the
+        maximum number of connections; their older connections stay open.
+        """
+        ctx = self.ctx
+        cfg = ctx.config
+        if len(ctx.hub.connections(identity.user_id)) >= cfg.max_connections_per_user:
+            limit = cfg.max_connections_per_user
+            socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} connections for this user")
+            return None
+        session = Session(socket, identity)
+        self._sessions[ConnId(socket.id)] = session
+        came_online = ctx.hub.attach(session.user, socket)
+        hello = {
+            "user_id": session.user,
+            "connection_id": str(socket.id),
+            "server_time": wire.format_time(ctx.wall_ms()),
+            "protocol": wire.PROTOCOL_VERSION,
+            "limits": {
+                "max_message_bytes": self.max_message_bytes,
+                "max_content_chars": cfg.max_content_chars,
+                "send_rate_per_s": cfg.send_rate_per_s,
+                "send_burst": cfg.send_burst,
+            },
+        }
+        socket.send_text(wire.encode(EventType.HELLO, hello))
+        self.presence.connected(session.user, came_online)
+        return session
+
+    def closed(self, session: Session) -> None:
+        """The connection is gone: the user stays online for the grace period if it was their last."""
+        session.closed = True
+        self._sessions.pop(ConnId(session.socket.id), None)
+        ctx = self.ctx
+        ctx.hub.detach(session.user, session.socket, ctx.clock.now() + ctx.config.presence_grace_s)
+
+    def received(self, session: Session, data: bytes) -> None:
+        """One text message from a client."""
+        ctx = self.ctx
+        try:
+            envelope = wire.decode(data)
+        except MessageRejected as exc:
+            ctx.error(session, exc.code, str(exc), exc.ref)
+            return
+        handler = self.handlers.get(envelope.type)
+        if handler is None:
+            ctx.error(session, ErrorCode.BAD_REQUEST, f"unknown type {envelope.type[:64]!r}", envelope.ref)
+            return
+        try:
+            handler(session, envelope)
+        except MessageRejected as exc:
+            ctx.error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+
+    # -- tokens and time ----------------------------------------------------------------------
+
+    def verify(self, token: str) -> Identity:
+        """Verify a token for a new connection (the gateway calls this before the upgrade).
+
+        Raises:
+            AuthError: the token is refused.
+        """
+        return self.verifier.verify(token)
+
+    def _refresh(self, session: Session, envelope: Envelope) -> None:
+        token = wire.token_of(envelope.payload)
+        try:
+            identity = self.verifier.verify(token)
+        except AuthError as exc:
+            raise MessageRejected(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        if identity.user_id != session.user:
+            raise MessageRejected(ErrorCode.UNAUTHORIZED, "the new token is for another user")
+        session.exp = identity.exp
+        self.ctx.reply(session, EventType.REFRESHED, {"exp": int(identity.exp)}, envelope.ref)
+
+    async def _tick_loop(self) -> None:
+        clock = self.ctx.clock
+        while True:
+            await asyncio.sleep(_TICK_S)
+            try:
+                self.tick(clock.wall(), clock.now())
+            except Exception:
+                log.exception("chat tick failed")
+
+    def tick(self, wall: float, now: float) -> None:
+        """Expire tokens (close 4001), end grace periods (`user:offline`), forget stale state."""
+        # A scan, not a heap: nothing to forget when a session closes or refreshes, and 10,000
+        # sessions take about a millisecond every half second.
+        deadline = wall - self.leeway_s
+        for session in [s for s in self._sessions.values() if s.exp <= deadline]:
+            session.socket.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        self.presence.end_graces(now)
+        hub = self.ctx.hub
+        cfg = self.ctx.config
+        hub.forget_typing(now - cfg.typing_interval_s)
+        hub.forget_buckets(now, cfg.send_rate_per_s, cfg.send_burst)

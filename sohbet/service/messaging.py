@@ -1,0 +1,131 @@
+"""Messages in a conversation: `chat:send`, `chat:typing`, `chat:read`, `chat:history`.
+
+Layer: service. Imports asyncio, the chat domain and the store interface.
+
+A `chat:send` never waits for the database on its way in when the conversation's members are
+cached: it is validated, checked against membership and the user's rate bucket, and handed to
+the writer, all before the callback returns. Typing is forwarded from the cache too; reads and
+history need the database and run as tasks.
+"""
+
+from __future__ import annotations
+
+from sohbet.chat import wire
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import NewMessage
+from sohbet.chat.wire import Envelope, EventType, RequestType
+from sohbet.errors import ErrorCode, MessageRejected, StoreError
+from sohbet.service.context import Context, Handler, not_a_member
+from sohbet.service.session import Session
+from sohbet.service.writer import PendingSend, Writer
+
+__all__ = ["Messaging"]
+
+
+class Messaging:
+    """Sending, typing, read receipts and history."""
+
+    def __init__(self, ctx: Context, writer: Writer) -> None:
+        self.ctx = ctx
+        self.writer = writer
+
+    def handlers(self) -> dict[RequestType, Handler]:
+        """The requests this family answers."""
+        spawn = self.ctx.spawn
+        return {
+            RequestType.SEND: self._send,
+            RequestType.TYPING: self._typing,
+            RequestType.READ: spawn(self._read),
+            RequestType.HISTORY: spawn(self._history),
+        }
+
+    # -- chat:send ----------------------------------------------------------------------------
+
+    def _send(self, session: Session, envelope: Envelope) -> None:
+        ctx = self.ctx
+        request = wire.SendRequest.parse(envelope.payload, ctx.config.max_content_chars)
+        members = ctx.hub.members(request.conversation_id)
+        if members is None:
+            ctx.start(self._send_after_loading(session, envelope, request))
+            return
+        self._enqueue(session, envelope.ref, request, members)
+
+    async def _send_after_loading(self, session: Session, envelope: Envelope, request: wire.SendRequest) -> None:
+        with self.ctx.answering_errors(session, envelope):
+            self._enqueue(session, envelope.ref, request, await self.ctx.member_set(request.conversation_id))
+
+    def _enqueue(self, session: Session, ref: str | None, request: wire.SendRequest, members: set[UserId]) -> None:
+        if session.user not in members:
+            raise not_a_member(request.conversation_id)
+        ctx = self.ctx
+        cfg = ctx.config
+        wait_ms = ctx.hub.take_send_token(session.user, ctx.clock.now(), cfg.send_rate_per_s, cfg.send_burst)
+        if wait_ms:
+            # A retry of a stored message is answered even when the bucket is empty: replays
+            # spend no token. Finding out needs the database, so only this path pays for it.
+            ctx.start(self._limited_or_replay(session, ref, request, wait_ms))
+            return
+        message = NewMessage(request.conversation_id, session.user, request.client_id, request.content)
+        if not self.writer.submit(PendingSend(session, ref, message)):
+            ctx.hub.refund_send_token(session.user, cfg.send_burst)
+            raise MessageRejected(ErrorCode.UNAVAILABLE, "too many messages waiting to be stored; retry")
+
+    async def _limited_or_replay(
+        self, session: Session, ref: str | None, request: wire.SendRequest, wait_ms: int
+    ) -> None:
+        ctx = self.ctx
+        try:
+            earlier = await ctx.store.find_message(session.user, request.client_id)
+        except StoreError:
+            earlier = None
+        if earlier is not None:
+            obj = {"client_id": earlier.client_id, "message": wire.message_object(earlier)}
+            ctx.reply(session, EventType.ACK, obj, ref)
+            return
+        rate = ctx.config.send_rate_per_s
+        ctx.error(session, ErrorCode.RATE_LIMITED, f"more than {rate:g} messages per second", ref, wait_ms)
+
+    # -- typing, reads, history ---------------------------------------------------------------
+
+    def _typing(self, session: Session, envelope: Envelope) -> None:
+        conversation = wire.conversation_of(envelope.payload)
+        members = self.ctx.hub.members(conversation)
+        if members is None:
+            self.ctx.spawn(self._typing_after_loading)(session, envelope)
+            return
+        self._forward_typing(session, conversation, members)
+
+    async def _typing_after_loading(self, session: Session, envelope: Envelope) -> None:
+        conversation = wire.conversation_of(envelope.payload)
+        self._forward_typing(session, conversation, await self.ctx.member_set(conversation))
+
+    def _forward_typing(self, session: Session, conversation: ConversationId, members: set[UserId]) -> None:
+        if session.user not in members:
+            raise not_a_member(conversation)
+        ctx = self.ctx
+        cfg = ctx.config
+        if ctx.hub.allow_typing(session.user, conversation, ctx.clock.now(), cfg.typing_interval_s):
+            notice = {"conversation_id": conversation, "user_id": session.user, "expires_in_ms": cfg.typing_expires_ms}
+            others = (u for u in members if u != session.user)  # not the typist's own devices
+            ctx.to_members(others, wire.encode(EventType.TYPING, notice))
+
+    async def _read(self, session: Session, envelope: Envelope) -> None:
+        ctx = self.ctx
+        request = wire.ReadRequest.parse(envelope.payload)
+        members = await ctx.require_member(session, request.conversation_id)
+        moved = await ctx.store.mark_read(request.conversation_id, session.user, request.seq)
+        if moved is not None:
+            receipt = {"conversation_id": request.conversation_id, "user_id": session.user, "seq": moved}
+            ctx.to_members(members, wire.encode(EventType.READ, receipt), skip=session.socket)
+
+    async def _history(self, session: Session, envelope: Envelope) -> None:
+        ctx = self.ctx
+        request = wire.HistoryRequest.parse(envelope.payload)
+        await ctx.require_member(session, request.conversation_id)
+        found, has_more = await ctx.store.history(request.conversation_id, request.before_seq, request.limit)
+        payload = {
+            "conversation_id": request.conversation_id,
+            "messages": [wire.message_object(x) for x in found],
+            "has_more": has_more,
+        }
+        ctx.reply(session, EventType.HISTORY, payload, envelope.ref)

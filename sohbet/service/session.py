@@ -1,0 +1,75 @@
+"""What the service keeps of one connection, and what it needs of the layers around it.
+
+Layer: service. Imports asyncio and the chat domain; never a transport or a concrete store.
+
+The service reaches a connection only through `Socket` and delivers to many through `Outbox`:
+the server's `WebSocket` and its broadcast are one implementation, the service tests' fakes
+another. Time comes from a `Clock`, so the tests can move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from sohbet.auth import Identity
+from sohbet.chat.ids import UserId
+from sohbet.ws.codes import CloseCode
+
+__all__ = ["Clock", "LoopClock", "Outbox", "Session", "Socket"]
+
+
+class Socket(Protocol):
+    """A client's WebSocket as the service sees it (the server's `WebSocket` is one)."""
+
+    @property
+    def id(self) -> int: ...
+    def send_text(self, data: str | bytes) -> None: ...
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
+    async def drained(self) -> None: ...
+
+
+class Outbox(Protocol):
+    """Delivers one encoded message to many sockets (all but *skip*), framing it once."""
+
+    def deliver(self, sockets: Iterable[Socket], data: bytes, *, skip: Socket | None = None) -> int: ...
+
+
+class Clock(Protocol):
+    """Where the service reads the time."""
+
+    def now(self) -> float:
+        """Monotonic seconds: deadlines, rate buckets, grace periods, typing throttles."""
+        ...
+
+    def wall(self) -> float:
+        """Epoch seconds: message timestamps and token expiry."""
+        ...
+
+
+class LoopClock:
+    """The running event loop's clock, and the system's wall clock."""
+
+    def now(self) -> float:  # see Clock
+        return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:  # see Clock
+        return time.time()
+
+
+class Session:
+    """The chat state of one connection."""
+
+    __slots__ = ("closed", "errors", "exp", "lock", "socket", "user")
+
+    def __init__(self, socket: Socket, identity: Identity) -> None:
+        self.socket = socket
+        self.user: UserId = identity.user_id
+        self.exp = identity.exp
+        #: When the latest client-fault errors happened: a sliding 10 s window.
+        self.errors: list[float] = []  # at most max_errors_per_10s + 1 long
+        #: Serialises this connection's reads (sync, history, ...): one at a time holds memory.
+        self.lock = asyncio.Lock()
+        self.closed = False

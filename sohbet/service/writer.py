@@ -1,0 +1,202 @@
+"""The group-commit writer: accepted `chat:send`s are stored in batches, then acked and fanned out.
+
+Layer: service. Imports asyncio, the chat domain and the store interface.
+
+One writer task per shard of conversations takes what is queued, writes it in one transaction
+(`MessageStore.append`), and once the batch has committed acks each sender and delivers each new
+message to the conversation's members, in seq order. Up to `depth` transactions are in flight
+at once: while one commits, the next one gathers and starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, NamedTuple
+
+from sohbet.chat import wire
+from sohbet.chat.ids import ConversationId
+from sohbet.chat.model import NewMessage, StoredMessage
+from sohbet.chat.wire import EventType
+from sohbet.errors import ErrorCode, StoreUnavailable
+from sohbet.service.context import Context, not_a_member
+from sohbet.service.session import Session
+
+__all__ = ["PendingSend", "Writer"]
+
+log = logging.getLogger("sohbet.chat")
+
+
+class PendingSend(NamedTuple):
+    """A `chat:send` waiting for its batch: who asked, the ref its ack carries, what to store."""
+
+    session: Session
+    ref: str | None
+    message: NewMessage
+
+
+Batch = list[PendingSend]
+
+
+class Writer:
+    """The queues of accepted sends and the tasks that commit them."""
+
+    def __init__(self, ctx: Context, *, max_batch: int, max_queue: int, writers: int, depth: int) -> None:
+        self.ctx = ctx
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.depth = depth
+        # One queue and one writer task per shard; a conversation always maps to the same shard,
+        # so its messages commit and fan out in seq order, while other conversations commit in
+        # parallel (a database like Postgres then flushes their commits together).
+        self._queues: list[Batch] = [[] for _ in range(writers)]
+        self._wakes = [asyncio.Event() for _ in range(writers)]
+        self._queued = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        """Start one writer task per shard."""
+        self._tasks = [asyncio.ensure_future(self._write_loop(shard)) for shard in range(len(self._queues))]
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop; from now on `submit` refuses."""
+        self._stopping = True
+        for wake in self._wakes:
+            wake.set()
+        await asyncio.gather(*self._tasks)
+
+    def submit(self, send: PendingSend) -> bool:
+        """Queue a send for the next batch of its shard; False when full or stopping."""
+        if self._queued >= self.max_queue or self._stopping:
+            return False
+        shard = send.message.conversation_id % len(self._queues)
+        self._queues[shard].append(send)
+        self._queued += 1
+        self._wakes[shard].set()
+        return True
+
+    async def _write_loop(self, shard: int) -> None:
+        """Commit this shard's queue in batches, up to `depth` transactions in flight.
+
+        While one batch commits the next one gathers and starts; results are handled strictly in
+        submission order, and a later transaction on the same conversation waits for the earlier
+        one's row lock, so acks and fan-out stay in seq order.
+        """
+        queue, wake = self._queues[shard], self._wakes[shard]
+        store = self.ctx.store
+        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]]]] = deque()
+        busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
+        while True:
+            while queue and len(inflight) < self.depth:
+                batch = self._take(queue, busy)
+                if not batch:
+                    break  # everything queued waits for a conversation already in flight
+                for send in batch:
+                    busy[send.message.conversation_id] = busy.get(send.message.conversation_id, 0) + 1
+                appended = store.append([send.message for send in batch], self.ctx.wall_ms())
+                inflight.append((batch, asyncio.ensure_future(appended)))
+            if not inflight:
+                if self._stopping:
+                    return
+                await wake.wait()
+                wake.clear()
+                continue
+            batch, oldest = inflight[0]
+            if not oldest.done():
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                pending: set[asyncio.Future[Any]] = {oldest, waiter}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                wake.clear()
+                if not oldest.done():
+                    continue  # more sends arrived: start another batch while this one commits
+            inflight.popleft()
+            for send in batch:
+                held = busy[send.message.conversation_id] - 1
+                if held:
+                    busy[send.message.conversation_id] = held
+                else:
+                    del busy[send.message.conversation_id]
+            await self._committed(batch, oldest)
+
+    def _take(self, queue: Batch, busy: dict[ConversationId, int]) -> Batch:
+        """The next batch: queued sends whose conversation is not in a transaction in flight.
+
+        Two transactions on one conversation could take its row lock in either order, so its
+        seqs could come back out of submission order; keeping each conversation in at most one
+        transaction makes acks and fan-out follow seq order while other conversations commit in
+        parallel. The others keep their place in the queue.
+        """
+        if not busy:
+            batch = queue[: self.max_batch]
+            del queue[: self.max_batch]
+        else:
+            batch, rest = [], []
+            for i, send in enumerate(queue):
+                if send.message.conversation_id in busy:
+                    rest.append(send)
+                    continue
+                batch.append(send)
+                if len(batch) == self.max_batch:
+                    rest += queue[i + 1 :]
+                    break
+            queue[:] = rest
+        self._queued -= len(batch)
+        return batch
+
+    async def _committed(self, batch: Batch, result: asyncio.Future[list[StoredMessage | None]]) -> None:
+        try:
+            stored = result.result()
+        except StoreUnavailable as exc:
+            log.warning("could not store %d messages: %s", len(batch), exc)
+            self._unavailable(batch)
+            return
+        except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
+            log.error("storing %d messages failed", len(batch), exc_info=exc)
+            if len(batch) == 1:
+                self._unavailable(batch)
+                return
+            # Something in the batch itself failed: store each message alone, so one bad
+            # message cannot fail the others.
+            for send in batch:
+                try:
+                    alone = await self.ctx.store.append([send.message], self.ctx.wall_ms())
+                except Exception as failure:
+                    log.error("storing a message alone failed", exc_info=failure)
+                    self._unavailable([send])
+                else:
+                    self._answer([send], alone)
+            return
+        self._answer(batch, stored)
+
+    def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:
+        """Ack what was stored; refuse what the store turned away (sender no longer a member)."""
+        ctx = self.ctx
+        for send, message in zip(batch, stored, strict=True):
+            if message is None:
+                # The sender stopped being a member before the commit (a leave raced the send).
+                ctx.hub.refund_send_token(send.session.user, ctx.config.send_burst)
+                exc = not_a_member(send.message.conversation_id)
+                ctx.error(send.session, exc.code, str(exc), send.ref)
+            else:
+                self._acked(send.session, send.ref, message)
+
+    def _unavailable(self, batch: Batch) -> None:
+        ctx = self.ctx
+        for send in batch:
+            ctx.hub.refund_send_token(send.session.user, ctx.config.send_burst)
+            ctx.error(
+                send.session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry with the same client_id", send.ref
+            )
+
+    def _acked(self, session: Session, ref: str | None, message: StoredMessage) -> None:
+        ctx = self.ctx
+        obj = wire.message_object(message)
+        if message.is_new:
+            members = ctx.hub.members(message.conversation_id) or ()
+            ctx.to_members(members, wire.encode(EventType.MESSAGE, {"message": obj}), skip=session.socket)
+        else:
+            ctx.hub.refund_send_token(session.user, ctx.config.send_burst)  # replays are free
+        ctx.reply(session, EventType.ACK, {"client_id": message.client_id, "message": obj}, ref)
