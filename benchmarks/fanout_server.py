@@ -10,8 +10,8 @@ import sys
 import time
 from collections.abc import Iterable
 
-from sohbet import cli
-from sohbet.gateway import ServerOutbox
+from sohbet.app import cli
+from sohbet.app.gateway import ServerOutbox
 from sohbet.service import Socket
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from sohbet.app.cli import make_store
+from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier, issue_token
-from sohbet.cli import make_store
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig
-from sohbet.gateway import ChatGateway, ServerOutbox
 from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits, WebSocketConfig

@@ -34,9 +34,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("api", "transport"),
     ("client", "transport"),
     ("echo", "transport"),
-    ("gateway", "transport"),
     ("app", "entry"),
-    ("cli", "entry"),
     ("__init__", "entry"),  # the package only re-exports the public API, lazily
     ("__main__", "entry"),
 )

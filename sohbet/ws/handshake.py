@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Final
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import deflate
@@ -18,7 +19,10 @@ from sohbet.ws.config import WebSocketConfig
 from sohbet.ws.frames import accept_key
 from sohbet.ws.http11 import Request
 
-__all__ = ["Upgrade", "switching_protocols", "validate_upgrade"]
+__all__ = ["WEBSOCKET_VERSION", "Upgrade", "switching_protocols", "validate_upgrade"]
+
+#: The one `Sec-WebSocket-Version` this server speaks (RFC 6455 §4.1).
+WEBSOCKET_VERSION: Final = "13"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from sohbet.config import AuthConfig
 from ..chatkit import WsChat, token
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
-SERVER = [sys.executable, "-I", "-m", "sohbet.cli"]
+SERVER = [sys.executable, "-I", "-m", "sohbet.app.cli"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -129,7 +129,7 @@ def test_log_level_from_the_config_file(tmp_path: Path) -> None:
 def test_precedence_of_flags_environment_and_file(tmp_path: Path) -> None:
     config = tmp_path / "sohbet.toml"
     config.write_text(f'jwt-secret = "{SECRET}"\nport = 1111\nsend-rate = 3.5\n')
-    from sohbet.cli import build_config  # noqa: PLC0415
+    from sohbet.app.cli import build_config  # noqa: PLC0415
 
     built = build_config({"config": str(config), "port": 3333}, {"SOHBET_PORT": "2222", "SOHBET_SEND_BURST": "7"})
     assert (built.port, built.chat.send_rate_per_s, built.chat.send_burst) == (3333, 3.5, 7)

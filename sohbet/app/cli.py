@@ -25,10 +25,10 @@ from typing import Any
 import uvloop
 
 from sohbet import __version__
+from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier, issue_token
 from sohbet.config import HMAC_ALGORITHMS, MIN_SECRET_BYTES, SETTINGS, Config, StoreConfig, merge_settings
 from sohbet.errors import ConfigError, SohbetError
-from sohbet.gateway import ChatGateway, ServerOutbox
 from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.store.postgres import PostgresStore

@@ -1,31 +1,37 @@
 """The chat server's face to the network: authentication at the upgrade, callbacks to the chat
 service, and the plain HTTP endpoints on the same port.
 
-Layer: transport. Glues `server` (sockets) to `chat` (the service); `cli.py` builds both.
+Layer: entry. Glues `sohbet.ws.server` (sockets) to `sohbet.service` (the chat service);
+`cli.py` builds both. The plain HTTP endpoints are a route table (`routes.Router`), where the
+HTTP API of step 6 will be added.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Iterable
+from http import HTTPStatus
+from typing import Final
 from urllib.parse import parse_qs
 
+from sohbet.app.routes import ANY_METHOD, Router
 from sohbet.auth import Identity
 from sohbet.errors import AuthError, InvalidHandshake, StoreError
 from sohbet.service import ChatService, Session, Socket
-from sohbet.ws.handshake import Upgrade
-from sohbet.ws.http11 import Request
+from sohbet.ws.codes import CloseCode
+from sohbet.ws.handshake import WEBSOCKET_VERSION, Upgrade
+from sohbet.ws.http11 import Request, error_body
 from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
 __all__ = ["ChatGateway", "ServerOutbox", "token_of"]
 
 log = logging.getLogger("sohbet.gateway")
 
-_BEARER_PROTOCOL = "bearer."
+_BEARER_PROTOCOL: Final = "bearer."
 
 
 def token_of(request: Request, offered_subprotocols: Iterable[str]) -> str:
-    """Find the token in the first place that has one (PROTOCOL.md, "Connecting").
+    """Find the token in the first place that has one (docs/protocol.md, "Connecting").
 
     The `Authorization` header, then a `bearer.<jwt>` subprotocol, then `?token=`. A bad token
     in the first place found is a 401: there is no fallback to the next.
@@ -37,7 +43,7 @@ def token_of(request: Request, offered_subprotocols: Iterable[str]) -> str:
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise InvalidHandshake(401, "Authorization header must be 'Bearer <token>'")
+            raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, "Authorization header must be 'Bearer <token>'")
         return value.strip()
     for offered in offered_subprotocols:
         if offered.startswith(_BEARER_PROTOCOL):
@@ -45,7 +51,9 @@ def token_of(request: Request, offered_subprotocols: Iterable[str]) -> str:
     tokens = parse_qs(request.query).get("token")
     if tokens:
         return tokens[0]
-    raise InvalidHandshake(401, "no token: send Authorization: Bearer, a bearer.<jwt> subprotocol or ?token=")
+    raise InvalidHandshake(
+        HTTPStatus.UNAUTHORIZED, "no token: send Authorization: Bearer, a bearer.<jwt> subprotocol or ?token="
+    )
 
 
 class ChatGateway(Handler):
@@ -54,6 +62,11 @@ class ChatGateway(Handler):
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
         self.accepting = False  # /healthz answers 200 once connections are accepted
+        self.routes = Router()
+        # Every method, as before the table: step 6 narrows them (and answers 405 otherwise).
+        self.routes.add(ANY_METHOD, "/healthz", self._health)
+        self.routes.add(ANY_METHOD, "/readyz", self._ready)
+        self.routes.add(ANY_METHOD, "/ws", self._not_upgraded)
 
     # -- WebSocket ------------------------------------------------------------------------------
 
@@ -62,7 +75,7 @@ class ChatGateway(Handler):
         try:
             return self.chat.verify(token)
         except AuthError as exc:
-            raise InvalidHandshake(401, str(exc)) from None
+            raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, str(exc)) from None
 
     def on_open(self, ws: WebSocket) -> None:  # see Handler
         identity = ws.data
@@ -74,7 +87,7 @@ class ChatGateway(Handler):
         if not isinstance(session, Session):
             return  # refused in on_open (too many connections): it is closing
         if not is_text:
-            ws.close(1003, "binary frames are not accepted; send JSON text")
+            ws.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
             return
         self.chat.received(session, data)
 
@@ -86,26 +99,31 @@ class ChatGateway(Handler):
     # -- HTTP -----------------------------------------------------------------------------------
 
     def on_http(self, request: Request) -> Response | Awaitable[Response]:  # see Handler
-        if request.path == "/healthz":
-            if self.accepting:
-                return Response(200, b'{"status":"ok"}')
-            return Response(503, b'{"error":{"code":"unavailable","message":"starting or stopping"}}')
-        if request.path == "/readyz":
-            return self._ready()
-        if request.path == "/ws":
-            return Response(
-                426,
-                b'{"error":{"code":"bad_request","message":"this endpoint speaks WebSocket; send an upgrade"}}',
-                headers=(("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")),
-            )
-        return super().on_http(request)
+        return self.routes.dispatch(request)
 
-    async def _ready(self) -> Response:
+    def _health(self, request: Request, params: dict[str, str]) -> Response:
+        if self.accepting:
+            return Response(HTTPStatus.OK, b'{"status":"ok"}')
+        return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
+
+    async def _ready(self, request: Request, params: dict[str, str]) -> Response:
         try:
             await self.chat.store.ping()
         except StoreError:
-            return Response(503, b'{"error":{"code":"unavailable","message":"storage is unreachable"}}')
-        return Response(200, b'{"status":"ready"}')
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
+        return Response(HTTPStatus.OK, b'{"status":"ready"}')
+
+    def _not_upgraded(self, request: Request, params: dict[str, str]) -> Response:
+        return _NOT_UPGRADED
+
+
+_STARTING_OR_STOPPING: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "starting or stopping")
+_STORE_UNREACHABLE: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "storage is unreachable")
+_NOT_UPGRADED: Final = Response(
+    HTTPStatus.UPGRADE_REQUIRED,
+    error_body(HTTPStatus.UPGRADE_REQUIRED, "this endpoint speaks WebSocket; send an upgrade"),
+    headers=(("Upgrade", "websocket"), ("Sec-WebSocket-Version", WEBSOCKET_VERSION)),
+)
 
 
 class ServerOutbox:
