@@ -1,6 +1,7 @@
 """An async Python client for sohbet: for tests, benchmarks and bots.
 
-Layer: transport. Speaks protocol v1 over the same sans-I/O core as the server (client role).
+Layer: transport. Speaks protocol v1 over the same sans-I/O core as the server (client role);
+imports the ws layer and the chat wire names, nothing of the service.
 
     client = await ChatClient.connect("ws://127.0.0.1:8080/ws", token)
     conversation = await client.request("conversation:create", {"members": ["bob"]})
@@ -21,14 +22,18 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from sohbet.chat.wire import SUBPROTOCOL, EventType, RequestType
 from sohbet.errors import SohbetError
+from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.frames import accept_key
+from sohbet.ws.handshake import WEBSOCKET_VERSION
 from sohbet.ws.protocol import Connection, TextReceived
 
 __all__ = ["ChatClient", "ChatError", "ConnectionClosed"]
@@ -63,7 +68,7 @@ class _Wire(asyncio.Protocol):
         self.head = b""
         self.upgraded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.inbox: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
-        self.close_code = 1006
+        self.close_code: int = CloseCode.ABNORMAL
         self.close_reason = ""
 
     def connection_made(self, transport: Any) -> None:  # asyncio's contract
@@ -78,16 +83,18 @@ class _Wire(asyncio.Protocol):
                 return
             head, data = self.head[:end].decode("latin-1"), self.head[end + 4 :]
             status = head.split("\r\n", 1)[0]
-            if " 101 " not in status + " ":
+            if f" {HTTPStatus.SWITCHING_PROTOCOLS.value} " not in status + " ":
                 body = data.decode("utf-8", "replace")
-                self.upgraded.set_exception(ConnectionClosed(1006, f"handshake refused: {status} {body}"))
+                self.upgraded.set_exception(ConnectionClosed(CloseCode.ABNORMAL, f"handshake refused: {status} {body}"))
                 self.transport.close()
                 return
             headers = {
                 k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
             }
             if headers.get("sec-websocket-accept") != accept_key(self.key):
-                self.upgraded.set_exception(ConnectionClosed(1006, "handshake answer does not match our key"))
+                self.upgraded.set_exception(
+                    ConnectionClosed(CloseCode.ABNORMAL, "handshake answer does not match our key")
+                )
                 self.transport.close()
                 return
             self.upgraded.set_result(headers.get("sec-websocket-protocol", ""))
@@ -110,7 +117,7 @@ class _Wire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:  # asyncio's contract
         if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionClosed(1006, "connection lost during the handshake"))
+            self.upgraded.set_exception(ConnectionClosed(CloseCode.ABNORMAL, "connection lost during the handshake"))
         self.inbox.put_nowait(ConnectionClosed(self.close_code, self.close_reason))
 
 
@@ -149,7 +156,8 @@ class ChatClient:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sohbet.v1\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {WEBSOCKET_VERSION}\r\n"
+            f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
             f"Authorization: Bearer {self.token}\r\n\r\n"
         ).encode()
         loop = asyncio.get_running_loop()
@@ -176,10 +184,10 @@ class ChatClient:
             ref = item.get("ref")
             if ref is not None and ref in self._waiting:
                 self._waiting.pop(ref).set_result(item)
-                if item["type"] == "chat:ack":
+                if item["type"] == EventType.ACK:
                     self._note(item["payload"]["message"])
                 continue
-            if item["type"] == "chat:message" and not self._note(item["payload"]["message"]):
+            if item["type"] == EventType.MESSAGE and not self._note(item["payload"]["message"]):
                 continue  # already seen (a replay overlapping live delivery)
             self._events.put_nowait(item)
 
@@ -203,14 +211,14 @@ class ChatClient:
         """
         wire = self._wire
         if wire is None or wire.transport.is_closing():
-            raise ConnectionClosed(1006, "not connected")
+            raise ConnectionClosed(CloseCode.ABNORMAL, "not connected")
         ref = f"r{next(self._refs)}"
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = waiter
         wire.send({"type": kind, "payload": payload or {}, "ref": ref})
         async with asyncio.timeout(timeout):
             reply = await waiter
-        if reply["type"] == "error":
+        if reply["type"] == EventType.ERROR:
             p = reply["payload"]
             raise ChatError(p["code"], p["message"], p.get("retry_after_ms"))
         return dict(reply["payload"])
@@ -218,13 +226,13 @@ class ChatClient:
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Send a message that has no reply (`chat:typing`, `chat:read`)."""
         if self._wire is None:
-            raise ConnectionClosed(1006, "not connected")
+            raise ConnectionClosed(CloseCode.ABNORMAL, "not connected")
         self._wire.send({"type": kind, "payload": payload})
 
     async def send(self, content: str, conversation_id: int, client_id: str | None = None) -> dict[str, Any]:
         """Send a chat message; return the stored message once the server has acked it."""
         ack = await self.request(
-            "chat:send",
+            RequestType.SEND,
             {"conversation_id": conversation_id, "content": content, "client_id": client_id or uuid.uuid4().hex},
         )
         return dict(ack["message"])
@@ -255,7 +263,7 @@ class ChatClient:
     async def sync(self) -> dict[str, Any]:
         """Catch up from the cursors, calling `sync` again while the server says incomplete."""
         while True:
-            done = await self.request("sync", {"cursors": {str(c): s for c, s in self.cursors.items()}})
+            done = await self.request(RequestType.SYNC, {"cursors": {str(c): s for c, s in self.cursors.items()}})
             for cid, seq in done["conversations"].items():
                 self.cursors[int(cid)] = max(self.cursors.get(int(cid), 0), seq)
             if done["complete"]:
@@ -268,7 +276,7 @@ class ChatClient:
         await self._open(timeout)
         return await self.sync()
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection (the close handshake, then the TCP connection)."""
         wire = self._wire
         if wire is None:

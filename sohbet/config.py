@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
+from sohbet.chat.model import DIRECT_MEMBERS
+from sohbet.chat.wire import SUBPROTOCOL
 from sohbet.errors import ConfigError
-from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig, require
+from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig, require, require_at_least, require_within
 
 __all__ = [
     "SETTINGS",
@@ -29,7 +32,9 @@ __all__ = [
 #: JWT algorithms sohbet accepts, by key kind. The token never picks one: configuration does.
 HMAC_ALGORITHMS: frozenset[str] = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
-MIN_SECRET_BYTES = 32
+MIN_SECRET_BYTES: Final = 32
+MIN_API_KEY_CHARS: Final = 16
+MAX_PORT: Final = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +64,10 @@ class AuthConfig:
             require(bool(self.public_keys), f"{self.algorithm} needs at least one public key")
         else:
             require(False, f"JWT algorithm {self.algorithm!r} is not supported")
-        require(0 <= self.leeway_s <= 300, f"leeway_s of {self.leeway_s} is outside 0-300")
+        require_within("leeway_s", self.leeway_s, 0, 300)
         if self.api_key is not None:
-            require(len(self.api_key) >= 16, f"API key of {len(self.api_key)} characters is shorter than 16")
+            n = len(self.api_key)
+            require(n >= MIN_API_KEY_CHARS, f"API key of {n} characters is shorter than {MIN_API_KEY_CHARS}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +83,9 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
-        require(1 <= self.max_batch <= 10_000, f"max_batch of {self.max_batch} is outside 1-10000")
+        require_within("max_batch", self.max_batch, 1, 10_000)
         require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
-        require(1 <= self.pool_size <= 100, f"pool_size of {self.pool_size} is outside 1-100")
+        require_within("pool_size", self.pool_size, 1, 100)
 
     @property
     def writers(self) -> int:
@@ -135,10 +141,8 @@ class ChatConfig:
     def __post_init__(self) -> None:
         require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
         require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
-        require(
-            1 <= self.max_content_chars <= 60_000, f"max_content_chars of {self.max_content_chars} is outside 1-60000"
-        )
-        require(self.max_group_members >= 3, f"max_group_members of {self.max_group_members} is below 3")
+        require_within("max_content_chars", self.max_content_chars, 1, 60_000)
+        require_at_least("max_group_members", self.max_group_members, DIRECT_MEMBERS + 1)
         require(self.max_connections_per_user >= 1, "max_connections_per_user is below 1")
         require(self.presence_grace_s >= 0, f"presence_grace_s of {self.presence_grace_s} is negative")
         require(self.typing_interval_s >= 0, f"typing_interval_s of {self.typing_interval_s} is negative")
@@ -256,7 +260,7 @@ class Config:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        require(0 <= self.port <= 65535, f"port {self.port} is outside 0-65535")
+        require(0 <= self.port <= MAX_PORT, f"port {self.port} is outside 0-{MAX_PORT}")
         require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
 
     @classmethod
@@ -288,7 +292,7 @@ class Config:
             ),
             websocket=WebSocketConfig(
                 allowed_origins=origins,
-                subprotocols=("sohbet.v1",),
+                subprotocols=(SUBPROTOCOL,),
                 compression=CompressionConfig(enabled=bool(v["compression"]), window_bits=12),
             ),
             auth=AuthConfig(

@@ -14,6 +14,7 @@ from typing import Final, NamedTuple
 from sohbet.chat.ids import ConversationId, MessageId, UserId
 
 __all__ = [
+    "DIRECT_MEMBERS",
     "MEMBERS_IN_OBJECT",
     "Conversation",
     "ConversationKind",
@@ -24,6 +25,8 @@ __all__ = [
 
 #: A conversation object lists at most this many members; `conversation:members` pages the rest.
 MEMBERS_IN_OBJECT: Final = 100
+#: Two distinct members make a direct conversation; more make a group.
+DIRECT_MEMBERS: Final = 2
 
 
 class ConversationKind(enum.StrEnum):

@@ -49,6 +49,7 @@ SUBPROTOCOL: Final = "sohbet.v1"
 MAX_REF_CHARS: Final = 64
 MAX_CLIENT_ID_CHARS: Final = 128
 MAX_TITLE_CHARS: Final = 200
+_MAX_ID_DIGITS: Final = len(str(MAX_ID))
 
 
 class RequestType(enum.StrEnum):
@@ -285,7 +286,7 @@ class SyncRequest(NamedTuple):
         cursors: dict[ConversationId, int] = {}
         for key, seq in raw.items():
             # isascii: isdigit alone accepts digits such as "²" and "٣" that are not ids.
-            if not (key.isascii() and key.isdigit() and len(key) <= 16 and 1 <= int(key) < MAX_ID):
+            if not (key.isascii() and key.isdigit() and len(key) <= _MAX_ID_DIGITS and 1 <= int(key) < MAX_ID):
                 raise _bad(f"cursor key {key[:20]!r} is not a conversation id")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_ID:
                 raise _bad(f"cursor for {key} must be a seq (an integer of 0 or more)")

@@ -11,7 +11,7 @@ were already queued.
 from __future__ import annotations
 
 from sohbet.chat import wire
-from sohbet.chat.model import ConversationKind
+from sohbet.chat.model import DIRECT_MEMBERS, ConversationKind
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
 from sohbet.service.context import Context, Handler
@@ -41,11 +41,11 @@ class Conversations:
         cfg = ctx.config
         request = wire.CreateRequest.parse(envelope.payload, cfg.max_group_members)
         members = list(dict.fromkeys([session.user, *request.members]))  # the creator is always in
-        if len(members) < 2:  # the creator and one other
+        if len(members) < DIRECT_MEMBERS:
             raise MessageRejected(ErrorCode.BAD_REQUEST, "a conversation needs at least one other member")
         if len(members) > cfg.max_group_members:
             raise MessageRejected(ErrorCode.TOO_LARGE, f"a group holds at most {cfg.max_group_members} members")
-        kind = ConversationKind.DIRECT if len(members) == 2 else ConversationKind.GROUP  # a pair
+        kind = ConversationKind.DIRECT if len(members) == DIRECT_MEMBERS else ConversationKind.GROUP
         conversation, created = await ctx.store.create_conversation(members, request.title, kind, ctx.wall_ms())
         if created or kind == ConversationKind.DIRECT:  # asked for again, a direct one may have had a member rejoin
             ctx.hub.set_members(conversation.id, members)

@@ -38,7 +38,8 @@ class InvalidCursor(StoreError):
 
 
 NO_SEQ: Final = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
-_NO_CURSOR = (NO_SEQ, NO_SEQ)
+_NO_CURSOR: Final = (NO_SEQ, NO_SEQ)
+_MAX_CURSOR_CHARS: Final = 40  # two 64-bit numbers and a dot, with room to spare
 
 T = TypeVar("T")
 
@@ -75,8 +76,8 @@ def decode_cursor(cursor: str | None) -> tuple[int, int]:
     if cursor is None:
         return _NO_CURSOR
     activity, _, conversation = cursor.partition(".")
-    if not (activity.isdigit() and conversation.isdigit() and len(cursor) <= 40):
-        raise InvalidCursor(f"cursor {cursor[:40]!r} is not valid")
+    if not (activity.isdigit() and conversation.isdigit() and len(cursor) <= _MAX_CURSOR_CHARS):
+        raise InvalidCursor(f"cursor {cursor[:_MAX_CURSOR_CHARS]!r} is not valid")
     return int(activity), int(conversation)
 
 

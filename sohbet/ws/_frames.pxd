@@ -2,6 +2,34 @@
 from libc.stdint cimport uint8_t
 
 
+# The wire numbers the core compares and raises with. C constants, so the hot loops pay nothing
+# for the names; the opcodes, close codes and MAX_CONTROL_PAYLOAD mirror sohbet.ws.codes and
+# sohbet.ws.frames, and a test holds them to the same values.
+cdef enum:
+    # Opcodes (RFC 6455 §5.2): OP_CLOSE and above are control frames.
+    OP_CONTINUATION = 0x0
+    OP_TEXT = 0x1
+    OP_BINARY = 0x2
+    OP_CLOSE = 0x8
+    OP_PING = 0x9
+    OP_PONG = 0xA
+    # Close codes (§7.4.1).
+    CLOSE_NORMAL = 1000
+    CLOSE_PROTOCOL_ERROR = 1002
+    CLOSE_NO_STATUS = 1005
+    CLOSE_INVALID_DATA = 1007
+    CLOSE_MESSAGE_TOO_BIG = 1009
+    # Control frames carry at most this many bytes (§5.5).
+    MAX_CONTROL_PAYLOAD = 125
+    # The frame header (§5.2): bits of its first two bytes, and the 7-bit length's two markers.
+    FIN_BIT = 0x80
+    RSV1_BIT = 0x40
+    MASK_BIT = 0x80
+    MAX_LEN_7 = 125
+    LEN_16 = 126
+    LEN_64 = 127
+
+
 cdef struct Utf8State:
     # Continuation bytes still owed by the current sequence (0 when between characters), and the
     # bounds the next byte must fall in: Unicode Table 3-7 narrows them after E0, ED, F0 and F4.

@@ -195,24 +195,24 @@ cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint
     """
     cdef Py_ssize_t hlen = 2
     cdef int j
-    if n > 65535:
+    if n > 0xFFFF:
         hlen = 10
-    elif n > 125:
+    elif n > MAX_LEN_7:
         hlen = 4
     if key != NULL:
         hlen += 4
     cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + n)
     cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
-    cdef unsigned char mbit = 0x80 if key != NULL else 0
-    o[0] = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    if n <= 125:
+    cdef unsigned char mbit = MASK_BIT if key != NULL else 0
+    o[0] = (FIN_BIT if fin else 0) | (RSV1_BIT if rsv1 else 0) | opcode
+    if n <= MAX_LEN_7:
         o[1] = mbit | <unsigned char>n
-    elif n <= 65535:
-        o[1] = mbit | 126
+    elif n <= 0xFFFF:
+        o[1] = mbit | LEN_16
         o[2] = <unsigned char>(n >> 8)
         o[3] = <unsigned char>n
     else:
-        o[1] = mbit | 127
+        o[1] = mbit | LEN_64
         for j in range(8):
             o[2 + j] = <unsigned char>((<uint64_t>n) >> (56 - 8 * j))
     if key != NULL:
@@ -224,7 +224,7 @@ cdef bytes frame_bytes(int opcode, const unsigned char* data, Py_ssize_t n, bint
 
 
 cdef inline bint _opcode_known(Py_ssize_t opcode) noexcept nogil:
-    return 0 <= opcode <= 2 or 8 <= opcode <= 10
+    return OP_CONTINUATION <= opcode <= OP_BINARY or OP_CLOSE <= opcode <= OP_PONG
 
 
 cdef bytes _mask_key(object mask):
@@ -309,7 +309,7 @@ def build_frame(opcode, payload, *, bint fin=True, bint rsv1=False, mask=None) -
     cdef Py_buffer view
     if not _opcode_known(op):
         raise ValueError(f"unknown opcode {op:#x}")
-    if rsv1 and not (1 <= op <= 2):
+    if rsv1 and not (OP_TEXT <= op <= OP_BINARY):
         raise ValueError(f"rsv1 cannot be set on a frame with opcode {op:#x}")
     if mask is not None:
         key_bytes = _mask_key(mask)
@@ -338,9 +338,9 @@ def build_frame(opcode, payload, *, bint fin=True, bint rsv1=False, mask=None) -
 
 
 cdef inline int _check_control(int opcode, Py_ssize_t n, bint fin) except -1:
-    if opcode >= 8:
-        if n > 125:
-            raise ValueError(f"control frame payload of {n} bytes exceeds 125")
+    if opcode >= OP_CLOSE:
+        if n > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"control frame payload of {n} bytes exceeds {MAX_CONTROL_PAYLOAD}")
         if not fin:
             raise ValueError(f"control frame with opcode {opcode:#x} cannot be fragmented")
     return 0
@@ -371,19 +371,19 @@ def parse_close(payload) -> tuple:
     cdef long code
     cdef Utf8State st
     if n == 0:
-        return 1005, ""
+        return CLOSE_NO_STATUS, ""
     if n == 1:
-        raise ProtocolViolation(1002, "close frame payload of 1 byte")
+        raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "close frame payload of 1 byte")
     code = (p[0] << 8) | p[1]
     if not close_code_ok(code):
-        raise ProtocolViolation(1002, f"invalid close code {code}")
+        raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
     utf8_reset(&st)
     if utf8_scan(&st, p + 2, n - 2) >= 0 or st.need:
-        raise ProtocolViolation(1007, f"close reason of {n - 2} bytes is not valid UTF-8")
+        raise ProtocolViolation(CLOSE_INVALID_DATA, f"close reason of {n - 2} bytes is not valid UTF-8")
     return code, data[2:].decode("utf-8")
 
 
-def build_close(code=1000, reason="", *, mask=None) -> bytes:
+def build_close(code=CLOSE_NORMAL, reason="", *, mask=None) -> bytes:
     """Build a close frame (RFC 6455 §5.5.1).
 
     Code 1005 builds a close frame with an empty payload. A reason longer than the 123 bytes a
@@ -409,7 +409,7 @@ def build_close(code=1000, reason="", *, mask=None) -> bytes:
     cdef unsigned char* b
     if not isinstance(reason, str):
         raise TypeError(f"close reason must be str, not {type(reason).__name__}")
-    if c == 1005:
+    if c == CLOSE_NO_STATUS:
         body = b""
     else:
         if not close_code_ok(c):
@@ -490,7 +490,7 @@ cdef class Utf8Validator:
         cdef Py_ssize_t bad = utf8_scan(&self._st, p, n)
         if bad >= 0:
             utf8_reset(&self._st)
-            raise ProtocolViolation(1007, f"invalid UTF-8 at byte {bad} of a chunk")
+            raise ProtocolViolation(CLOSE_INVALID_DATA, f"invalid UTF-8 at byte {bad} of a chunk")
         return 0
 
     def feed(self, data) -> None:
@@ -521,7 +521,7 @@ cdef class Utf8Validator:
         cdef int need = self._st.need
         utf8_reset(&self._st)
         if need:
-            raise ProtocolViolation(1007, f"text ends {need} byte(s) short of a complete character")
+            raise ProtocolViolation(CLOSE_INVALID_DATA, f"text ends {need} byte(s) short of a complete character")
 
     @property
     def is_complete(self) -> bool:
@@ -564,7 +564,7 @@ cdef class FrameParser:
         Raises:
             ValueError: a limit below its minimum.
         """
-        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", 125)
+        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", MAX_CONTROL_PAYLOAD)
         self.max_message_bytes = _limit(max_message_bytes, "max_message_bytes", 0)
         self.max_fragments = _limit(max_fragments, "max_fragments", 0)
         self.client = client
@@ -653,7 +653,7 @@ cdef class FrameParser:
                         bad = utf8_scan(&self._utf8, dst, take)
                         if bad >= 0:
                             raise ProtocolViolation(
-                                1007, f"invalid UTF-8 at byte {self._pos + bad} of a text frame")
+                                CLOSE_INVALID_DATA, f"invalid UTF-8 at byte {self._pos + bad} of a text frame")
                     self._pos += take
                     i += take
                 if self._pos == self._len:
@@ -664,7 +664,7 @@ cdef class FrameParser:
             raise
         except MemoryError:
             # Buffering the peer's frame exhausted memory: for the peer, the frame was too big.
-            self._die(1009, f"no memory to buffer a frame of {self._len} bytes")
+            self._die(CLOSE_MESSAGE_TOO_BIG, f"no memory to buffer a frame of {self._len} bytes")
             raise ProtocolViolation(self._failure_code, self._failure, frames) from None
         return frames
 
@@ -680,47 +680,48 @@ cdef class FrameParser:
         cdef unsigned char b0 = h[0]
         cdef unsigned char b1 = h[1]
         cdef int opcode = b0 & 0x0F
-        cdef bint fin = (b0 & 0x80) != 0
-        cdef bint rsv1 = (b0 & 0x40) != 0
-        cdef bint masked = (b1 & 0x80) != 0
+        cdef bint fin = (b0 & FIN_BIT) != 0
+        cdef bint rsv1 = (b0 & RSV1_BIT) != 0
+        cdef bint masked = (b1 & MASK_BIT) != 0
         cdef uint64_t length = b1 & 0x7F
         cdef int off = 2
         cdef int j
         if b0 & 0x30:
-            raise ProtocolViolation(1002, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
         if not _opcode_known(opcode):
-            raise ProtocolViolation(1002, f"unknown opcode {opcode:#x}")
-        if opcode >= 8:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if opcode >= OP_CLOSE:
             # Control frames are capped at 125 bytes and never fragmented (§5.5).
             if not fin:
-                raise ProtocolViolation(1002, f"control frame with opcode {opcode:#x} is fragmented")
-            if length > 125:
-                raise ProtocolViolation(1002, f"control frame payload of {length} bytes exceeds 125")
-        if rsv1 and not (self.allow_rsv1 and 1 <= opcode <= 2):
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"control frame with opcode {opcode:#x} is fragmented")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolViolation(
+                    CLOSE_PROTOCOL_ERROR, f"control frame payload of {length} bytes exceeds {MAX_CONTROL_PAYLOAD}")
+        if rsv1 and not (self.allow_rsv1 and OP_TEXT <= opcode <= OP_BINARY):
             # rsv1 means "compressed" only where permessage-deflate was negotiated, and only on
             # the first frame of a data message (RFC 7692 §6).
-            raise ProtocolViolation(1002, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}")
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}")
         if masked == self.client:
             raise ProtocolViolation(
-                1002, "frame from the server is masked" if self.client
+                CLOSE_PROTOCOL_ERROR, "frame from the server is masked" if self.client
                 else "frame from the client is not masked")
-        if length == 126:
+        if length == LEN_16:
             length = (<uint64_t>h[2] << 8) | h[3]
             off = 4
-        elif length == 127:
+        elif length == LEN_64:
             length = 0
             for j in range(8):
                 length = (length << 8) | h[2 + j]
             if length >> 63:
-                raise ProtocolViolation(1002, f"64-bit payload length {length} has its top bit set")
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"64-bit payload length {length} has its top bit set")
             off = 10
-        if opcode < 8:
-            if opcode == 0:
+        if opcode < OP_CLOSE:
+            if opcode == OP_CONTINUATION:
                 if self._msg_opcode == 0:
-                    raise ProtocolViolation(1002, "continuation frame with no message to continue")
+                    raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame with no message to continue")
             elif self._msg_opcode != 0:
                 raise ProtocolViolation(
-                    1002, f"new message (opcode {opcode:#x}) before the fragmented one finished")
+                    CLOSE_PROTOCOL_ERROR, f"new message (opcode {opcode:#x}) before the fragmented one finished")
             else:
                 self._msg_opcode = opcode
                 self._msg_rsv1 = rsv1
@@ -729,20 +730,20 @@ cdef class FrameParser:
         # Size limits are checked from the header, before a byte of payload is buffered.
         if length > <uint64_t>self.max_frame_bytes:
             raise ProtocolViolation(
-                1009, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
-        if opcode < 8:
+                CLOSE_MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
+        if opcode < OP_CLOSE:
             self._msg_fragments += 1
             if self.max_fragments and self._msg_fragments > self.max_fragments:
                 raise ProtocolViolation(
-                    1009, f"message of more than {self.max_fragments} fragments")
+                    CLOSE_MESSAGE_TOO_BIG, f"message of more than {self.max_fragments} fragments")
             # Compare before adding, so a huge declared length cannot wrap the running total.
             if (self.max_message_bytes and not self._msg_rsv1
                     and <Py_ssize_t>length > self.max_message_bytes - self._msg_bytes):
                 raise ProtocolViolation(
-                    1009, f"message of {self._msg_bytes + <object>length} bytes exceeds limit of "
+                    CLOSE_MESSAGE_TOO_BIG, f"message of {self._msg_bytes + <object>length} bytes exceeds limit of "
                     f"{self.max_message_bytes}")
             self._msg_bytes += <Py_ssize_t>length
-            self._check_text = (self.validate_utf8 and self._msg_opcode == 1
+            self._check_text = (self.validate_utf8 and self._msg_opcode == OP_TEXT
                                 and not self._msg_rsv1)
         else:
             self._check_text = False
@@ -775,10 +776,10 @@ cdef class FrameParser:
         self._payload = None
         self._chunks = None
         self._in_payload = False
-        if self._opcode < 8 and self._fin:
+        if self._opcode < OP_CLOSE and self._fin:
             if self._check_text and self._utf8.need:
                 raise ProtocolViolation(
-                    1007, f"text message ends {self._utf8.need} byte(s) short of a complete character")
+                    CLOSE_INVALID_DATA, f"text message ends {self._utf8.need} byte(s) short of a complete character")
             self._msg_opcode = 0
             utf8_reset(&self._utf8)
         return f
@@ -788,10 +789,10 @@ cdef inline Py_ssize_t _header_size(const unsigned char* h) noexcept nogil:
     """Return the full header length that the first two header bytes announce (§5.2)."""
     cdef Py_ssize_t size = 2
     cdef unsigned char ln = h[1] & 0x7F
-    if ln == 126:
+    if ln == LEN_16:
         size = 4
-    elif ln == 127:
+    elif ln == LEN_64:
         size = 10
-    if h[1] & 0x80:
+    if h[1] & MASK_BIT:
         size += 4
     return size

@@ -13,6 +13,7 @@ import operator
 from typing import TYPE_CHECKING, Final
 
 from sohbet.errors import ProtocolViolation
+from sohbet.ws.codes import MAX_CONTROL_PAYLOAD, CloseCode, Opcode
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -31,8 +32,29 @@ __all__ = [
 ]
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
-_KNOWN_OPCODES: Final = frozenset((0, 1, 2, 8, 9, 10))
+_KNOWN_OPCODES: Final = frozenset(Opcode)
+# The frame header (RFC 6455 §5.2), named as `_frames.pxd` names them.
+_FIN_BIT: Final = 0x80
+_RSV1_BIT: Final = 0x40
+_MASK_BIT: Final = 0x80
+_MAX_LEN_7: Final = 125
+_LEN_16: Final = 126
+_LEN_64: Final = 127
+_MAX_LEN_16: Final = 0xFFFF
+_MAX_OPCODE: Final = 0xF  # four bits
+_MIN_HEADER: Final = 2  # the two bytes that say how long the rest of the header is
+_KEY_BYTES: Final = 4
+# Close codes allowed on the wire besides the standard ones: the IANA registry's and the
+# applications' own (RFC 6455 §7.4.2).
+_LAST_STANDARD_CODE: Final = 1014
+_REGISTERED_CODES: Final = range(3000, 5000)
+# UTF-8 (Unicode Table 3-7): bytes below 0x80 are ASCII; continuation bytes are 10xxxxxx.
+_ASCII_END: Final = 0x80
+_CONTINUATION_MASK: Final = 0xC0
+_CONTINUATION: Final = 0x80
+_REASON_BYTES: Final = MAX_CONTROL_PAYLOAD - 2  # a close payload is the 2-byte code and the reason
 _SSIZE_MAX: Final = 2**63 - 1
+_REPR_BYTES: Final = 32  # of a payload, in a Frame's repr
 
 
 def _index(value: object) -> int:
@@ -50,13 +72,17 @@ def _view(data: Buffer) -> bytes:
 
 def _close_code_ok(code: int) -> bool:
     # 1004, 1005, 1006 and 1015 are reserved for local use (RFC 6455 §7.4.1).
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    return (
+        CloseCode.NORMAL <= code <= CloseCode.UNSUPPORTED_DATA
+        or CloseCode.INVALID_DATA <= code <= _LAST_STANDARD_CODE
+        or code in _REGISTERED_CODES
+    )
 
 
 def _mask_key(mask: Buffer) -> bytes:
     key = bytes(memoryview(mask))
-    if len(key) != 4:
-        raise ValueError(f"masking key must be 4 bytes, got {len(key)}")
+    if len(key) != _KEY_BYTES:
+        raise ValueError(f"masking key must be {_KEY_BYTES} bytes, got {len(key)}")
     return key
 
 
@@ -103,15 +129,15 @@ def accept_key(key: str | bytes) -> str:
 
 def _frame_bytes(opcode: int, payload: bytes, fin: bool, rsv1: bool, key: bytes | None) -> bytes:
     n = len(payload)
-    head = bytearray([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
-    mbit = 0x80 if key is not None else 0
-    if n <= 125:
+    head = bytearray([(_FIN_BIT if fin else 0) | (_RSV1_BIT if rsv1 else 0) | opcode])
+    mbit = _MASK_BIT if key is not None else 0
+    if n <= _MAX_LEN_7:
         head.append(mbit | n)
-    elif n <= 65535:
-        head.append(mbit | 126)
+    elif n <= _MAX_LEN_16:
+        head.append(mbit | _LEN_16)
         head += n.to_bytes(2, "big")
     else:
-        head.append(mbit | 127)
+        head.append(mbit | _LEN_64)
         head += n.to_bytes(8, "big")
     if key is None:
         return bytes(head) + payload
@@ -145,13 +171,13 @@ def build_frame(
     op = _index(opcode)
     if op not in _KNOWN_OPCODES:
         raise ValueError(f"unknown opcode {op:#x}")
-    if rsv1 and not 1 <= op <= 2:
+    if rsv1 and not Opcode.TEXT <= op <= Opcode.BINARY:
         raise ValueError(f"rsv1 cannot be set on a frame with opcode {op:#x}")
     key = None if mask is None else _mask_key(mask)
     data = payload.encode("utf-8") if isinstance(payload, str) else _view(payload)
-    if op >= 8:
-        if len(data) > 125:
-            raise ValueError(f"control frame payload of {len(data)} bytes exceeds 125")
+    if op >= Opcode.CLOSE:
+        if len(data) > MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"control frame payload of {len(data)} bytes exceeds {MAX_CONTROL_PAYLOAD}")
         if not fin:
             raise ValueError(f"control frame with opcode {op:#x} cannot be fragmented")
     return _frame_bytes(op, data, bool(fin), bool(rsv1), key)
@@ -176,18 +202,18 @@ def parse_close(payload: Buffer) -> tuple[int, str]:
     """
     data = bytes(memoryview(payload))
     if not data:
-        return 1005, ""
+        return CloseCode.NO_STATUS, ""
     if len(data) == 1:
-        raise ProtocolViolation(1002, "close frame payload of 1 byte")
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte")
     code = int.from_bytes(data[:2], "big")
     if not _close_code_ok(code):
-        raise ProtocolViolation(1002, f"invalid close code {code}")
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
     if not is_valid_utf8(data[2:]):
-        raise ProtocolViolation(1007, f"close reason of {len(data) - 2} bytes is not valid UTF-8")
+        raise ProtocolViolation(CloseCode.INVALID_DATA, f"close reason of {len(data) - 2} bytes is not valid UTF-8")
     return code, data[2:].decode("utf-8")
 
 
-def build_close(code: int = 1000, reason: str = "", *, mask: Buffer | None = None) -> bytes:
+def build_close(code: int = CloseCode.NORMAL, reason: str = "", *, mask: Buffer | None = None) -> bytes:
     """Build a close frame (RFC 6455 §5.5.1); a reason over 123 bytes is cut at a character.
 
     Args:
@@ -205,17 +231,17 @@ def build_close(code: int = 1000, reason: str = "", *, mask: Buffer | None = Non
     c = _index(code)
     if not isinstance(reason, str):
         raise TypeError(f"close reason must be str, not {type(reason).__name__}")
-    if c == 1005:
+    if c == CloseCode.NO_STATUS:
         body = b""
     else:
         if not _close_code_ok(c):
             raise ValueError(f"close code {c} may not be sent")
         raw = reason.encode("utf-8")
-        cut = min(len(raw), 123)
-        while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:
+        cut = min(len(raw), _REASON_BYTES)
+        while 0 < cut < len(raw) and raw[cut] & _CONTINUATION_MASK == _CONTINUATION:
             cut -= 1
         body = c.to_bytes(2, "big") + raw[:cut]
-    return _frame_bytes(8, body, True, False, None if mask is None else _mask_key(mask))
+    return _frame_bytes(Opcode.CLOSE, body, True, False, None if mask is None else _mask_key(mask))
 
 
 # Lead byte -> (continuation bytes owed, bounds of the first continuation byte): Unicode
@@ -244,7 +270,7 @@ class _Utf8State:
         need, lo, hi = self.need, self.lo, self.hi
         for i, b in enumerate(data):
             if need == 0:
-                if b < 0x80:
+                if b < _ASCII_END:
                     continue
                 lead = _LEADS.get(b)
                 if lead is None:
@@ -271,8 +297,8 @@ class Frame:
 
     def __init__(self, opcode: int, payload: Buffer = b"", *, fin: bool = True, rsv1: bool = False) -> None:
         op = _index(opcode)
-        if not 0 <= op <= 15:
-            raise ValueError(f"opcode {op} is outside 0-15")
+        if not 0 <= op <= _MAX_OPCODE:
+            raise ValueError(f"opcode {op} is outside 0-{_MAX_OPCODE}")
         self._opcode = op
         self._payload = bytes(memoryview(payload))
         self._fin = bool(fin)
@@ -307,7 +333,7 @@ class Frame:
     __hash__ = None  # type: ignore[assignment]  # compared by value but never a dict key, like the compiled one
 
     def __repr__(self) -> str:
-        more = "..." if len(self.payload) > 32 else ""
+        more = "..." if len(self.payload) > _REPR_BYTES else ""
         return f"Frame(opcode={self.opcode}, payload={self.payload[:32]!r}{more}, fin={self.fin}, rsv1={self.rsv1})"
 
 
@@ -328,7 +354,7 @@ class Utf8Validator:
         bad = self._st.scan(_view(data))
         if bad >= 0:
             self._st = _Utf8State()
-            raise ProtocolViolation(1007, f"invalid UTF-8 at byte {bad} of a chunk")
+            raise ProtocolViolation(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {bad} of a chunk")
 
     def finish(self) -> None:
         """End the message: its last character must be complete. Resets for the next message.
@@ -339,7 +365,7 @@ class Utf8Validator:
         need = self._st.need
         self._st = _Utf8State()
         if need:
-            raise ProtocolViolation(1007, f"text ends {need} byte(s) short of a complete character")
+            raise ProtocolViolation(CloseCode.INVALID_DATA, f"text ends {need} byte(s) short of a complete character")
 
     @property
     def is_complete(self) -> bool:
@@ -349,7 +375,8 @@ class Utf8Validator:
 
 def _header_size(b1: int) -> int:
     ln = b1 & 0x7F
-    return (2 if ln < 126 else 4 if ln == 126 else 10) + (4 if b1 & 0x80 else 0)
+    size = _MIN_HEADER + (0 if ln < _LEN_16 else 2 if ln == _LEN_16 else 8)
+    return size + (_KEY_BYTES if b1 & _MASK_BIT else 0)
 
 
 def _limit(value: object, name: str, minimum: int) -> int:
@@ -380,7 +407,7 @@ class FrameParser:
         Raises:
             ValueError: a limit below its minimum.
         """
-        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", 125)
+        self.max_frame_bytes = _limit(max_frame_bytes, "max_frame_bytes", MAX_CONTROL_PAYLOAD)
         self.max_message_bytes = _limit(max_message_bytes, "max_message_bytes", 0)
         self.max_fragments = _limit(max_fragments, "max_fragments", 0)
         self.client = bool(client)
@@ -426,11 +453,11 @@ class FrameParser:
         try:
             while i < n:
                 if not self._in_payload:
-                    if len(self._hdr) < 2:
-                        take = min(2 - len(self._hdr), n - i)
+                    if len(self._hdr) < _MIN_HEADER:
+                        take = min(_MIN_HEADER - len(self._hdr), n - i)
                         self._hdr += buf[i : i + take]
                         i += take
-                        if len(self._hdr) < 2:
+                        if len(self._hdr) < _MIN_HEADER:
                             break
                     hlen = _header_size(self._hdr[1])
                     take = min(hlen - len(self._hdr), n - i)
@@ -449,7 +476,8 @@ class FrameParser:
                         bad = self._utf8.scan(chunk)
                         if bad >= 0:
                             raise ProtocolViolation(
-                                1007, f"invalid UTF-8 at byte {len(self._payload) + bad} of a text frame"
+                                CloseCode.INVALID_DATA,
+                                f"invalid UTF-8 at byte {len(self._payload) + bad} of a text frame",
                             )
                     self._payload += chunk
                     i += take
@@ -460,8 +488,10 @@ class FrameParser:
             self._die(exc.close_code, str(exc))
             raise
         except MemoryError:  # pragma: no cover  # runs in a child process (test_running_out_of_memory...)
-            self._die(1009, f"no memory to buffer a frame of {self._len} bytes")
-            raise ProtocolViolation(1009, f"no memory to buffer a frame of {self._len} bytes", list(frames)) from None
+            self._die(CloseCode.MESSAGE_TOO_BIG, f"no memory to buffer a frame of {self._len} bytes")
+            raise ProtocolViolation(
+                CloseCode.MESSAGE_TOO_BIG, f"no memory to buffer a frame of {self._len} bytes", list(frames)
+            ) from None
         return frames
 
     def _die(self, code: int, message: str) -> None:
@@ -471,53 +501,67 @@ class FrameParser:
     def _start_frame(self, h: bytes) -> None:
         b0, b1 = h[0], h[1]
         opcode = b0 & 0x0F
-        fin = bool(b0 & 0x80)
-        rsv1 = bool(b0 & 0x40)
-        masked = bool(b1 & 0x80)
+        fin = bool(b0 & _FIN_BIT)
+        rsv1 = bool(b0 & _RSV1_BIT)
+        masked = bool(b1 & _MASK_BIT)
         length = b1 & 0x7F
         off = 2
         if b0 & 0x30:
-            raise ProtocolViolation(1002, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved bits rsv2/rsv3 set ({b0 & 0x30:#04x})")
         if opcode not in _KNOWN_OPCODES:
-            raise ProtocolViolation(1002, f"unknown opcode {opcode:#x}")
-        if opcode >= 8:
+            raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if opcode >= Opcode.CLOSE:
             if not fin:
-                raise ProtocolViolation(1002, f"control frame with opcode {opcode:#x} is fragmented")
-            if length > 125:
-                raise ProtocolViolation(1002, f"control frame payload of {length} bytes exceeds 125")
-        if rsv1 and not (self.allow_rsv1 and 1 <= opcode <= 2):
-            raise ProtocolViolation(1002, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}")
+                raise ProtocolViolation(
+                    CloseCode.PROTOCOL_ERROR, f"control frame with opcode {opcode:#x} is fragmented"
+                )
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolViolation(
+                    CloseCode.PROTOCOL_ERROR, f"control frame payload of {length} bytes exceeds {MAX_CONTROL_PAYLOAD}"
+                )
+        if rsv1 and not (self.allow_rsv1 and Opcode.TEXT <= opcode <= Opcode.BINARY):
+            raise ProtocolViolation(
+                CloseCode.PROTOCOL_ERROR, f"reserved bit rsv1 set on a frame with opcode {opcode:#x}"
+            )
         if masked == self.client:
             raise ProtocolViolation(
-                1002, "frame from the server is masked" if self.client else "frame from the client is not masked"
+                CloseCode.PROTOCOL_ERROR,
+                "frame from the server is masked" if self.client else "frame from the client is not masked",
             )
-        if length == 126:
+        if length == _LEN_16:
             length, off = int.from_bytes(h[2:4], "big"), 4
-        elif length == 127:
+        elif length == _LEN_64:
             length, off = int.from_bytes(h[2:10], "big"), 10
             if length >> 63:
-                raise ProtocolViolation(1002, f"64-bit payload length {length} has its top bit set")
-        if opcode < 8:
-            if opcode == 0:
+                raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"64-bit payload length {length} has its top bit set")
+        if opcode < Opcode.CLOSE:
+            if opcode == Opcode.CONTINUATION:
                 if self._msg_opcode == 0:
-                    raise ProtocolViolation(1002, "continuation frame with no message to continue")
+                    raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
             elif self._msg_opcode != 0:
-                raise ProtocolViolation(1002, f"new message (opcode {opcode:#x}) before the fragmented one finished")
+                raise ProtocolViolation(
+                    CloseCode.PROTOCOL_ERROR, f"new message (opcode {opcode:#x}) before the fragmented one finished"
+                )
             else:
                 self._msg_opcode, self._msg_rsv1 = opcode, rsv1
                 self._msg_bytes = self._msg_fragments = 0
         if length > self.max_frame_bytes:
-            raise ProtocolViolation(1009, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}")
-        if opcode < 8:
+            raise ProtocolViolation(
+                CloseCode.MESSAGE_TOO_BIG, f"frame of {length} bytes exceeds limit of {self.max_frame_bytes}"
+            )
+        if opcode < Opcode.CLOSE:
             self._msg_fragments += 1
             if self.max_fragments and self._msg_fragments > self.max_fragments:
-                raise ProtocolViolation(1009, f"message of more than {self.max_fragments} fragments")
+                raise ProtocolViolation(
+                    CloseCode.MESSAGE_TOO_BIG, f"message of more than {self.max_fragments} fragments"
+                )
             if self.max_message_bytes and not self._msg_rsv1 and length > self.max_message_bytes - self._msg_bytes:
                 raise ProtocolViolation(
-                    1009, f"message of {self._msg_bytes + length} bytes exceeds limit of {self.max_message_bytes}"
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"message of {self._msg_bytes + length} bytes exceeds limit of {self.max_message_bytes}",
                 )
             self._msg_bytes += length
-            self._check_text = self.validate_utf8 and self._msg_opcode == 1 and not self._msg_rsv1
+            self._check_text = self.validate_utf8 and self._msg_opcode == Opcode.TEXT and not self._msg_rsv1
         else:
             self._check_text = False
         self._key = h[off : off + 4] if masked else b""
@@ -530,10 +574,10 @@ class FrameParser:
         frame = Frame(self._opcode, self._payload, fin=self._fin, rsv1=self._rsv1)
         self._payload = bytearray()
         self._in_payload = False
-        if self._opcode < 8 and self._fin:
+        if self._opcode < Opcode.CLOSE and self._fin:
             if self._check_text and self._utf8.need:
                 raise ProtocolViolation(
-                    1007, f"text message ends {self._utf8.need} byte(s) short of a complete character"
+                    CloseCode.INVALID_DATA, f"text message ends {self._utf8.need} byte(s) short of a complete character"
                 )
             self._msg_opcode = 0
             self._utf8 = _Utf8State()

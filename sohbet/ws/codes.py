@@ -8,8 +8,12 @@ the two to the same values.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["CloseCode", "Opcode"]
+__all__ = ["MAX_CONTROL_PAYLOAD", "CloseCode", "Opcode"]
+
+#: Control frames carry at most 125 bytes (RFC 6455 §5.5).
+MAX_CONTROL_PAYLOAD: Final = 125
 
 
 class Opcode(enum.IntEnum):

@@ -9,15 +9,41 @@ sections with the chat server's own into one `Config`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from sohbet.errors import ConfigError
+from sohbet.ws.codes import MAX_CONTROL_PAYLOAD
 
-__all__ = ["CompressionConfig", "Limits", "WebSocketConfig", "require"]
+__all__ = [
+    "MAX_WINDOW_BITS",
+    "MIN_WINDOW_BITS",
+    "CompressionConfig",
+    "Limits",
+    "WebSocketConfig",
+    "require",
+    "require_at_least",
+    "require_within",
+]
+
+#: The LZ77 windows permessage-deflate can use, as powers of two: RFC 7692 allows 8-15, but zlib
+#: cannot make raw deflate streams with an 8-bit window (it silently uses 9).
+MIN_WINDOW_BITS: Final = 9
+MAX_WINDOW_BITS: Final = 15
 
 
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def require_at_least(name: str, value: float, low: float) -> None:
+    """Raise `ConfigError` unless *value* is at least *low*."""
+    require(value >= low, f"{name} of {value} is below {low}")
+
+
+def require_within(name: str, value: float, low: float, high: float) -> None:
+    """Raise `ConfigError` unless *value* is within *low*-*high*."""
+    require(low <= value <= high, f"{name} of {value} is outside {low}-{high}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +88,7 @@ class Limits:
     max_connections: int = 0
 
     def __post_init__(self) -> None:
-        require(self.max_message_bytes >= 125, f"max_message_bytes of {self.max_message_bytes} is below 125")
+        require_at_least("max_message_bytes", self.max_message_bytes, MAX_CONTROL_PAYLOAD)
         for name in ("max_fragments", "max_frames_per_10s", "max_connections"):
             require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
         for name in (
@@ -74,12 +100,12 @@ class Limits:
         ):
             require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
         require(self.ping_interval_s >= 0, f"ping_interval_s of {self.ping_interval_s} is negative")
-        require(self.max_line_bytes >= 256, f"max_line_bytes of {self.max_line_bytes} is below 256")
+        require_at_least("max_line_bytes", self.max_line_bytes, 256)
         require(
             self.max_header_bytes >= self.max_line_bytes,
             f"max_header_bytes of {self.max_header_bytes} is below max_line_bytes of {self.max_line_bytes}",
         )
-        require(self.max_headers >= 8, f"max_headers of {self.max_headers} is below 8")
+        require_at_least("max_headers", self.max_headers, 8)
         require(self.max_body_bytes >= 0, f"max_body_bytes of {self.max_body_bytes} is negative")
         require(
             self.max_buffered_bytes >= self.buffer_high_water_bytes > 0,
@@ -108,10 +134,9 @@ class CompressionConfig:
     server_no_context_takeover: bool = False
 
     def __post_init__(self) -> None:
-        # zlib cannot produce raw deflate streams with an 8-bit window (it silently uses 9).
-        require(9 <= self.window_bits <= 15, f"window_bits of {self.window_bits} is outside 9-15")
-        require(1 <= self.level <= 9, f"level of {self.level} is outside 1-9")
-        require(1 <= self.mem_level <= 9, f"mem_level of {self.mem_level} is outside 1-9")
+        require_within("window_bits", self.window_bits, MIN_WINDOW_BITS, MAX_WINDOW_BITS)
+        require_within("level", self.level, 1, 9)  # zlib's levels
+        require_within("mem_level", self.mem_level, 1, 9)  # zlib's memLevels
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from sohbet.errors import ProtocolViolation
-from sohbet.ws.config import CompressionConfig
+from sohbet.ws.codes import CloseCode
+from sohbet.ws.config import MAX_WINDOW_BITS, MIN_WINDOW_BITS, CompressionConfig
 
 __all__ = ["DeflateParams", "Deflater", "Inflater", "negotiate", "parse_extensions"]
 
+_RFC_MIN_BITS: Final = 8  # the smallest window RFC 7692 lets a peer ask for
 _TAIL: Final = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1: removed by the sender, restored here
 _TCHAR: Final = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -28,9 +30,9 @@ class DeflateParams:
     server_no_context_takeover: bool = False
     client_no_context_takeover: bool = False
     #: Window of the server's compressor (and so of the client's decompressor), in bits.
-    server_max_window_bits: int = 15
+    server_max_window_bits: int = MAX_WINDOW_BITS
     #: Window of the client's compressor (and so of the server's decompressor), in bits.
-    client_max_window_bits: int = 15
+    client_max_window_bits: int = MAX_WINDOW_BITS
 
 
 def _is_token(text: str) -> bool:
@@ -50,7 +52,7 @@ def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]
         params: list[tuple[str, str | None]] = []
         for part in parts[1:]:
             name, eq, value = (s.strip() for s in part.partition("="))
-            if eq and len(value) >= 2 and value[0] == value[-1] == '"':
+            if eq and len(value) > 1 and value[0] == value[-1] == '"':
                 value = value[1:-1]  # a quoted-string, whose content must still be a token
             if not _is_token(name) or (eq and not _is_token(value)):
                 return None
@@ -61,7 +63,12 @@ def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, str | None]
 
 def _window_bits(value: str | None) -> int | None:
     # RFC 7692 §7.1.2.1: one or two digits, no leading zero, 8 to 15.
-    if value is None or not value.isdigit() or value.startswith("0") or not 8 <= int(value) <= 15:
+    if (
+        value is None
+        or not value.isdigit()
+        or value.startswith("0")
+        or not _RFC_MIN_BITS <= int(value) <= MAX_WINDOW_BITS
+    ):
         return None
     return int(value)
 
@@ -74,7 +81,7 @@ def _accept_offer(params: list[tuple[str, str | None]], config: CompressionConfi
             return None  # a repeated parameter makes the offer invalid (§7)
         seen[name] = value
     server_bits = config.window_bits
-    client_bits = 15
+    client_bits = MAX_WINDOW_BITS
     for name, value in seen.items():
         if name in ("server_no_context_takeover", "client_no_context_takeover"):
             if value is not None:
@@ -82,7 +89,7 @@ def _accept_offer(params: list[tuple[str, str | None]], config: CompressionConfi
         elif name == "server_max_window_bits":
             bits = _window_bits(value)
             # zlib cannot compress with an 8-bit window, so an offer demanding one is declined.
-            if bits is None or bits < 9:
+            if bits is None or bits < MIN_WINDOW_BITS:
                 return None
             server_bits = min(server_bits, bits)
         elif name == "client_max_window_bits":
@@ -158,18 +165,22 @@ class Inflater:
         try:
             if obj.eof:
                 if data:
-                    raise ProtocolViolation(1007, "compressed data continues after a final deflate block")
+                    raise ProtocolViolation(
+                        CloseCode.INVALID_DATA, "compressed data continues after a final deflate block"
+                    )
                 out = b""
             else:
                 out = obj.decompress(data, limit + 1)
                 if obj.eof and obj.unused_data:
-                    raise ProtocolViolation(1007, "compressed data continues after a final deflate block")
+                    raise ProtocolViolation(
+                        CloseCode.INVALID_DATA, "compressed data continues after a final deflate block"
+                    )
                 if final and not obj.eof and len(out) <= limit and not obj.unconsumed_tail:
                     out += obj.decompress(_TAIL, limit + 1 - len(out))
         except zlib.error as exc:
-            raise ProtocolViolation(1007, f"invalid compressed data: {exc}") from None
+            raise ProtocolViolation(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}") from None
         if len(out) > limit or obj.unconsumed_tail:
-            raise ProtocolViolation(1009, f"message inflates beyond limit of {limit} more bytes")
+            raise ProtocolViolation(CloseCode.MESSAGE_TOO_BIG, f"message inflates beyond limit of {limit} more bytes")
         if final and (self._reset or obj.eof):
             self._obj = None  # a fresh window for the next message
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from sohbet.ws.codes import CloseCode, Opcode
+from sohbet.ws.codes import MAX_CONTROL_PAYLOAD, CloseCode, Opcode
 
 if os.environ.get("SOHBET_NO_EXTENSIONS") == "1":
     from sohbet.ws import _frames_py as _impl
@@ -38,9 +38,6 @@ __all__ = [
 
 #: "cython" or "python": which implementation of the frame core this process runs.
 IMPLEMENTATION: Final = "python" if _impl.__name__.endswith("_py") else "cython"
-
-#: Control frames carry at most 125 bytes (RFC 6455 §5.5).
-MAX_CONTROL_PAYLOAD: Final = 125
 
 Frame = _impl.Frame
 FrameParser = _impl.FrameParser

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
 
 from sohbet.errors import InvalidHandshake
@@ -23,6 +24,7 @@ __all__ = ["WEBSOCKET_VERSION", "Upgrade", "switching_protocols", "validate_upgr
 
 #: The one `Sec-WebSocket-Version` this server speaks (RFC 6455 §4.1).
 WEBSOCKET_VERSION: Final = "13"
+_KEY_BYTES: Final = 16  # a Sec-WebSocket-Key is 16 random bytes, in base64 (§4.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +45,31 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
         InvalidHandshake: 400 (malformed), 426 (version other than 13), 403 (origin refused).
     """
     if request.method != "GET":
-        raise InvalidHandshake(400, f"method {request.method} cannot upgrade; use GET")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"method {request.method} cannot upgrade; use GET")
     if request.version != "1.1":
-        raise InvalidHandshake(400, f"HTTP/{request.version} cannot upgrade; use HTTP/1.1")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"HTTP/{request.version} cannot upgrade; use HTTP/1.1")
     if request.body or request.header("content-length") not in (None, "0") or request.header("transfer-encoding"):
-        raise InvalidHandshake(400, "an upgrade request has no body")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "an upgrade request has no body")
     if request.count("host") != 1:
-        raise InvalidHandshake(400, "missing or repeated Host header")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "missing or repeated Host header")
     if not request.is_upgrade:
-        raise InvalidHandshake(400, "Upgrade header does not name websocket")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "Upgrade header does not name websocket")
     if "upgrade" not in request.tokens("connection"):
-        raise InvalidHandshake(400, "Connection header does not name upgrade")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "Connection header does not name upgrade")
     key = (request.header("sec-websocket-key") or "").strip()
     if request.count("sec-websocket-key") != 1 or not _is_valid_key(key):
-        raise InvalidHandshake(400, "Sec-WebSocket-Key must be one base64 value of 16 bytes")
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "Sec-WebSocket-Key must be one base64 value of 16 bytes")
     version = request.header("sec-websocket-version")
     if version is None:
-        raise InvalidHandshake(400, "missing Sec-WebSocket-Version header")
-    if version.strip() != "13":
+        raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "missing Sec-WebSocket-Version header")
+    if version.strip() != WEBSOCKET_VERSION:
         raise InvalidHandshake(
-            426, f"WebSocket version {version.strip()!r} is not supported; use 13", (("Sec-WebSocket-Version", "13"),)
+            HTTPStatus.UPGRADE_REQUIRED,
+            f"WebSocket version {version.strip()!r} is not supported; use {WEBSOCKET_VERSION}",
+            (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
     if config.allowed_origins and request.header("origin") not in config.allowed_origins:
-        raise InvalidHandshake(403, f"origin {request.header('origin')!r} is not allowed")
+        raise InvalidHandshake(HTTPStatus.FORBIDDEN, f"origin {request.header('origin')!r} is not allowed")
     offered = tuple(t.strip() for t in (request.header("sec-websocket-protocol") or "").split(",") if t.strip())
     subprotocol = next((p for p in config.subprotocols if p in offered), None)
     negotiated = deflate.negotiate(request.header("sec-websocket-extensions"), config.compression)
@@ -80,7 +84,7 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
 
 def _is_valid_key(key: str) -> bool:
     try:
-        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == _KEY_BYTES
     except (binascii.Error, UnicodeEncodeError):
         return False
 

@@ -18,7 +18,7 @@ from typing import Final
 import httptools
 import orjson
 
-from sohbet.errors import InvalidHandshake
+from sohbet.errors import ErrorCode, InvalidHandshake
 from sohbet.ws.config import Limits
 
 __all__ = [
@@ -31,20 +31,21 @@ __all__ = [
     "http_response",
 ]
 
-#: The `error.code` a JSON error body carries for each HTTP status (PROTOCOL.md).
-ERROR_CODES: Final[dict[int, str]] = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "bad_request",
-    413: "too_large",
-    426: "bad_request",
-    429: "rate_limited",
-    431: "bad_request",
-    500: "internal",
-    503: "unavailable",
+#: The `error.code` a JSON error body carries for each HTTP status (docs/protocol.md).
+ERROR_CODES: Final[dict[int, ErrorCode]] = {
+    HTTPStatus.BAD_REQUEST: ErrorCode.BAD_REQUEST,
+    HTTPStatus.UNAUTHORIZED: ErrorCode.UNAUTHORIZED,
+    HTTPStatus.FORBIDDEN: ErrorCode.FORBIDDEN,
+    HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
+    HTTPStatus.METHOD_NOT_ALLOWED: ErrorCode.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: ErrorCode.TOO_LARGE,
+    HTTPStatus.UPGRADE_REQUIRED: ErrorCode.BAD_REQUEST,
+    HTTPStatus.TOO_MANY_REQUESTS: ErrorCode.RATE_LIMITED,
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: ErrorCode.BAD_REQUEST,
+    HTTPStatus.INTERNAL_SERVER_ERROR: ErrorCode.INTERNAL,
+    HTTPStatus.SERVICE_UNAVAILABLE: ErrorCode.UNAVAILABLE,
 }
+_NO_BODY: Final = frozenset((HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,24 +111,35 @@ class _Collector:
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > self.limits.max_line_bytes:
-            raise InvalidHandshake(431, f"request line exceeds {self.limits.max_line_bytes} bytes")
+            raise InvalidHandshake(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request line exceeds {self.limits.max_line_bytes} bytes"
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
         self.header_bytes += size
         self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
         if size > self.limits.max_line_bytes:
-            raise InvalidHandshake(431, f"header line of {size} bytes exceeds {self.limits.max_line_bytes}")
+            raise InvalidHandshake(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"header line of {size} bytes exceeds {self.limits.max_line_bytes}",
+            )
         if self.header_bytes > self.limits.max_header_bytes:
-            raise InvalidHandshake(431, f"headers exceed {self.limits.max_header_bytes} bytes")
+            raise InvalidHandshake(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"headers exceed {self.limits.max_header_bytes} bytes"
+            )
         if len(self.headers) > self.limits.max_headers:
-            raise InvalidHandshake(431, f"more than {self.limits.max_headers} headers")
+            raise InvalidHandshake(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {self.limits.max_headers} headers"
+            )
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.body_bytes += len(body)
         if self.body_bytes > self.limits.max_body_bytes:
-            raise InvalidHandshake(413, f"request body exceeds {self.limits.max_body_bytes} bytes")
+            raise InvalidHandshake(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {self.limits.max_body_bytes} bytes"
+            )
 
     def on_message_complete(self) -> None:
         parser = self.parser
@@ -135,7 +147,7 @@ class _Collector:
         try:
             url = httptools.parse_url(self.url) if self.url else None
         except httptools.HttpParserInvalidURLError:
-            raise InvalidHandshake(400, "malformed request target") from None
+            raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "malformed request target") from None
         self.done.append(
             Request(
                 method=parser.get_method().decode("latin-1"),
@@ -182,7 +194,9 @@ class RequestReader:
             self._pending += len(data)
             head_limit = self._limits.max_line_bytes + self._limits.max_header_bytes + 4
             if self._pending > head_limit and b"\r\n\r\n" not in data:
-                raise InvalidHandshake(431, f"request head exceeds {head_limit} bytes")
+                raise InvalidHandshake(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head exceeds {head_limit} bytes"
+                )
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -194,7 +208,7 @@ class RequestReader:
                 raise cause from None
             raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
         except httptools.HttpParserError as exc:
-            raise InvalidHandshake(400, f"malformed HTTP request: {exc}") from None
+            raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}") from None
         done, cb.done = cb.done, []
         if done:
             self._pending = 0
@@ -211,7 +225,7 @@ def http_response(
 ) -> bytes:
     """Build an HTTP/1.1 response with a Content-Length body."""
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    if body or status not in (204, 304):
+    if body or status not in _NO_BODY:
         lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body)}")
     lines.extend(f"{name}: {value}" for name, value in headers)
@@ -223,10 +237,10 @@ def http_response(
 def error_response(
     status: int, message: str, headers: tuple[tuple[str, str], ...] = (), *, close: bool = True
 ) -> bytes:
-    """Build a JSON error response (PROTOCOL.md)."""
+    """Build a JSON error response (docs/protocol.md)."""
     return http_response(status, error_body(status, message), headers=headers, close=close)
 
 
 def error_body(status: int, message: str) -> bytes:
-    """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (PROTOCOL.md)."""
-    return orjson.dumps({"error": {"code": ERROR_CODES.get(status, "bad_request"), "message": message}})
+    """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (docs/protocol.md)."""
+    return orjson.dumps({"error": {"code": ERROR_CODES.get(status, ErrorCode.BAD_REQUEST), "message": message}})

@@ -37,8 +37,11 @@ _INTERNAL_ERROR: Final = http11.Response(
 )
 
 
+_LAST_STATUS: Final = 599  # the status codes HTTP defines are 100-599 (RFC 9110 §15)
+
+
 def _checked(request: http11.Request, result: object) -> http11.Response:
-    if isinstance(result, http11.Response) and 100 <= result.status <= 599:  # the status range
+    if isinstance(result, http11.Response) and HTTPStatus.CONTINUE <= result.status <= _LAST_STATUS:
         return result
     log.error("on_http returned %r for %s %s, not a Response", result, request.method, request.path)
     return _INTERNAL_ERROR

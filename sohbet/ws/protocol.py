@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from sohbet.errors import InvalidState, ProtocolViolation
 from sohbet.ws import frames
+from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.deflate import DeflateParams, Deflater, Inflater
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
 
@@ -25,6 +26,14 @@ __all__ = ["CLOSED", "CLOSING", "OPEN", "BinaryReceived", "Connection", "Event",
 OPEN: Final = 1
 CLOSING: Final = 2  # we sent a close frame and wait for the peer's
 CLOSED: Final = 3  # the close handshake is over, or the connection failed
+
+# Opcodes as plain ints: the per-message paths below compare against them (docs/architecture.md).
+_CONTINUATION: Final = int(Opcode.CONTINUATION)
+_TEXT: Final = int(Opcode.TEXT)
+_BINARY: Final = int(Opcode.BINARY)
+_PING: Final = int(Opcode.PING)
+_PONG: Final = int(Opcode.PONG)
+_DATA: Final = frozenset((_TEXT, _BINARY))
 
 _MASK_POOL_BYTES: Final = 4096  # one os.urandom call masks 1024 client frames
 WINDOW_SLOTS: Final = 10  # the frame limit's window, in calls to new_window()
@@ -221,15 +230,17 @@ class Connection:
         if self.max_frames_per_window:
             self._frames_in_window += len(received)
             if self._frames_recent + self._frames_in_window > self.max_frames_per_window:
-                self._fail(1008, f"more than {self.max_frames_per_window} frames in a window", events)
+                self._fail(
+                    CloseCode.POLICY_VIOLATION, f"more than {self.max_frames_per_window} frames in a window", events
+                )
                 return events
         if len(received) == 1:
             # The common case, inlined: one whole, uncompressed message per read.
             frame = received[0]
             opcode = frame.opcode
-            if frame.fin and not frame.rsv1 and opcode in {1, 2}:
+            if frame.fin and not frame.rsv1 and opcode in _DATA:
                 self.messages_received += 1
-                events.append(TextReceived(frame.payload) if opcode == 1 else BinaryReceived(frame.payload))
+                events.append(TextReceived(frame.payload) if opcode == _TEXT else BinaryReceived(frame.payload))
                 return events
         self._handle_frames(received, events)
         return events
@@ -246,18 +257,18 @@ class Connection:
     def _handle_frame(self, frame: frames.Frame, events: list[Event]) -> bool:
         """Act on one frame; return False once the connection is closed."""
         opcode = frame.opcode
-        if opcode <= 2:
-            if frame.fin and opcode and not frame.rsv1:
+        if opcode <= _BINARY:
+            if frame.fin and opcode != _CONTINUATION and not frame.rsv1:
                 # One whole uncompressed message: the payload is the message, no copy.
                 self.messages_received += 1
-                events.append(TextReceived(frame.payload) if opcode == 1 else BinaryReceived(frame.payload))
+                events.append(TextReceived(frame.payload) if opcode == _TEXT else BinaryReceived(frame.payload))
                 return True
             self._assemble(frame, events)
-        elif opcode == 9:
+        elif opcode == _PING:
             # Not answered here: the caller answers in event order (pong(), or frame_pong()), so
             # a pong never overtakes replies to the messages that came before its ping.
             events.append(PingReceived(frame.payload))
-        elif opcode == 10:
+        elif opcode == _PONG:
             events.append(PongReceived(frame.payload))
         else:
             code, reason = frames.parse_close(frame.payload)
@@ -278,7 +289,7 @@ class Connection:
             self._msg_compressed = frame.rsv1
             self._parts = []
             self._size = 0
-            if frame.rsv1 and frame.opcode == 1:
+            if frame.rsv1 and frame.opcode == _TEXT:
                 self._utf8 = frames.Utf8Validator()
         data = frame.payload
         if self._msg_compressed:
@@ -296,7 +307,7 @@ class Connection:
             self._utf8.finish()
             self._utf8 = None
         self.messages_received += 1
-        events.append(TextReceived(payload) if self._msg_opcode == 1 else BinaryReceived(payload))
+        events.append(TextReceived(payload) if self._msg_opcode == _TEXT else BinaryReceived(payload))
 
     def _fail(self, code: int, reason: str, events: list[Event]) -> None:
         if self.state == OPEN:
@@ -339,8 +350,8 @@ class Connection:
         if not self.can_send:
             raise InvalidState("cannot send on a connection that is closing or closed")
         if self._deflater is None and not self.client:
-            return frames.build_frame(1, data)  # the common case, without the general path
-        return self._frame(1, data, True)
+            return frames.build_frame(_TEXT, data)  # the common case, without the general path
+        return self._frame(_TEXT, data, True)
 
     def frame_binary(self, data: Buffer) -> bytes:
         """Return a binary message as frame bytes, without queueing it.
@@ -350,7 +361,7 @@ class Connection:
         """
         if not self.can_send:
             raise InvalidState("cannot send on a connection that is closing or closed")
-        return self._frame(2, data, True)
+        return self._frame(_BINARY, data, True)
 
     def send_text(self, data: Buffer | str) -> None:
         """Queue a text message (`str`, or bytes the caller promises are UTF-8)."""
@@ -363,11 +374,11 @@ class Connection:
     def ping(self, data: Buffer = b"") -> None:
         """Queue a ping; ignored once the connection is closing."""
         if self.state == OPEN:
-            self._out.append(self._frame(9, data, False))
+            self._out.append(self._frame(_PING, data, False))
 
     def frame_pong(self, data: Buffer) -> bytes:
         """Return the pong answering a ping's *data* (§5.5.3), without queueing it; b"" once closed."""
-        return self._frame(10, data, False) if self.can_send else b""
+        return self._frame(_PONG, data, False) if self.can_send else b""
 
     def pong(self, data: Buffer) -> None:
         """Queue the pong answering a ping's *data*; ignored once closed."""
@@ -375,7 +386,7 @@ class Connection:
         if frame:
             self._out.append(frame)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake (§7.1.2); does nothing if it has already started.
 
         Raises:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Final
 
 from sohbet.ws import handshake, http11
+from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.frames import IMPLEMENTATION, build_frame
 from sohbet.ws.http11 import Response
@@ -122,7 +123,7 @@ class Server:
             self._listener.close()
         for ws in list(self._sockets.values()):
             if ws._phase == WS:
-                ws.close(1001, "server shutting down")
+                ws.close(CloseCode.GOING_AWAY, "server shutting down")
             elif ws._phase == HTTP and ws._http is not None and not ws._http.is_answering:
                 ws._hang_up()
         loop = asyncio.get_running_loop()
@@ -159,7 +160,7 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     written straight to their transport (the common case, kept to a few attribute reads: this
     loop runs once per recipient of every message).
     """
-    frame = build_frame(1, data)
+    frame = build_frame(Opcode.TEXT, data)
     limit = 0
     sent = 0
     for ws in connections:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
+from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.http_phase import HttpPhase
 from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
@@ -134,7 +135,7 @@ class WebSocket(asyncio.Protocol):
             # Report why it closed: the code of whichever side closed first.
             self._ended(conn.close_code, conn.close_reason)
         elif broken:
-            self.close(1011, "internal error")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def eof_received(self) -> bool:  # asyncio's contract
         return False  # the peer hung up its side: close ours too
@@ -150,7 +151,7 @@ class WebSocket(asyncio.Protocol):
             if conn is not None and conn.state != OPEN:
                 self._report_close(conn.close_code, conn.close_reason)
             else:
-                self._report_close(1006, "")
+                self._report_close(CloseCode.ABNORMAL, "")
         self._phase = CLOSED
         self._conn = None
         self._http = None
@@ -212,7 +213,7 @@ class WebSocket(asyncio.Protocol):
             return
         self._write(conn.frame_binary(data))
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; the socket closes when the peer answers or time runs out."""
         conn = self._conn
         if self._phase != WS or conn is None:
@@ -235,7 +236,7 @@ class WebSocket(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         log.info("connection %d closed: %d bytes unread", self.id, self.buffered_bytes)
-        self.close(4008, "too slow: messages were not read")
+        self.close(CloseCode.SLOW_CONSUMER, "too slow: messages were not read")
 
     def _over_limit(self) -> None:
         """More unread bytes than allowed: 4008 for a WebSocket, a plain hang-up otherwise."""
@@ -292,7 +293,7 @@ class WebSocket(asyncio.Protocol):
             data = server.handler.accept(request, upgrade)
             limit = server.limits.max_connections
             if limit and len(server.connections) >= limit:
-                raise InvalidHandshake(503, f"server is at its limit of {limit} connections")
+                raise InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
         except InvalidHandshake as exc:
             self._refuse(exc)
             return
@@ -321,7 +322,7 @@ class WebSocket(asyncio.Protocol):
             server.handler.on_open(self)
         except Exception:
             log.exception("on_open failed on connection %d", self.id)
-            self.close(1011, "internal error")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if rest and self._phase == WS:
             self.data_received(rest)
@@ -346,14 +347,16 @@ class WebSocket(asyncio.Protocol):
                     self._mid_count = conn.messages_received
                     self._mid_since = now
                 elif now - self._mid_since >= limits.message_timeout_s:
-                    self.close(1008, f"message not finished within {limits.message_timeout_s:g} s")
+                    self.close(
+                        CloseCode.POLICY_VIOLATION, f"message not finished within {limits.message_timeout_s:g} s"
+                    )
                     return
             if limits.ping_interval_s and self._phase == WS:
                 if self._ping_at and self._last_rx >= self._ping_at:
                     self._ping_at = 0.0  # the peer spoke since our ping: it is alive
                 if self._ping_at:
                     if now - self._ping_at >= limits.pong_timeout_s:
-                        self.close(1011, "no pong in time")
+                        self.close(CloseCode.INTERNAL_ERROR, "no pong in time")
                 elif now - self._last_rx >= limits.ping_interval_s:
                     conn.ping()
                     self._write(conn.take_output())

@@ -10,6 +10,7 @@ import enum
 import importlib
 import itertools
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -717,6 +718,18 @@ def test_wire_constants() -> None:
     assert frames.CloseCode.SLOW_CONSUMER == 4008
     assert frames.CloseCode.DISCONNECTED_BY_APP == 4501
     assert all(frames.is_valid_close_code(c) for c in frames.CloseCode if c not in (1005, 1006))
+
+
+def test_the_compiled_cores_constants_mirror_the_python_names() -> None:
+    """`_frames.pxd` repeats the opcodes and close codes as a C enum: the same names, the same values."""
+    pxd = (Path(frames.__file__).parent / "_frames.pxd").read_text()
+    block = pxd[pxd.index("cdef enum:") : pxd.index("cdef struct")]
+    mirrored = {name: int(value, 0) for name, value in re.findall(r"^\s+([A-Z_0-9]+) = (\w+)$", block, re.MULTILINE)}
+    ops = {name.removeprefix("OP_"): v for name, v in mirrored.items() if name.startswith("OP_")}
+    closes = {name.removeprefix("CLOSE_"): v for name, v in mirrored.items() if name.startswith("CLOSE_")}
+    assert ops == {op.name: op.value for op in frames.Opcode}
+    assert closes and all(frames.CloseCode[name] == value for name, value in closes.items())
+    assert mirrored["MAX_CONTROL_PAYLOAD"] == frames.MAX_CONTROL_PAYLOAD
 
 
 def test_strided_buffers_are_refused_alike(impl: ModuleType) -> None:
