@@ -57,8 +57,9 @@ class ConnectionClosed(SohbetError):
         self.reason = reason
 
 
-class _Wire(asyncio.Protocol):
-    """The socket side of one connection: handshake, then frames through `Connection`."""
+class _ClientSocket(asyncio.Protocol):
+    """The client's side of one socket (the server's is `WebSocket`): the handshake, then frames
+    through the same sans-I/O `Connection`, in the client role."""
 
     def __init__(self, request: bytes, key: str) -> None:
         self.request = request
@@ -129,7 +130,7 @@ class ChatClient:
         self.token = token
         self.hello: dict[str, Any] = {}
         self.cursors: dict[int, int] = {}  # highest seq seen per conversation
-        self._wire: _Wire | None = None
+        self._sock: _ClientSocket | None = None
         self._refs = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
@@ -162,18 +163,18 @@ class ChatClient:
         ).encode()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            _, wire = await loop.create_connection(lambda: _Wire(request, key), host, port)
-            await wire.upgraded
-            self._wire = wire
-            self._reader = asyncio.ensure_future(self._read(wire))
+            _, sock = await loop.create_connection(lambda: _ClientSocket(request, key), host, port)
+            await sock.upgraded
+            self._sock = sock
+            self._reader = asyncio.ensure_future(self._read(sock))
             hello = await self._events.get()
         if isinstance(hello, ConnectionClosed):
             raise hello
         self.hello = hello["payload"]
 
-    async def _read(self, wire: _Wire) -> None:
+    async def _read(self, sock: _ClientSocket) -> None:
         while True:
-            item = await wire.inbox.get()
+            item = await sock.inbox.get()
             if isinstance(item, ConnectionClosed):
                 for waiter in self._waiting.values():
                     if not waiter.done():
@@ -209,13 +210,13 @@ class ChatClient:
             ChatError: the reply was an `error`.
             ConnectionClosed: the connection ended first.
         """
-        wire = self._wire
-        if wire is None or wire.transport.is_closing():
+        sock = self._sock
+        if sock is None or sock.transport.is_closing():
             raise ConnectionClosed(CloseCode.ABNORMAL, "not connected")
         ref = f"r{next(self._refs)}"
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = waiter
-        wire.send({"type": kind, "payload": payload or {}, "ref": ref})
+        sock.send({"type": kind, "payload": payload or {}, "ref": ref})
         async with asyncio.timeout(timeout):
             reply = await waiter
         if reply["type"] == EventType.ERROR:
@@ -225,9 +226,9 @@ class ChatClient:
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Send a message that has no reply (`chat:typing`, `chat:read`)."""
-        if self._wire is None:
+        if self._sock is None:
             raise ConnectionClosed(CloseCode.ABNORMAL, "not connected")
-        self._wire.send({"type": kind, "payload": payload})
+        self._sock.send({"type": kind, "payload": payload})
 
     async def send(self, content: str, conversation_id: int, client_id: str | None = None) -> dict[str, Any]:
         """Send a chat message; return the stored message once the server has acked it."""
@@ -278,21 +279,21 @@ class ChatClient:
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection (the close handshake, then the TCP connection)."""
-        wire = self._wire
-        if wire is None:
+        sock = self._sock
+        if sock is None:
             return
-        self._wire = None
-        if not wire.transport.is_closing():
-            wire.conn.close(code, reason)
-            wire.transport.write(wire.conn.take_output())
+        self._sock = None
+        if not sock.transport.is_closing():
+            sock.conn.close(code, reason)
+            sock.transport.write(sock.conn.take_output())
         if self._reader is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
             except TimeoutError:
-                wire.transport.abort()
+                sock.transport.abort()
                 self._reader.cancel()
 
     @property
     def close_code(self) -> int | None:
         """The close code once the connection has ended."""
-        return None if self._wire is None or not self._wire.transport.is_closing() else self._wire.close_code
+        return None if self._sock is None or not self._sock.transport.is_closing() else self._sock.close_code
