@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +35,30 @@ def test_importing_the_frame_core_does_not_load_the_server() -> None:
     code = "import sys, sohbet.ws.frames; print('asyncio' in sys.modules, 'sohbet.client' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_source_tree_without_the_compiled_core_says_what_to_do(tmp_path: Path) -> None:
+    """`python -m sohbet.echo` from a checkout whose sohbet/ was never built in place."""
+    shutil.copytree(Path(sohbet.__file__).parent, tmp_path / "sohbet", ignore=shutil.ignore_patterns("*.so", "*.c"))
+    env = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "sohbet.echo", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert "compiled frame core (sohbet.ws._frames) is not built in" in run.stderr
+    assert "`python -P`" in run.stderr and "pip install -e ." in run.stderr
+    assert "circular import" not in run.stderr.splitlines()[-1]
+    twin = subprocess.run(
+        [sys.executable, "-m", "sohbet.echo", "--help"],
+        cwd=tmp_path,
+        env={**env, "SOHBET_NO_EXTENSIONS": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert twin.returncode == 0, twin.stderr

@@ -17,7 +17,18 @@ from sohbet.ws.codes import MAX_CONTROL_PAYLOAD, CloseCode, Opcode
 if os.environ.get("SOHBET_NO_EXTENSIONS") == "1":
     from sohbet.ws import _frames_py as _impl
 else:
-    from sohbet.ws import _frames as _impl  # type: ignore[no-redef]  # same API, see _frames.pyi
+    try:
+        from sohbet.ws import _frames as _impl  # type: ignore[no-redef]  # same API, see _frames.pyi
+    except ImportError as exc:  # pragma: no cover  # runs in a child process (tests/test_api.py)
+        # Most often a source checkout shadowing the installed package: `python -m sohbet...` run
+        # from the repository root puts it first on sys.path, and it has no compiled core. Say so,
+        # instead of Python's "partially initialized module (most likely a circular import)".
+        raise ImportError(
+            f"sohbet's compiled frame core (sohbet.ws._frames) is not built in {os.path.dirname(__file__)}: {exc}. "
+            "If that is a source checkout (Python was started in the repository root, whose sohbet/ hides the "
+            "installed package), run from another directory or with `python -P`; to work in the checkout, build "
+            "the core in place with `pip install -e .`. SOHBET_NO_EXTENSIONS=1 runs the slow pure-Python twin."
+        ) from exc
 
 __all__ = [
     "IMPLEMENTATION",
