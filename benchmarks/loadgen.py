@@ -9,7 +9,7 @@ Modes (each stops by itself; targets must be on 127.0.0.0/8):
 - `idle`: N connections opened and left idle; reports the server's resident memory per
   connection (from /proc/<pid>/status).
 
-The client side is raw uvloop protocols framing with `sohbet._frames`: no per-message Python
+The client side is raw uvloop protocols framing with `sohbet.ws._frames`: no per-message Python
 object beyond the frame, so the generator is as light as a Python one can be.
 
     python benchmarks/loadgen.py echo --port 9001 --server-pid 1234 --size 64 --connections 100

@@ -39,7 +39,7 @@ MAX_PORT: Final = 65535
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """How tokens are verified (PROTOCOL.md, "Connecting")."""
+    """How tokens are verified (docs/protocol.md, "Connecting")."""
 
     algorithm: str = "HS256"
     #: Shared secret for HS* algorithms: its UTF-8 bytes, at least 32 of them.
@@ -118,7 +118,7 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class ChatConfig:
-    """The chat protocol's limits and timings (PROTOCOL.md, "Limits" and "Messages")."""
+    """The chat protocol's limits and timings (docs/protocol.md, "Limits" and "Messages")."""
 
     #: `chat:send`s per second per user, all connections together; 0: unlimited.
     send_rate_per_s: float = 10.0

@@ -1,8 +1,8 @@
 """`python -m sohbet.echo`: the WebSocket core as a plain echo server.
 
-Layer: transport. Used for conformance runs (Autobahn|Testsuite) and benchmarks, so its limits
-are the generous ones those need (16 MiB messages, no fragment or frame-rate cap), and
-permessage-deflate is on.
+Layer: transport. Imports the ws layer only. Used for conformance runs (Autobahn|Testsuite) and
+benchmarks, so its limits are the generous ones those need (16 MiB messages, no fragment or
+frame-rate cap), and permessage-deflate is on.
 """
 
 from __future__ import annotations

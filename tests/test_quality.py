@@ -1,4 +1,5 @@
-"""House rules that a tool can check: ruff and `mypy --strict` on the source tree (STYLE.md §6, §12)."""
+"""House rules that a tool can check: ruff and `mypy --strict` on the source tree
+(docs/architecture.md, "Conventions")."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
 """The production store: PostgreSQL through an asyncpg pool.
 
-Layer: storage. SQL lives here as constants with `$n` parameters only.
+Layer: storage. Imports asyncpg, the chat domain's ids and model and the store interface. SQL
+lives here as constants with `$n` parameters only.
 
-Group commit: `append` writes a whole batch in one transaction with a fixed number of round
-trips (find repeats, lock the conversations, insert, advance), whatever the batch size. Seqs are
-allocated under `SELECT ... FOR UPDATE` on the conversation rows, locked in id order so two
-writers cannot deadlock; a second server process writing to the same database waits its turn
-and can never produce a gap or a duplicate. If another process inserts the same
-`(sender_id, client_id)` between our check and our insert, the unique index stops it, the
-transaction rolls back and the batch is retried: a seq is never burnt.
+Group commit: `append` writes a whole batch in one statement (`_APPEND`: one round trip and an
+implicit transaction), whatever the batch size: it finds repeats, checks membership, locks the
+conversations, inserts and advances their `last_seq`. Seqs are allocated under `SELECT ... FOR
+UPDATE` on the conversation rows, locked in id order so two writers cannot deadlock; a second
+server process writing to the same database waits its turn and can never produce a gap or a
+duplicate. If another process inserts the same `(sender_id, client_id)` between our check and
+our insert, the unique index stops it, the statement fails as a whole and the batch is retried:
+a seq is never burnt.
 """
 
 from __future__ import annotations

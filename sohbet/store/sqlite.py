@@ -1,6 +1,7 @@
 """The embedded store: the standard library's sqlite3 on one dedicated thread.
 
-Layer: storage. One thread owns the connection, so every call is serialised without locks in
+Layer: storage. Imports sqlite3, the chat domain's ids and model and the store interface. One
+thread owns the connection, so every call is serialised without locks in
 Python; the event loop awaits it. WAL mode lets readers run beside the writer, and
 `synchronous=FULL` makes a commit survive a killed process before anything is acked. Seqs are
 allocated inside `BEGIN IMMEDIATE` transactions, so a second process on the same file stays

@@ -2,8 +2,8 @@
 """RFC 6455 byte work at C speed: masking, frame parsing and building, close payloads, UTF-8
 validation and the handshake's accept key.
 
-Layer: core (compiled). No I/O, no asyncio, no clock; imports only the standard library and
-`sohbet.errors`. Every public name has a pure-Python twin in `_frames_py.py` with the same
+Layer: ws (sans-I/O, compiled). No I/O, no asyncio, no clock; imports only the standard library
+and `sohbet.errors`; its wire constants are the `cdef enum` of `_frames.pxd`. Every public name has a pure-Python twin in `_frames_py.py` with the same
 behaviour (same results, same exception types), and the differential tests hold the two to it.
 
 Buffers are read through raw pointers from `PyObject_GetBuffer` rather than typed memoryviews:

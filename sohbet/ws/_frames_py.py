@@ -1,8 +1,9 @@
 """Pure-Python twin of the compiled `_frames` module: same names, same behaviour, same errors.
 
-Layer: core. No I/O, no asyncio. It exists for differential tests (every input must give the
-same result here and in `_frames.pyx`) and for debugging; the server never runs it unless
-`SOHBET_NO_EXTENSIONS=1` asks for it.
+Layer: ws (sans-I/O). Imports `sohbet.errors` and `sohbet.ws.codes` only; no I/O, no asyncio.
+It exists for differential tests (every input must give the same result here and in
+`_frames.pyx`) and for debugging; the server never runs it unless `SOHBET_NO_EXTENSIONS=1` asks
+for it.
 """
 
 from __future__ import annotations

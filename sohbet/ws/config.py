@@ -1,6 +1,6 @@
 """The WebSocket server's configuration: limits on what a peer controls, handshake, compression.
 
-Layer: ws (sans-I/O). Imports only the standard library and `sohbet.errors`, so the WebSocket
+Layer: ws (sans-I/O). Imports only the standard library, `sohbet.errors` and `sohbet.ws.codes`, so the WebSocket
 layer can be used without anything of chat. `__post_init__` validates and raises `ConfigError`,
 so a bad setting stops the process at startup, never later. `sohbet.config` composes these
 sections with the chat server's own into one `Config`.
@@ -50,7 +50,7 @@ def require_within(name: str, value: float, low: float, high: float) -> None:
 class Limits:
     """Bounds on everything a peer controls, and the timeouts that free what it holds.
 
-    Defaults are the chat server's (PROTOCOL.md, "Limits"); the echo server raises the size
+    Defaults are the chat server's (docs/protocol.md, "Limits"); the echo server raises the size
     limits for conformance runs. A value of 0 disables a count or a rate limit.
     """
 

@@ -1,6 +1,7 @@
 """permessage-deflate (RFC 7692): negotiating it in the handshake, and the codec per connection.
 
-Layer: core. Imports the standard library (zlib) and `sohbet.errors`, `sohbet.config`.
+Layer: ws (sans-I/O). Imports the standard library (zlib), `sohbet.errors` and `sohbet.ws.config`,
+`sohbet.ws.codes`.
 
 Inflating is where a small frame could become a huge message, so the output is bounded as it
 is produced: a compressed message can never grow past the message limit in memory.

@@ -1,6 +1,6 @@
 """Events a `protocol.Connection` reports that are rare enough to be plain frozen dataclasses.
 
-Layer: core. Imports only the standard library.
+Layer: ws (sans-I/O). Imports only the standard library.
 
 The per-message events, `TextReceived` and `BinaryReceived`, sit on the hot path and live with
 the connection implementations (`sohbet.protocol` exports them); everything here happens at

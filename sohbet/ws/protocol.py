@@ -1,10 +1,11 @@
 """The sans-I/O WebSocket connection: bytes in, events out, bytes to send queued.
 
-Layer: core. No I/O, no clock, no asyncio: bytes go in through `feed`, events come out, and the
-bytes to send wait in `take_output()`. The byte work (parsing, masking, UTF-8) runs in the
-compiled frame core; this layer is Python because the echo benchmark showed it costs no
-measurable CPU per message next to picows (whose equivalent is compiled): both are dominated by
-the kernel's socket work. See benchmarks/README.md before moving it to Cython.
+Layer: ws (sans-I/O). Imports the ws modules only. No I/O, no clock, no asyncio: bytes go in
+through `feed`, events come out, and the bytes to send wait in `take_output()`. The byte work
+(parsing, masking, UTF-8) runs in the compiled frame core; this layer is Python because the
+echo benchmark showed it costs little CPU per message next to picows (whose equivalent is
+compiled): both are dominated by the kernel's socket work. See benchmarks/README.md before
+moving it to Cython.
 """
 
 from __future__ import annotations

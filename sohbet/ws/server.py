@@ -30,7 +30,7 @@ __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 
 log = logging.getLogger("sohbet.server")
 
-_SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (PROTOCOL.md) slides by one sweep
+_SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (docs/protocol.md) slides by one sweep
 
 
 class Handler:

@@ -1,4 +1,4 @@
-"""HTTP request reading and the opening handshake (RFC 6455 §4.2), in the order PROTOCOL.md fixes."""
+"""HTTP request reading and the opening handshake (RFC 6455 §4.2), in the order docs/protocol.md fixes."""
 
 from __future__ import annotations
 
