@@ -4,6 +4,7 @@
     python benchmarks/chat_bench.py send --database postgres      # ... and pgbench in the same run
     python benchmarks/chat_bench.py fanout --members 1000         # one send to a group, vs picows
     python benchmarks/chat_bench.py idle --users 5000             # memory per connected user
+    python benchmarks/chat_bench.py send --sohbet ../before        # another checkout's server
 
 The server under test runs as its own process pinned to CPU 0 (taskset); this script, the
 clients, runs on CPU 1. The sohbet server is started with `fanout_server.py`, which is
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -129,13 +130,27 @@ async def connect_many(port: int, users: list[str], on_event: Any = None, concur
     return list(await asyncio.gather(*(one(u) for u in users)))
 
 
+class Checkout(NamedTuple):
+    """Where a server script comes from: a checkout's benchmarks/ folder and its Python."""
+
+    benchmarks: Path
+    python: Path
+
+
+THIS = Checkout(HERE, Path(sys.executable))
+#: The checkout whose sohbet server is measured: this one, or another (`--sohbet DIR`), to
+#: compare a baseline with this tree in one run. Peers always come from this one.
+MEASURED = [THIS]
+
+
 class Server:
     """A server script of benchmarks/ in its own process, pinned to CPU 0."""
 
-    def __init__(self, script: str, args: list[str]) -> None:
+    def __init__(self, script: str, args: list[str], *, checkout: Checkout = THIS) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
-        command = ["taskset", "-c", "0", sys.executable, str(HERE / script), "--port", str(self.port), *args]
+        command = ["taskset", "-c", "0", str(checkout.python), str(checkout.benchmarks / script), "--port",
+                   str(self.port), *args]  # fmt: skip
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
 
@@ -161,7 +176,7 @@ def sohbet_server(database_url: str, data_dir: str, extra: list[str] | None = No
     return Server("fanout_server.py", [
         "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
         "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
-    ])  # fmt: skip
+    ], checkout=MEASURED[0])  # fmt: skip
 
 
 async def fresh_postgres() -> str:
@@ -414,7 +429,10 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--sohbet", metavar="DIR", type=Path, help="measure this checkout's server (its .venv)")
     args = parser.parse_args()
+    if args.sohbet is not None:
+        MEASURED[0] = Checkout(args.sohbet.resolve() / "benchmarks", args.sohbet.resolve() / ".venv/bin/python")
     args.duration = min(args.duration, 60.0)
     args.members = min(args.members, 10_000)
     args.users = min(args.users, 15_000)

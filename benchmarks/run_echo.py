@@ -6,6 +6,8 @@ time, and every process started here is stopped here, by PID.
 
     python benchmarks/run_echo.py                  # all scenarios, ~3 minutes
     python benchmarks/run_echo.py --quick          # shorter runs
+    python benchmarks/run_echo.py --baseline ../before --servers sohbet,baseline,picows
+                                                   # another checkout's echo server beside this one
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ SERVERS = {
 }
 
 
+def baseline(checkout: Path) -> list[str]:
+    """The echo server of another checkout, run by its .venv's Python; `-P` keeps the current
+    directory's sohbet/ from shadowing the one installed there."""
+    return [str(checkout.resolve() / ".venv/bin/python"), "-P", "-m", "sohbet.echo", "--no-compression", "--port"]
+
+
 def scenario(name: str, mode: str, args: list[str]) -> dict[str, Any]:
     port = free_port()
     server = subprocess.Popen(["taskset", "-c", "0", *SERVERS[name], str(port)], stderr=subprocess.DEVNULL)
@@ -58,7 +66,11 @@ def main() -> None:
     parser.add_argument("--servers", default="sohbet,picows,websockets")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=1, help="repeat each echo scenario, interleaving servers")
+    parser.add_argument("--baseline", metavar="DIR", type=Path, help="the checkout the server 'baseline' runs from")
+    parser.add_argument("--only-echo", action="store_true", help="skip the handshake and idle scenarios")
     args = parser.parse_args()
+    if args.baseline is not None:
+        SERVERS["baseline"] = baseline(args.baseline)
     servers = args.servers.split(",")
     duration = "3" if args.quick else "6"
     echo_cases = [("64 B, 100 conns x 1", ["--size", "64", "--connections", "100", "--inflight", "1"]),
@@ -74,6 +86,8 @@ def main() -> None:
                 r = scenario(name, "echo", ["--duration", duration, *extra])
                 print(f"| {label} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
                       f"{r['server_cpu_s_per_million']:.2f} | {r['server_cpu_share']:.0%} |", flush=True)  # fmt: skip
+    if args.only_echo:
+        return
     print("\n| server | handshakes/s | server CPU µs / handshake |\n|---|---|---|")
     for name in servers:
         r = scenario(name, "handshake", ["--duration", duration, "--concurrency", "8"])
