@@ -53,7 +53,7 @@ class ConnectionClosed(SohbetError):
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"connection closed with {code} {reason}".strip())
-        self.code = code
+        self.code = int(code)
         self.reason = reason
 
 

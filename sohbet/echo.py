@@ -57,7 +57,7 @@ async def run(host: str, port: int, compression: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the echo server."""
-    parser = argparse.ArgumentParser(prog="python -m sohbet.echo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sohbet.echo", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--no-compression", action="store_true", help="do not negotiate permessage-deflate")

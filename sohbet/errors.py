@@ -55,7 +55,7 @@ class ProtocolViolation(SohbetError):
 
     def __init__(self, close_code: int, message: str, frames: list[object] | None = None) -> None:
         super().__init__(message)
-        self.close_code = close_code
+        self.close_code = int(close_code)  # a plain int, as the compiled core raises it
         self.frames: list[object] = frames if frames is not None else []
 
 

@@ -25,7 +25,7 @@ settings.load_profile("ci" if IN_CI else "default")
 
 
 def load_compiled_core() -> ModuleType:
-    """Import `sohbet._frames`; outside CI a missing build skips, in CI it fails the run."""
+    """Import `sohbet.ws._frames`; outside CI a missing build skips, in CI it fails the run."""
     try:
         return importlib.import_module("sohbet.ws._frames")
     except ImportError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import shutil
 import subprocess
@@ -24,6 +25,9 @@ def test_every_exported_name_resolves_to_its_definition() -> None:
     assert sohbet.FrameParser is frames.FrameParser
     assert sohbet.CloseCode.TOKEN_EXPIRED == 4001
     assert set(sohbet.__all__) <= set(dir(sohbet))
+    assert set(sohbet._EXPORTS) | {"__version__"} == set(
+        sohbet.__all__
+    )  # nothing exported unlisted, or listed unloaded
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
@@ -62,3 +66,20 @@ def test_a_source_tree_without_the_compiled_core_says_what_to_do(tmp_path: Path)
         check=False,
     )
     assert twin.returncode == 0, twin.stderr
+
+
+def test_a_compiled_core_that_fails_to_load_says_why(tmp_path: Path) -> None:
+    shutil.copytree(Path(sohbet.__file__).parent, tmp_path / "sohbet", ignore=shutil.ignore_patterns("*.so", "*.c"))
+    (tmp_path / "sohbet" / "ws" / f"_frames{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not a library")
+    env = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"}
+    run = subprocess.run(
+        [sys.executable, "-c", "import sohbet.ws.frames"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert "is not built" not in run.stderr  # it is built; the loader's own reason is the one to read
+    assert "_frames" in run.stderr.splitlines()[-1]

@@ -22,6 +22,12 @@ def test_auth_errors_close_with_4001() -> None:
     assert issubclass(errors.TokenInvalid, errors.AuthError)
 
 
+def test_error_codes_are_the_protocols() -> None:
+    assert sorted(errors.ErrorCode) == [
+        "bad_request", "forbidden", "internal", "not_found", "rate_limited", "too_large", "unauthorized", "unavailable",
+    ]  # fmt: skip
+
+
 def test_message_rejected_carries_code_and_retry_hint() -> None:
     exc = errors.MessageRejected("rate_limited", "slow down", retry_after_ms=250)
     assert (exc.code, exc.retry_after_ms) == ("rate_limited", 250)
@@ -29,8 +35,9 @@ def test_message_rejected_carries_code_and_retry_hint() -> None:
 
 
 def test_every_error_is_a_sohbet_error() -> None:
-    for name in errors.__all__:
-        if name != "ErrorCode":  # the protocol's error codes, not an exception
-            assert issubclass(getattr(errors, name), errors.SohbetError)
+    exported = {name: getattr(errors, name) for name in errors.__all__}
+    assert exported.pop("ErrorCode") is errors.ErrorCode  # the one export that is not an exception
+    for error in exported.values():
+        assert issubclass(error, errors.SohbetError)
     assert issubclass(errors.StoreUnavailable, errors.StoreError)
     assert not issubclass(errors.InvalidState, errors.ProtocolViolation)

@@ -51,7 +51,11 @@ RULES: dict[str, tuple[set[str], set[str], set[str]]] = {
     "domain": ({"base", "ws", "domain"}, {"orjson", "jwt", "typing_extensions"}, NO_IO),
     "storage": ({"base", "domain", "storage"}, {"asyncpg", "orjson", "typing_extensions"}, set()),
     "broker": ({"base", "domain", "broker"}, {"redis", "orjson", "typing_extensions"}, set()),
-    "service": ({"base", "ws", "domain", "storage", "broker", "service"}, {"orjson", "typing_extensions"}, set()),
+    "service": (
+        {"base", "ws", "domain", "storage", "broker", "service"},
+        {"orjson", "typing_extensions"},
+        {"socket", "selectors", "sqlite3", "threading"},  # its I/O goes through the store and broker
+    ),
     "transport": (
         {"base", "ws", "ws-transport", "domain", "service", "transport"},
         {"orjson", "uvloop", "httptools", "prometheus_client", "typing_extensions"},
@@ -162,6 +166,13 @@ def test_the_checker_catches_forbidden_imports() -> None:
     assert violations("service", {"sohbet.store.postgres", "sohbet.store", "sohbet.broker.redis"}) == [
         "service may use only the broker interface, not sohbet.broker.redis",
         "service may use only the store interface, not sohbet.store.postgres",
+    ]
+    assert violations("service.dispatch", {"asyncio", "sqlite3", "socket"}) == [
+        "service.dispatch (service) may not import socket",
+        "service.dispatch (service) may not import sqlite3",
+    ]
+    assert violations("client", {"sohbet.service", "sohbet.store"}) == [
+        "client (transport) may not import sohbet.store"
     ]
     assert violations("store.sqlite", {"sohbet.store", "sohbet.service"}) == [
         "store.sqlite (storage) may not import sohbet.service"

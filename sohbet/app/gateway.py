@@ -8,7 +8,6 @@ HTTP API of step 6 will be added.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Iterable
 from http import HTTPStatus
 from typing import Final
@@ -24,8 +23,6 @@ from sohbet.ws.http11 import Request, error_body
 from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
 __all__ = ["ChatGateway", "ServerOutbox", "token_of"]
-
-log = logging.getLogger("sohbet.gateway")
 
 _BEARER_PROTOCOL: Final = "bearer."
 

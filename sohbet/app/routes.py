@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
-from sohbet.ws.http11 import Request, Response, error_body
-from sohbet.ws.http_phase import NOT_FOUND
+from sohbet.ws.http11 import NOT_FOUND, Request, Response, error_body
 
 __all__ = ["ANY_METHOD", "RouteHandler", "Router"]
 

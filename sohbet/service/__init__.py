@@ -2,8 +2,9 @@
 
 Layer: service. Imports asyncio, the chat domain, `sohbet.auth`, `sohbet.config` and the store
 (and, from step 8, broker) interfaces only; the composition root (`sohbet.app`) hands it the
-implementations. One module per family of requests, each registering its handlers; the HTTP API
-calls the same operations, so each rule is written once.
+implementations. One module per family of requests, each registering its handlers. Handlers
+take a `Session` and an `Envelope` and answer through the session's socket; step 6 separates
+each operation from its WebSocket reply, so the HTTP API calls the same rules, written once.
 """
 
 from __future__ import annotations

@@ -27,19 +27,20 @@ from sohbet.service.session import Clock, Outbox, Session, Socket
 from sohbet.store import InvalidCursor, MessageStore
 from sohbet.ws.codes import CloseCode
 
-__all__ = ["AsyncHandler", "Context", "Handler", "not_a_member"]
+__all__ = ["AsyncRequestHandler", "Context", "RequestHandler", "not_a_member"]
 
 log = logging.getLogger("sohbet.chat")
 
 #: A request handler: validates, then answers at once or starts the work that will.
-Handler = Callable[[Session, Envelope], None]
-AsyncHandler = Callable[[Session, Envelope], Awaitable[None]]
+RequestHandler = Callable[[Session, Envelope], None]
+AsyncRequestHandler = Callable[[Session, Envelope], Awaitable[None]]
 
 #: The errors that count toward closing a misbehaving connection (docs/protocol.md, "Errors").
 CLIENT_FAULTS: Final = frozenset(
     {ErrorCode.BAD_REQUEST, ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.TOO_LARGE}
 )
 _ERROR_WINDOW_S: Final = 10.0
+_ERROR: Final = EventType.ERROR
 
 
 def not_a_member(conversation: ConversationId) -> MessageRejected:
@@ -78,7 +79,7 @@ class Context:
         payload: dict[str, Any] = {"code": code, "message": message}
         if retry_after_ms is not None:
             payload["retry_after_ms"] = retry_after_ms
-        self.reply(session, EventType.ERROR, payload, ref)
+        self.reply(session, _ERROR, payload, ref)
         if code in CLIENT_FAULTS:
             now = self.clock.now()
             errors = session.errors
@@ -102,7 +103,7 @@ class Context:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def spawn(self, handler: AsyncHandler) -> Handler:
+    def spawn(self, handler: AsyncRequestHandler) -> RequestHandler:
         """Run a handler that reads the database as a task, mapping its errors to replies."""
 
         async def guarded(session: Session, envelope: Envelope) -> None:

@@ -14,7 +14,7 @@ from sohbet.chat import wire
 from sohbet.chat.model import DIRECT_MEMBERS, ConversationKind
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
-from sohbet.service.context import Context, Handler
+from sohbet.service.context import Context, RequestHandler
 from sohbet.service.session import Session
 
 __all__ = ["Conversations"]
@@ -26,7 +26,7 @@ class Conversations:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def handlers(self) -> dict[RequestType, Handler]:
+    def handlers(self) -> dict[RequestType, RequestHandler]:
         """The requests this family answers."""
         spawn = self.ctx.spawn
         return {

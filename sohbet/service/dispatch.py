@@ -23,7 +23,7 @@ from sohbet.chat.ids import ConnId
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import AuthError, ErrorCode, MessageRejected
-from sohbet.service.context import Context, Handler
+from sohbet.service.context import Context, RequestHandler
 from sohbet.service.conversations import Conversations
 from sohbet.service.messaging import Messaging
 from sohbet.service.presence import Presence
@@ -66,7 +66,7 @@ class ChatService:
         self.presence = Presence(self.ctx)
         self._sessions: dict[ConnId, Session] = {}
         self._ticker: asyncio.Task[None] | None = None
-        families: list[dict[RequestType, Handler]] = [
+        families: list[dict[RequestType, RequestHandler]] = [
             Messaging(self.ctx, self.writer).handlers(),
             Sync(self.ctx).handlers(),
             Conversations(self.ctx).handlers(),
@@ -74,10 +74,11 @@ class ChatService:
             {RequestType.REFRESH: self._refresh},
         ]
         # Keyed by the plain string: the envelope's type is one, and str keys look up fastest.
-        self.handlers: dict[str, Handler] = {}
+        self.handlers: dict[str, RequestHandler] = {}
         for family in families:
             for kind, handler in family.items():
-                assert kind.value not in self.handlers, f"{kind} has two handlers"
+                if kind.value in self.handlers:
+                    raise ValueError(f"{kind.value} has two handlers")
                 self.handlers[kind.value] = handler
 
     @property

@@ -16,7 +16,7 @@ import logging
 from sohbet.chat import wire
 from sohbet.chat.ids import UserId
 from sohbet.chat.wire import Envelope, EventType, RequestType
-from sohbet.service.context import Context, Handler
+from sohbet.service.context import Context, RequestHandler
 from sohbet.service.session import Session
 
 __all__ = ["Presence"]
@@ -36,7 +36,7 @@ class Presence:
         self.ctx = ctx
         self._loading: dict[UserId, asyncio.Future[None]] = {}
 
-    def handlers(self) -> dict[RequestType, Handler]:
+    def handlers(self) -> dict[RequestType, RequestHandler]:
         """The requests this family answers."""
         return {RequestType.PRESENCE: self.ctx.spawn(self._presence)}
 

@@ -10,13 +10,17 @@ a long one keeps pace with it instead of piling up in memory and ending in a 400
 
 from __future__ import annotations
 
+from typing import Final
+
 from sohbet.chat import wire
 from sohbet.chat.model import StoredMessage
 from sohbet.chat.wire import Envelope, EventType, RequestType
-from sohbet.service.context import Context, Handler
+from sohbet.service.context import Context, RequestHandler
 from sohbet.service.session import Session
 
 __all__ = ["Sync"]
+
+_MESSAGE: Final = EventType.MESSAGE  # looked up once: it is sent per replayed message
 
 
 class Sync:
@@ -25,7 +29,7 @@ class Sync:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def handlers(self) -> dict[RequestType, Handler]:
+    def handlers(self) -> dict[RequestType, RequestHandler]:
         """The requests this family answers."""
         return {RequestType.SYNC: self.ctx.spawn(self._sync)}
 
@@ -69,5 +73,5 @@ class Sync:
         for message in found:
             if session.closed:
                 return
-            session.socket.send_text(wire.encode(EventType.MESSAGE, {"message": wire.message_object(message)}))
+            session.socket.send_text(wire.encode(_MESSAGE, {"message": wire.message_object(message)}))
             await session.socket.drained()  # a long replay waits for the client to read

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Final, TypeAlias
 
 from sohbet.chat import wire
 from sohbet.chat.ids import ConversationId
@@ -28,15 +28,14 @@ __all__ = ["PendingSend", "Writer"]
 log = logging.getLogger("sohbet.chat")
 
 
-class PendingSend(NamedTuple):
-    """A `chat:send` waiting for its batch: who asked, the ref its ack carries, what to store."""
+#: A `chat:send` waiting for its batch: who asked, the ref its ack carries, what to store. A
+#: plain tuple, not a NamedTuple: building one of those costs ~0.35 µs, per send.
+PendingSend: TypeAlias = tuple[Session, str | None, NewMessage]
+Batch: TypeAlias = list[PendingSend]
 
-    session: Session
-    ref: str | None
-    message: NewMessage
-
-
-Batch = list[PendingSend]
+# Looked up once: an enum member's attribute lookup costs ~0.1 µs, per message.
+_MESSAGE: Final = EventType.MESSAGE
+_ACK: Final = EventType.ACK
 
 
 class Writer:
@@ -71,7 +70,7 @@ class Writer:
         """Queue a send for the next batch of its shard; False when full or stopping."""
         if self._queued >= self.max_queue or self._stopping:
             return False
-        shard = send.message.conversation_id % len(self._queues)
+        shard = send[2].conversation_id % len(self._queues)
         self._queues[shard].append(send)
         self._queued += 1
         self._wakes[shard].set()
@@ -93,9 +92,9 @@ class Writer:
                 batch = self._take(queue, busy)
                 if not batch:
                     break  # everything queued waits for a conversation already in flight
-                for send in batch:
-                    busy[send.message.conversation_id] = busy.get(send.message.conversation_id, 0) + 1
-                appended = store.append([send.message for send in batch], self.ctx.wall_ms())
+                for _, _, message in batch:
+                    busy[message.conversation_id] = busy.get(message.conversation_id, 0) + 1
+                appended = store.append([message for _, _, message in batch], self.ctx.wall_ms())
                 inflight.append((batch, asyncio.ensure_future(appended)))
             if not inflight:
                 if self._stopping:
@@ -113,12 +112,12 @@ class Writer:
                 if not oldest.done():
                     continue  # more sends arrived: start another batch while this one commits
             inflight.popleft()
-            for send in batch:
-                held = busy[send.message.conversation_id] - 1
+            for _, _, message in batch:
+                held = busy[message.conversation_id] - 1
                 if held:
-                    busy[send.message.conversation_id] = held
+                    busy[message.conversation_id] = held
                 else:
-                    del busy[send.message.conversation_id]
+                    del busy[message.conversation_id]
             await self._committed(batch, oldest)
 
     def _take(self, queue: Batch, busy: dict[ConversationId, int]) -> Batch:
@@ -135,7 +134,7 @@ class Writer:
         else:
             batch, rest = [], []
             for i, send in enumerate(queue):
-                if send.message.conversation_id in busy:
+                if send[2].conversation_id in busy:
                     rest.append(send)
                     continue
                 batch.append(send)
@@ -162,7 +161,7 @@ class Writer:
             # message cannot fail the others.
             for send in batch:
                 try:
-                    alone = await self.ctx.store.append([send.message], self.ctx.wall_ms())
+                    alone = await self.ctx.store.append([send[2]], self.ctx.wall_ms())
                 except Exception as failure:
                     log.error("storing a message alone failed", exc_info=failure)
                     self._unavailable([send])
@@ -174,29 +173,27 @@ class Writer:
     def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:
         """Ack what was stored; refuse what the store turned away (sender no longer a member)."""
         ctx = self.ctx
-        for send, message in zip(batch, stored, strict=True):
+        for (session, ref, item), message in zip(batch, stored, strict=True):
             if message is None:
                 # The sender stopped being a member before the commit (a leave raced the send).
-                ctx.hub.refund_send_token(send.session.user, ctx.config.send_burst)
-                exc = not_a_member(send.message.conversation_id)
-                ctx.error(send.session, exc.code, str(exc), send.ref)
+                ctx.hub.refund_send_token(session.user, ctx.config.send_burst)
+                exc = not_a_member(item.conversation_id)
+                ctx.error(session, exc.code, str(exc), ref)
             else:
-                self._acked(send.session, send.ref, message)
+                self._acked(session, ref, message)
 
     def _unavailable(self, batch: Batch) -> None:
         ctx = self.ctx
-        for send in batch:
-            ctx.hub.refund_send_token(send.session.user, ctx.config.send_burst)
-            ctx.error(
-                send.session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry with the same client_id", send.ref
-            )
+        for session, ref, _ in batch:
+            ctx.hub.refund_send_token(session.user, ctx.config.send_burst)
+            ctx.error(session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry with the same client_id", ref)
 
     def _acked(self, session: Session, ref: str | None, message: StoredMessage) -> None:
         ctx = self.ctx
         obj = wire.message_object(message)
         if message.is_new:
             members = ctx.hub.members(message.conversation_id) or ()
-            ctx.to_members(members, wire.encode(EventType.MESSAGE, {"message": obj}), skip=session.socket)
+            ctx.to_members(members, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
         else:
             ctx.hub.refund_send_token(session.user, ctx.config.send_burst)  # replays are free
-        ctx.reply(session, EventType.ACK, {"client_id": message.client_id, "message": obj}, ref)
+        ctx.reply(session, _ACK, {"client_id": message.client_id, "message": obj}, ref)

@@ -250,14 +250,7 @@ class PostgresStore:
         pool = await self._get_pool()
         try:
             async with pool.acquire() as con, con.transaction():
-                row = await con.fetchrow(
-                    _INSERT_CONVERSATION,
-                    kind,
-                    title if kind == ConversationKind.GROUP else None,
-                    key,
-                    len(unique),
-                    now_ms,
-                )
+                row = await con.fetchrow(_INSERT_CONVERSATION, kind, title, key, len(unique), now_ms)
                 if row is None:  # the direct conversation of this pair exists (maybe made just now)
                     existing = await con.fetchval(_FIND_DIRECT, key)
                     created = False

@@ -16,9 +16,14 @@ cdef enum:
     # Close codes (§7.4.1).
     CLOSE_NORMAL = 1000
     CLOSE_PROTOCOL_ERROR = 1002
+    CLOSE_UNSUPPORTED_DATA = 1003
     CLOSE_NO_STATUS = 1005
     CLOSE_INVALID_DATA = 1007
     CLOSE_MESSAGE_TOO_BIG = 1009
+    # Besides the standard codes, the IANA registry's and the applications' own (§7.4.2).
+    LAST_STANDARD_CODE = 1014
+    FIRST_REGISTERED_CODE = 3000
+    LAST_REGISTERED_CODE = 4999
     # Control frames carry at most this many bytes (§5.5).
     MAX_CONTROL_PAYLOAD = 125
     # The frame header (§5.2): bits of its first two bytes, and the 7-bit length's two markers.

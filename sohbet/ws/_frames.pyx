@@ -3,8 +3,9 @@
 validation and the handshake's accept key.
 
 Layer: ws (sans-I/O, compiled). No I/O, no asyncio, no clock; imports only the standard library
-and `sohbet.errors`; its wire constants are the `cdef enum` of `_frames.pxd`. Every public name has a pure-Python twin in `_frames_py.py` with the same
-behaviour (same results, same exception types), and the differential tests hold the two to it.
+and `sohbet.errors`; its wire constants are the `cdef enum` of `_frames.pxd`. Every public name
+has a pure-Python twin in `_frames_py.py` with the same behaviour (same results, same exception
+types), and the differential tests hold the two to it.
 
 Buffers are read through raw pointers from `PyObject_GetBuffer` rather than typed memoryviews:
 acquiring a memoryview costs more than masking 125 bytes. Every pointer access is preceded by a
@@ -62,7 +63,8 @@ cdef Py_ssize_t _PREALLOC_BYTES = 64 * 1024
 cdef bint close_code_ok(Py_ssize_t code) noexcept nogil:
     # Wire close codes (RFC 6455 §7.4.1, §7.4.2 and the IANA registry): 1004, 1005, 1006 and
     # 1015 are reserved for local use and must never appear in a close frame.
-    return ((1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999))
+    return ((CLOSE_NORMAL <= code <= CLOSE_UNSUPPORTED_DATA) or (CLOSE_INVALID_DATA <= code <= LAST_STANDARD_CODE)
+            or (FIRST_REGISTERED_CODE <= code <= LAST_REGISTERED_CODE))
 
 
 cdef Py_ssize_t _index(object value) except? -1:

@@ -48,7 +48,7 @@ _KEY_BYTES: Final = 4
 # Close codes allowed on the wire besides the standard ones: the IANA registry's and the
 # applications' own (RFC 6455 §7.4.2).
 _LAST_STANDARD_CODE: Final = 1014
-_REGISTERED_CODES: Final = range(3000, 5000)
+_REGISTERED_CODES: Final = range(3000, 4999 + 1)
 # UTF-8 (Unicode Table 3-7): bytes below 0x80 are ASCII; continuation bytes are 10xxxxxx.
 _ASCII_END: Final = 0x80
 _CONTINUATION_MASK: Final = 0xC0
@@ -203,7 +203,7 @@ def parse_close(payload: Buffer) -> tuple[int, str]:
     """
     data = bytes(memoryview(payload))
     if not data:
-        return CloseCode.NO_STATUS, ""
+        return int(CloseCode.NO_STATUS), ""  # a plain int, as the compiled core returns it
     if len(data) == 1:
         raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "close frame payload of 1 byte")
     code = int.from_bytes(data[:2], "big")

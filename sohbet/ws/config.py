@@ -1,9 +1,9 @@
 """The WebSocket server's configuration: limits on what a peer controls, handshake, compression.
 
-Layer: ws (sans-I/O). Imports only the standard library, `sohbet.errors` and `sohbet.ws.codes`, so the WebSocket
-layer can be used without anything of chat. `__post_init__` validates and raises `ConfigError`,
-so a bad setting stops the process at startup, never later. `sohbet.config` composes these
-sections with the chat server's own into one `Config`.
+Layer: ws (sans-I/O). Imports only the standard library, `sohbet.errors` and `sohbet.ws.codes`,
+so the WebSocket layer can be used without anything of chat. `__post_init__` validates and
+raises `ConfigError`, so a bad setting stops the process at startup, never later.
+`sohbet.config` composes these sections with the chat server's own into one `Config`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MAX_WINDOW_BITS: Final = 15
 
 
 def require(ok: bool, message: str) -> None:
+    """Raise `ConfigError` with *message* unless *ok*: the one way a config section refuses."""
     if not ok:
         raise ConfigError(message)
 

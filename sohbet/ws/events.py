@@ -3,7 +3,7 @@
 Layer: ws (sans-I/O). Imports only the standard library.
 
 The per-message events, `TextReceived` and `BinaryReceived`, sit on the hot path and live with
-the connection implementations (`sohbet.protocol` exports them); everything here happens at
+the connection implementations (`sohbet.ws.protocol` exports them); everything here happens at
 most a few times per connection or per ping interval.
 """
 

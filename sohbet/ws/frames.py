@@ -9,6 +9,7 @@ because the choice has to be made before anything imports a frame function.
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 from typing import Final
 
@@ -20,11 +21,14 @@ else:
     try:
         from sohbet.ws import _frames as _impl  # type: ignore[no-redef]  # same API, see _frames.pyi
     except ImportError as exc:  # pragma: no cover  # runs in a child process (tests/test_api.py)
+        here = os.path.dirname(__file__)
+        if any(os.path.exists(os.path.join(here, "_frames" + s)) for s in importlib.machinery.EXTENSION_SUFFIXES):
+            raise  # built, but it failed to load: Python's own message says why
         # Most often a source checkout shadowing the installed package: `python -m sohbet...` run
         # from the repository root puts it first on sys.path, and it has no compiled core. Say so,
-        # instead of Python's "partially initialized module (most likely a circular import)".
+        # instead of Python's "cannot import name" (before: "most likely a circular import").
         raise ImportError(
-            f"sohbet's compiled frame core (sohbet.ws._frames) is not built in {os.path.dirname(__file__)}: {exc}. "
+            f"sohbet's compiled frame core (sohbet.ws._frames) is not built in {here}: {exc}. "
             "If that is a source checkout (Python was started in the repository root, whose sohbet/ hides the "
             "installed package), run from another directory or with `python -P`; to work in the checkout, build "
             "the core in place with `pip install -e .`. SOHBET_NO_EXTENSIONS=1 runs the slow pure-Python twin."

@@ -23,6 +23,8 @@ from sohbet.ws.config import Limits
 
 __all__ = [
     "ERROR_CODES",
+    "INTERNAL_ERROR",
+    "NOT_FOUND",
     "Request",
     "RequestReader",
     "Response",
@@ -88,6 +90,10 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def _error(status: HTTPStatus, message: str) -> Response:
+    return Response(status, error_body(status, message))
 
 
 class _Collector:
@@ -244,3 +250,8 @@ def error_response(
 def error_body(status: int, message: str) -> bytes:
     """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (docs/protocol.md)."""
     return orjson.dumps({"error": {"code": ERROR_CODES.get(status, ErrorCode.BAD_REQUEST), "message": message}})
+
+
+#: What `Handler.on_http` answers by default, and what a failing one is answered with.
+NOT_FOUND: Final = _error(HTTPStatus.NOT_FOUND, "no such endpoint")
+INTERNAL_ERROR: Final = _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")

@@ -26,15 +26,9 @@ from sohbet.ws import http11
 if TYPE_CHECKING:
     from sohbet.ws.server import WebSocket
 
-__all__ = ["NOT_FOUND", "HttpPhase"]
+__all__ = ["HttpPhase"]
 
 log = logging.getLogger("sohbet.server")
-
-#: What `Handler.on_http` answers by default.
-NOT_FOUND: Final = http11.Response(HTTPStatus.NOT_FOUND, http11.error_body(HTTPStatus.NOT_FOUND, "no such endpoint"))
-_INTERNAL_ERROR: Final = http11.Response(
-    HTTPStatus.INTERNAL_SERVER_ERROR, http11.error_body(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
-)
 
 
 _LAST_STATUS: Final = 599  # the status codes HTTP defines are 100-599 (RFC 9110 §15)
@@ -44,7 +38,7 @@ def _checked(request: http11.Request, result: object) -> http11.Response:
     if isinstance(result, http11.Response) and HTTPStatus.CONTINUE <= result.status <= _LAST_STATUS:
         return result
     log.error("on_http returned %r for %s %s, not a Response", result, request.method, request.path)
-    return _INTERNAL_ERROR
+    return http11.INTERNAL_ERROR
 
 
 class HttpPhase:
@@ -104,7 +98,7 @@ class HttpPhase:
             result = ws._server.handler.on_http(request)
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
-            result = _INTERNAL_ERROR
+            result = http11.INTERNAL_ERROR
         if inspect.isawaitable(result):
             ws._transport.pause_reading()
             self._task = asyncio.ensure_future(self._finish(request, result))
@@ -116,7 +110,7 @@ class HttpPhase:
             response = await pending
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
-            response = _INTERNAL_ERROR
+            response = http11.INTERNAL_ERROR
         self._task = None
         ws = self._ws
         if not ws._is_http:

@@ -311,6 +311,7 @@ class Connection:
         events.append(TextReceived(payload) if self._msg_opcode == _TEXT else BinaryReceived(payload))
 
     def _fail(self, code: int, reason: str, events: list[Event]) -> None:
+        code = int(code)  # callers name codes with CloseCode; what is reported is a plain int
         if self.state == OPEN:
             self._close_out = self._close_frame(code, reason)
             self.close_code, self.close_reason = code, reason
@@ -398,7 +399,7 @@ class Connection:
         self._out.append(self._close_frame(code, reason))
         self.state = CLOSING
         self.can_send = False
-        self.close_code, self.close_reason = code, reason
+        self.close_code, self.close_reason = int(code), reason
 
     def take_output(self) -> bytes:
         """Return (and forget) everything queued for the peer, as one buffer; a close frame last."""

@@ -22,14 +22,14 @@ from sohbet.ws import handshake, http11
 from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.frames import IMPLEMENTATION, build_frame
-from sohbet.ws.http11 import Response
-from sohbet.ws.http_phase import NOT_FOUND
-from sohbet.ws.websocket import HTTP, WS, WebSocket
+from sohbet.ws.http11 import NOT_FOUND, Response
+from sohbet.ws.websocket import PHASE_HTTP, PHASE_WS, WebSocket
 
 __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 
 log = logging.getLogger("sohbet.server")
 
+_TEXT: Final = int(Opcode.TEXT)  # a plain int: the compiled build_frame takes it without a conversion
 _SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (docs/protocol.md) slides by one sweep
 
 
@@ -122,9 +122,9 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         for ws in list(self._sockets.values()):
-            if ws._phase == WS:
+            if ws._phase == PHASE_WS:
                 ws.close(CloseCode.GOING_AWAY, "server shutting down")
-            elif ws._phase == HTTP and ws._http is not None and not ws._http.is_answering:
+            elif ws._phase == PHASE_HTTP and ws._http is not None and not ws._http.is_answering:
                 ws._hang_up()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -160,12 +160,12 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     written straight to their transport (the common case, kept to a few attribute reads: this
     loop runs once per recipient of every message).
     """
-    frame = build_frame(Opcode.TEXT, data)
+    frame = build_frame(_TEXT, data)
     limit = 0
     sent = 0
     for ws in connections:
         conn = ws._conn
-        if ws is skip or conn is None or ws._phase != WS or not conn.can_send:
+        if ws is skip or conn is None or ws._phase != PHASE_WS or not conn.can_send:
             continue
         sent += 1
         if conn._deflater is not None:

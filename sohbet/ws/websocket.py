@@ -25,15 +25,15 @@ from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
 if TYPE_CHECKING:
     from sohbet.ws.server import Server
 
-__all__ = ["CLOSED", "CLOSING", "HTTP", "WS", "WebSocket"]
+__all__ = ["PHASE_CLOSED", "PHASE_CLOSING", "PHASE_HTTP", "PHASE_WS", "WebSocket"]
 
 log = logging.getLogger("sohbet.server")
 
 # Phases of a socket: HTTP requests, then (after a 101) WebSocket, then closing, then gone.
-HTTP: Final = 0
-WS: Final = 1
-CLOSING: Final = 2
-CLOSED: Final = 3
+PHASE_HTTP: Final = 0
+PHASE_WS: Final = 1
+PHASE_CLOSING: Final = 2
+PHASE_CLOSED: Final = 3
 
 
 class WebSocket(asyncio.Protocol):
@@ -70,7 +70,7 @@ class WebSocket(asyncio.Protocol):
         self._server = server
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._conn: Connection | None = None
-        self._phase = HTTP
+        self._phase = PHASE_HTTP
         self._batch: list[bytes] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._last_rx = server.now
@@ -151,21 +151,21 @@ class WebSocket(asyncio.Protocol):
             if conn is not None and conn.state != OPEN:
                 self._report_close(conn.close_code, conn.close_reason)
             else:
-                self._report_close(CloseCode.ABNORMAL, "")
-        self._phase = CLOSED
+                self._report_close(int(CloseCode.ABNORMAL), "")
+        self._phase = PHASE_CLOSED
         self._conn = None
         self._http = None
         self._release_drain()
 
     def pause_writing(self) -> None:  # asyncio's contract
         self._paused_at = self._server.now
-        if self._phase == HTTP:
+        if self._phase == PHASE_HTTP:
             self._transport.pause_reading()  # no more requests until the answers are read
 
     def resume_writing(self) -> None:  # asyncio's contract
         self._paused_at = 0.0
         self._release_drain()
-        if self._phase == HTTP and self._http is not None and not self._http.is_answering:
+        if self._phase == PHASE_HTTP and self._http is not None and not self._http.is_answering:
             self._transport.resume_reading()
 
     def _release_drain(self) -> None:
@@ -181,7 +181,7 @@ class WebSocket(asyncio.Protocol):
         For long sends, such as a replay of missed messages, that should keep pace with the
         client rather than pile up in memory and end in a 4008.
         """
-        if not self._paused_at or self._transport is None or self._phase == CLOSED:
+        if not self._paused_at or self._transport is None or self._phase == PHASE_CLOSED:
             return
         if self._drain is None:
             self._drain = asyncio.get_running_loop().create_future()
@@ -192,7 +192,7 @@ class WebSocket(asyncio.Protocol):
     @property
     def is_open(self) -> bool:
         """Whether messages can still be sent."""
-        return self._phase == WS
+        return self._phase == PHASE_WS
 
     @property
     def buffered_bytes(self) -> int:
@@ -202,23 +202,23 @@ class WebSocket(asyncio.Protocol):
     def send_text(self, data: str | bytes) -> None:
         """Send a text message (`str`, or bytes that are valid UTF-8); dropped once closing."""
         conn = self._conn
-        if conn is None or not conn.can_send or self._phase != WS:
+        if conn is None or not conn.can_send or self._phase != PHASE_WS:
             return
         self._write(conn.frame_text(data))
 
     def send_binary(self, data: bytes) -> None:
         """Send a binary message; dropped once closing."""
         conn = self._conn
-        if conn is None or not conn.can_send or self._phase != WS:
+        if conn is None or not conn.can_send or self._phase != PHASE_WS:
             return
         self._write(conn.frame_binary(data))
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; the socket closes when the peer answers or time runs out."""
         conn = self._conn
-        if self._phase != WS or conn is None:
+        if self._phase != PHASE_WS or conn is None:
             return
-        self._phase = CLOSING  # first: writing the close frame may find the buffer over its limit
+        self._phase = PHASE_CLOSING  # first: writing the close frame may find the buffer over its limit
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         conn.close(code, reason)
         self._write(conn.take_output())
@@ -240,11 +240,11 @@ class WebSocket(asyncio.Protocol):
 
     def _over_limit(self) -> None:
         """More unread bytes than allowed: 4008 for a WebSocket, a plain hang-up otherwise."""
-        if self._phase == WS:
+        if self._phase == PHASE_WS:
             self._too_slow()
-        elif self._phase == HTTP:
+        elif self._phase == PHASE_HTTP:
             log.info("connection %d dropped: %d response bytes unread", self.id, self.buffered_bytes)
-            self._phase = CLOSED
+            self._phase = PHASE_CLOSED
             self._transport.abort()
 
     # -- closing ---------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class WebSocket(asyncio.Protocol):
         and the sweep aborts a socket whose peer does not read it in time. The server closes
         TCP first (RFC 6455 §7.1.1).
         """
-        self._phase = CLOSED  # before on_close: sends from it are dropped
+        self._phase = PHASE_CLOSED  # before on_close: sends from it are dropped
         if self._server.connections.pop(self.id, None) is not None:
             self._report_close(code, reason)
         self._hang_up()
@@ -271,11 +271,11 @@ class WebSocket(asyncio.Protocol):
 
     @property
     def _is_http(self) -> bool:
-        return self._phase == HTTP
+        return self._phase == PHASE_HTTP
 
     def _hang_up(self) -> None:
         """Close after the last response; the sweep aborts it if the peer never reads it."""
-        self._phase = CLOSED
+        self._phase = PHASE_CLOSED
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         self._transport.close()
 
@@ -314,7 +314,7 @@ class WebSocket(asyncio.Protocol):
         self._http = None
         self.data = data
         self.subprotocol = upgrade.subprotocol
-        self._phase = WS
+        self._phase = PHASE_WS
         self._last_rx = server.now
         server.connections[self.id] = self
         self._transport.write(handshake.switching_protocols(upgrade))
@@ -324,7 +324,7 @@ class WebSocket(asyncio.Protocol):
             log.exception("on_open failed on connection %d", self.id)
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if rest and self._phase == WS:
+        if rest and self._phase == PHASE_WS:
             self.data_received(rest)
 
     # -- the once-a-second sweep -----------------------------------------------------------
@@ -332,12 +332,12 @@ class WebSocket(asyncio.Protocol):
     def _sweep(self, now: float) -> None:
         limits = self._server.limits
         phase = self._phase
-        if phase == HTTP:
+        if phase == PHASE_HTTP:
             http = self._http
             if http is not None and not http.is_answering and now - http.since >= limits.handshake_timeout_s:
-                self._phase = CLOSED
+                self._phase = PHASE_CLOSED
                 self._transport.abort()  # no complete request in time: drop, say nothing
-        elif phase == WS:
+        elif phase == PHASE_WS:
             conn = self._conn
             assert conn is not None  # set with _WS
             if self._paused_at and now - self._paused_at >= limits.slow_consumer_s:
@@ -351,7 +351,7 @@ class WebSocket(asyncio.Protocol):
                         CloseCode.POLICY_VIOLATION, f"message not finished within {limits.message_timeout_s:g} s"
                     )
                     return
-            if limits.ping_interval_s and self._phase == WS:
+            if limits.ping_interval_s and self._phase == PHASE_WS:
                 if self._ping_at and self._last_rx >= self._ping_at:
                     self._ping_at = 0.0  # the peer spoke since our ping: it is alive
                 if self._ping_at:

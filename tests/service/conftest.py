@@ -100,7 +100,7 @@ class FakeOutbox:
         return count
 
 
-class Client:
+class Device:
     """One fake connection of one user, opened on the service."""
 
     _refs = itertools.count(1)
@@ -140,8 +140,8 @@ class World:
         self.service = service
         self.clock = clock
 
-    def connect(self, user: str, *, ttl_s: float = 3600.0) -> Client:
-        return Client(self.service, user, self.clock.wall() + ttl_s)
+    def connect(self, user: str, *, ttl_s: float = 3600.0) -> Device:
+        return Device(self.service, user, self.clock.wall() + ttl_s)
 
     async def settle(self) -> None:
         """Let every task the service started run to completion (contact loads, reads)."""
@@ -152,7 +152,7 @@ class World:
             await asyncio.wait(pending, timeout=5.0)
         raise AssertionError("service tasks did not finish")
 
-    async def conversation(self, creator: Client, *others: str, title: str | None = None) -> int:
+    async def conversation(self, creator: Device, *others: str, title: str | None = None) -> int:
         payload: dict[str, Any] = {"members": list(others)}
         if title is not None:
             payload["title"] = title
@@ -162,7 +162,7 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, **changes: Any) -> AsyncIterator[World]:
+async def world(tmp_path: Path, *, leeway_s: float = 0.0, **changes: Any) -> AsyncIterator[World]:
     """A chat service with *changes* to the default `ChatConfig`."""
     clock = FakeClock()
     store = SqliteStore(str(tmp_path / "service.db"))
@@ -173,7 +173,7 @@ async def world(tmp_path: Path, **changes: Any) -> AsyncIterator[World]:
         Verifier(AUTH),
         FakeOutbox(),
         max_message_bytes=65536,
-        leeway_s=AUTH.leeway_s,
+        leeway_s=leeway_s,
         clock=clock,
     )
     await service.start()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import run, world
+import pytest
+
+from .conftest import FakeOutbox, run, world
 
 # --- validation order: bad_request -> too_large -> forbidden -> rate_limited -------------------
 
@@ -66,7 +68,7 @@ def test_the_send_bucket_is_per_user_and_refills_with_time(tmp_path: Path) -> No
 
             def send(client_id: str, on: object = phone) -> object:
                 payload = {"conversation_id": cid, "content": client_id, "client_id": client_id}
-                return on.request("chat:send", payload)  # type: ignore[attr-defined]  # a Client
+                return on.request("chat:send", payload)  # type: ignore[attr-defined]  # a Device
 
             assert [(await send(c))["type"] for c in "abc"] == ["chat:ack"] * 3  # the burst
             limited = await send("d", laptop)  # the other device shares the bucket
@@ -192,9 +194,14 @@ def test_offline_is_announced_only_when_the_grace_period_ends(tmp_path: Path) ->
 def test_a_reconnect_within_the_grace_period_announces_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         async with world(tmp_path, presence_grace_s=10.0) as w:
-            alice, bob = w.connect("alice"), w.connect("bob")
-            await w.conversation(alice, "bob")
-            online_before = len(bob.socket.of_type("user:online"))
+            first, bob = w.connect("alice"), w.connect("bob")
+            await w.conversation(first, "bob")
+            first.disconnect()
+            w.service.tick(w.clock.wall(), w.clock.now() + 10.0)  # alice is offline now
+            alice = w.connect("alice")
+            await w.settle()
+            assert [m["payload"] for m in bob.socket.of_type("user:online")] == [{"user_id": "alice"}]
+            online_before = 1
             alice.disconnect()
             w.clock.advance(5.0)
             again = w.connect("alice")
@@ -204,8 +211,8 @@ def test_a_reconnect_within_the_grace_period_announces_nothing(tmp_path: Path) -
             again.disconnect()
             w.service.tick(w.clock.wall(), w.clock.now() + 70.0 + 10.0)
             assert len(bob.socket.of_type("user:online")) == online_before
-            assert [m["type"] for m in bob.socket.sent if m["type"].startswith("user:")][-1:] == ["user:offline"]
-            assert len(bob.socket.of_type("user:offline")) == 1
+            presence = [m["type"] for m in bob.socket.sent if m["type"].startswith("user:")]
+            assert presence == ["user:offline", "user:online", "user:offline"]
 
     run(main())
 
@@ -281,5 +288,115 @@ def test_the_eleventh_connection_of_a_user_is_refused_and_the_others_stay(tmp_pa
             assert first.socket.closed_with is None and second.socket.closed_with is None
             first.disconnect()
             assert w.connect("alice").session is not None
+
+    run(main())
+
+
+def test_coming_online_is_announced_once_to_contacts_and_not_to_ones_own_devices(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            first, bob = w.connect("alice"), w.connect("bob")
+            await w.conversation(first, "bob")
+            first.disconnect()
+            w.service.tick(w.clock.wall(), w.clock.now() + 10.0)
+            phone = w.connect("alice")
+            laptop = w.connect("alice")  # already online: no second announcement
+            await w.settle()
+            await bob.ok("presence:query", {"user_ids": []})  # the marker
+            assert [m["payload"] for m in bob.socket.of_type("user:online")] == [{"user_id": "alice"}]
+            assert phone.socket.of_type("user:online") == laptop.socket.of_type("user:online") == []
+
+    run(main())
+
+
+# --- fan-out -----------------------------------------------------------------------------------
+
+
+def test_a_message_reaches_every_member_and_the_senders_other_devices_only(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            phone, laptop = w.connect("alice"), w.connect("alice")
+            bob, carol, dave = w.connect("bob"), w.connect("carol"), w.connect("dave")
+            cid = await w.conversation(phone, "bob", "carol", title="trio")
+            ack = await phone.ok("chat:send", {"conversation_id": cid, "content": "hi all", "client_id": "x"})
+            for device in (laptop, bob, carol):
+                got = await device.socket.wait_for("chat:message")
+                assert got["payload"]["message"] == ack["message"]
+                assert "ref" not in got  # events carry no ref
+            # The marker: a later message to dave's own conversation; before it, nothing of the trio.
+            other = await w.conversation(bob, "dave")
+            await bob.ok("chat:send", {"conversation_id": other, "content": "marker", "client_id": "y"})
+            await dave.socket.wait_for("chat:message")
+            assert [m["payload"]["message"]["content"] for m in dave.socket.of_type("chat:message")] == ["marker"]
+            assert phone.socket.of_type("chat:message") == []  # the sender's own connection: the ack only
+
+    run(main())
+
+
+def test_a_read_receipt_goes_out_only_when_the_position_moves(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            alice, bob = w.connect("alice"), w.connect("bob")
+            cid = await w.conversation(alice, "bob")
+            for n in range(3):
+                await alice.ok("chat:send", {"conversation_id": cid, "content": f"m{n}", "client_id": f"k{n}"})
+            bob.send("chat:read", {"conversation_id": cid, "seq": 2})
+            bob.send("chat:read", {"conversation_id": cid, "seq": 1})  # backwards: nothing
+            bob.send("chat:read", {"conversation_id": cid, "seq": 99})  # clamped to the last seq, 3
+            bob.send("chat:read", {"conversation_id": cid, "seq": 3})  # already there: nothing
+            await w.settle()
+            await alice.ok("presence:query", {"user_ids": []})  # the marker
+            receipts = [m["payload"]["seq"] for m in alice.socket.of_type("chat:read")]
+            assert receipts == [2, 3]
+            assert bob.socket.of_type("chat:read") == [] and bob.socket.of_type("error") == []
+
+    run(main())
+
+
+def test_a_direct_conversation_asked_for_again_readmits_a_member_who_left(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            alice, bob = w.connect("alice"), w.connect("bob")
+            cid = await w.conversation(alice, "bob")
+            await bob.ok("conversation:leave", {"conversation_id": cid})
+            refused = await bob.request("chat:send", {"conversation_id": cid, "content": "x", "client_id": "a"})
+            assert refused["payload"]["code"] == "forbidden"
+            again = await alice.ok("conversation:create", {"members": ["bob"]})
+            assert again["conversation"]["id"] == cid
+            await bob.ok("chat:send", {"conversation_id": cid, "content": "back", "client_id": "b"})
+
+    run(main())
+
+
+def test_the_token_leeway_delays_the_4001(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path, leeway_s=5.0) as w:
+            alice = w.connect("alice", ttl_s=30)
+            w.service.tick(w.clock.wall() + 34.0, w.clock.now())
+            assert alice.socket.closed_with is None
+            w.service.tick(w.clock.wall() + 35.0, w.clock.now())
+            assert alice.socket.closed_with == (4001, "token expired")
+
+    run(main())
+
+
+def test_a_request_type_with_two_handlers_is_refused(tmp_path: Path) -> None:
+    from sohbet.chat.wire import RequestType  # noqa: PLC0415
+    from sohbet.service.sync import Sync  # noqa: PLC0415
+
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            original = Sync.handlers
+
+            def twice(self: Sync) -> dict[RequestType, object]:
+                return {**original(self), RequestType.SEND: lambda s, e: None}
+
+            Sync.handlers = twice  # type: ignore[assignment,method-assign]  # a family claiming chat:send too
+            try:
+                with pytest.raises(ValueError, match="chat:send has two handlers"):
+                    type(w.service)(w.service.store, w.service.ctx.config, w.service.verifier, FakeOutbox(),
+                                    max_message_bytes=65536, leeway_s=0.0)  # fmt: skip
+            finally:
+                Sync.handlers = original  # type: ignore[method-assign]  # restored
 
     run(main())
