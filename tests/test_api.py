@@ -41,45 +41,34 @@ def test_importing_the_frame_core_does_not_load_the_server() -> None:
     assert out.stdout.split() == ["False", "False"]
 
 
+def unbuilt_checkout(tmp_path: Path) -> Path:
+    """A copy of the package's source without its compiled core, as in a checkout never built in place."""
+    shutil.copytree(Path(sohbet.__file__).parent, tmp_path / "sohbet", ignore=shutil.ignore_patterns("*.so", "*.c"))
+    return tmp_path
+
+
+def python_in(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run Python in *root*, whose sohbet/ comes first on sys.path, as in a checkout's root."""
+    environ = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"} | env
+    return subprocess.run([sys.executable, *args], cwd=root, env=environ, capture_output=True, text=True, check=False)
+
+
 def test_a_source_tree_without_the_compiled_core_says_what_to_do(tmp_path: Path) -> None:
     """`python -m sohbet.echo` from a checkout whose sohbet/ was never built in place."""
-    shutil.copytree(Path(sohbet.__file__).parent, tmp_path / "sohbet", ignore=shutil.ignore_patterns("*.so", "*.c"))
-    env = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"}
-    run = subprocess.run(
-        [sys.executable, "-m", "sohbet.echo", "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    root = unbuilt_checkout(tmp_path)
+    run = python_in(root, "-m", "sohbet.echo", "--help")
     assert run.returncode == 1
     assert "compiled frame core (sohbet.ws._frames) is not built in" in run.stderr
     assert "`python -P`" in run.stderr and "pip install -e ." in run.stderr
     assert "circular import" not in run.stderr.splitlines()[-1]
-    twin = subprocess.run(
-        [sys.executable, "-m", "sohbet.echo", "--help"],
-        cwd=tmp_path,
-        env={**env, "SOHBET_NO_EXTENSIONS": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    twin = python_in(root, "-m", "sohbet.echo", "--help", SOHBET_NO_EXTENSIONS="1")
     assert twin.returncode == 0, twin.stderr
 
 
 def test_a_compiled_core_that_fails_to_load_says_why(tmp_path: Path) -> None:
-    shutil.copytree(Path(sohbet.__file__).parent, tmp_path / "sohbet", ignore=shutil.ignore_patterns("*.so", "*.c"))
-    (tmp_path / "sohbet" / "ws" / f"_frames{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not a library")
-    env = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"}
-    run = subprocess.run(
-        [sys.executable, "-c", "import sohbet.ws.frames"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    root = unbuilt_checkout(tmp_path)
+    (root / "sohbet" / "ws" / f"_frames{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not a library")
+    run = python_in(root, "-c", "import sohbet.ws.frames")
     assert run.returncode == 1
     assert "is not built" not in run.stderr  # it is built; the loader's own reason is the one to read
     assert "_frames" in run.stderr.splitlines()[-1]
