@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from sohbet.chat.limits import Rate
 from sohbet.chat.model import DIRECT_MEMBERS
 from sohbet.chat.wire import SUBPROTOCOL
 from sohbet.errors import ConfigError
@@ -35,6 +36,7 @@ PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "E
 MIN_SECRET_BYTES: Final = 32
 MIN_API_KEY_CHARS: Final = 16
 MAX_PORT: Final = 65535
+_HOUR_S: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,58 @@ class ChatConfig:
     sync_per_conversation: int = 1000
     sync_per_call: int = 10_000
     sync_unnamed: int = 50
+    #: Per-user token buckets of the other requests (docs/protocol.md, "Limits"); 0: unlimited.
+    #: `conversation:create`, `conversation:leave` and `auth:refresh` (each its own bucket).
+    create_rate_per_s: float = 1.0
+    create_burst: int = 10
+    #: Reads: `chat:history`, `sync`, `conversation:list`, `conversation:members`, `presence:query`.
+    query_rate_per_s: float = 20.0
+    query_burst: int = 60
+    #: `chat:typing` (dropped silently over its limit) and `chat:read`.
+    signal_rate_per_s: float = 10.0
+    signal_burst: int = 30
+    #: Groups one user may create per hour (a bucket that refills over the hour); 0: unlimited.
+    groups_per_hour: int = 100
+    #: Conversations a user may be in and still create another; 0: unlimited.
+    max_conversations_per_user: int = 10_000
+    #: Requests of one connection waiting for storage at once; more get `rate_limited`.
+    max_requests_in_flight: int = 8
+    #: Member entries the membership cache holds over all conversations (about 100 bytes each)
+    #: before the least recently used conversations are dropped; 0: unbounded.
+    member_cache_size: int = 1_000_000
+
+    @property
+    def send_rate(self) -> Rate:
+        """The `chat:send` bucket."""
+        return Rate(self.send_rate_per_s, self.send_burst)
+
+    @property
+    def create_rate(self) -> Rate:
+        """The bucket of each membership request (create, leave) and of `auth:refresh`."""
+        return Rate(self.create_rate_per_s, self.create_burst)
+
+    @property
+    def query_rate(self) -> Rate:
+        """The bucket of each read request."""
+        return Rate(self.query_rate_per_s, self.query_burst)
+
+    @property
+    def signal_rate(self) -> Rate:
+        """The bucket of `chat:typing` and of `chat:read`."""
+        return Rate(self.signal_rate_per_s, self.signal_burst)
+
+    @property
+    def group_rate(self) -> Rate:
+        """Groups created: `groups_per_hour`, refilled evenly over the hour."""
+        return Rate(self.groups_per_hour / _HOUR_S, self.groups_per_hour)
 
     def __post_init__(self) -> None:
+        for name in ("create", "query", "signal"):
+            rate, burst = getattr(self, f"{name}_rate_per_s"), getattr(self, f"{name}_burst")
+            require(rate >= 0, f"{name}_rate_per_s of {rate} is negative")
+            require(burst >= 1, f"{name}_burst of {burst} is below 1")
+        for name in ("groups_per_hour", "max_conversations_per_user", "max_requests_in_flight", "member_cache_size"):
+            require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
         require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
         require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
         require_within("max_content_chars", self.max_content_chars, 1, 60_000)
@@ -185,6 +237,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key", str, None, "bearer key of the application backend for the HTTP API", has_flag=False),
     Setting("send_rate", float, 10.0, "chat:send per second per user across connections; 0 means unlimited"),
     Setting("send_burst", int, 30, "chat:send burst allowance per user"),
+    Setting("create_rate", float, 1.0, "conversation:create, :leave and auth:refresh per second per user, each"),
+    Setting("create_burst", int, 10, "burst allowance of each of those"),
+    Setting("query_rate", float, 20.0, "history, sync, list, members, presence queries per second per user, each"),
+    Setting("query_burst", int, 60, "burst allowance of each of those"),
+    Setting("signal_rate", float, 10.0, "chat:typing and chat:read per second per user, each"),
+    Setting("signal_burst", int, 30, "burst allowance of each of those"),
+    Setting("groups_per_hour", int, 100, "groups one user may create per hour; 0 means unlimited"),
+    Setting("max_conversations_per_user", int, 10_000, "conversations a user may be in and still create one"),
+    Setting("max_requests_in_flight", int, 8, "requests per connection waiting for storage (rate_limited above)"),
+    Setting("member_cache_size", int, 1_000_000, "member entries cached over all conversations (~100 B each)"),
     Setting("frame_rate", int, 120, "inbound frames per 10 s per connection; 0 means unlimited"),
     Setting("presence_grace", float, 10.0, "seconds a user stays online after the last connection closes"),
     Setting("max_connections", int, 0, "open WebSocket connections per server (HTTP 503 above); 0 means unlimited"),
@@ -195,6 +257,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "info", "debug, info, warning or error"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+#: Settings that are ChatConfig fields of the same name.
+_CHAT_SETTINGS: Final = (
+    "create_burst",
+    "query_burst",
+    "signal_burst",
+    "groups_per_hour",
+    "max_conversations_per_user",
+    "max_requests_in_flight",
+    "member_cache_size",
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -310,6 +382,8 @@ class Config:
                 send_burst=int(v["send_burst"]),  # type: ignore[call-overload]  # coerced
                 presence_grace_s=float(v["presence_grace"]),  # type: ignore[arg-type]  # coerced
                 max_connections_per_user=int(v["max_connections_per_user"]),  # type: ignore[call-overload]  # coerced
+                **{name: v[name] for name in _CHAT_SETTINGS},  # type: ignore[arg-type]  # coerced
+                **{f"{name}_rate_per_s": v[f"{name}_rate"] for name in ("create", "query", "signal")},  # type: ignore[arg-type]  # coerced
             ),
             redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
             log_level=str(v["log_level"]),

@@ -11,6 +11,7 @@ the chat service fills from storage and keeps current as it changes memberships 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -19,19 +20,28 @@ from sohbet.chat.ids import ConversationId, UserId
 __all__ = ["Hub"]
 
 C = TypeVar("C")  # a connection handle; hashed by identity
+_NOBODY: frozenset[UserId] = frozenset()
 
 
 class Hub(Generic[C]):
-    """Connections by user, members by conversation, presence, typing and send-rate state."""
+    """Connections by user, members by conversation, presence and typing state."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_cached_members: int = 0) -> None:
+        """Args:
+        max_cached_members: member entries the cache may hold over all conversations before
+            the least recently used sets are dropped; 0 means no bound.
+        """
         self._connections: dict[UserId, set[C]] = {}
         self._remote: dict[UserId, int] = {}
-        self._members: dict[ConversationId, set[UserId]] = {}
+        self._members: OrderedDict[ConversationId, set[UserId]] = OrderedDict()
+        self._cached_count = 0
+        self._max_cached_members = max_cached_members
         self._conversations: dict[UserId, set[ConversationId]] = {}
+        self._present: dict[ConversationId, set[UserId]] = {}
+        self._member_changes: dict[ConversationId, dict[UserId, bool]] = {}
+        self._conversation_changes: dict[UserId, dict[ConversationId, bool]] = {}
         self._grace: dict[UserId, float] = {}
         self._typing: dict[tuple[UserId, ConversationId], float] = {}
-        self._buckets: dict[UserId, tuple[float, float]] = {}
 
     # -- connections and presence -------------------------------------------------------------
 
@@ -81,9 +91,10 @@ class Hub(Generic[C]):
         return gone
 
     def forget(self, user: UserId) -> None:
-        """Drop what is cached for a user who is offline."""
+        """Drop what is cached for a user who is offline, and member sets nobody here needs."""
         if not self.is_online(user):
-            self._conversations.pop(user, None)
+            for conversation in self._conversations.pop(user, ()):
+                self._leave_present(conversation, user)
 
     def is_online(self, user: UserId) -> bool:
         """Connected here or elsewhere, or within the grace period after the last connection."""
@@ -110,57 +121,180 @@ class Hub(Generic[C]):
         return not self._connections and not self._grace
 
     # -- membership ---------------------------------------------------------------------------
+    #
+    # Two caches, both filled from storage on demand: the members of a conversation (for
+    # fan-out) and the conversations of a user who is online or in their grace period (for
+    # membership checks and presence). `_present` indexes the second by conversation: who, of
+    # the users whose conversations are loaded, is in it. Announcing presence then costs the
+    # online contacts, not every member of every group, and a member set with nobody present
+    # is dropped. The member sets are also bounded in all (`max_cached_members`, least recently
+    # used first), so no number of large groups can grow the cache without limit.
+    #
+    # A load awaits storage while memberships may change; the hub records what changed for
+    # each load in flight and applies it when the load lands, so a read that began before a
+    # leave cannot put the leaver back.
 
     def members(self, conversation: ConversationId) -> set[UserId] | None:
         """The cached members of a conversation, or None when they are not loaded."""
-        return self._members.get(conversation)
+        members = self._members.get(conversation)
+        if members is not None:
+            self._members.move_to_end(conversation)
+        return members
+
+    def is_member(self, user: UserId, conversation: ConversationId) -> bool | None:
+        """Whether *user* is a member, from what is cached; None when nothing cached tells."""
+        members = self._members.get(conversation)
+        if members is not None:
+            return user in members
+        convs = self._conversations.get(user)
+        return None if convs is None else conversation in convs
+
+    def begin_members_load(self, conversation: ConversationId) -> None:
+        """A load of the conversation's members from storage starts: record changes meanwhile."""
+        self._member_changes.setdefault(conversation, {})
+
+    def finish_members_load(self, conversation: ConversationId, loaded: Iterable[UserId]) -> set[UserId]:
+        """The load landed: cache the members with every change made since it began.
+
+        Returns the members (empty, and nothing cached, for a conversation without any).
+        """
+        changes = self._member_changes.pop(conversation, {})
+        cached = self._members.get(conversation)
+        if cached is not None:
+            return cached  # cached meanwhile (a create): that copy is current
+        members = set(loaded)
+        for user, joined in changes.items():
+            if joined:
+                members.add(user)
+            else:
+                members.discard(user)
+        if members:
+            self._cache_members(conversation, members)
+        return members
+
+    def abandon_members_load(self, conversation: ConversationId) -> None:
+        """The load failed: stop recording for it."""
+        self._member_changes.pop(conversation, None)
 
     def set_members(self, conversation: ConversationId, users: Iterable[UserId]) -> set[UserId]:
-        """Cache a conversation's full member list."""
-        members = self._members[conversation] = set(users)
+        """Cache the full member list of a conversation just created."""
+        members = set(users)
         for user in members:
-            convs = self._conversations.get(user)
-            if convs is not None:
-                convs.add(conversation)
+            self._joined(conversation, user)
+        self._drop_members(conversation)
+        self._cache_members(conversation, members)
         return members
 
     def add_member(self, conversation: ConversationId, user: UserId) -> None:
-        """Record a new member, in the cache and in the user's conversation set."""
+        """Record a new member, in every cache."""
         members = self._members.get(conversation)
-        if members is not None:
+        if members is not None and user not in members:
             members.add(user)
-        convs = self._conversations.get(user)
-        if convs is not None:
-            convs.add(conversation)
+            self._cached_count += 1
+        self._joined(conversation, user)
 
     def remove_member(self, conversation: ConversationId, user: UserId) -> None:
         """Record that a member left; they stop receiving the conversation at once."""
         members = self._members.get(conversation)
-        if members is not None:
+        if members is not None and user in members:
             members.discard(user)
+            self._cached_count -= 1
+        if (changes := self._member_changes.get(conversation)) is not None:
+            changes[user] = False
+        if (pending := self._conversation_changes.get(user)) is not None:
+            pending[conversation] = False
         convs = self._conversations.get(user)
         if convs is not None:
             convs.discard(conversation)
+            self._leave_present(conversation, user)
 
     def conversations(self, user: UserId) -> set[ConversationId] | None:
         """The conversations of an online user, or None when not loaded."""
         return self._conversations.get(user)
 
-    def set_conversations(self, user: UserId, conversations: Iterable[ConversationId]) -> None:
-        """Cache the conversations of a user (loaded when they come online)."""
-        self._conversations[user] = set(conversations)
+    def begin_conversations_load(self, user: UserId) -> None:
+        """A load of the user's conversations starts: record membership changes meanwhile."""
+        self._conversation_changes.setdefault(user, {})
 
-    def contacts(self, user: UserId) -> set[UserId]:
-        """Users who share a loaded conversation with *user* (not the user themself)."""
+    def finish_conversations_load(
+        self, user: UserId, loaded: Iterable[ConversationId], *, keep: bool
+    ) -> set[ConversationId]:
+        """The load landed: the user's conversations with every change made since it began,
+        cached when *keep* (the user is online here)."""
+        changes = self._conversation_changes.pop(user, {})
+        cached = self._conversations.get(user)
+        if cached is not None:
+            return cached
+        convs = set(loaded)
+        for conversation, joined in changes.items():
+            if joined:
+                convs.add(conversation)
+            else:
+                convs.discard(conversation)
+        if keep:
+            self._conversations[user] = convs
+            present = self._present
+            for conversation in convs:
+                present.setdefault(conversation, set()).add(user)
+        return convs
+
+    def abandon_conversations_load(self, user: UserId) -> None:
+        """The load failed: stop recording for it."""
+        self._conversation_changes.pop(user, None)
+
+    def online_contacts(self, user: UserId) -> set[UserId]:
+        """The users, online here or in their grace period, who share a conversation with
+        *user* (not the user themself): whom to tell that *user* came or went."""
         found: set[UserId] = set()
+        present = self._present
         for conversation in self._conversations.get(user, ()):
-            members = self._members.get(conversation)
-            if members:
-                found |= members
+            found |= present.get(conversation, _NOBODY)
         found.discard(user)
         return found
 
-    # -- typing and send rate -----------------------------------------------------------------
+    @property
+    def cached_members(self) -> int:
+        """Member entries held in the cache, over all conversations."""
+        return self._cached_count
+
+    @property
+    def cached_conversations(self) -> int:
+        """Conversations whose members are cached."""
+        return len(self._members)
+
+    def _joined(self, conversation: ConversationId, user: UserId) -> None:
+        if (changes := self._member_changes.get(conversation)) is not None:
+            changes[user] = True
+        if (pending := self._conversation_changes.get(user)) is not None:
+            pending[conversation] = True
+        convs = self._conversations.get(user)
+        if convs is not None and conversation not in convs:
+            convs.add(conversation)
+            self._present.setdefault(conversation, set()).add(user)
+
+    def _leave_present(self, conversation: ConversationId, user: UserId) -> None:
+        present = self._present.get(conversation)
+        if present is not None:
+            present.discard(user)
+            if not present:
+                # Nobody here needs this conversation any more: its members can go too.
+                del self._present[conversation]
+                self._drop_members(conversation)
+
+    def _cache_members(self, conversation: ConversationId, members: set[UserId]) -> None:
+        self._members[conversation] = members
+        self._cached_count += len(members)
+        limit = self._max_cached_members
+        while limit and self._cached_count > limit and len(self._members) > 1:
+            oldest = next(iter(self._members))
+            self._drop_members(oldest)
+
+    def _drop_members(self, conversation: ConversationId) -> None:
+        members = self._members.pop(conversation, None)
+        if members is not None:
+            self._cached_count -= len(members)
+
+    # -- typing -------------------------------------------------------------------------------
 
     def allow_typing(self, user: UserId, conversation: ConversationId, now: float, interval_s: float) -> bool:
         """Whether to forward a typing notice: at most one per *interval_s*, counted from the
@@ -175,33 +309,3 @@ class Hub(Generic[C]):
     def forget_typing(self, before: float) -> None:
         """Drop typing state older than *before* (it no longer throttles anything)."""
         self._typing = {k: t for k, t in self._typing.items() if t >= before}
-
-    def take_send_token(self, user: UserId, now: float, rate_per_s: float, burst: int) -> int:
-        """Spend one `chat:send` token from the user's bucket (shared by all their connections).
-
-        Returns:
-            0 when allowed; otherwise the milliseconds until a token is available.
-        """
-        if rate_per_s <= 0:
-            return 0
-        tokens, last = self._buckets.get(user, (float(burst), now))
-        tokens = min(float(burst), tokens + (now - last) * rate_per_s)
-        if tokens < 1.0:
-            self._buckets[user] = (tokens, now)
-            return max(1, int((1.0 - tokens) / rate_per_s * 1000 + 0.999))
-        self._buckets[user] = (tokens - 1.0, now)
-        return 0
-
-    def refund_send_token(self, user: UserId, burst: int) -> None:
-        """Give back a token spent on a send that turned out to be an idempotent replay."""
-        bucket = self._buckets.get(user)
-        if bucket is not None:
-            self._buckets[user] = (min(float(burst), bucket[0] + 1.0), bucket[1])
-
-    def forget_buckets(self, idle_since: float, rate_per_s: float, burst: int) -> None:
-        """Drop buckets full again since *idle_since*: a full bucket is the default."""
-        if rate_per_s <= 0:
-            self._buckets.clear()
-            return
-        refill_s = burst / rate_per_s
-        self._buckets = {u: b for u, b in self._buckets.items() if b[1] + refill_s > idle_since}

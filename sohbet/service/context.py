@@ -6,7 +6,15 @@ Layer: service. Imports asyncio, the chat domain and the store interface.
 A request handler is a plain function of `(session, envelope)` that runs on the event loop. One
 that needs the database runs as a task (`Context.spawn`), under the session's lock so a
 connection reads one thing at a time, with every error it raises turned into that request's
-`error` reply (`Context.answering_errors`): a task has nobody else to tell.
+`error` reply (`Context.answering_errors`): a task has nobody else to tell. A connection may have
+only a few such requests waiting at once (`max_requests_in_flight`): each holds its envelope.
+
+Every request also spends a token from its user's bucket for that request type (`Context.spend`),
+after it has been validated and checked against membership, so refused requests cost nothing.
+
+Membership is checked from the hub's caches; what they do not hold is loaded once however many
+requests ask at the same moment, and a user's conversations are loaded before a conversation's
+members, so a user probing conversations that are not theirs never loads anyone's members.
 """
 
 from __future__ import annotations
@@ -14,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Final
 
 from sohbet.chat import wire
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConversationId, UserId
-from sohbet.chat.wire import Envelope, EventType
+from sohbet.chat.limits import Rate, RateLimiter
+from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
 from sohbet.service.session import Clock, Outbox, Session, Socket
@@ -41,6 +50,9 @@ CLIENT_FAULTS: Final = frozenset(
 )
 _ERROR_WINDOW_S: Final = 10.0
 _ERROR: Final = EventType.ERROR
+#: What a connection over its requests in flight is told to wait: about one storage round trip.
+IN_FLIGHT_RETRY_MS: Final = 100
+_MAX_LOGGED_BUGS: Final = 1000  # distinct places; beyond that a flood of new ones is only counted
 
 
 def not_a_member(conversation: ConversationId) -> MessageRejected:
@@ -57,9 +69,25 @@ class Context:
         self.config = config
         self.outbox = outbox
         self.clock = clock
-        self.hub: Hub[Socket] = Hub()
+        self.hub: Hub[Socket] = Hub(config.member_cache_size)
+        self.limiter: RateLimiter[tuple[UserId, str]] = RateLimiter()
+        #: The bucket each request type spends from (the `chat:send` one is the writer's).
+        self.rates: dict[str, Rate] = {
+            **dict.fromkeys((RequestType.CREATE, RequestType.LEAVE, RequestType.REFRESH), config.create_rate),
+            **dict.fromkeys(
+                (RequestType.HISTORY, RequestType.SYNC, RequestType.LIST, RequestType.MEMBERS, RequestType.PRESENCE),
+                config.query_rate,
+            ),
+            **dict.fromkeys((RequestType.TYPING, RequestType.READ), config.signal_rate),
+            RequestType.SEND: config.send_rate,
+        }
         #: Every task a request started; `ChatService.stop` cancels what is left.
         self.tasks: set[asyncio.Future[Any]] = set()
+        self._member_loads: dict[ConversationId, asyncio.Future[set[UserId]]] = {}
+        self._conversation_loads: dict[UserId, asyncio.Future[set[ConversationId]]] = {}
+        #: `internal` answers so far (each a bug); a traceback is logged once per place.
+        self.internal_errors = 0
+        self._logged_bugs: set[tuple[str, str, int]] = set()
 
     def wall_ms(self) -> int:
         """Now, as the milliseconds since the epoch that timestamps are stored in."""
@@ -90,6 +118,23 @@ class Context:
             if len(errors) > limit:
                 session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} errors in 10 s")
 
+    def spend(self, session: Session, kind: str) -> None:
+        """Spend a token of the user's bucket for *kind* (a request type).
+
+        Raises:
+            MessageRejected: `rate_limited`, with the milliseconds until a token is available.
+        """
+        rate = self.rates[kind]
+        wait_ms = self.limiter.take((session.user, kind), self.clock.now(), rate)
+        if wait_ms:
+            raise MessageRejected(
+                ErrorCode.RATE_LIMITED, f"more than {rate.per_s:g} {kind} per second", retry_after_ms=wait_ms
+            )
+
+    def refund(self, session: Session, kind: str) -> None:
+        """Give back the token a request spent when it turned out to cost nothing."""
+        self.limiter.refund((session.user, kind), self.rates[kind])
+
     def to_members(self, members: Iterable[UserId], data: bytes, *, skip: Socket | None = None) -> int:
         """Deliver an encoded event to every local connection of *members* (but *skip*)."""
         return self.outbox.deliver(self.hub.connections_of(members), data, skip=skip)
@@ -103,6 +148,21 @@ class Context:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def start_request(self, session: Session, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a request's work as a task, counted against the connection's requests in flight.
+
+        Raises:
+            MessageRejected: `rate_limited` when the connection has as many waiting as allowed.
+        """
+        limit = self.config.max_requests_in_flight
+        if limit and session.in_flight >= limit:
+            coro.close()  # never started: close it, or Python warns it was never awaited
+            raise MessageRejected(
+                ErrorCode.RATE_LIMITED, f"more than {limit} requests in flight", retry_after_ms=IN_FLIGHT_RETRY_MS
+            )
+        session.in_flight += 1
+        self.start(coro).add_done_callback(lambda _: _finished(session))
+
     def spawn(self, handler: AsyncRequestHandler) -> RequestHandler:
         """Run a handler that reads the database as a task, mapping its errors to replies."""
 
@@ -113,7 +173,7 @@ class Context:
                         await handler(session, envelope)
 
         def run(session: Session, envelope: Envelope) -> None:
-            self.start(guarded(session, envelope))
+            self.start_request(session, guarded(session, envelope))
 
         return run
 
@@ -129,29 +189,81 @@ class Context:
         except StoreError as exc:
             log.warning("store failed on %s: %s", envelope.type, exc)
             self.error(session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry", envelope.ref)
-        except Exception:
-            log.exception("%s failed", envelope.type)
+        except Exception as exc:
+            self.bug(envelope.type, exc)
             self.error(session, ErrorCode.INTERNAL, "internal error", envelope.ref)
+
+    def bug(self, what: str, exc: BaseException) -> None:
+        """Count an `internal` answer; log its traceback the first time it happens at that place,
+        so no client can fill the log by repeating whatever triggers it."""
+        self.internal_errors += 1
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        place = (what[:64], type(exc).__name__, tb.tb_lineno if tb is not None else 0)
+        if place not in self._logged_bugs and len(self._logged_bugs) < _MAX_LOGGED_BUGS:
+            self._logged_bugs.add(place)
+            log.error("%s failed (logged once; later ones are only counted)", place[0], exc_info=exc)
 
     # -- membership ---------------------------------------------------------------------------
 
     async def member_set(self, conversation: ConversationId) -> set[UserId]:
-        """The conversation's members, from the cache or loaded into it (empty if none)."""
-        members = self.hub.members(conversation)
-        if members is None:
-            loaded = await self.store.members(conversation)
-            if not loaded:
-                return set()  # not cached: unknown ids must not grow the cache
-            members = self.hub.set_members(conversation, loaded)
-        return members
+        """The conversation's members, from the cache or loaded into it (empty if none).
 
-    async def require_member(self, session: Session, conversation: ConversationId) -> set[UserId]:
-        """The members, if the session's user is one of them.
+        Only for a conversation already known to be the caller's: see `require_member`.
+        """
+        members = self.hub.members(conversation)
+        if members is not None:
+            return members
+        loading = self._member_loads.get(conversation)
+        if loading is None:
+            loading = self._member_loads[conversation] = asyncio.ensure_future(self._load_members(conversation))
+            loading.add_done_callback(lambda _: self._member_loads.pop(conversation, None))
+        return await asyncio.shield(loading)  # one waiter cancelled must not cancel the others' load
+
+    async def _load_members(self, conversation: ConversationId) -> set[UserId]:
+        hub = self.hub
+        hub.begin_members_load(conversation)
+        try:
+            loaded = await self.store.members(conversation)
+        except BaseException:
+            hub.abandon_members_load(conversation)
+            raise
+        return hub.finish_members_load(conversation, loaded)
+
+    async def conversations_of(self, user: UserId) -> set[ConversationId]:
+        """The user's conversations, from the cache or loaded (kept while the user is online)."""
+        convs = self.hub.conversations(user)
+        if convs is not None:
+            return convs
+        loading = self._conversation_loads.get(user)
+        if loading is None:
+            loading = self._conversation_loads[user] = asyncio.ensure_future(self._load_conversations(user))
+            loading.add_done_callback(lambda _: self._conversation_loads.pop(user, None))
+        return await asyncio.shield(loading)
+
+    async def _load_conversations(self, user: UserId) -> set[ConversationId]:
+        hub = self.hub
+        hub.begin_conversations_load(user)
+        try:
+            loaded = await self.store.conversation_ids(user)
+        except BaseException:
+            hub.abandon_conversations_load(user)
+            raise
+        return hub.finish_conversations_load(user, loaded, keep=hub.is_online(user))
+
+    async def require_member(self, session: Session, conversation: ConversationId) -> None:
+        """Check that the session's user is a member, without loading the conversation's members.
 
         Raises:
             MessageRejected: `forbidden`, for a conversation that is not the user's or does not exist.
         """
-        members = await self.member_set(conversation)
-        if session.user not in members:
+        known = self.hub.is_member(session.user, conversation)
+        if known is None:
+            known = conversation in await self.conversations_of(session.user)
+        if not known:
             raise not_a_member(conversation)
-        return members
+
+
+def _finished(session: Session) -> None:
+    session.in_flight -= 1

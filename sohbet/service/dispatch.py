@@ -181,12 +181,19 @@ class ChatService:
 
     def _refresh(self, session: Session, envelope: Envelope) -> None:
         token = wire.token_of(envelope.payload)
+        # Spent before the signature check, which is the cost; a refused token gets it back
+        # (and counts toward the client-fault errors that close the connection).
+        self.ctx.spend(session, RequestType.REFRESH)
         try:
             identity = self.verifier.verify(token)
+            if identity.user_id != session.user:
+                raise MessageRejected(ErrorCode.UNAUTHORIZED, "the new token is for another user")
         except AuthError as exc:
+            self.ctx.refund(session, RequestType.REFRESH)
             raise MessageRejected(ErrorCode.UNAUTHORIZED, str(exc)) from None
-        if identity.user_id != session.user:
-            raise MessageRejected(ErrorCode.UNAUTHORIZED, "the new token is for another user")
+        except MessageRejected:
+            self.ctx.refund(session, RequestType.REFRESH)
+            raise
         session.exp = identity.exp
         self.ctx.reply(session, EventType.REFRESHED, {"exp": int(identity.exp)}, envelope.ref)
 
@@ -210,4 +217,4 @@ class ChatService:
         hub = self.ctx.hub
         cfg = self.ctx.config
         hub.forget_typing(now - cfg.typing_interval_s)
-        hub.forget_buckets(now, cfg.send_rate_per_s, cfg.send_burst)
+        self.ctx.limiter.forget(now)

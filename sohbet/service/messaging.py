@@ -4,7 +4,8 @@ Layer: service. Imports asyncio, the chat domain and the store interface.
 
 A `chat:send` never waits for the database on its way in when the conversation's members are
 cached: it is validated, checked against membership and the user's rate bucket, and handed to
-the writer, all before the callback returns. Typing is forwarded from the cache too; reads and
+the writer, all before the callback returns. A send to a conversation the cache knows is not the
+user's is refused at once, without loading anything. Typing is forwarded from the cache too; reads and
 history need the database and run as tasks.
 """
 
@@ -26,6 +27,8 @@ __all__ = ["Messaging"]
 # Looked up once: an enum member's attribute lookup costs ~0.1 µs, per event.
 _TYPING: Final = EventType.TYPING
 _READ: Final = EventType.READ
+_SEND: Final = RequestType.SEND.value
+_TYPING_REQUEST: Final = RequestType.TYPING.value
 
 
 class Messaging:
@@ -52,28 +55,31 @@ class Messaging:
         request = wire.SendRequest.parse(envelope.payload, ctx.config.max_content_chars)
         members = ctx.hub.members(request.conversation_id)
         if members is None:
-            ctx.start(self._send_after_loading(session, envelope, request))
+            if ctx.hub.is_member(session.user, request.conversation_id) is False:
+                raise not_a_member(request.conversation_id)  # known from the cache: load nothing
+            ctx.start_request(session, self._send_after_loading(session, envelope, request))
             return
         self._enqueue(session, envelope.ref, request, members)
 
     async def _send_after_loading(self, session: Session, envelope: Envelope, request: wire.SendRequest) -> None:
-        with self.ctx.answering_errors(session, envelope):
-            self._enqueue(session, envelope.ref, request, await self.ctx.member_set(request.conversation_id))
+        ctx = self.ctx
+        with ctx.answering_errors(session, envelope):
+            await ctx.require_member(session, request.conversation_id)
+            self._enqueue(session, envelope.ref, request, await ctx.member_set(request.conversation_id))
 
     def _enqueue(self, session: Session, ref: str | None, request: wire.SendRequest, members: set[UserId]) -> None:
         if session.user not in members:
             raise not_a_member(request.conversation_id)
         ctx = self.ctx
-        cfg = ctx.config
-        wait_ms = ctx.hub.take_send_token(session.user, ctx.clock.now(), cfg.send_rate_per_s, cfg.send_burst)
+        wait_ms = ctx.limiter.take((session.user, _SEND), ctx.clock.now(), ctx.rates[_SEND])
         if wait_ms:
             # A retry of a stored message is answered even when the bucket is empty: replays
             # spend no token. Finding out needs the database, so only this path pays for it.
-            ctx.start(self._limited_or_replay(session, ref, request, wait_ms))
+            ctx.start_request(session, self._limited_or_replay(session, ref, request, wait_ms))
             return
         message = NewMessage(request.conversation_id, session.user, request.client_id, request.content)
         if not self.writer.submit((session, ref, message)):
-            ctx.hub.refund_send_token(session.user, cfg.send_burst)
+            ctx.refund(session, _SEND)
             raise MessageRejected(ErrorCode.UNAVAILABLE, "too many messages waiting to be stored; retry")
 
     async def _limited_or_replay(
@@ -85,8 +91,8 @@ class Messaging:
         except StoreError:
             earlier = None
         if earlier is not None:
-            obj = {"client_id": earlier.client_id, "message": wire.message_object(earlier)}
-            ctx.reply(session, EventType.ACK, obj, ref)
+            await ctx.member_set(earlier.conversation_id)  # in case the replay must be delivered
+            self.writer.replayed(session, ref, earlier)
             return
         rate = ctx.config.send_rate_per_s
         ctx.error(session, ErrorCode.RATE_LIMITED, f"more than {rate:g} messages per second", ref, wait_ms)
@@ -94,23 +100,31 @@ class Messaging:
     # -- typing, reads, history ---------------------------------------------------------------
 
     def _typing(self, session: Session, envelope: Envelope) -> None:
+        ctx = self.ctx
         conversation = wire.conversation_of(envelope.payload)
-        members = self.ctx.hub.members(conversation)
+        members = ctx.hub.members(conversation)
         if members is None:
-            self.ctx.spawn(self._typing_after_loading)(session, envelope)
+            if ctx.hub.is_member(session.user, conversation) is False:
+                raise not_a_member(conversation)
+            ctx.spawn(self._typing_after_loading)(session, envelope)
             return
         self._forward_typing(session, conversation, members)
 
     async def _typing_after_loading(self, session: Session, envelope: Envelope) -> None:
+        ctx = self.ctx
         conversation = wire.conversation_of(envelope.payload)
-        self._forward_typing(session, conversation, await self.ctx.member_set(conversation))
+        await ctx.require_member(session, conversation)
+        self._forward_typing(session, conversation, await ctx.member_set(conversation))
 
     def _forward_typing(self, session: Session, conversation: ConversationId, members: set[UserId]) -> None:
         if session.user not in members:
             raise not_a_member(conversation)
         ctx = self.ctx
         cfg = ctx.config
-        if ctx.hub.allow_typing(session.user, conversation, ctx.clock.now(), cfg.typing_interval_s):
+        now = ctx.clock.now()
+        if ctx.limiter.take((session.user, _TYPING_REQUEST), now, ctx.rates[_TYPING_REQUEST]):
+            return  # over its limit, typing is dropped silently: it is only a hint
+        if ctx.hub.allow_typing(session.user, conversation, now, cfg.typing_interval_s):
             notice = {"conversation_id": conversation, "user_id": session.user, "expires_in_ms": cfg.typing_expires_ms}
             others = (u for u in members if u != session.user)  # not the typist's own devices
             ctx.to_members(others, wire.encode(_TYPING, notice))
@@ -118,16 +132,19 @@ class Messaging:
     async def _read(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx
         request = wire.ReadRequest.parse(envelope.payload)
-        members = await ctx.require_member(session, request.conversation_id)
+        await ctx.require_member(session, request.conversation_id)
+        ctx.spend(session, RequestType.READ)
         moved = await ctx.store.mark_read(request.conversation_id, session.user, request.seq)
         if moved is not None:
             receipt = {"conversation_id": request.conversation_id, "user_id": session.user, "seq": moved}
+            members = await ctx.member_set(request.conversation_id)
             ctx.to_members(members, wire.encode(_READ, receipt), skip=session.socket)
 
     async def _history(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx
         request = wire.HistoryRequest.parse(envelope.payload)
         await ctx.require_member(session, request.conversation_id)
+        ctx.spend(session, RequestType.HISTORY)
         found, has_more = await ctx.store.history(request.conversation_id, request.before_seq, request.limit)
         payload = {
             "conversation_id": request.conversation_id,

@@ -62,7 +62,7 @@ class LoopClock:
 class Session:
     """The chat state of one connection."""
 
-    __slots__ = ("closed", "errors", "exp", "lock", "socket", "user")
+    __slots__ = ("closed", "errors", "exp", "in_flight", "lock", "socket", "user")
 
     def __init__(self, socket: Socket, identity: Identity) -> None:
         self.socket = socket
@@ -72,4 +72,6 @@ class Session:
         self.errors: list[float] = []  # at most max_errors_per_10s + 1 long
         #: Serialises this connection's reads (sync, history, ...): one at a time holds memory.
         self.lock = asyncio.Lock()
+        #: Requests of this connection started and not yet answered (waiting for storage).
+        self.in_flight = 0
         self.closed = False

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Final, TypeAlias
 
 from sohbet.chat import wire
-from sohbet.chat.ids import ConversationId
+from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage, StoredMessage
-from sohbet.chat.wire import EventType
+from sohbet.chat.wire import EventType, RequestType
 from sohbet.errors import ErrorCode, StoreUnavailable
 from sohbet.service.context import Context, not_a_member
 from sohbet.service.session import Session
@@ -36,6 +36,9 @@ Batch: TypeAlias = list[PendingSend]
 # Looked up once: an enum member's attribute lookup costs ~0.1 µs, per message.
 _MESSAGE: Final = EventType.MESSAGE
 _ACK: Final = EventType.ACK
+_SEND: Final = RequestType.SEND.value
+#: Sends remembered as maybe stored but never delivered (see `Writer._uncertain`).
+_MAX_UNCERTAIN: Final = 100_000
 
 
 class Writer:
@@ -54,6 +57,9 @@ class Writer:
         self._queued = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # Sends whose transaction failed without saying whether it committed (the connection
+        # died during COMMIT): a retry that finds one stored delivers it, since nobody has.
+        self._uncertain: OrderedDict[tuple[UserId, str], None] = OrderedDict()
 
     def start(self) -> None:
         """Start one writer task per shard."""
@@ -150,7 +156,7 @@ class Writer:
             stored = result.result()
         except StoreUnavailable as exc:
             log.warning("could not store %d messages: %s", len(batch), exc)
-            self._unavailable(batch)
+            self._unavailable(batch, uncertain=True)
             return
         except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
             log.error("storing %d messages failed", len(batch), exc_info=exc)
@@ -164,36 +170,58 @@ class Writer:
                     alone = await self.ctx.store.append([send[2]], self.ctx.wall_ms())
                 except Exception as failure:
                     log.error("storing a message alone failed", exc_info=failure)
-                    self._unavailable([send])
+                    self._unavailable([send], uncertain=True)
                 else:
-                    self._answer([send], alone)
+                    await self._answer([send], alone)
             return
-        self._answer(batch, stored)
+        await self._answer(batch, stored)
 
-    def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:
+    async def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:
         """Ack what was stored; refuse what the store turned away (sender no longer a member)."""
         ctx = self.ctx
+        hub = ctx.hub
         for (session, ref, item), message in zip(batch, stored, strict=True):
             if message is None:
                 # The sender stopped being a member before the commit (a leave raced the send).
-                ctx.hub.refund_send_token(session.user, ctx.config.send_burst)
+                ctx.refund(session, _SEND)
                 exc = not_a_member(item.conversation_id)
                 ctx.error(session, exc.code, str(exc), ref)
-            else:
-                self._acked(session, ref, message)
+                continue
+            fans_out = message.is_new or (message.sender_id, message.client_id) in self._uncertain
+            if fans_out and hub.members(message.conversation_id) is None:
+                # Dropped from the cache while it committed: load it again before fanning out.
+                # Later batches wait for this one, so seq order holds.
+                try:
+                    await ctx.member_set(message.conversation_id)
+                except StoreUnavailable as exc:
+                    log.warning("could not load members to deliver seq %d: %s", message.seq, exc)
+            self._acked(session, ref, message)
 
-    def _unavailable(self, batch: Batch) -> None:
+    def _unavailable(self, batch: Batch, *, uncertain: bool = False) -> None:
         ctx = self.ctx
-        for session, ref, _ in batch:
-            ctx.hub.refund_send_token(session.user, ctx.config.send_burst)
+        for session, ref, item in batch:
+            if uncertain:
+                self._remember_uncertain(item.sender_id, item.client_id)
+            ctx.refund(session, _SEND)
             ctx.error(session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry with the same client_id", ref)
 
-    def _acked(self, session: Session, ref: str | None, message: StoredMessage) -> None:
+    def _remember_uncertain(self, sender: UserId, client_id: str) -> None:
+        self._uncertain[(sender, client_id)] = None
+        if len(self._uncertain) > _MAX_UNCERTAIN:
+            self._uncertain.popitem(last=False)
+
+    def replayed(self, session: Session, ref: str | None, message: StoredMessage) -> None:
+        """Answer a retry of a message found stored (outside a batch: it spent no token)."""
+        self._acked(session, ref, message, spent=False)
+
+    def _acked(self, session: Session, ref: str | None, message: StoredMessage, *, spent: bool = True) -> None:
         ctx = self.ctx
         obj = wire.message_object(message)
-        if message.is_new:
+        # Stored by a transaction whose answer was lost (see `_uncertain`): nobody delivered it.
+        lost = bool(self._uncertain) and self._uncertain.pop((message.sender_id, message.client_id), 0) is None
+        if message.is_new or lost:
             members = ctx.hub.members(message.conversation_id) or ()
             ctx.to_members(members, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
-        else:
-            ctx.hub.refund_send_token(session.user, ctx.config.send_burst)  # replays are free
+        if spent and not message.is_new:
+            ctx.refund(session, _SEND)  # replays are free
         ctx.reply(session, _ACK, {"client_id": message.client_id, "message": obj}, ref)

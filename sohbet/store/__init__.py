@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeAlias, TypeVar
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import Conversation, ConversationKind, ConversationPage, NewMessage, StoredMessage
@@ -24,6 +24,7 @@ __all__ = [
     "NO_SEQ",
     "InvalidCursor",
     "MessageStore",
+    "Span",
     "decode_cursor",
     "direct_key",
     "encode_cursor",
@@ -31,6 +32,10 @@ __all__ = [
     "members_page_of",
     "migrations",
 ]
+
+
+#: Messages of one conversation after one seq, up to another (see `MessageStore.messages_between`).
+Span: TypeAlias = tuple[ConversationId, int, int]
 
 
 class InvalidCursor(StoreError):
@@ -117,9 +122,14 @@ class MessageStore(Protocol):
 
     async def create_conversation(
         self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
-    ) -> tuple[Conversation, bool]:
+    ) -> tuple[Conversation, list[UserId]]:
         """Create a conversation with deduplicated *members*; for a direct one, return the
-        existing conversation of that pair instead (the bool says whether it is new)."""
+        existing conversation of that pair instead, with whoever of the two had left it back in.
+
+        Returns:
+            The conversation, and the users who became members by this call: every member of a
+            new conversation, the ones who rejoined an existing direct one, or nobody.
+        """
         ...
 
     async def conversation(
@@ -165,8 +175,11 @@ class MessageStore(Protocol):
         """The newest *limit* messages with seq < *before_seq*, ascending; and whether older exist."""
         ...
 
-    async def messages_after(self, conversation_id: ConversationId, after_seq: int, limit: int) -> list[StoredMessage]:
-        """Up to *limit* messages with seq > *after_seq*, ascending."""
+    async def messages_between(self, spans: Sequence[Span]) -> list[StoredMessage]:
+        """The messages of each span `(conversation, after_seq, up_to_seq)`, those with
+        `after_seq < seq <= up_to_seq`, span by span in the order given and ascending within
+        each: what `sync` replays, in one statement. Seqs have no gaps, so a span's size is
+        known before it is read."""
         ...
 
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:

@@ -15,6 +15,7 @@ a seq is never burnt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -31,6 +32,7 @@ from sohbet.chat.model import (
 from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import (
     NO_SEQ,
+    Span,
     decode_cursor,
     direct_key,
     encode_cursor,
@@ -95,7 +97,7 @@ _INSERT_CONVERSATION: Final = (
 )
 _INSERT_MEMBERS: Final = (
     "INSERT INTO members (conversation_id, user_id, joined_at_ms) "
-    "SELECT $1, u, $3 FROM unnest($2::text[]) AS u ON CONFLICT DO NOTHING"
+    "SELECT $1, u, $3 FROM unnest($2::text[]) AS u ON CONFLICT DO NOTHING RETURNING user_id"
 )
 _RECOUNT_MEMBERS: Final = (
     "UPDATE conversations SET member_count = (SELECT count(*) FROM members WHERE conversation_id = $1) WHERE id = $1"
@@ -133,7 +135,11 @@ _REMOVE_MEMBER: Final = (
 _HISTORY: Final = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
 )
-_AFTER: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+_BETWEEN: Final = (
+    "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.client_id, m.created_at_ms "
+    "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS s(conv, lo, hi, n) "
+    "JOIN messages m ON m.conversation_id = s.conv AND m.seq > s.lo AND m.seq <= s.hi ORDER BY s.n, m.seq"
+)
 _LAST_SEQS: Final = "SELECT id, last_seq FROM conversations WHERE id = ANY($1::bigint[])"
 _MARK_READ: Final = (
     "UPDATE members m SET read_seq = LEAST($3, c.last_seq) FROM conversations c "
@@ -243,7 +249,7 @@ class PostgresStore:
 
     async def create_conversation(  # see MessageStore
         self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
-    ) -> tuple[Conversation, bool]:
+    ) -> tuple[Conversation, list[UserId]]:
         unique = sorted(set(members))
         key = direct_key(unique[0], unique[1]) if kind == ConversationKind.DIRECT else None
         title = title if kind == ConversationKind.GROUP else None
@@ -252,22 +258,21 @@ class PostgresStore:
             async with pool.acquire() as con, con.transaction():
                 row = await con.fetchrow(_INSERT_CONVERSATION, kind, title, key, len(unique), now_ms)
                 if row is None:  # the direct conversation of this pair exists (maybe made just now)
-                    existing = await con.fetchval(_FIND_DIRECT, key)
-                    created = False
-                    cid = ConversationId(existing)
+                    cid = ConversationId(await con.fetchval(_FIND_DIRECT, key))
                     # Asked again after one side left: the pair rejoins its one direct conversation.
-                    await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
+                    rows = await con.fetch(_INSERT_MEMBERS, cid, unique, now_ms)
+                    joined = sorted(UserId(r["user_id"]) for r in rows)
                     await con.execute(_RECOUNT_MEMBERS, cid)
                 else:
                     cid = ConversationId(row["id"])
                     await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
-                    created = True
+                    joined = unique
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
         found = await self.conversation(cid)
         if found is None:
             raise StoreError(f"conversation {cid} vanished after it was created")
-        return found, created
+        return found, joined
 
     async def _conversations(self, ids: list[int], for_user: UserId | None) -> dict[int, Conversation]:
         rows = await self._fetch(_CONVERSATIONS, ids, MEMBERS_IN_OBJECT, for_user)
@@ -330,10 +335,9 @@ class PostgresStore:
         rows = await self._fetch(_HISTORY, conversation_id, before_seq or NO_SEQ, limit + 1)
         return history_page_of([_message(r) for r in rows], limit)
 
-    async def messages_after(  # see MessageStore
-        self, conversation_id: ConversationId, after_seq: int, limit: int
-    ) -> list[StoredMessage]:
-        return [_message(r) for r in await self._fetch(_AFTER, conversation_id, after_seq, limit)]
+    async def messages_between(self, spans: Sequence[Span]) -> list[StoredMessage]:  # see MessageStore
+        columns = list(zip(*spans, strict=True)) or [(), (), ()]
+        return [_message(r) for r in await self._fetch(_BETWEEN, *(list(c) for c in columns))]
 
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
         rows = await self._fetch(_LAST_SEQS, conversation_ids)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
@@ -29,6 +30,7 @@ from sohbet.chat.model import (
 from sohbet.errors import StoreUnavailable
 from sohbet.store import (
     NO_SEQ,
+    Span,
     decode_cursor,
     direct_key,
     encode_cursor,
@@ -51,6 +53,8 @@ _FIND_SENT: Final = (
     "WHERE sender_id = ? AND client_id = ?"
 )
 _LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE id = ?"
+# Lists of ids go in as one JSON array (json_each): one statement, however many conversations.
+_LAST_SEQS: Final = "SELECT id, last_seq FROM conversations WHERE id IN (SELECT value FROM json_each(?))"
 _IS_MEMBER: Final = "SELECT 1 FROM members WHERE conversation_id = ? AND user_id = ?"
 _INSERT_MESSAGE: Final = (
     "INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms) "
@@ -76,6 +80,9 @@ _LIST: Final = (
 )
 _CONVERSATION_IDS: Final = "SELECT conversation_id FROM members WHERE user_id = ?"
 _MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = ?"
+_MEMBERS_OF: Final = (
+    "SELECT conversation_id, user_id FROM members WHERE conversation_id IN (SELECT value FROM json_each(?))"
+)
 _MEMBERS_PAGE: Final = "SELECT user_id FROM members WHERE conversation_id = ? AND user_id > ? ORDER BY user_id LIMIT ?"
 _COUNT_MEMBERS: Final = "UPDATE conversations SET member_count = member_count + ? WHERE id = ?"
 _RECOUNT_MEMBERS: Final = (
@@ -86,9 +93,10 @@ _HISTORY: Final = (
     "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
     "WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
 )
-_AFTER: Final = (
-    "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
-    "WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+_BETWEEN: Final = (
+    "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.client_id, m.created_at_ms "
+    "FROM json_each(?) s JOIN messages m ON m.conversation_id = json_extract(s.value, '$[0]') "
+    "AND m.seq > json_extract(s.value, '$[1]') AND m.seq <= json_extract(s.value, '$[2]') ORDER BY s.key, m.seq"
 )
 _READ_POSITION: Final = (
     "SELECT m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id "
@@ -153,7 +161,7 @@ class SqliteStore:
 
     async def create_conversation(  # see MessageStore
         self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
-    ) -> tuple[Conversation, bool]:
+    ) -> tuple[Conversation, list[UserId]]:
         return await self._run(_create, members, title, kind, now_ms)
 
     async def conversation(  # see MessageStore
@@ -172,10 +180,12 @@ class SqliteStore:
 
     async def members_of(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, list[UserId]]:
         def members_of(db: sqlite3.Connection) -> dict[ConversationId, list[UserId]]:
-            found = {cid: [UserId(r[0]) for r in db.execute(_MEMBERS, (cid,))] for cid in conversation_ids}
-            return {cid: users for cid, users in found.items() if users}
+            found: dict[ConversationId, list[UserId]] = {}
+            for cid, user in db.execute(_MEMBERS_OF, (json.dumps(conversation_ids),)):
+                found.setdefault(ConversationId(cid), []).append(UserId(user))
+            return found
 
-        return await self._run(members_of)  # in-process: a query per conversation costs no round trip
+        return await self._run(members_of)
 
     async def members_page(  # see MessageStore
         self, conversation_id: ConversationId, cursor: str | None, limit: int
@@ -201,21 +211,12 @@ class SqliteStore:
 
         return await self._run(history)
 
-    async def messages_after(  # see MessageStore
-        self, conversation_id: ConversationId, after_seq: int, limit: int
-    ) -> list[StoredMessage]:
-        return await self._run(
-            lambda db: [_message(r) for r in db.execute(_AFTER, (conversation_id, after_seq, limit))]
-        )
+    async def messages_between(self, spans: Sequence[Span]) -> list[StoredMessage]:  # see MessageStore
+        return await self._run(lambda db: [_message(r) for r in db.execute(_BETWEEN, (json.dumps(spans),))])
 
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
         def seqs(db: sqlite3.Connection) -> dict[ConversationId, int]:
-            out: dict[ConversationId, int] = {}
-            for cid in conversation_ids:
-                row = db.execute(_LAST_SEQ, (cid,)).fetchone()
-                if row is not None:
-                    out[cid] = row[0]
-            return out
+            return {ConversationId(cid): seq for cid, seq in db.execute(_LAST_SEQS, (json.dumps(conversation_ids),))}
 
         return await self._run(seqs)
 
@@ -281,7 +282,7 @@ def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> lis
 
 def _create(
     db: sqlite3.Connection, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
-) -> tuple[Conversation, bool]:
+) -> tuple[Conversation, list[UserId]]:
     unique = sorted(set(members))
     key = direct_key(unique[0], unique[1]) if kind == ConversationKind.DIRECT else None
     db.execute("BEGIN IMMEDIATE")
@@ -289,12 +290,12 @@ def _create(
         row = db.execute(_FIND_DIRECT, (key,)).fetchone()
         if row is not None:
             # Asked again after one side left: the pair rejoins its one direct conversation.
-            db.executemany(_INSERT_MEMBER, [(row[0], user, now_ms) for user in unique])
+            joined = [user for user in unique if db.execute(_INSERT_MEMBER, (row[0], user, now_ms)).rowcount == 1]
             db.execute(_RECOUNT_MEMBERS, (row[0], row[0]))
             db.execute("COMMIT")
             found = _conversation(db, ConversationId(row[0]), None)
             assert found is not None  # just read inside the same thread
-            return found, False
+            return found, joined
     (cid,) = db.execute(
         _INSERT_CONVERSATION,
         (kind, title if kind == ConversationKind.GROUP else None, key, len(unique), now_ms, now_ms),
@@ -303,7 +304,7 @@ def _create(
     db.execute("COMMIT")
     created = _conversation(db, ConversationId(cid), None)
     assert created is not None
-    return created, True
+    return created, unique
 
 
 def _conversation(db: sqlite3.Connection, cid: ConversationId, for_user: UserId | None) -> Conversation | None:

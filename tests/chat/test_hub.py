@@ -1,4 +1,4 @@
-"""The hub: connections, presence with grace, membership cache, typing and send-rate buckets."""
+"""The hub: connections, presence with grace, the membership caches and typing."""
 
 from __future__ import annotations
 
@@ -41,30 +41,86 @@ def test_remote_connections_count_for_presence() -> None:
     assert hub.expired_graces(now=6.0) == []
 
 
-def test_membership_cache_and_contacts() -> None:
+def test_membership_cache_and_the_present_index() -> None:
     hub: Hub[str] = Hub()
-    assert hub.members(X) is None
-    hub.set_conversations(A, [X])
-    assert hub.contacts(A) == set()  # members not loaded yet
+    assert hub.members(X) is None and hub.is_member(A, X) is None
+    hub.attach(A, "a1")
+    assert hub.finish_conversations_load(A, [X], keep=True) == {X}
+    assert hub.is_member(A, X) is True and hub.is_member(A, Y) is False  # told by her own set
+    assert hub.online_contacts(A) == set()  # nobody else is present
     assert hub.set_members(X, [A, B]) == {A, B}
     hub.set_members(Y, [A, C])  # alice's set learns of Y as well
     assert hub.conversations(A) == {X, Y}
-    assert hub.contacts(A) == {B, C}
+    assert hub.is_member(C, Y) is True and hub.is_member(B, Y) is False  # told by the member set
+    hub.attach(C, "c1")
+    hub.finish_conversations_load(C, [Y], keep=True)
+    assert hub.online_contacts(A) == {C} and hub.online_contacts(C) == {A}  # bob is not online
     hub.add_member(X, C)
-    assert hub.members(X) == {A, B, C}
+    assert hub.members(X) == {A, B, C} and hub.online_contacts(A) == {C}
     hub.remove_member(Y, A)
-    assert hub.conversations(A) == {X}
-    assert hub.contacts(A) == {B, C}
+    assert hub.conversations(A) == {X} and hub.online_contacts(C) == {A}  # still share X
+    hub.remove_member(X, C)
+    assert hub.online_contacts(A) == set() and hub.online_contacts(C) == set()
     hub.add_member(ConversationId(3), A)  # not cached: only the user's set changes
     hub.remove_member(ConversationId(4), B)  # unknown everywhere: nothing to do
     assert hub.conversations(A) == {X, ConversationId(3)}
     assert hub.conversations(B) is None
-    hub.forget(A)  # offline: the cached set goes
-    assert hub.conversations(A) is None
-    hub.attach(A, "a1")
-    hub.set_conversations(A, [X])
+    assert hub.cached_members == 3 and hub.cached_conversations == 2  # X: alice, bob; Y: carol
     hub.forget(A)  # still online: kept
-    assert hub.conversations(A) == {X}
+    assert hub.conversations(A) == {X, ConversationId(3)}
+    hub.detach(A, "a1", grace_until=1.0)
+    assert hub.expired_graces(now=1.0) == [A]
+    hub.forget(A)  # offline: her set goes, and X's members with it: nobody present needs them
+    assert hub.conversations(A) is None and hub.members(X) is None
+    assert hub.members(Y) == {C}  # carol is still present in Y
+    assert hub.finish_conversations_load(B, [X], keep=False) == {X}  # offline: returned, not kept
+    assert hub.conversations(B) is None
+
+
+def test_loads_apply_the_changes_made_while_they_waited() -> None:
+    hub: Hub[str] = Hub()
+    hub.attach(A, "a1")
+    hub.begin_members_load(X)
+    hub.begin_conversations_load(A)
+    hub.remove_member(X, B)  # bob leaves while both loads read what was true before
+    hub.add_member(X, C)
+    hub.add_member(Y, A)
+    hub.remove_member(ConversationId(3), A)
+    assert hub.finish_members_load(X, [A, B]) == {A, C}  # the read began before the leave
+    assert hub.members(X) == {A, C}
+    assert hub.finish_conversations_load(A, [X, ConversationId(3)], keep=True) == {X, Y}
+    hub.begin_members_load(Y)
+    hub.set_members(Y, [A, B])  # created while loading: the cached copy is current
+    assert hub.finish_members_load(Y, []) == {A, B}
+    hub.begin_members_load(ConversationId(5))
+    assert hub.finish_members_load(ConversationId(5), []) == set()  # no such conversation
+    assert hub.members(ConversationId(5)) is None  # unknown ids do not grow the cache
+    hub.begin_members_load(ConversationId(6))
+    hub.abandon_members_load(ConversationId(6))  # failed: nothing recorded any more
+    hub.add_member(ConversationId(6), B)
+    assert hub.finish_members_load(ConversationId(6), [C]) == {C}
+    hub.begin_conversations_load(B)
+    hub.abandon_conversations_load(B)
+    hub.add_member(X, B)
+    assert hub.finish_conversations_load(B, [], keep=True) == set()
+    hub.begin_conversations_load(A)
+    assert hub.finish_conversations_load(A, [], keep=True) == {X, Y}  # already cached: kept as is
+
+
+def test_member_cache_is_bounded_least_recently_used_first() -> None:
+    hub: Hub[str] = Hub(max_cached_members=5)
+    hub.set_members(X, [A, B])
+    hub.set_members(Y, [A, C])
+    assert hub.members(X) == {A, B}  # used: Y is now the oldest
+    hub.set_members(ConversationId(3), [B, C])
+    assert hub.members(Y) is None and hub.cached_members == 4
+    big = [UserId(f"u{i}") for i in range(9)]
+    hub.set_members(ConversationId(4), big)  # larger than the bound alone: kept, the rest go
+    assert hub.cached_conversations == 1 and hub.cached_members == 9
+    hub.remove_member(ConversationId(4), big[0])
+    hub.add_member(ConversationId(4), big[0])
+    hub.add_member(ConversationId(4), big[0])  # already in: counted once
+    assert hub.cached_members == 9
 
 
 def test_connections_of_many_users() -> None:
@@ -83,19 +139,3 @@ def test_typing_is_throttled_from_the_last_forwarded() -> None:
     assert hub.allow_typing(A, X, now=2.0, interval_s=2.0)
     hub.forget_typing(before=3.0)
     assert hub.allow_typing(A, X, now=3.0, interval_s=2.0)  # forgotten state throttles nothing
-
-
-def test_send_tokens() -> None:
-    hub: Hub[str] = Hub()
-    assert [hub.take_send_token(A, 0.0, rate_per_s=2, burst=3) for _ in range(3)] == [0, 0, 0]
-    assert hub.take_send_token(A, 0.0, rate_per_s=2, burst=3) == 500
-    assert hub.take_send_token(A, 0.25, rate_per_s=2, burst=3) == 250
-    hub.refund_send_token(A, burst=3)  # a replay gives its token back
-    assert hub.take_send_token(A, 0.25, rate_per_s=2, burst=3) == 0
-    hub.refund_send_token(B, burst=3)  # no bucket: nothing to refund
-    assert hub.take_send_token(B, 0.0, rate_per_s=0, burst=1) == 0  # unlimited
-    hub.forget_buckets(idle_since=1.0, rate_per_s=2, burst=3)  # alice's refills by 1.75: kept
-    assert hub.take_send_token(A, 0.3, rate_per_s=2, burst=3) > 0
-    hub.forget_buckets(idle_since=10.0, rate_per_s=2, burst=3)  # full again: dropped
-    assert hub.take_send_token(A, 10.0, rate_per_s=2, burst=3) == 0
-    hub.forget_buckets(idle_since=10.0, rate_per_s=0, burst=3)

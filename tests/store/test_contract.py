@@ -48,8 +48,8 @@ async def with_store(url: str, body: Callable[[MessageStore], Coroutine[Any, Any
 
 def test_append_assigns_consecutive_seqs_and_dedupes(run: Run, database_url: str) -> None:
     async def body(store: MessageStore) -> None:
-        direct, created = await store.create_conversation([A, B], None, "direct", 1000)
-        assert created and direct.kind == "direct" and direct.members == [A, B] and direct.last_seq == 0
+        direct, joined = await store.create_conversation([A, B], None, "direct", 1000)
+        assert joined == [A, B] and direct.kind == "direct" and direct.members == [A, B] and direct.last_seq == 0
         other, _ = await store.create_conversation([A, B, C], "trio", "group", 1000)
         batch = [
             msg(direct.id, A, "1"),
@@ -106,11 +106,14 @@ def test_two_writers_on_one_database_never_gap_or_repeat(run: Run, database_url:
 
 def test_direct_conversations_are_unique_per_pair(run: Run, database_url: str) -> None:
     async def body(store: MessageStore) -> None:
-        first, created = await store.create_conversation([A, B], "ignored", "direct", 0)
-        again, created_again = await store.create_conversation([B, A], None, "direct", 0)
-        assert created and not created_again and first.id == again.id and first.title is None
+        first, joined = await store.create_conversation([A, B], "ignored", "direct", 0)
+        again, joined_again = await store.create_conversation([B, A], None, "direct", 0)
+        assert joined == [A, B] and joined_again == [] and first.id == again.id and first.title is None
         racing = await asyncio.gather(*(store.create_conversation([A, C], None, "direct", 0) for _ in range(5)))
-        assert len({c.id for c, _ in racing}) == 1 and sum(new for _, new in racing) == 1
+        assert len({c.id for c, _ in racing}) == 1 and [j for _, j in racing if j] == [[A, C]]
+        assert await store.remove_member(first.id, B)
+        back, rejoined = await store.create_conversation([A, B], None, "direct", 0)
+        assert back.id == first.id and rejoined == [B] and back.member_count == 2
 
     run(with_store(database_url, body))
 
@@ -151,7 +154,12 @@ def test_history_after_and_read_positions(run: Run, database_url: str) -> None:
         assert [m.seq for m in page] == [5, 6, 7] and more
         page, more = await store.history(cid, 2, 3)
         assert [m.seq for m in page] == [1] and not more
-        assert [m.seq for m in await store.messages_after(cid, 4, 2)] == [5, 6]
+        other, _ = await store.create_conversation([A, C], None, "direct", 0)
+        await store.append([msg(other.id, A, f"o{i}") for i in range(3)], 10)
+        spans = [(other.id, 1, 3), (cid, 4, 6), (ConversationId(424242), 0, 5), (cid, 0, 1)]
+        between = [(m.conversation_id, m.seq) for m in await store.messages_between(spans)]
+        assert between == [(other.id, 2), (other.id, 3), (cid, 5), (cid, 6), (cid, 1)]  # span order, then seq
+        assert await store.messages_between([]) == []
         assert await store.mark_read(cid, B, 99) == 7  # clamped to the last seq
         assert await store.mark_read(cid, B, 3) is None  # never backwards
         assert await store.mark_read(cid, C, 3) is None  # not a member

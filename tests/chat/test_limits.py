@@ -1,0 +1,33 @@
+"""Token buckets: bursts, refill, refunds, and forgetting full buckets."""
+
+from __future__ import annotations
+
+from sohbet.chat.limits import Rate, RateLimiter
+
+RATE = Rate(per_s=2, burst=3)
+
+
+def test_a_bucket_allows_its_burst_then_says_how_long_to_wait() -> None:
+    limiter: RateLimiter[str] = RateLimiter()
+    assert [limiter.take("a", 0.0, RATE) for _ in range(3)] == [0, 0, 0]
+    assert limiter.take("a", 0.0, RATE) == 500
+    assert limiter.take("a", 0.25, RATE) == 250  # half a token back after 0.25 s
+    assert limiter.take("b", 0.0, RATE) == 0  # each key its own bucket
+    limiter.refund("a", RATE)  # work that cost nothing gives its token back
+    assert limiter.take("a", 0.25, RATE) == 0
+    limiter.refund("c", RATE)  # no bucket: nothing to refund
+    assert limiter.take("c", 0.0, Rate(0, 1)) == 0 and "c" not in limiter._buckets  # 0: unlimited
+    limiter.refund("a", Rate(0, 1))
+    assert not Rate(0, 1).is_limited and RATE.is_limited
+
+
+def test_full_buckets_are_forgotten() -> None:
+    limiter: RateLimiter[str] = RateLimiter()
+    limiter.take("a", 0.0, RATE)  # full again at 0.5
+    for _ in range(3):
+        limiter.take("b", 0.0, RATE)  # full again at 1.5
+    limiter.forget(now=1.0)
+    assert len(limiter) == 1 and limiter.take("b", 1.0, RATE) == 0  # b kept its state: 2 tokens, now 1
+    assert limiter.take("b", 1.0, RATE) == 0 and limiter.take("b", 1.0, RATE) == 500
+    limiter.forget(now=10.0)
+    assert len(limiter) == 0
