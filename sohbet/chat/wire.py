@@ -323,7 +323,9 @@ class MembersRequest(NamedTuple):
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> MembersRequest:
         """Validate `conversation:members` (limit 1-1000, default 100)."""
-        return cls(_conversation_id(payload), _cursor(payload), _int(payload, "limit", high=1000, default=100))
+        # The cursor is the last user id of the previous page: anything else is not one we made.
+        cursor = _text(payload, "cursor", MAX_USER_ID_CHARS, required=False)
+        return cls(_conversation_id(payload), cursor, _int(payload, "limit", high=1000, default=100))
 
 
 class PresenceQuery(NamedTuple):

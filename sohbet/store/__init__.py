@@ -22,6 +22,7 @@ from sohbet.errors import StoreError
 
 __all__ = [
     "NO_SEQ",
+    "UNREAD_CAP",
     "InvalidCursor",
     "MessageStore",
     "Span",
@@ -45,6 +46,9 @@ class InvalidCursor(StoreError):
 NO_SEQ: Final = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
 _NO_CURSOR: Final = (NO_SEQ, NO_SEQ)
 _MAX_CURSOR_CHARS: Final = 40  # two 64-bit numbers and a dot, with room to spare
+#: `unread` counts at most this many: clients show "99+", and a long backlog is not scanned on
+#: every `conversation:list` page.
+UNREAD_CAP: Final = 100
 
 T = TypeVar("T")
 
@@ -81,9 +85,13 @@ def decode_cursor(cursor: str | None) -> tuple[int, int]:
     if cursor is None:
         return _NO_CURSOR
     activity, _, conversation = cursor.partition(".")
-    if not (activity.isdigit() and conversation.isdigit() and len(cursor) <= _MAX_CURSOR_CHARS):
-        raise InvalidCursor(f"cursor {cursor[:_MAX_CURSOR_CHARS]!r} is not valid")
-    return int(activity), int(conversation)
+    # isascii: isdigit alone accepts "²", which int() refuses; the bound keeps both numbers
+    # within what every database stores in a 64-bit integer.
+    if len(cursor) <= _MAX_CURSOR_CHARS and all(p.isascii() and p.isdigit() for p in (activity, conversation)):
+        found = int(activity), int(conversation)
+        if max(found) <= NO_SEQ:
+            return found
+    raise InvalidCursor(f"cursor {cursor[:_MAX_CURSOR_CHARS]!r} is not valid")
 
 
 def direct_key(a: UserId, b: UserId) -> str:

@@ -31,6 +31,7 @@ from sohbet.chat.model import (
 )
 from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import (
+    UNREAD_CAP,
     NO_SEQ,
     Span,
     decode_cursor,
@@ -105,9 +106,9 @@ _RECOUNT_MEMBERS: Final = (
 _CONVERSATIONS: Final = (
     "SELECT c.id, c.kind, c.title, c.member_count, c.last_seq, "
     "ARRAY(SELECT user_id FROM members WHERE conversation_id = c.id ORDER BY user_id LIMIT $2) AS first, "
-    "CASE WHEN $3::text IS NULL THEN 0 ELSE (SELECT count(*) FROM messages x JOIN members m "
+    "CASE WHEN $3::text IS NULL THEN 0 ELSE (SELECT count(*) FROM (SELECT 1 FROM messages x JOIN members m "
     "ON m.conversation_id = x.conversation_id AND m.user_id = $3 "
-    "WHERE x.conversation_id = c.id AND x.seq > m.read_seq AND x.sender_id <> $3) END AS unread "
+    "WHERE x.conversation_id = c.id AND x.seq > m.read_seq AND x.sender_id <> $3 LIMIT $4) capped) END AS unread "
     "FROM conversations c WHERE c.id = ANY($1::bigint[])"
 )
 _LIST: Final = (
@@ -275,7 +276,7 @@ class PostgresStore:
         return found, joined
 
     async def _conversations(self, ids: list[int], for_user: UserId | None) -> dict[int, Conversation]:
-        rows = await self._fetch(_CONVERSATIONS, ids, MEMBERS_IN_OBJECT, for_user)
+        rows = await self._fetch(_CONVERSATIONS, ids, MEMBERS_IN_OBJECT, for_user, UNREAD_CAP)
         return {
             r["id"]: Conversation(
                 ConversationId(r["id"]),

@@ -29,6 +29,7 @@ from sohbet.chat.model import (
 )
 from sohbet.errors import StoreUnavailable
 from sohbet.store import (
+    UNREAD_CAP,
     NO_SEQ,
     Span,
     decode_cursor,
@@ -70,8 +71,9 @@ _INSERT_MEMBER: Final = "INSERT OR IGNORE INTO members (conversation_id, user_id
 _CONVERSATION: Final = "SELECT id, kind, title, member_count, last_seq FROM conversations WHERE id = ?"
 _FIRST_MEMBERS: Final = "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY user_id LIMIT ?"
 _UNREAD: Final = (
-    "SELECT count(*) FROM messages x JOIN members m ON m.conversation_id = x.conversation_id AND m.user_id = ? "
-    "WHERE x.conversation_id = ? AND x.seq > m.read_seq AND x.sender_id <> m.user_id"
+    "SELECT count(*) FROM (SELECT 1 FROM messages x JOIN members m "
+    "ON m.conversation_id = x.conversation_id AND m.user_id = ? "
+    "WHERE x.conversation_id = ? AND x.seq > m.read_seq AND x.sender_id <> m.user_id LIMIT ?)"
 )
 _LIST: Final = (
     "SELECT c.id, c.last_activity_ms FROM members m JOIN conversations c ON c.id = m.conversation_id "
@@ -312,7 +314,7 @@ def _conversation(db: sqlite3.Connection, cid: ConversationId, for_user: UserId 
     if row is None:
         return None
     first = [UserId(r[0]) for r in db.execute(_FIRST_MEMBERS, (cid, MEMBERS_IN_OBJECT))]
-    unread = db.execute(_UNREAD, (for_user, cid)).fetchone()[0] if for_user is not None else 0
+    unread = db.execute(_UNREAD, (for_user, cid, UNREAD_CAP)).fetchone()[0] if for_user is not None else 0
     return Conversation(ConversationId(row[0]), ConversationKind(row[1]), row[2], row[3], first, row[4], unread)
 
 

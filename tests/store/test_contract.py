@@ -14,7 +14,7 @@ import pytest
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
-from sohbet.store import InvalidCursor, MessageStore
+from sohbet.store import UNREAD_CAP, InvalidCursor, MessageStore
 
 from ..chatkit import open_store
 
@@ -168,6 +168,9 @@ def test_history_after_and_read_positions(run: Run, database_url: str) -> None:
         await store.append([msg(cid, A, "8")], 11)
         unread_for_b = await store.conversation(cid, B)
         assert unread_for_b is not None and unread_for_b.unread == 1
+        await store.append([msg(cid, A, f"more{i}") for i in range(UNREAD_CAP + 5)], 12)
+        capped = (await store.list_conversations(B, None, 10)).conversations
+        assert [c.unread for c in capped if c.id == cid] == [UNREAD_CAP]  # counted up to the cap only
 
     run(with_store(database_url, body))
 
@@ -182,8 +185,9 @@ def test_list_pages_by_activity(run: Run, database_url: str) -> None:
         assert [c.id for c in second.conversations] == [made[3].id, made[2].id]
         third = await store.list_conversations(A, second.next_cursor, 2)
         assert [c.id for c in third.conversations] == [made[0].id] and third.next_cursor is None
-        with pytest.raises(InvalidCursor):
-            await store.list_conversations(A, "garbage", 2)
+        for garbage in ("garbage", "\u00b2.\u00b2", "99999999999999999999999.1", "1.2.3", ".", "", "1." + "9" * 40):
+            with pytest.raises(InvalidCursor):
+                await store.list_conversations(A, garbage, 2)
 
     run(with_store(database_url, body))
 
