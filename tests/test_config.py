@@ -76,6 +76,18 @@ def test_every_setting_has_a_flag_an_environment_variable_and_help() -> None:
         assert s.env == "SOHBET_" + s.name.upper() and s.flag == "--" + s.name.replace("_", "-") and s.help
 
 
+def test_the_request_limits_are_settings() -> None:
+    environ = {"SOHBET_JWT_SECRET": SECRET, "SOHBET_CREATE_RATE": "0.5", "SOHBET_QUERY_BURST": "7"}
+    flags = {"signal_rate": 3.0, "groups_per_hour": 0, "max_requests_in_flight": 2, "member_cache_size": 9}
+    chat = Config.from_settings(merge_settings(environ, {"max-conversations-per-user": 5}, flags)).chat
+    assert (chat.create_rate.per_s, chat.create_rate.burst) == (0.5, 10)
+    assert (chat.query_rate.per_s, chat.query_rate.burst) == (20.0, 7)
+    assert (chat.signal_rate.per_s, chat.send_rate.per_s) == (3.0, 10.0)
+    assert not chat.group_rate.is_limited  # 0: unlimited
+    assert (chat.max_requests_in_flight, chat.member_cache_size, chat.max_conversations_per_user) == (2, 9, 5)
+    assert ChatConfig().group_rate == (100 / 3600, 100)
+
+
 def test_precedence_flags_over_environment_over_file_over_defaults() -> None:
     file = {"port": 1000, "send-rate": 1.5, "host": "0.0.0.0"}
     environ = {"SOHBET_PORT": "2000", "SOHBET_COMPRESSION": "yes"}
@@ -150,6 +162,12 @@ def test_config_from_settings() -> None:
         (lambda: ChatConfig(presence_grace_s=-1), "presence_grace_s"),
         (lambda: ChatConfig(typing_interval_s=-1), "typing_interval_s"),
         (lambda: ChatConfig(max_errors_per_10s=0), "max_errors_per_10s"),
+        (lambda: ChatConfig(create_rate_per_s=-1), "create_rate_per_s of -1 is negative"),
+        (lambda: ChatConfig(query_burst=0), "query_burst of 0 is below 1"),
+        (lambda: ChatConfig(signal_burst=0), "signal_burst"),
+        (lambda: ChatConfig(groups_per_hour=-1), "groups_per_hour of -1"),
+        (lambda: ChatConfig(max_requests_in_flight=-1), "max_requests_in_flight"),
+        (lambda: ChatConfig(member_cache_size=-5), "member_cache_size"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), port=70000), "port"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), log_level="loud"), "log level"),
     ],

@@ -273,13 +273,13 @@ class Hub(Generic[C]):
             self._present.setdefault(conversation, set()).add(user)
 
     def _leave_present(self, conversation: ConversationId, user: UserId) -> None:
-        present = self._present.get(conversation)
-        if present is not None:
-            present.discard(user)
-            if not present:
-                # Nobody here needs this conversation any more: its members can go too.
-                del self._present[conversation]
-                self._drop_members(conversation)
+        # Called only for a conversation in the user's loaded set, so the user is indexed here.
+        present = self._present[conversation]
+        present.discard(user)
+        if not present:
+            # Nobody here needs this conversation any more: its members can go too.
+            del self._present[conversation]
+            self._drop_members(conversation)
 
     def _cache_members(self, conversation: ConversationId, members: set[UserId]) -> None:
         self._members[conversation] = members

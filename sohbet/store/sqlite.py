@@ -29,8 +29,8 @@ from sohbet.chat.model import (
 )
 from sohbet.errors import StoreUnavailable
 from sohbet.store import (
-    UNREAD_CAP,
     NO_SEQ,
+    UNREAD_CAP,
     Span,
     decode_cursor,
     direct_key,
