@@ -290,8 +290,11 @@ class ChatClient:
             try:
                 await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
             except TimeoutError:
+                # No answer to our close: drop the socket. Its connection_lost ends the reader with
+                # ConnectionClosed(1006), so pending requests and later `next_event` calls see the
+                # end instead of waiting for their own timeouts.
                 sock.transport.abort()
-                self._reader.cancel()
+                await self._reader
 
     @property
     def close_code(self) -> int | None:

@@ -48,8 +48,12 @@ def unbuilt_checkout(tmp_path: Path) -> Path:
 
 
 def python_in(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run Python in *root*, whose sohbet/ comes first on sys.path, as in a checkout's root."""
-    environ = {k: v for k, v in os.environ.items() if k != "SOHBET_NO_EXTENSIONS"} | env
+    """Run Python in *root*, whose sohbet/ comes first on sys.path, as in a checkout's root.
+
+    Coverage is off in there: the copy is not the package the suite measures.
+    """
+    drop = {"SOHBET_NO_EXTENSIONS", "COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"}
+    environ = {k: v for k, v in os.environ.items() if k not in drop} | env
     return subprocess.run([sys.executable, *args], cwd=root, env=environ, capture_output=True, text=True, check=False)
 
 

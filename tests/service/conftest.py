@@ -162,10 +162,19 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, *, leeway_s: float = 0.0, **changes: Any) -> AsyncIterator[World]:
-    """A chat service with *changes* to the default `ChatConfig`."""
+async def world(
+    tmp_path: Path,
+    *,
+    leeway_s: float = 0.0,
+    store: SqliteStore | None = None,
+    max_batch: int = 512,
+    max_queue: int = 20_000,
+    depth: int = 1,
+    **changes: Any,
+) -> AsyncIterator[World]:
+    """A chat service with *changes* to the default `ChatConfig`, on *store* or a new SQLite file."""
     clock = FakeClock()
-    store = SqliteStore(str(tmp_path / "service.db"))
+    store = store or SqliteStore(str(tmp_path / "service.db"))
     await store.migrate()
     service = ChatService(
         store,
@@ -174,6 +183,9 @@ async def world(tmp_path: Path, *, leeway_s: float = 0.0, **changes: Any) -> Asy
         FakeOutbox(),
         max_message_bytes=65536,
         leeway_s=leeway_s,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        depth=depth,
         clock=clock,
     )
     await service.start()

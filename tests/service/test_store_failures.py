@@ -1,0 +1,152 @@
+"""What the service does when storage fails under it: nothing acked is lost, nothing is half-done.
+
+The store is the real SQLite one, with a gate the test holds (so a batch is provably in flight)
+and failures the test switches on; everything above it runs for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import Conversation, ConversationKind, NewMessage, StoredMessage
+from sohbet.errors import StoreUnavailable
+from sohbet.store.sqlite import SqliteStore
+
+from .conftest import run, world
+
+POISON = "this one breaks the batch"
+
+
+class TroubledStore(SqliteStore):
+    """A real SQLite store whose appends can be held open and whose writes can fail on demand."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.appends: list[list[str]] = []  # the contents of each append call, in call order
+        self.append_fails: Callable[[list[NewMessage]], Exception | None] = lambda batch: None
+        self.writes_fail = False
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
+        self.appends.append([m.content for m in batch])
+        await self.gate.wait()
+        failure = self.append_fails(batch)
+        if failure is not None:
+            raise failure
+        return await super().append(batch, now_ms)
+
+    async def create_conversation(
+        self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
+    ) -> tuple[Conversation, list[UserId]]:
+        if self.writes_fail:
+            raise StoreUnavailable("switched off by the test")
+        return await super().create_conversation(members, title, kind, now_ms)
+
+    async def remove_member(self, conversation_id: ConversationId, user: UserId) -> bool:
+        if self.writes_fail:
+            raise StoreUnavailable("switched off by the test")
+        return await super().remove_member(conversation_id, user)
+
+
+def poisoned(batch: list[NewMessage]) -> Exception | None:
+    """A batch fails as a whole while it holds more than one message or the poisoned one."""
+    if len(batch) > 1 or any(m.content == POISON for m in batch):
+        return RuntimeError("a bug in the store for this batch")
+    return None
+
+
+def test_a_failing_batch_is_stored_message_by_message_and_only_the_bad_one_fails(tmp_path: Path) -> None:
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0) as w:
+            alice, bob = w.connect("alice"), w.connect("bob")
+            cid = await w.conversation(alice, "bob")
+            store.gate.clear()
+            first = alice.send("chat:send", {"conversation_id": cid, "content": "first", "client_id": "c0"})
+            while store.appends != [["first"]]:  # "first" is in a transaction, held open
+                await asyncio.sleep(0)
+            refs = [
+                alice.send("chat:send", {"conversation_id": cid, "content": text, "client_id": f"c{i}"})
+                for i, text in enumerate(["good", POISON, "after"], start=1)
+            ]
+            store.append_fails = poisoned
+            store.gate.set()
+            replies = [await alice.socket.wait_for(ref=ref) for ref in [first, *refs]]
+            assert [r["type"] for r in replies] == ["chat:ack", "chat:ack", "error", "chat:ack"]
+            assert replies[2]["payload"]["code"] == "unavailable"
+            # The three waiting sends went as one batch, which failed, then each alone.
+            assert store.appends == [["first"], ["good", POISON, "after"], ["good"], [POISON], ["after"]]
+            assert [r["payload"]["message"]["seq"] for r in replies if r["type"] == "chat:ack"] == [1, 2, 3]
+            delivered = [m["payload"]["message"]["content"] for m in bob.socket.of_type("chat:message")]
+            assert delivered == ["first", "good", "after"]
+            # The writer lives on: the poisoned message, sent again once the store is mended, is stored.
+            store.append_fails = lambda batch: None
+            again = await alice.request("chat:send", {"conversation_id": cid, "content": POISON, "client_id": "c2"})
+            assert again["type"] == "chat:ack" and again["payload"]["message"]["seq"] == 4
+
+    run(main())
+
+
+def test_a_full_write_queue_refuses_with_unavailable_and_loses_nothing_queued(tmp_path: Path) -> None:
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, max_batch=1, max_queue=1, send_rate_per_s=0) as w:
+            alice = w.connect("alice")
+            cid = await w.conversation(alice, "bob")
+            store.gate.clear()
+            held = alice.send("chat:send", {"conversation_id": cid, "content": "held", "client_id": "k1"})
+            while not store.appends:
+                await asyncio.sleep(0)
+            queued = alice.send("chat:send", {"conversation_id": cid, "content": "queued", "client_id": "k2"})
+            refused = await alice.request("chat:send", {"conversation_id": cid, "content": "over", "client_id": "k3"})
+            assert refused["type"] == "error" and refused["payload"]["code"] == "unavailable"
+            store.gate.set()
+            for ref in (held, queued):
+                assert (await alice.socket.wait_for(ref=ref))["type"] == "chat:ack"
+            assert store.appends == [["held"], ["queued"]]
+
+    run(main())
+
+
+def test_a_create_the_store_could_not_write_costs_no_token(tmp_path: Path) -> None:
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, create_burst=1, create_rate_per_s=0.001, groups_per_hour=1) as w:
+            alice = w.connect("alice")
+            store.writes_fail = True
+            failed = await alice.request("conversation:create", {"members": ["bob", "carol"]})
+            assert failed["type"] == "error" and failed["payload"]["code"] == "unavailable"
+            store.writes_fail = False
+            # Both the create token and the hourly group allowance came back with the failure.
+            created = await alice.request("conversation:create", {"members": ["bob", "carol"]})
+            assert created["type"] == "conversation:created", created
+            spent = await alice.request("conversation:create", {"members": ["bob", "dave"]})
+            assert spent["payload"]["code"] == "rate_limited"  # the bucket is real: now it is empty
+
+    run(main())
+
+
+def test_a_leave_the_store_could_not_write_leaves_the_member_in(tmp_path: Path) -> None:
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store) as w:
+            alice, bob = w.connect("alice"), w.connect("bob")
+            cid = await w.conversation(alice, "bob", "carol")
+            store.writes_fail = True
+            failed = await bob.request("conversation:leave", {"conversation_id": cid})
+            assert failed["type"] == "error" and failed["payload"]["code"] == "unavailable"
+            store.writes_fail = False
+            sent = await bob.request("chat:send", {"conversation_id": cid, "content": "still here", "client_id": "b1"})
+            assert sent["type"] == "chat:ack"
+            assert (await alice.socket.wait_for("chat:message"))["payload"]["message"]["content"] == "still here"
+            assert "bob" in await store.members(ConversationId(cid))
+
+    run(main())
