@@ -130,6 +130,12 @@ def make_store(config: StoreConfig) -> MessageStore:
 
 async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     """Serve until *stop* is set (or SIGINT/SIGTERM), then shut down gracefully."""
+    if stop is None:
+        # Before the port opens: a SIGTERM as soon as it accepts still shuts down gracefully.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     store = make_store(config.store)
     await store.migrate()
     chat = ChatService(
@@ -153,11 +159,6 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         "sohbet %s listening on ws://%s:%d/ws (storage: %s; frame core: %s)",
         __version__, config.host, server.port, kind, IMPLEMENTATION,
     )  # fmt: skip
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: closing %d connections with 1001", len(server.connections))
     gateway.accepting = False
