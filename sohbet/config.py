@@ -36,6 +36,11 @@ PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "E
 MIN_SECRET_BYTES: Final = 32
 MIN_API_KEY_CHARS: Final = 16
 MAX_PORT: Final = 65535
+#: Why `--redis-url` stops the process instead of being accepted and ignored.
+REDIS_NOT_SUPPORTED: Final = (
+    "--redis-url (SOHBET_REDIS_URL) is not yet supported: instances cannot yet tell each other of "
+    "membership changes (roadmap step 8), so run one sohbet-server per database"
+)
 _HOUR_S: Final = 3600.0
 
 
@@ -228,12 +233,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", str, ".", "directory of the default SQLite database and of the generated sohbet.secret"),
     Setting("database_url", str, None, "sqlite:///path.db or postgresql://...; default: SQLite in --data-dir"),
     Setting("jwt_secret", str, None, "HS256 secret, at least 32 bytes; generated into sohbet.secret if unset (SQLite)"),
+    Setting(
+        "jwt_secret_file", str, None, "file holding the HS256 secret; unlike --jwt-secret, not in the process list"
+    ),
     Setting("jwt_public_key", str, None, "PEM file with the public key for RS256/ES256/EdDSA tokens"),
     Setting("jwt_algorithm", str, "HS256", "the one JWT algorithm accepted (HS256, RS256, ES256, EdDSA, ...)"),
     Setting("jwt_audience", str, None, "required `aud` claim, if set"),
     Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
     Setting("jwt_leeway", float, 5.0, "clock-skew leeway for exp/nbf/iat, in seconds"),
-    Setting("redis_url", str, None, "redis://... to fan out across several instances"),
+    Setting("redis_url", str, None, "redis://... to fan out across several instances (not yet supported)"),
     Setting("api_key", str, None, "bearer key of the application backend for the HTTP API", has_flag=False),
     Setting("send_rate", float, 10.0, "chat:send per second per user across connections; 0 means unlimited"),
     Setting("send_burst", int, 30, "chat:send burst allowance per user"),
@@ -334,6 +342,18 @@ class Config:
     def __post_init__(self) -> None:
         require(0 <= self.port <= MAX_PORT, f"port {self.port} is outside 0-{MAX_PORT}")
         require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
+        require(self.redis_url is None, REDIS_NOT_SUPPORTED)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what the operator wants: logged at start."""
+        found = []
+        if self.auth.algorithm in PUBLIC_KEY_ALGORITHMS and self.auth.audience is None:
+            found.append(
+                f"{self.auth.algorithm} tokens are accepted whatever their `aud`: with a shared identity "
+                "provider, tokens it issued for other applications sign in here too; set --jwt-audience"
+            )
+        return found
 
     @classmethod
     def from_settings(

@@ -170,6 +170,7 @@ def test_config_from_settings() -> None:
         (lambda: ChatConfig(member_cache_size=-5), "member_cache_size"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), port=70000), "port"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), log_level="loud"), "log level"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), redis_url="redis://h"), "--redis-url .* not yet supported"),
     ],
 )
 def test_sections_refuse_nonsense(make: object, match: str) -> None:
@@ -181,3 +182,18 @@ def test_writer_shape_per_backend() -> None:
     sqlite, postgres = StoreConfig(), StoreConfig(url="postgresql://h/db")
     assert (sqlite.writers, sqlite.write_depth) == (1, 1)  # one writer thread: a second would wait
     assert (postgres.writers, postgres.write_depth) == (1, 2)  # the next batch gathers while one commits
+
+
+def test_a_public_key_without_an_audience_is_warned_about() -> None:
+    keys = ((None, "PEM"),)  # AuthConfig checks only that there is one; the Verifier parses it
+    shared = Config(auth=AuthConfig(algorithm="ES256", public_keys=keys))
+    assert len(shared.warnings) == 1 and "ES256 tokens are accepted whatever their `aud`" in shared.warnings[0]
+    assert "--jwt-audience" in shared.warnings[0]
+    assert Config(auth=AuthConfig(algorithm="EdDSA", public_keys=keys, audience="chat")).warnings == []
+    assert Config(auth=AuthConfig(secret=SECRET)).warnings == []  # our own key: only we sign
+
+
+def test_the_secret_file_is_a_setting() -> None:
+    values = merge_settings({"SOHBET_JWT_SECRET_FILE": "/run/secrets/jwt"})
+    assert values["jwt_secret_file"] == "/run/secrets/jwt"
+    assert "process list" in next(s.help for s in SETTINGS if s.name == "jwt_secret_file")

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import sys
 import time
 import tomllib
@@ -27,7 +28,15 @@ import uvloop
 from sohbet import __version__
 from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier, issue_token
-from sohbet.config import HMAC_ALGORITHMS, MIN_SECRET_BYTES, SETTINGS, Config, StoreConfig, merge_settings
+from sohbet.config import (
+    HMAC_ALGORITHMS,
+    MIN_SECRET_BYTES,
+    REDIS_NOT_SUPPORTED,
+    SETTINGS,
+    Config,
+    StoreConfig,
+    merge_settings,
+)
 from sohbet.errors import ConfigError, SohbetError
 from sohbet.service import ChatService
 from sohbet.store import MessageStore
@@ -41,6 +50,10 @@ __all__ = ["build_config", "main"]
 log = logging.getLogger("sohbet")
 SECRET_FILE = "sohbet.secret"
 SHUTDOWN_TIMEOUT_S = 10.0
+#: Mode bits of group and others: a secret or database file with any of them set is warned about.
+PRIVATE_MASK = 0o077
+#: A data directory sohbet creates is its owner's alone.
+PRIVATE_DIR_MODE = 0o700
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,15 +86,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_if_exposed(path: Path) -> None:
+    """Warn when a file holding a secret (or the messages) can be read by other local users."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & PRIVATE_MASK:
+        log.warning("%s is readable by group or others (mode %04o): chmod 600 it", path, mode)
+
+
+def _read_secret(path: Path) -> str:
+    """The secret in *path* (its first line), after warning if others can read the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read JWT secret file: {exc}") from None
+    _warn_if_exposed(path)
+    secret = text.strip()
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
+    return secret
+
+
 def _load_secret(data_dir: Path) -> str:
     """Read the generated secret, or make one: random, never a guessable default."""
     path = data_dir / SECRET_FILE
     if path.exists():
-        secret = path.read_text().strip()
-        if len(secret.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
-        return secret
-    data_dir.mkdir(parents=True, exist_ok=True)
+        return _read_secret(path)
+    data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -94,7 +124,8 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
     """Resolve flags, environment and file into a `Config`; generate the secret if allowed.
 
     Raises:
-        ConfigError: invalid settings, or no key where several instances must share one.
+        ConfigError: invalid settings, an unsupported one (Redis), or no key where a generated
+            one would not do (Postgres: the key must not live and die with one data directory).
     """
     file: dict[str, object] = {}
     if "config" in args:
@@ -104,6 +135,12 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
             raise ConfigError(f"cannot read config file {args['config']}: {exc}") from None
     flags = {k: v for k, v in args.items() if k not in {"config", "command", "user_id", "ttl"}}
     values = merge_settings(environ, file, flags)
+    if values["redis_url"]:
+        raise ConfigError(REDIS_NOT_SUPPORTED)  # before a secret is generated for nothing
+    if values["jwt_secret_file"]:
+        if values["jwt_secret"]:
+            raise ConfigError("set the JWT secret or a JWT secret file, not both")
+        values["jwt_secret"] = _read_secret(Path(str(values["jwt_secret_file"])))
     public_keys: tuple[tuple[str | None, str], ...] = ()
     if values["jwt_public_key"]:
         try:
@@ -113,18 +150,19 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
     if values["jwt_algorithm"] in HMAC_ALGORITHMS and not values["jwt_secret"]:
         url = str(values["database_url"] or "")
         if StoreConfig(url=url).is_postgres if url else False:
-            raise ConfigError("with Postgres configured, set SOHBET_JWT_SECRET: every instance must share the key")
-        if values["redis_url"]:
-            raise ConfigError("with Redis configured, set SOHBET_JWT_SECRET: every instance must share the key")
+            raise ConfigError("with Postgres configured, set SOHBET_JWT_SECRET or SOHBET_JWT_SECRET_FILE")
         values["jwt_secret"] = _load_secret(Path(str(values["data_dir"])))
-    return Config.from_settings(values, public_keys)
+    config = Config.from_settings(values, public_keys)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
 
 
 def make_store(config: StoreConfig) -> MessageStore:
     """The one place that picks a storage implementation."""
     if config.is_postgres:
         return PostgresStore(config.url, pool_size=config.pool_size)
-    Path(config.sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(config.sqlite_path).parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     return SqliteStore(config.sqlite_path)
 
 
@@ -137,6 +175,14 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     store = make_store(config.store)
+    try:
+        # One server per database until instances share membership changes (roadmap step 8).
+        await store.lock_instance()
+    except BaseException:
+        await store.close()
+        raise
+    if config.store.is_sqlite:
+        _warn_if_exposed(Path(config.store.sqlite_path))
     await store.migrate()
     chat = ChatService(
         store,

@@ -23,6 +23,7 @@ from sohbet.errors import StoreError
 __all__ = [
     "NO_SEQ",
     "UNREAD_CAP",
+    "InstanceLocked",
     "InvalidCursor",
     "MessageStore",
     "Span",
@@ -41,6 +42,17 @@ Span: TypeAlias = tuple[ConversationId, int, int]
 
 class InvalidCursor(StoreError):
     """A pagination cursor this server did not make: the request is malformed."""
+
+
+class InstanceLocked(StoreError):
+    """Another server process holds the database (see `MessageStore.lock_instance`)."""
+
+
+#: What a second server on the same database is told, after naming the database.
+INSTANCE_LOCKED: Final = (
+    "is already served by another sohbet-server (stop that one first): a second would keep stale memberships "
+    "(a member who left would still receive messages) until instances share them (roadmap step 8)"
+)
 
 
 NO_SEQ: Final = 2**62  # above every seq and timestamp: "no cursor" starts from the newest
@@ -109,6 +121,15 @@ class MessageStore(Protocol):
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless the database answers."""
+
+    async def lock_instance(self) -> None:
+        """Hold the database for this process alone until `close`: each server caches
+        memberships, and nothing yet tells one server of another's changes.
+
+        Raises:
+            InstanceLocked: another process holds it.
+            StoreUnavailable: the database cannot be reached.
+        """
 
     async def close(self) -> None:
         """Release connections and threads."""

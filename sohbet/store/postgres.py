@@ -31,8 +31,10 @@ from sohbet.chat.model import (
 )
 from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import (
+    INSTANCE_LOCKED,
     NO_SEQ,
     UNREAD_CAP,
+    InstanceLocked,
     Span,
     decode_cursor,
     direct_key,
@@ -45,6 +47,8 @@ from sohbet.store import (
 __all__ = ["PostgresStore"]
 
 _MIGRATION_LOCK: Final = 0x50_68_62_74  # advisory lock key: one migrator at a time across processes
+#: Session advisory lock key held by a serving process (advisory locks are per database).
+_INSTANCE_LOCK: Final = 0x50_68_62_73
 _MIGRATIONS: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
 )
@@ -179,6 +183,7 @@ class PostgresStore:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._lock_con: asyncpg.Connection | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -220,10 +225,31 @@ class PostgresStore:
     async def ping(self) -> None:  # see MessageStore
         await self._fetch("SELECT 1")
 
+    async def lock_instance(self) -> None:  # see MessageStore
+        # A session-level lock on a connection of its own, outside the pool: it is held as long
+        # as that connection lives, and Postgres releases it when the process dies.
+        try:
+            con = await asyncpg.connect(self._dsn)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+        try:
+            held = await con.fetchval("SELECT pg_try_advisory_lock($1)", _INSTANCE_LOCK)
+            database = await con.fetchval("SELECT current_database()")
+        except _DRIVER_ERRORS as exc:
+            await con.close()
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+        if not held:
+            await con.close()
+            raise InstanceLocked(f"PostgreSQL database {database!r} {INSTANCE_LOCKED}")
+        self._lock_con = con
+
     async def close(self) -> None:  # see MessageStore
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._lock_con is not None:
+            await self._lock_con.close()  # after the pool: the lock outlives every write
+            self._lock_con = None
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
         pool = await self._get_pool()

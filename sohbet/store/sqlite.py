@@ -11,8 +11,10 @@ gapless too.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +31,10 @@ from sohbet.chat.model import (
 )
 from sohbet.errors import StoreUnavailable
 from sohbet.store import (
+    INSTANCE_LOCKED,
     NO_SEQ,
     UNREAD_CAP,
+    InstanceLocked,
     Span,
     decode_cursor,
     direct_key,
@@ -43,6 +47,10 @@ from sohbet.store import (
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
+
+#: The database holds every message: its owner's alone. SQLite gives its -wal and -shm files the
+#: mode of the database file, so creating that one private makes all three private.
+_FILE_MODE: Final = 0o600
 
 _MIGRATIONS: Final = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER)"
 _APPLIED: Final = "SELECT version FROM schema_migrations"
@@ -114,16 +122,22 @@ class SqliteStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sohbet-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    def _open_file(self) -> int:
+        """Open the database file, creating it private (an empty file is an empty database)."""
+        return os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the file cannot be created
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._db is None:
+            os.close(self._open_file())
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -142,6 +156,20 @@ class SqliteStore:
     async def ping(self) -> None:  # see MessageStore
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
+    async def lock_instance(self) -> None:  # see MessageStore
+        # flock, on a descriptor of our own: SQLite's own locks are fcntl record locks, which
+        # flock does not touch, and closing SQLite's descriptors cannot release this one.
+        try:
+            fd = self._open_file()
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot open {self._path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InstanceLocked(f"SQLite database {self._path} {INSTANCE_LOCKED}") from None
+        self._lock_fd = fd
+
     async def close(self) -> None:  # see MessageStore
         def close(db: sqlite3.Connection) -> None:
             db.close()
@@ -150,6 +178,9 @@ class SqliteStore:
             await self._run(close)
             self._db = None
         self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # after the connection: the lock outlives every write
+            self._lock_fd = None
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
         return await self._run(_append, batch, now_ms)
