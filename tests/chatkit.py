@@ -83,8 +83,13 @@ async def chat_server(
     limits: Limits | None = None,
     auth: AuthConfig = AUTH,
     store: MessageStore | None = None,
+    depth: int | None = None,
 ) -> AsyncIterator[Harness]:
-    """A chat server on a free port; on exit everything it held must be released."""
+    """A chat server on a free port; on exit everything it held must be released.
+
+    The writer keeps as many transactions in flight as the server would on this database
+    (*depth* overrides it), so the rules that only matter with two in flight are exercised.
+    """
     own_store = store is None
     store = store or await open_store(url)
     service = ChatService(
@@ -94,6 +99,7 @@ async def chat_server(
         ServerOutbox(),
         max_message_bytes=(limits or Limits()).max_message_bytes,
         leeway_s=auth.leeway_s,
+        depth=depth or StoreConfig(url=url).write_depth,
     )
     await service.start()
     gateway = ChatGateway(service)

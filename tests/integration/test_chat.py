@@ -426,9 +426,15 @@ def test_read_receipts(run: Run, database_url: str) -> None:
             receipt = await alice.expect("chat:read")
             assert receipt["payload"] == {"conversation_id": cid, "user_id": "bob", "seq": 3}  # clamped
             assert (await bob_phone.expect("chat:read"))["payload"]["seq"] == 3  # the reader's other devices
-            await bob.send_raw({"type": "chat:read", "payload": {"conversation_id": cid, "seq": 2}})
-            assert [e["type"] for e in await alice.nothing_pending()] == []  # not forward: nothing happens
-            assert [e["type"] for e in await bob.nothing_pending() if e["type"] == "chat:read"] == []
+            await bob.send_raw({"type": "chat:read", "payload": {"conversation_id": cid, "seq": 2}})  # backwards
+            await alice.send(cid, "m3")
+            # The marker: bob's reads run in order, so the receipt of this one comes after any of
+            # the backward one, on the connections that would get it (alice's, bob's phone).
+            await bob.send_raw({"type": "chat:read", "payload": {"conversation_id": cid, "seq": 4}})
+            for watcher in (alice, bob_phone):
+                assert (await watcher.expect("chat:read"))["payload"]["seq"] == 4  # nothing for seq 2
+            # Reads are answered in order, and so is this probe: the reader's own connection got none.
+            assert [e for e in await bob.nothing_pending() if e["type"] == "chat:read"] == []
             listed = await alice.ok("conversation:list")
             assert listed["conversations"][0]["unread"] == 0  # her own messages never count
             listed = await bob.ok("conversation:list")

@@ -73,6 +73,21 @@ def test_append_assigns_consecutive_seqs_and_dedupes(run: Run, database_url: str
     run(with_store(database_url, body))
 
 
+def test_append_refuses_a_sender_who_is_not_a_member_when_it_commits(run: Run, database_url: str) -> None:
+    async def body(store: MessageStore) -> None:
+        group, _ = await store.create_conversation([A, B, C], "trio", "group", 0)
+        await store.append([msg(group.id, B, "before")], 1)
+        assert await store.remove_member(group.id, B)  # B left after the service accepted his send
+        stored = await store.append([msg(group.id, B, "after"), msg(group.id, A, "a")], 2)
+        assert stored[0] is None
+        assert stored[1] is not None and stored[1].seq == 2  # the refused one burnt no seq
+        assert await store.append([msg(ConversationId(424242), A, "nowhere")], 2) == [None]
+        assert await store.find_message(B, "after") is None
+        assert await store.last_seqs([group.id]) == {group.id: 2}
+
+    run(with_store(database_url, body))
+
+
 def test_two_writers_on_one_database_never_gap_or_repeat(run: Run, database_url: str) -> None:
     async def body(first: MessageStore) -> None:
         second = await open_store(database_url) if database_url.startswith("sqlite") else None
