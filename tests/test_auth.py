@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import jwt
@@ -57,11 +58,53 @@ def test_expired_tokens_and_leeway() -> None:
     assert Verifier(lenient).verify(expired).user_id == "alice"
 
 
+NOW = 1_700_000_000  # the fixed clock of the leeway tests (epoch seconds)
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop pyjwt's clock at `NOW`: a leeway test must not depend on how long it runs."""
+
+    class Stopped(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Stopped:
+            return cls.fromtimestamp(NOW, tz)
+
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Stopped)
+
+
+@pytest.mark.parametrize(
+    ("claims", "outcome"),
+    [
+        ({"exp": NOW - 29}, None),  # expired, by less than the leeway: still accepted
+        ({"exp": NOW - 31}, TokenExpired),  # expired by more
+        ({"exp": NOW + 3600, "nbf": NOW + 29}, None),  # not valid yet, by less than the leeway
+        ({"exp": NOW + 3600, "nbf": NOW + 31}, TokenInvalid),
+        ({"exp": NOW + 3600, "iat": NOW + 29}, None),  # issued by a clock a little ahead
+        ({"exp": NOW + 3600, "iat": NOW + 31}, TokenInvalid),
+    ],
+    ids=["exp-within", "exp-beyond", "nbf-within", "nbf-beyond", "iat-within", "iat-beyond"],
+)
+def test_the_leeway_widens_each_time_claim_by_its_amount(
+    fixed_clock: None, claims: dict[str, int], outcome: type[Exception] | None
+) -> None:
+    verifier = Verifier(AuthConfig(secret=SECRET, leeway_s=30))
+    token = hs({"sub": "alice", **claims})
+    if outcome is None:
+        assert verifier.verify(token).user_id == "alice"
+    else:
+        with pytest.raises(outcome):
+            verifier.verify(token)
+    strict = Verifier(HS)  # without a leeway, every one of these is refused
+    with pytest.raises(TokenExpired if "nbf" not in claims and "iat" not in claims else TokenInvalid):
+        strict.verify(token)
+
+
 @pytest.mark.parametrize(
     "token",
     [
         jwt.encode({"sub": "alice", "exp": 2**40}, None, algorithm="none"),
-        hs({"sub": "alice", "exp": 2**40}, secret=SECRET * 2, alg="HS384"),
+        hs({"sub": "alice", "exp": 2**40}, alg="HS384"),  # the right key: only the algorithm is wrong
         hs({"sub": "alice", "exp": 2**40}, secret="another-secret-of-thirty-two-bytes!!"),
         "not.a.jwt",
         "garbage",
