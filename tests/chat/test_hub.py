@@ -137,5 +137,6 @@ def test_typing_is_throttled_from_the_last_forwarded() -> None:
     assert not hub.allow_typing(A, X, now=1.9, interval_s=2.0)
     assert hub.allow_typing(A, Y, now=1.9, interval_s=2.0)  # another conversation
     assert hub.allow_typing(A, X, now=2.0, interval_s=2.0)
-    hub.forget_typing(before=3.0)
-    assert hub.allow_typing(A, X, now=3.0, interval_s=2.0)  # forgotten state throttles nothing
+    hub.forget_typing(before=1.95)  # Y's last (1.9) goes, X's (2.0) stays
+    assert not hub.allow_typing(A, X, now=3.0, interval_s=2.0)  # kept: still throttles
+    assert hub.allow_typing(A, Y, now=3.0, interval_s=2.0)  # forgotten state throttles nothing

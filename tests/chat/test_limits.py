@@ -17,7 +17,8 @@ def test_a_bucket_allows_its_burst_then_says_how_long_to_wait() -> None:
     assert limiter.take("a", 0.25, RATE) == 0
     limiter.refund("c", RATE)  # no bucket: nothing to refund
     assert limiter.take("c", 0.0, Rate(0, 1)) == 0 and "c" not in limiter._buckets  # 0: unlimited
-    limiter.refund("a", Rate(0, 1))
+    limiter.refund("a", Rate(0, 1))  # an unlimited rate spent nothing, so gives nothing back
+    assert limiter.take("a", 0.25, RATE) == 250  # half a token left, as before the refund
     assert not Rate(0, 1).is_limited and RATE.is_limited
 
 

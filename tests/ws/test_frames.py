@@ -101,9 +101,13 @@ def test_empty_frames(impl: ModuleType) -> None:
 
 def test_one_byte_frames_get_their_own_payload_object(impl: ModuleType) -> None:
     # CPython caches 1-byte bytes objects; writing into a shared one would corrupt every b"x".
-    parsed = impl.FrameParser().feed(b"\x82\x81" + KEY + bytes([ord("q") ^ KEY[0]]))
+    masked = ord("q") ^ KEY[0]
+    parsed = impl.FrameParser().feed(b"\x82\x81" + KEY + bytes([masked]))
     assert parsed[0].payload == b"q"
-    assert bytes([113]) == b"q"
+    # bytes([n]) is CPython's shared 1-byte object for n: the payload must not be either of them,
+    # and neither may have been written into (unmasked in place).
+    assert parsed[0].payload is not bytes([ord("q")]) and parsed[0].payload is not bytes([masked])
+    assert bytes([masked])[0] == masked and bytes([ord("q")])[0] == ord("q")
 
 
 def test_compressed_message_flag_with_extension(impl: ModuleType) -> None:
