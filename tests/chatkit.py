@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,7 +42,21 @@ async def open_store(url: str) -> MessageStore:
 
 
 def token(user: str, ttl_s: float = 3600.0, auth: AuthConfig = AUTH) -> str:
-    return issue_token(auth, user, ttl_s, time.time())
+    """A token that lives more than *ttl_s* seconds from now, and at most two more."""
+    return issue_token(auth, user, lifetime(ttl_s), time.time())
+
+
+def lifetime(ttl_s: float) -> float:
+    """A `ttl_s` for `issue_token` that keeps more than *ttl_s*: it truncates `exp` to whole
+    seconds, so `ttl_s=1` alone leaves anything from 0 to 1 s, and a test flaky."""
+    return float(math.ceil(ttl_s) + 1)
+
+
+def exp_of(jwt_token: str) -> float:
+    """When a token expires (epoch seconds), read without verifying."""
+    import jwt  # noqa: PLC0415  # only tests that wait for an expiry need it
+
+    return float(jwt.decode(jwt_token, options={"verify_signature": False})["exp"])
 
 
 class Harness:
@@ -58,14 +73,16 @@ class Harness:
         return f"ws://127.0.0.1:{self.server.port}/ws"
 
     async def connect(self, user: str, *, ttl_s: float = 3600.0, hello: bool = True, **kwargs: Any) -> WsChat:
+        jwt_token = token(user, ttl_s)
         ws = await connect(
             self.url,
-            additional_headers={"Authorization": f"Bearer {token(user, ttl_s)}"},
+            additional_headers={"Authorization": f"Bearer {jwt_token}"},
             max_size=None,
             max_queue=None,  # never stop reading: a test may leave events unread
             **kwargs,
         )
         client = WsChat(ws, user)
+        client.exp = exp_of(jwt_token)
         self.clients.append(client)
         if hello:
             client.hello = (await client.expect("hello"))["payload"]
@@ -131,6 +148,7 @@ class WsChat:
         self.ws = ws
         self.user = user
         self.hello: dict[str, Any] = {}
+        self.exp = 0.0  # when the token it connected with expires (epoch seconds)
         self.backlog: list[dict[str, Any]] = []
 
     async def send_raw(self, obj: Any) -> None:
