@@ -187,3 +187,57 @@ def test_a_server_that_never_answers_the_close_is_aborted(run: Run) -> None:
             assert info.value.code == 1006  # no close frame came back
 
     run(main())
+
+
+def test_duplicates_are_dropped_and_a_close_fails_what_is_pending(run: Run) -> None:
+    message = {"conversation_id": 7, "seq": 3, "sender_id": "bob", "content": "once", "client_id": "b"}
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(switching(await read_key(reader)))  # the 101 alone, the hello in a later read
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(HELLO)
+        parser = FrameParser()
+        while received.qsize() < 2:  # the typing notice, then the request
+            for frame in parser.feed(await reader.read(65536)):
+                received.put_nowait(orjson.loads(frame.payload))
+        twice = event("chat:message", {"message": message})
+        writer.write(twice + twice + event("user:online", {"user_id": "bob"}))
+        writer.write(build_close(1001, "going away"))  # the request is never answered
+        await writer.drain()
+        while not any(f.opcode == Opcode.CLOSE for f in parser.feed(await reader.read(65536))):
+            pass
+
+    async def main() -> None:
+        server, url = await scripted(script)
+        async with server:
+            client = await ChatClient.connect(url, token("alice"))
+            client.notify("chat:typing", {"conversation_id": 7})
+            with pytest.raises(ConnectionClosed) as info:
+                await client.request("presence:query", {"user_ids": ["bob"]})
+            assert (info.value.code, info.value.reason) == (1001, "going away")
+            assert [received.get_nowait()["type"] for _ in range(2)] == ["chat:typing", "presence:query"]
+            seen = [e["type"] async for e in client.events()]
+            assert seen == ["chat:message", "user:online"]  # the repeated (conversation, seq) came once
+            assert client.cursors == {7: 3}
+
+    run(main())
+
+
+def test_a_close_instead_of_hello_is_raised_by_connect(run: Run) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(switching(await read_key(reader)) + build_close(4001, "token expired"))
+        await writer.drain()
+        parser = FrameParser()
+        while not any(f.opcode == Opcode.CLOSE for f in parser.feed(await reader.read(65536))):
+            pass
+
+    async def main() -> None:
+        server, url = await scripted(script)
+        async with server:
+            with pytest.raises(ConnectionClosed) as info:
+                await ChatClient.connect(url, token("alice"))
+            assert info.value.code == 4001
+
+    run(main())

@@ -150,3 +150,48 @@ def test_a_leave_the_store_could_not_write_leaves_the_member_in(tmp_path: Path) 
             assert "bob" in await store.members(ConversationId(cid))
 
     run(main())
+
+
+def test_a_lone_message_the_store_fails_on_is_unavailable_and_the_next_is_stored(tmp_path: Path) -> None:
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0) as w:
+            alice = w.connect("alice")
+            cid = await w.conversation(alice, "bob")
+            store.append_fails = poisoned
+            failed = await alice.request("chat:send", {"conversation_id": cid, "content": POISON, "client_id": "p"})
+            assert failed["type"] == "error" and failed["payload"]["code"] == "unavailable"
+            assert store.appends == [[POISON]]  # alone already: not tried a second time
+            fine = await alice.request("chat:send", {"conversation_id": cid, "content": "fine", "client_id": "f"})
+            assert fine["type"] == "chat:ack" and fine["payload"]["message"]["seq"] == 1  # the failure burnt no seq
+
+    run(main())
+
+
+def test_a_full_batch_of_other_conversations_goes_while_one_conversation_waits(tmp_path: Path) -> None:
+    """Two transactions in flight, two messages per batch: the second batch skips the busy one."""
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, max_batch=2, depth=2) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            refs = [alice.send("chat:send", {"conversation_id": x, "content": "x1", "client_id": "x1"})]
+            while store.appends != [["x1"]]:
+                await asyncio.sleep(0)
+            for cid, text in [(x, "x2"), (y, "y1"), (y, "y2"), (y, "y3")]:
+                refs.append(alice.send("chat:send", {"conversation_id": cid, "content": text, "client_id": text}))
+            while len(store.appends) < 2:
+                await asyncio.sleep(0)
+            assert store.appends == [["x1"], ["y1", "y2"]]  # x2 waits for x1; y3 for room in a batch
+            store.gate.set()
+            replies = [await alice.socket.wait_for(ref=ref) for ref in refs]
+            seqs = {r["payload"]["message"]["content"]: r["payload"]["message"]["seq"] for r in replies}
+            assert seqs == {"x1": 1, "x2": 2, "y1": 1, "y2": 2, "y3": 3}
+            # x2 goes once x1 is done, while y1-y2 still hold y; y3 once they are done.
+            assert store.appends[2:] == [["x2"], ["y3"]]
+
+    run(main())
