@@ -17,7 +17,16 @@ from sohbet.chat.limits import Rate
 from sohbet.chat.model import DIRECT_MEMBERS
 from sohbet.chat.wire import SUBPROTOCOL
 from sohbet.errors import ConfigError
-from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig, require, require_at_least, require_within
+from sohbet.ws.config import (
+    HTTP_LIFETIME_S,
+    MAX_PIPELINED_REQUESTS,
+    CompressionConfig,
+    Limits,
+    WebSocketConfig,
+    require,
+    require_at_least,
+    require_within,
+)
 
 __all__ = [
     "SETTINGS",
@@ -257,7 +266,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("member_cache_size", int, 1_000_000, "member entries cached over all conversations (~100 B each)"),
     Setting("frame_rate", int, 120, "inbound frames per 10 s per connection; 0 means unlimited"),
     Setting("presence_grace", float, 10.0, "seconds a user stays online after the last connection closes"),
-    Setting("max_connections", int, 0, "open WebSocket connections per server (HTTP 503 above); 0 means unlimited"),
+    Setting(
+        "max_connections",
+        int,
+        0,
+        "open sockets per server, plain HTTP and WebSocket (HTTP 503 above); 0 means unlimited",
+    ),
+    Setting(
+        "http_lifetime", float, HTTP_LIFETIME_S, "seconds a connection may stay plain HTTP, however often answered"
+    ),
+    Setting(
+        "max_pipelined_requests",
+        int,
+        MAX_PIPELINED_REQUESTS,
+        "requests per connection read but not yet answered; more: the earlier ones are answered, then it closes",
+    ),
     Setting("max_connections_per_user", int, 10, "open connections per user (close 1008 above)"),
     Setting("max_message_bytes", int, 65536, "largest WebSocket message, after reassembly and inflating"),
     Setting("compression", bool, False, "negotiate permessage-deflate (12-bit window)"),
@@ -381,6 +404,8 @@ class Config:
                 max_message_bytes=int(v["max_message_bytes"]),  # type: ignore[call-overload]  # coerced
                 max_frames_per_10s=int(v["frame_rate"]),  # type: ignore[call-overload]  # coerced
                 max_connections=int(v["max_connections"]),  # type: ignore[call-overload]  # coerced
+                http_lifetime_s=float(v["http_lifetime"]),  # type: ignore[arg-type]  # coerced
+                max_pipelined_requests=int(v["max_pipelined_requests"]),  # type: ignore[call-overload]  # coerced
             ),
             websocket=WebSocketConfig(
                 allowed_origins=origins,

@@ -15,6 +15,8 @@ from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
         ({"max_fragments": -1}, "max_fragments of -1 is negative"),
         ({"max_connections": -5}, "max_connections of -5 is negative"),
         ({"handshake_timeout_s": 0}, "handshake_timeout_s of 0 is not positive"),
+        ({"http_lifetime_s": 0}, "http_lifetime_s of 0 is not positive"),
+        ({"max_pipelined_requests": 0}, "max_pipelined_requests of 0 is below 1"),
         ({"ping_interval_s": -1}, "ping_interval_s of -1 is negative"),
         ({"max_line_bytes": 100}, "max_line_bytes of 100 is below 256"),
         ({"max_header_bytes": 1000}, "max_header_bytes of 1000 is below max_line_bytes of 8192"),
@@ -48,6 +50,7 @@ def test_defaults_are_the_protocols() -> None:
     assert (limits.max_line_bytes, limits.max_header_bytes, limits.max_headers) == (8192, 16384, 64)
     assert (limits.ping_interval_s, limits.pong_timeout_s, limits.max_frames_per_10s) == (20.0, 20.0, 120)
     assert (limits.max_buffered_bytes, limits.buffer_high_water_bytes, limits.slow_consumer_s) == (1 << 20, 65536, 10.0)
+    assert (limits.http_lifetime_s, limits.max_pipelined_requests, limits.max_connections) == (60.0, 32, 0)
     assert not CompressionConfig().enabled
     assert CompressionConfig().window_bits == 12
     assert WebSocketConfig().paths == frozenset({"/", "/ws"})
@@ -74,6 +77,13 @@ def test_every_setting_has_a_flag_an_environment_variable_and_help() -> None:
     assert {"max_message_bytes", "compression"} <= names
     for s in SETTINGS:
         assert s.env == "SOHBET_" + s.name.upper() and s.flag == "--" + s.name.replace("_", "-") and s.help
+
+
+def test_the_plain_http_limits_are_settings() -> None:
+    environ = {"SOHBET_JWT_SECRET": SECRET, "SOHBET_HTTP_LIFETIME": "7.5"}
+    flags = {"max_pipelined_requests": 4, "max_connections": 100}
+    limits = Config.from_settings(merge_settings(environ, None, flags)).limits
+    assert (limits.http_lifetime_s, limits.max_pipelined_requests, limits.max_connections) == (7.5, 4, 100)
 
 
 def test_the_request_limits_are_settings() -> None:

@@ -15,6 +15,8 @@ from sohbet.errors import ConfigError
 from sohbet.ws.codes import MAX_CONTROL_PAYLOAD
 
 __all__ = [
+    "HTTP_LIFETIME_S",
+    "MAX_PIPELINED_REQUESTS",
     "MAX_WINDOW_BITS",
     "MIN_WINDOW_BITS",
     "CompressionConfig",
@@ -29,6 +31,12 @@ __all__ = [
 #: cannot make raw deflate streams with an 8-bit window (it silently uses 9).
 MIN_WINDOW_BITS: Final = 9
 MAX_WINDOW_BITS: Final = 15
+
+#: Requests one connection may have read but not yet answered. Pipelining clients send a few;
+#: more in one read is an amplification attempt (each answer costs far more than its request).
+MAX_PIPELINED_REQUESTS: Final = 32
+#: Seconds a connection may stay plain HTTP (not upgraded), however often it is answered.
+HTTP_LIFETIME_S: Final = 60.0
 
 
 def require(ok: bool, message: str) -> None:
@@ -61,8 +69,14 @@ class Limits:
     max_fragments: int = 64
     #: Seconds a fragmented message may take to finish (1008 after it).
     message_timeout_s: float = 30.0
-    #: Seconds to send a complete upgrade request before the connection is dropped.
+    #: Seconds to send a complete upgrade request before the connection is dropped; also the
+    #: idle limit of a kept-alive plain-HTTP connection between its requests.
     handshake_timeout_s: float = 5.0
+    #: Seconds a connection may stay plain HTTP in all: answers reset the idle limit, not this.
+    http_lifetime_s: float = HTTP_LIFETIME_S
+    #: Requests read but not yet answered per connection; a request beyond them is not read, and
+    #: the connection closes once the ones before it are answered.
+    max_pipelined_requests: int = MAX_PIPELINED_REQUESTS
     #: Seconds to wait for the peer's close frame (or for it to hang up) after ours.
     close_timeout_s: float = 5.0
     #: Longest request line or single header line (431 above it).
@@ -85,7 +99,8 @@ class Limits:
     slow_consumer_s: float = 10.0
     #: Inbound frames per connection per 10 s (1008 above it); 0: no limit.
     max_frames_per_10s: int = 120
-    #: Open WebSocket connections per server (HTTP 503 before the upgrade above it); 0: none.
+    #: Open sockets per server, plain HTTP and WebSocket together: a socket accepted beyond them
+    #: gets a 503 to its first request and is closed; 0: no limit.
     max_connections: int = 0
 
     def __post_init__(self) -> None:
@@ -95,11 +110,13 @@ class Limits:
         for name in (
             "message_timeout_s",
             "handshake_timeout_s",
+            "http_lifetime_s",
             "close_timeout_s",
             "pong_timeout_s",
             "slow_consumer_s",
         ):
             require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
+        require(self.max_pipelined_requests >= 1, f"max_pipelined_requests of {self.max_pipelined_requests} is below 1")
         require(self.ping_interval_s >= 0, f"ping_interval_s of {self.ping_interval_s} is negative")
         require_at_least("max_line_bytes", self.max_line_bytes, 256)
         require(

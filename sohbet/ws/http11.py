@@ -23,6 +23,7 @@ from sohbet.ws.config import Limits
 
 __all__ = [
     "ERROR_CODES",
+    "HEAD",
     "INTERNAL_ERROR",
     "NOT_FOUND",
     "Request",
@@ -32,6 +33,9 @@ __all__ = [
     "error_response",
     "http_response",
 ]
+
+#: The method whose responses carry no body (RFC 9110 §9.3.2).
+HEAD: Final = "HEAD"
 
 #: The `error.code` a JSON error body carries for each HTTP status (docs/protocol.md).
 ERROR_CODES: Final[dict[int, ErrorCode]] = {
@@ -96,16 +100,25 @@ def _error(status: HTTPStatus, message: str) -> Response:
     return Response(status, error_body(status, message))
 
 
+class _Full(Exception):
+    """Raised inside the parser's callbacks to stop it: a request begins beyond `room`."""
+
+
 class _Collector:
     """httptools callbacks: gather requests, counting bytes against the limits as they come."""
 
-    __slots__ = ("body", "body_bytes", "done", "header_bytes", "headers", "limits", "parser", "url")
+    __slots__ = ("body", "body_bytes", "done", "header_bytes", "headers", "limits", "parser", "room", "url")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.parser: httptools.HttpRequestParser | None = None
         self.done: list[Request] = []
+        self.room = 0  # how many requests this feed may complete (see RequestReader.feed)
         self._reset()
+
+    def on_message_begin(self) -> None:
+        if len(self.done) >= self.room:
+            raise _Full  # stop parsing here: the requests behind it are never read
 
     def _reset(self) -> None:
         self.url = b""
@@ -172,10 +185,12 @@ class RequestReader:
     """Read HTTP/1.1 requests from a byte stream, within the limits; pipelining allowed.
 
     Parsing stops after an upgrade request: `rest` then holds the bytes that followed it, the
-    client's first WebSocket frames.
+    client's first WebSocket frames. It also stops where a request begins beyond the room the
+    caller gave (`full`): one read of pipelined requests is parsed only as far as it is answered,
+    so the parse work per read is bounded by the room, not by the read's size.
     """
 
-    __slots__ = ("_cb", "_limits", "_parser", "_pending", "rest", "upgraded")
+    __slots__ = ("_cb", "_limits", "_parser", "_pending", "full", "rest", "upgraded")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
@@ -185,15 +200,28 @@ class RequestReader:
         self._pending = 0  # bytes of the request head being read
         self.rest = b""
         self.upgraded = False
+        self.full = False
 
-    def feed(self, data: bytes) -> list[Request]:
-        """Consume bytes; return the requests they complete, in order.
+    @property
+    def stopped(self) -> bool:
+        """Whether parsing has ended (an upgrade, or a request beyond the room): no request follows."""
+        return self.upgraded or self.full
+
+    def feed(self, data: bytes, room: int | None = None) -> list[Request]:
+        """Consume bytes; return the requests they complete, in order, at most *room* of them.
+
+        *room* is how many more requests the caller can hold unanswered (default: the limit
+        `max_pipelined_requests`). A request that begins beyond it stops the reader for good
+        (`full`): the caller answers what it got and closes. Once stopped, bytes are ignored.
 
         Raises:
             InvalidHandshake: 431 (a line or the headers too large), 413 (body too large),
                 400 (not HTTP/1.x).
         """
+        if self.stopped:
+            return []
         cb = self._cb
+        cb.room = self._limits.max_pipelined_requests if room is None else room
         # httptools reports a header only once it is complete, so an endless header line would
         # grow unseen: bound the bytes of an unfinished request head ourselves, as they arrive.
         if not cb.body_bytes:
@@ -212,7 +240,10 @@ class RequestReader:
             cause = exc.__context__
             if isinstance(cause, InvalidHandshake):
                 raise cause from None
-            raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
+            if isinstance(cause, _Full):
+                self.full = True
+            else:
+                raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
         except httptools.HttpParserError as exc:
             raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}") from None
         done, cb.done = cb.done, []
@@ -228,8 +259,13 @@ def http_response(
     content_type: str = "application/json",
     headers: tuple[tuple[str, str], ...] = (),
     close: bool = False,
+    head: bool = False,
 ) -> bytes:
-    """Build an HTTP/1.1 response with a Content-Length body."""
+    """Build an HTTP/1.1 response with a Content-Length body.
+
+    For a *head* request the headers describe the body a GET would get, but the body is left
+    out (RFC 9110 §9.3.2): bytes after them would be read as the next response.
+    """
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
     if body or status not in _NO_BODY:
         lines.append(f"Content-Type: {content_type}")
@@ -237,7 +273,7 @@ def http_response(
     lines.extend(f"{name}: {value}" for name, value in headers)
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
 
 
 def error_response(

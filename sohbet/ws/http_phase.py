@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
@@ -42,17 +43,31 @@ def _checked(request: http11.Request, result: object) -> http11.Response:
 
 
 class HttpPhase:
-    """The requests of one socket before it upgrades (or of a plain-HTTP socket, all its life)."""
+    """The requests of one socket before it upgrades (or of a plain-HTTP socket, all its life).
 
-    __slots__ = ("_queued", "_reader", "_task", "_ws", "since")
+    Bounds on what one unauthenticated socket can make us do: at most `max_pipelined_requests`
+    read and unanswered (a request beyond them is not even parsed; the ones before it are
+    answered, the last with `Connection: close`), an idle limit between requests
+    (`handshake_timeout_s`), and a lifetime (`http_lifetime_s`) that answers do not extend.
+    A request pipelined before an upgrade is answered first, in order, then the upgrade is
+    handled: the same outcome as when the client waits for each answer, so nothing depends on
+    how the bytes were split into reads.
+    """
+
+    __slots__ = ("_queued", "_reader", "_task", "_ws", "opened", "over_capacity", "since")
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
         self._reader = http11.RequestReader(ws._server.limits)
-        self._queued: list[http11.Request] = []
+        self._queued: deque[http11.Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        #: Set when the socket was accepted with the server at `max_connections`: its first
+        #: bytes are answered with a 503 and it closes.
+        self.over_capacity = False
+        #: When the socket opened: the start of its lifetime.
+        self.opened = ws._server.now
         #: When the socket opened, or answered its last request: the start of its idle deadline.
-        self.since = ws._server.now
+        self.since = self.opened
 
     @property
     def is_answering(self) -> bool:
@@ -64,13 +79,41 @@ class HttpPhase:
         if self._task is not None:
             self._task.cancel()
 
+    def expired(self, now: float) -> bool:
+        """Whether the socket is past its idle limit or its lifetime, and should be dropped.
+
+        An answer being awaited holds the socket, but not beyond its lifetime plus the close
+        timeout (an answer that never comes must not hold it forever).
+        """
+        limits = self._ws._server.limits
+        end = self.opened + limits.http_lifetime_s
+        if self._task is not None:
+            return now >= end + limits.close_timeout_s
+        return now >= min(self.since + limits.handshake_timeout_s, end)
+
     def received(self, data: bytes) -> None:
         """Bytes from the peer: read the requests they complete and answer what can be answered."""
-        try:
-            requests = self._reader.feed(data)
-        except InvalidHandshake as exc:
-            self._ws._refuse(exc)
+        ws = self._ws
+        limits = ws._server.limits
+        if self.over_capacity:
+            limit = limits.max_connections
+            ws._refuse(
+                InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
+            )
             return
+        reader = self._reader
+        room = limits.max_pipelined_requests - len(self._queued) - (self._task is not None)
+        try:
+            requests = reader.feed(data, room)
+        except InvalidHandshake as exc:
+            ws._refuse(exc)
+            return
+        if reader.full:
+            log.debug(
+                "connection %d pipelined over %d requests: closing after the answers",
+                ws.id,
+                limits.max_pipelined_requests,
+            )
         self._queued.extend(requests)
         self._serve_queued()
 
@@ -79,7 +122,7 @@ class HttpPhase:
         ws = self._ws
         server = ws._server
         while self._queued and self._task is None and ws._is_http:
-            request = self._queued.pop(0)
+            request = self._queued.popleft()
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 self._answer(request)
             elif server.closing:
@@ -122,8 +165,16 @@ class HttpPhase:
 
     def _respond(self, request: http11.Request, response: http11.Response) -> None:
         ws = self._ws
-        # After an upgrade request (h2c, say) the parser has stopped: answer it, then hang up.
-        keep = request.keep_alive and not ws._server.closing and not self._reader.upgraded
+        server = ws._server
+        # Once the parser has stopped (after an upgrade request such as h2c, or a request beyond
+        # the pipelining limit), the last answer closes; so does any answer past the lifetime.
+        last = self._reader.stopped and not self._queued
+        keep = (
+            request.keep_alive
+            and not last
+            and not server.closing
+            and server.now - self.opened < server.limits.http_lifetime_s
+        )
         ws._write(
             http11.http_response(
                 response.status,
@@ -131,8 +182,9 @@ class HttpPhase:
                 content_type=response.content_type,
                 headers=response.headers,
                 close=not keep,
+                head=request.method == http11.HEAD,
             )
         )
-        self.since = ws._server.now  # the idle deadline of a kept-alive connection
+        self.since = server.now  # the idle deadline of a kept-alive connection
         if not keep and ws._is_http:
-            ws._hang_up()
+            ws._linger()

@@ -126,6 +126,8 @@ class Server:
                 ws.close(CloseCode.GOING_AWAY, "server shutting down")
             elif ws._phase == PHASE_HTTP and ws._http is not None and not ws._http.is_answering:
                 ws._hang_up()
+            elif ws._lingered >= 0:
+                ws._transport.close()  # done with its last answer: wait no longer for the peer
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._sockets and loop.time() < deadline:

@@ -35,6 +35,9 @@ PHASE_WS: Final = 1
 PHASE_CLOSING: Final = 2
 PHASE_CLOSED: Final = 3
 
+#: Bytes a lingering close reads and throws away while it waits for the peer to hang up.
+LINGER_BYTES: Final = 1024 * 1024
+
 
 class WebSocket(asyncio.Protocol):
     """One client socket: HTTP until it upgrades, then a WebSocket connection.
@@ -53,6 +56,7 @@ class WebSocket(asyncio.Protocol):
         "_drain",
         "_http",
         "_last_rx",
+        "_lingered",
         "_mid_count",
         "_mid_since",
         "_paused_at",
@@ -77,6 +81,7 @@ class WebSocket(asyncio.Protocol):
         self._ping_at = 0.0
         self._paused_at = 0.0
         self._close_at = 0.0
+        self._lingered = -1  # bytes discarded while lingering; -1: not lingering
         self._mid_since = 0.0
         self._mid_count = -1
         self.id = next(server._ids)
@@ -90,8 +95,12 @@ class WebSocket(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # asyncio's contract
         self._transport = transport
         self.remote = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=self._server.limits.buffer_high_water_bytes)
-        self._server._sockets[self.id] = self
+        server = self._server
+        transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
+        limit = server.limits.max_connections
+        if limit and len(server._sockets) >= limit and self._http is not None:
+            self._http.over_capacity = True  # counted here, at accept: plain HTTP sockets too
+        server._sockets[self.id] = self
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
         conn = self._conn
@@ -99,6 +108,10 @@ class WebSocket(asyncio.Protocol):
             http = self._http
             if http is not None:
                 http.received(data)
+            elif self._lingered >= 0:
+                self._lingered += len(data)
+                if self._lingered > LINGER_BYTES:
+                    self._transport.abort()
             return
         server = self._server
         self._last_rx = server.now
@@ -279,21 +292,38 @@ class WebSocket(asyncio.Protocol):
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         self._transport.close()
 
+    def _linger(self) -> None:
+        """Close after the last HTTP response without losing it to a reset.
+
+        A socket closed with unread input makes the kernel send RST, and a client still sending
+        (pipelined requests beyond the limit, a body we refused) can then lose the response it
+        has not read yet. So shut down our side only (a FIN after the response), read and throw
+        away what still comes until the peer hangs up too; after `close_timeout_s` or
+        `LINGER_BYTES`, abort. A server shutting down closes at once instead (`_hang_up`): it
+        waits for no client.
+        """
+        self._http = None
+        if self._server.closing:
+            self._hang_up()
+            return
+        self._phase = PHASE_CLOSED
+        self._close_at = self._server.now + self._server.limits.close_timeout_s
+        self._lingered = 0
+        transport = self._transport
+        transport.write_eof()  # sent once the buffered response is out
+        transport.resume_reading()  # eof_received then closes the socket
+
     def _refuse(self, exc: InvalidHandshake) -> None:
         """Answer with the error's status and JSON body, then hang up; no request follows."""
         log.debug("refused connection %d: %d %s", self.id, exc.http_status, exc)
-        self._http = None
         self._transport.write(http11.error_response(exc.http_status, str(exc), exc.headers))
-        self._hang_up()
+        self._linger()
 
     def _upgrade(self, request: http11.Request, rest: bytes) -> None:
         server = self._server
         try:
             upgrade = handshake.validate_upgrade(request, server.websocket)
             data = server.handler.accept(request, upgrade)
-            limit = server.limits.max_connections
-            if limit and len(server.connections) >= limit:
-                raise InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
         except InvalidHandshake as exc:
             self._refuse(exc)
             return
@@ -334,9 +364,9 @@ class WebSocket(asyncio.Protocol):
         phase = self._phase
         if phase == PHASE_HTTP:
             http = self._http
-            if http is not None and not http.is_answering and now - http.since >= limits.handshake_timeout_s:
+            if http is not None and http.expired(now):
                 self._phase = PHASE_CLOSED
-                self._transport.abort()  # no complete request in time: drop, say nothing
+                self._transport.abort()  # idle, or plain HTTP for too long: drop, say nothing
         elif phase == PHASE_WS:
             conn = self._conn
             assert conn is not None  # set with _WS

@@ -7,7 +7,7 @@ import pytest
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
-from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
+from sohbet.ws.config import MAX_PIPELINED_REQUESTS, CompressionConfig, Limits, WebSocketConfig
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3
@@ -239,6 +239,50 @@ def test_plain_responses() -> None:
     assert http11.http_response(200, b"ok", content_type="text/plain") == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
     )
+
+
+def test_a_head_response_describes_the_body_without_sending_it() -> None:
+    assert http11.http_response(200, b"ok", content_type="text/plain", head=True) == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n"
+    )
+
+
+# --- the pipelining limit ----------------------------------------------------------------------
+
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def test_a_read_returns_at_most_the_room_and_stops_at_the_request_beyond_it() -> None:
+    reader = http11.RequestReader(Limits())
+    assert len(reader.feed(GET * 5, room=3)) == 3
+    assert reader.full and reader.stopped and not reader.upgraded
+    assert reader.feed(GET) == []  # stopped for good: nothing more is read
+
+
+def test_requests_that_fit_the_room_exactly_do_not_stop_the_reader() -> None:
+    reader = http11.RequestReader(Limits())
+    assert len(reader.feed(GET * 3, room=3)) == 3
+    assert not reader.stopped
+    assert len(reader.feed(GET, room=3)) == 1
+
+
+def test_the_first_byte_of_a_request_beyond_the_room_stops_the_reader() -> None:
+    reader = http11.RequestReader(Limits())
+    assert len(reader.feed(GET * 2 + b"G", room=2)) == 2
+    assert reader.full
+
+
+def test_the_default_room_is_the_pipelining_limit() -> None:
+    assert len(http11.RequestReader(Limits()).feed(GET * 40)) == MAX_PIPELINED_REQUESTS
+    assert len(http11.RequestReader(Limits(max_pipelined_requests=2)).feed(GET * 40)) == 2
+
+
+def test_an_upgrade_stops_the_reader_too() -> None:
+    reader = http11.RequestReader(Limits())
+    [plain, upgrade] = reader.feed(GET + upgrade_request() + GET)
+    assert (plain.is_upgrade, upgrade.is_upgrade) == (False, True)
+    assert reader.stopped and reader.upgraded and not reader.full
+    assert reader.rest == GET
 
 
 def test_a_body_may_arrive_in_pieces() -> None:

@@ -1,0 +1,320 @@
+"""What one unauthenticated socket can make the server do over plain HTTP, over real sockets.
+
+Pipelining is bounded (at most `max_pipelined_requests` answers per read, then the connection
+closes after them), a plain-HTTP socket lives at most `http_lifetime_s` however often it is
+answered, plain sockets count toward `max_connections`, a request pipelined before an upgrade is
+answered and then the upgrade happens, and HEAD answers carry no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import warnings
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+import pytest
+
+from sohbet.ws.config import MAX_PIPELINED_REQUESTS, Limits
+from sohbet.ws.http11 import Request
+from sohbet.ws.server import Handler, Response
+
+from .conftest import RawClient, Recorder, client_frame, http, running, take_server_frames
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+BODY = b'{"ok":true}'
+
+HttpAnswer = tuple[int, dict[str, str], bytes]
+
+
+class Counting(Handler):
+    """Answers every plain request with `BODY`, synchronously or after a loop turn; counts them."""
+
+    def __init__(self, *, later: bool = False) -> None:
+        self.later = later
+        self.calls = 0
+
+    def on_http(self, request: Request) -> Any:
+        self.calls += 1
+        if not self.later:
+            return Response(200, BODY)
+
+        async def answer() -> Response:
+            await asyncio.sleep(0)
+            return Response(200, BODY)
+
+        return answer()
+
+
+def parse(data: bytes, *, heads: int = 0) -> list[HttpAnswer]:
+    """Cut *data* into responses framed by their Content-Length; the first *heads* answer HEAD."""
+    answers: list[HttpAnswer] = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"a truncated response: {data[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert status_line.startswith("HTTP/1.1 "), f"not a response: {data[:200]!r}"
+        headers = {n.strip().lower(): v.strip() for n, v in (line.split(":", 1) for line in lines)}
+        n = 0 if len(answers) < heads else int(headers.get("content-length", "0"))
+        assert len(rest) >= n, "a truncated body"
+        answers.append((int(status_line.split()[1]), headers, rest[:n]))
+        data = rest[n:]
+    return answers
+
+
+async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes (a reset here is a lost answer: it fails)."""
+    data = bytearray()
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(1 << 16):
+            data += chunk
+    return bytes(data)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# -- pipelining -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["sync", "async"])
+def test_ten_thousand_pipelined_requests_get_the_limit_of_answers_then_a_close(run: Run, later: bool) -> None:
+    async def main() -> None:
+        handler = Counting(later=later)
+        async with running(handler) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(GET * 10_000)  # one write: the server's first read holds thousands
+            answers = parse(await read_to_eof(reader))
+            assert len(answers) == MAX_PIPELINED_REQUESTS
+            assert all((status, body) == (200, BODY) for status, _, body in answers)
+            # Only the last one says it closes; the requests behind it never reached the handler.
+            assert [h.get("connection") for _, h, _ in answers] == [None] * (MAX_PIPELINED_REQUESTS - 1) + ["close"]
+            assert handler.calls == MAX_PIPELINED_REQUESTS
+            writer.close()
+
+    run(main())
+
+
+def test_pipelining_up_to_the_limit_keeps_the_connection(run: Run) -> None:
+    async def main() -> None:
+        handler = Counting()
+        async with running(handler) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(GET * MAX_PIPELINED_REQUESTS)
+            for _ in range(MAX_PIPELINED_REQUESTS):
+                await expect_ok(reader)
+            for _ in range(8):  # a keep-alive client waiting for each answer is never cut off
+                writer.write(GET)
+                await expect_ok(reader)
+            writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert parse(await read_to_eof(reader))[0][1]["connection"] == "close"
+            assert handler.calls == MAX_PIPELINED_REQUESTS + 9
+            writer.close()
+
+    run(main())
+
+
+async def expect_ok(reader: asyncio.StreamReader) -> None:
+    """The next response is a kept-alive 200 with `BODY`."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in head, head
+    assert await asyncio.wait_for(reader.readexactly(len(BODY)), 5.0) == BODY
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["sync", "async"])
+def test_a_request_pipelined_before_an_upgrade_is_answered_then_the_upgrade_happens(run: Run, later: bool) -> None:
+    class Both(Recorder):
+        def on_http(self, request: Request) -> Any:
+            return Counting(later=later).on_http(request)
+
+    async def main() -> None:
+        handler = Both()
+        async with running(handler) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(GET + UPGRADE + client_frame(1, "hi"))  # all before any answer
+            await expect_ok(reader)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            buffer = bytearray()
+            while not (frames := take_server_frames(buffer)):
+                buffer += await asyncio.wait_for(reader.read(4096), 5.0)
+            assert frames[0].payload == b"hi"  # the frame sent behind the upgrade, echoed
+            writer.write(client_frame(8, (1000).to_bytes(2, "big")))
+            await read_to_eof(reader)
+            writer.close()
+
+    run(main())
+
+
+def test_head_answers_carry_no_body(run: Run) -> None:
+    async def main() -> None:
+        async with running(Counting()) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            (head_status, head_headers, head_body), (status, headers, body) = parse(await read_to_eof(reader), heads=1)
+            # The HEAD answer describes the body a GET gets, and the GET answer follows it at once.
+            assert (head_status, head_headers["content-length"], head_body) == (200, str(len(BODY)), b"")
+            assert (status, headers["connection"], body) == (200, "close", BODY)
+            writer.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("by", ["lifetime", "shutdown"])
+def test_an_answer_that_never_comes_is_cancelled_with_its_socket_without_warnings(run: Run, by: str) -> None:
+    """The socket reads nothing while it awaits an answer, so only our own deadline (or a
+    shutdown) ends it: the answer is cancelled then, and the requests behind it never start."""
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    class Stuck(Handler):
+        def on_http(self, request: Request) -> Any:
+            async def answer() -> Response:
+                started.set()
+                try:
+                    await asyncio.Event().wait()  # never answers
+                except asyncio.CancelledError:
+                    cancelled.append(request.path)
+                    raise
+                return Response(200)
+
+            return answer()
+
+    async def main() -> None:
+        limits = Limits(http_lifetime_s=1.0, close_timeout_s=1.0) if by == "lifetime" else Limits()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with running(Stuck(), limits=limits) as server:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n" + GET * 3)
+                await asyncio.wait_for(started.wait(), 5.0)
+                if by == "shutdown":
+                    await server.shutdown(timeout_s=0.5)
+                with contextlib.suppress(ConnectionError):
+                    assert await read_to_eof(reader) == b""  # dropped without an answer
+                await until(lambda: not server._sockets)
+                await until(lambda: bool(cancelled))
+                writer.close()
+            gc.collect()
+        assert cancelled == ["/first"]  # the one being answered; the ones behind it never started
+        assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+    run(main())
+
+
+# -- lifetime and capacity ------------------------------------------------------------------------
+
+
+LIFETIME = Limits(http_lifetime_s=2.0, handshake_timeout_s=60.0)  # the idle limit never fires here
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, until_done: asyncio.Future[None]) -> None:
+    """Send *data* a byte every 25 ms, round and round, for at most four lifetimes or until done."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(int(4 * LIFETIME.http_lifetime_s / 0.025)):
+            if until_done.done():
+                return
+            writer.write(data[i % len(data) : i % len(data) + 1])
+            await asyncio.sleep(0.025)
+
+
+async def collect(reader: asyncio.StreamReader, into: bytearray) -> None:
+    """Read until the server closes (by a reset, too)."""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(4096):
+            into.extend(chunk)
+
+
+def test_a_trickling_socket_is_closed_at_its_lifetime_however_often_it_is_answered(run: Run) -> None:
+    async def main() -> None:
+        async with running(Counting(), limits=LIFETIME) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            received = bytearray()
+            reading = asyncio.ensure_future(collect(reader, received))
+            await trickle(writer, b"GET / HTTP/1.1\r\n\r\n", reading)  # a request every 0.45 s
+            assert reading.done(), "the server kept a trickling socket past its lifetime"
+            assert received.count(b"HTTP/1.1 200 ") >= 2  # answered, and the answers did not extend it
+            writer.close()
+
+    run(main())
+
+
+def test_a_socket_in_the_middle_of_a_request_at_its_lifetime_is_dropped(run: Run) -> None:
+    async def main() -> None:
+        async with running(Counting(), limits=LIFETIME) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(GET)
+            await expect_ok(reader)
+            received = bytearray()
+            reading = asyncio.ensure_future(collect(reader, received))
+            await trickle(writer, b"GET / HTTP/1.1\r\nX-Slow: " + b"z" * 4000, reading)  # never ends
+            assert reading.done(), "the server kept a socket past its lifetime"
+            assert received == b""  # dropped, nothing said: there is no request to answer
+            writer.close()
+
+    run(main())
+
+
+def test_an_answer_sent_after_the_lifetime_closes_the_connection(run: Run) -> None:
+    gate = asyncio.Event()
+
+    class Late(Handler):
+        def on_http(self, request: Request) -> Any:
+            async def answer() -> Response:
+                await gate.wait()
+                return Response(200, BODY)
+
+            return answer()
+
+    async def main() -> None:
+        limits = Limits(http_lifetime_s=1.0, close_timeout_s=10.0)  # the answer may finish late
+        async with running(Late(), limits=limits) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(GET)
+            await until(lambda: any(s._http is not None and s._http.is_answering for s in server._sockets.values()))
+            [ws] = server._sockets.values()
+            opened = ws._http.opened if ws._http is not None else 0.0
+            await until(lambda: server.now - opened >= limits.http_lifetime_s)  # the sweep saw it expire
+            gate.set()
+            [(status, headers, body)] = parse(await read_to_eof(reader))
+            assert (status, headers["connection"], body) == (200, "close", BODY)
+            writer.close()
+
+    run(main())
+
+
+def test_plain_http_sockets_count_toward_max_connections(run: Run) -> None:
+    async def main() -> None:
+        async with running(Counting(), limits=Limits(max_connections=3)) as server:
+            plain = []
+            for _ in range(3):  # three kept-alive plain sockets, each answered: all admitted
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(GET)
+                await expect_ok(reader)
+                plain.append(writer)
+            status, _, body = await http(server.port, UPGRADE)  # the fourth socket: a WebSocket
+            error = orjson.loads(body)["error"]
+            assert (status, error["code"]) == (503, "unavailable")
+            assert "limit of 3 connections" in error["message"]
+            status, _, body = await http(server.port, GET)  # a fourth plain socket too
+            assert (status, orjson.loads(body)["error"]["code"]) == (503, "unavailable")
+            plain[0].close()
+            await until(lambda: len(server._sockets) <= 2)
+            client = await RawClient.connect(server.port, path="/ws")  # room again: upgraded
+            client.close()
+            await client.expect_eof()
+            for writer in plain[1:]:
+                writer.close()
+
+    run(main())
