@@ -26,7 +26,7 @@ from typing import Any
 import uvloop
 
 from sohbet import __version__
-from sohbet.app.gateway import ChatGateway, ServerOutbox
+from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S, ChatGateway, ServerOutbox
 from sohbet.auth import Verifier, issue_token
 from sohbet.config import (
     HMAC_ALGORITHMS,
@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="sohbet-server",
         description="sohbet: a real-time messaging server. Precedence: flags > environment > --config file > defaults.",
         parents=[settings],
-        epilog="SOHBET_API_KEY (environment or file only) enables the HTTP API for an application backend.",
+        epilog="SOHBET_API_KEY (environment or file only) enables the HTTP API for an application backend. "
+        "GET /healthz: the server accepts connections; GET /readyz: storage answers (one check per "
+        f"{READY_CACHE_S:g} s for all probes together, waiting up to {READY_TIMEOUT_S:g} s).",
     )
     parser.add_argument("--version", action="version", version=f"sohbet {__version__}")
     commands = parser.add_subparsers(dest="command")

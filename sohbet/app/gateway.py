@@ -8,9 +8,10 @@ HTTP API of step 6 will be added.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qs
 
 from sohbet.app.routes import ANY_METHOD, Router
@@ -22,9 +23,48 @@ from sohbet.ws.handshake import WEBSOCKET_VERSION, Upgrade
 from sohbet.ws.http11 import Request, error_body
 from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
-__all__ = ["ChatGateway", "ServerOutbox", "token_of"]
+__all__ = ["READY_CACHE_S", "READY_TIMEOUT_S", "ChatGateway", "ServerOutbox", "Shared", "token_of"]
 
 _BEARER_PROTOCOL: Final = "bearer."
+#: Seconds a `/readyz` answer is reused: the endpoint is unauthenticated, and each check costs
+#: a database round trip, so a flood of probes costs one query a second.
+READY_CACHE_S: Final = 1.0
+#: Seconds `/readyz` waits for the database before it answers 503: a probe must not hang.
+READY_TIMEOUT_S: Final = 2.0
+
+T = TypeVar("T")
+
+
+class Shared(Generic[T]):
+    """One check at a time, shared by every caller that asks while it runs, its result kept
+    for `ttl_s` after it ends (single-flight with a short cache)."""
+
+    def __init__(self, check: Callable[[], Awaitable[T]], ttl_s: float) -> None:
+        self._check = check
+        #: Seconds a result is reused; a test may change it.
+        self.ttl_s = ttl_s
+        self._running: asyncio.Future[T] | None = None
+        self._result: T | None = None
+        self._at = 0.0  # when the result came
+
+    async def get(self) -> T:
+        """The latest result, or the one of the check running now (one is started if none)."""
+        loop = asyncio.get_running_loop()
+        if self._result is not None and loop.time() < self._at + self.ttl_s:
+            return self._result
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run())
+        # Shielded: a caller that goes away (its socket closed) must not cancel the others' check.
+        return await asyncio.shield(self._running)
+
+    async def _run(self) -> T:
+        try:
+            result = await self._check()
+        finally:
+            self._running = None
+        self._result = result
+        self._at = asyncio.get_running_loop().time()
+        return result
 
 
 def token_of(request: Request, offered_subprotocols: Iterable[str]) -> str:
@@ -60,6 +100,8 @@ class ChatGateway(Handler):
         self.chat = chat
         self.accepting = False  # /healthz answers 200 once connections are accepted
         self.routes = Router()
+        #: Whether storage answers, checked once for all concurrent `/readyz` and reused briefly.
+        self.readiness = Shared(self._storage_answers, READY_CACHE_S)
         # Every method, as before the table: step 6 narrows them (and answers 405 otherwise).
         self.routes.add(ANY_METHOD, "/healthz", self._health)
         self.routes.add(ANY_METHOD, "/readyz", self._ready)
@@ -104,11 +146,17 @@ class ChatGateway(Handler):
         return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
 
     async def _ready(self, request: Request, params: dict[str, str]) -> Response:
+        if await self.readiness.get():
+            return Response(HTTPStatus.OK, b'{"status":"ready"}')
+        return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
+
+    async def _storage_answers(self) -> bool:
         try:
-            await self.chat.store.ping()
-        except StoreError:
-            return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
-        return Response(HTTPStatus.OK, b'{"status":"ready"}')
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self.chat.store.ping()
+        except (StoreError, TimeoutError):
+            return False
+        return True
 
     def _not_upgraded(self, request: Request, params: dict[str, str]) -> Response:
         return _NOT_UPGRADED

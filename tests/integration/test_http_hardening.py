@@ -3,7 +3,8 @@
 Pipelining is bounded (at most `max_pipelined_requests` answers per read, then the connection
 closes after them), a plain-HTTP socket lives at most `http_lifetime_s` however often it is
 answered, plain sockets count toward `max_connections`, a request pipelined before an upgrade is
-answered and then the upgrade happens, and HEAD answers carry no body.
+answered and then the upgrade happens, HEAD answers carry no body, and `/readyz` checks storage
+once for all concurrent probes, answers from a short cache, and says 503 when storage is down.
 """
 
 from __future__ import annotations
@@ -11,17 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from sohbet.app.gateway import ChatGateway
+from sohbet.store import MessageStore
 from sohbet.ws.config import MAX_PIPELINED_REQUESTS, Limits
 from sohbet.ws.http11 import Request
 from sohbet.ws.server import Handler, Response
 
+from ..chatkit import chat_server, open_store
+from ..conftest import IN_CI
 from .conftest import RawClient, Recorder, client_frame, http, running, take_server_frames
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -316,5 +328,164 @@ def test_plain_http_sockets_count_toward_max_connections(run: Run) -> None:
             await client.expect_eof()
             for writer in plain[1:]:
                 writer.close()
+
+    run(main())
+
+
+# -- /readyz --------------------------------------------------------------------------------------
+
+
+class GatedPing:
+    """A real store whose `ping` counts itself and waits for a gate: a check held open."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.pings = 0
+        self.gate = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await self.gate.wait()
+        await self._store.ping()
+
+
+def test_concurrent_readyz_share_one_storage_check_and_reuse_it(run: Run, tmp_path: Path) -> None:
+    probes = 20
+
+    async def main() -> None:
+        real = await open_store(f"sqlite:///{tmp_path}/sohbet.db")
+        store = GatedPing(real)
+        async with chat_server("", store=store) as h:  # type: ignore[arg-type]  # a MessageStore by delegation
+            gateway = h.server.handler
+            assert isinstance(gateway, ChatGateway)
+            gateway.readiness.ttl_s = 3600.0  # the cache outlives the test: no clock in the assertions
+            clients = [await asyncio.open_connection("127.0.0.1", h.server.port) for _ in range(probes)]
+            for _, writer in clients:
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            # Every probe is inside the check before it is let go: all of them are concurrent.
+            await until(
+                lambda: sum(s._http is not None and s._http.is_answering for s in h.server._sockets.values()) == probes
+            )
+            assert store.pings == 1
+            store.gate.set()
+            for reader, writer in clients:
+                [(status, _, body)] = parse(await read_to_eof(reader))
+                assert (status, body) == (200, b'{"status":"ready"}')
+                writer.close()
+            status, _, _ = await http(h.server.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (status, store.pings) == (200, 1)  # answered from the cache
+            gateway.readiness.ttl_s = 0.0  # the cached answer is now stale: the next probe checks
+            await asyncio.sleep(0)
+            status, _, _ = await http(h.server.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (status, store.pings) == (200, 2)
+        await real.close()
+
+    run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivatePostgres:
+    """A Postgres server of our own on a free port, in a temporary directory: one a test may stop."""
+
+    def __init__(self) -> None:
+        initdb = shutil.which("initdb")
+        if initdb is None:
+            message = "no initdb on PATH: a private Postgres (one a test may stop) cannot be made"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip("SKIPPING A POSTGRES OUTAGE TEST: " + message)
+        self.bin = Path(initdb).resolve().parent
+        self.dir = Path(tempfile.mkdtemp(prefix="sohbet-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # Postgres refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "-t", "30", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's PID while it runs (the first line of postmaster.pid)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        """Stop it if it still runs (by its own PID, never by name), and delete its files."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # immediate shutdown of that one postmaster
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.remove()
+
+
+async def readyz(port: int) -> HttpAnswer:
+    raw = b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    [answer] = parse(await read_to_eof(reader))
+    writer.close()
+    return answer
+
+
+async def readyz_until(port: int, status: int, timeout: float = 15.0) -> HttpAnswer:
+    """Probe until /readyz answers *status* (the cache and reconnects take a moment), bounded."""
+    async with asyncio.timeout(timeout):
+        while True:
+            answer = await readyz(port)
+            if answer[0] == status:
+                return answer
+            await asyncio.sleep(0.2)
+
+
+def test_readyz_answers_503_while_storage_is_down_and_200_once_it_is_back(
+    run: Run, private_postgres: PrivatePostgres
+) -> None:
+    async def main() -> None:
+        async with chat_server(private_postgres.url) as h:
+            status, _, body = await readyz(h.server.port)
+            assert (status, body) == (200, b'{"status":"ready"}')
+            await asyncio.to_thread(private_postgres.stop)
+            assert private_postgres.pid is None
+            _, headers, body = await readyz_until(h.server.port, 503)
+            assert headers["content-type"] == "application/json"
+            assert orjson.loads(body) == {"error": {"code": "unavailable", "message": "storage is unreachable"}}
+            await asyncio.to_thread(private_postgres.start)
+            _, _, body = await readyz_until(h.server.port, 200)  # the pool reconnects
+            assert body == b'{"status":"ready"}'
 
     run(main())

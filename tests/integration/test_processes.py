@@ -83,7 +83,7 @@ def test_help_names_every_setting() -> None:
     assert result.returncode == 0
     names = "--host --port --database-url --jwt-secret --jwt-public-key --jwt-algorithm --redis-url --send-rate"
     names += " --send-burst --frame-rate --presence-grace --max-connections --max-message-bytes --compression"
-    names += " --http-lifetime --max-pipelined-requests"
+    names += " --http-lifetime --max-pipelined-requests /readyz"
     for name in [*names.split(), "SOHBET_PORT", "SOHBET_API_KEY"]:
         assert name in result.stdout, name
 
