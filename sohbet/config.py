@@ -283,6 +283,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_connections_per_user", int, 10, "open connections per user (close 1008 above)"),
     Setting("max_message_bytes", int, 65536, "largest WebSocket message, after reassembly and inflating"),
+    Setting("linger", float, 2.0, "seconds a closed socket still reads (and drops) input, so clients see why; 0: none"),
+    Setting("linger_bytes", int, 1 << 20, "bytes read and discarded at most meanwhile; 0 means only the time counts"),
     Setting("compression", bool, False, "negotiate permessage-deflate (12-bit window)"),
     Setting("allowed_origins", str, "", "comma-separated Origin values allowed to connect; empty: any"),
     Setting("log_level", str, "info", "debug, info, warning or error"),
@@ -406,6 +408,8 @@ class Config:
                 max_connections=int(v["max_connections"]),  # type: ignore[call-overload]  # coerced
                 http_lifetime_s=float(v["http_lifetime"]),  # type: ignore[arg-type]  # coerced
                 max_pipelined_requests=int(v["max_pipelined_requests"]),  # type: ignore[call-overload]  # coerced
+                linger_s=float(v["linger"]),  # type: ignore[arg-type]  # coerced
+                linger_bytes=int(v["linger_bytes"]),  # type: ignore[call-overload]  # coerced
             ),
             websocket=WebSocketConfig(
                 allowed_origins=origins,

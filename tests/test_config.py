@@ -18,6 +18,8 @@ from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
         ({"http_lifetime_s": 0}, "http_lifetime_s of 0 is not positive"),
         ({"max_pipelined_requests": 0}, "max_pipelined_requests of 0 is below 1"),
         ({"ping_interval_s": -1}, "ping_interval_s of -1 is negative"),
+        ({"linger_s": -1}, "linger_s of -1 is negative"),
+        ({"linger_bytes": -1}, "linger_bytes of -1 is negative"),
         ({"max_line_bytes": 100}, "max_line_bytes of 100 is below 256"),
         ({"max_header_bytes": 1000}, "max_header_bytes of 1000 is below max_line_bytes of 8192"),
         ({"max_headers": 2}, "max_headers of 2 is below 8"),
@@ -51,6 +53,7 @@ def test_defaults_are_the_protocols() -> None:
     assert (limits.ping_interval_s, limits.pong_timeout_s, limits.max_frames_per_10s) == (20.0, 20.0, 120)
     assert (limits.max_buffered_bytes, limits.buffer_high_water_bytes, limits.slow_consumer_s) == (1 << 20, 65536, 10.0)
     assert (limits.http_lifetime_s, limits.max_pipelined_requests, limits.max_connections) == (60.0, 32, 0)
+    assert (limits.linger_s, limits.linger_bytes) == (2.0, 1 << 20)
     assert not CompressionConfig().enabled
     assert CompressionConfig().window_bits == 12
     assert WebSocketConfig().paths == frozenset({"/", "/ws"})
@@ -135,6 +138,8 @@ def test_config_from_settings() -> None:
             "SOHBET_DATA_DIR": "/var/lib/sohbet/",
             "SOHBET_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "SOHBET_FRAME_RATE": "0",
+            "SOHBET_LINGER": "0.5",
+            "SOHBET_LINGER_BYTES": "4096",
             "SOHBET_JWT_AUDIENCE": "chat",
             "SOHBET_API_KEY": "k" * 16,
         }
@@ -145,6 +150,7 @@ def test_config_from_settings() -> None:
     assert config.websocket.allowed_origins == frozenset({"https://a.example", "https://b.example"})
     assert config.websocket.subprotocols == ("sohbet.v1",)
     assert config.limits.max_frames_per_10s == 0
+    assert (config.limits.linger_s, config.limits.linger_bytes) == (0.5, 4096)
     assert config.auth.audience == "chat" and config.auth.api_key == "k" * 16
     assert SECRET not in repr(config)  # secrets never reach a log line
     pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})

@@ -79,6 +79,13 @@ class Limits:
     max_pipelined_requests: int = MAX_PIPELINED_REQUESTS
     #: Seconds to wait for the peer's close frame (or for it to hang up) after ours.
     close_timeout_s: float = 5.0
+    #: Seconds, after a WebSocket is over, to keep reading and discarding what the peer still
+    #: sends, so closing does not reset a connection with unread input, and with it the close
+    #: frame the peer has not read yet (a lingering close); 0: hang up at once.
+    linger_s: float = 2.0
+    #: ... and the most bytes read and discarded meanwhile, before hanging up regardless; 0: no
+    #: count, only the time.
+    linger_bytes: int = 1024 * 1024
     #: Longest request line or single header line (431 above it).
     max_line_bytes: int = 8 * 1024
     #: All header bytes of a request (431 above it).
@@ -105,7 +112,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         require_at_least("max_message_bytes", self.max_message_bytes, MAX_CONTROL_PAYLOAD)
-        for name in ("max_fragments", "max_frames_per_10s", "max_connections"):
+        for name in ("max_fragments", "max_frames_per_10s", "max_connections", "linger_bytes"):
             require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
         for name in (
             "message_timeout_s",
@@ -118,6 +125,7 @@ class Limits:
             require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
         require(self.max_pipelined_requests >= 1, f"max_pipelined_requests of {self.max_pipelined_requests} is below 1")
         require(self.ping_interval_s >= 0, f"ping_interval_s of {self.ping_interval_s} is negative")
+        require(self.linger_s >= 0, f"linger_s of {self.linger_s} is negative")
         require_at_least("max_line_bytes", self.max_line_bytes, 256)
         require(
             self.max_header_bytes >= self.max_line_bytes,

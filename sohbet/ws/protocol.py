@@ -239,7 +239,7 @@ class Connection:
             # The common case, inlined: one whole, uncompressed message per read.
             frame = received[0]
             opcode = frame.opcode
-            if frame.fin and not frame.rsv1 and opcode in _DATA:
+            if frame.fin and not frame.rsv1 and opcode in _DATA and self.state == OPEN:
                 self.messages_received += 1
                 events.append(TextReceived(frame.payload) if opcode == _TEXT else BinaryReceived(frame.payload))
                 return events
@@ -259,6 +259,10 @@ class Connection:
         """Act on one frame; return False once the connection is closed."""
         opcode = frame.opcode
         if opcode <= _BINARY:
+            if self.state == CLOSING:
+                # We sent a close frame: what the peer sent before reading it is not served
+                # (nor reassembled, nor inflated); only its close frame still matters.
+                return True
             if frame.fin and opcode != _CONTINUATION and not frame.rsv1:
                 # One whole uncompressed message: the payload is the message, no copy.
                 self.messages_received += 1

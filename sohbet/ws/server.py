@@ -23,7 +23,7 @@ from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.frames import IMPLEMENTATION, build_frame
 from sohbet.ws.http11 import NOT_FOUND, Response
-from sohbet.ws.websocket import PHASE_HTTP, PHASE_WS, WebSocket
+from sohbet.ws.websocket import PHASE_HTTP, PHASE_LINGERING, PHASE_WS, WebSocket
 
 __all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
 
@@ -117,7 +117,10 @@ class Server:
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, close every connection with 1001, wait up to *timeout_s* for them."""
+        """Stop accepting, close every connection with 1001, wait up to *timeout_s* for them.
+
+        Sockets lingering after their close (`WebSocket._linger`) are hung up at once.
+        """
         self.closing = True
         if self._listener is not None:
             self._listener.close()
@@ -126,8 +129,8 @@ class Server:
                 ws.close(CloseCode.GOING_AWAY, "server shutting down")
             elif ws._phase == PHASE_HTTP and ws._http is not None and not ws._http.is_answering:
                 ws._hang_up()
-            elif ws._lingered >= 0:
-                ws._transport.close()  # done with its last answer: wait no longer for the peer
+            elif ws._phase == PHASE_LINGERING:
+                ws._hang_up()  # its close frame is out; a server going away does not linger
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._sockets and loop.time() < deadline:

@@ -25,18 +25,17 @@ from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
 if TYPE_CHECKING:
     from sohbet.ws.server import Server
 
-__all__ = ["PHASE_CLOSED", "PHASE_CLOSING", "PHASE_HTTP", "PHASE_WS", "WebSocket"]
+__all__ = ["PHASE_CLOSED", "PHASE_CLOSING", "PHASE_HTTP", "PHASE_LINGERING", "PHASE_WS", "WebSocket"]
 
 log = logging.getLogger("sohbet.server")
 
-# Phases of a socket: HTTP requests, then (after a 101) WebSocket, then closing, then gone.
+# Phases of a socket: HTTP requests, then (after a 101) WebSocket, then closing, then (the
+# WebSocket over, our side of TCP shut) reading and discarding what the peer still sends, then gone.
 PHASE_HTTP: Final = 0
 PHASE_WS: Final = 1
 PHASE_CLOSING: Final = 2
-PHASE_CLOSED: Final = 3
-
-#: Bytes a lingering close reads and throws away while it waits for the peer to hang up.
-LINGER_BYTES: Final = 1024 * 1024
+PHASE_LINGERING: Final = 3
+PHASE_CLOSED: Final = 4
 
 
 class WebSocket(asyncio.Protocol):
@@ -56,7 +55,7 @@ class WebSocket(asyncio.Protocol):
         "_drain",
         "_http",
         "_last_rx",
-        "_lingered",
+        "_linger_left",
         "_mid_count",
         "_mid_since",
         "_paused_at",
@@ -81,9 +80,9 @@ class WebSocket(asyncio.Protocol):
         self._ping_at = 0.0
         self._paused_at = 0.0
         self._close_at = 0.0
-        self._lingered = -1  # bytes discarded while lingering; -1: not lingering
         self._mid_since = 0.0
         self._mid_count = -1
+        self._linger_left = 0
         self.id = next(server._ids)
         self.data: object = None
         self.subprotocol: str | None = None
@@ -103,15 +102,14 @@ class WebSocket(asyncio.Protocol):
         server._sockets[self.id] = self
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
+        if self._phase == PHASE_LINGERING:
+            self._discard(len(data))
+            return
         conn = self._conn
         if conn is None:
             http = self._http
             if http is not None:
                 http.received(data)
-            elif self._lingered >= 0:
-                self._lingered += len(data)
-                if self._lingered > LINGER_BYTES:
-                    self._transport.abort()
             return
         server = self._server
         self._last_rx = server.now
@@ -124,10 +122,11 @@ class WebSocket(asyncio.Protocol):
         try:
             for event in events:
                 kind = type(event)
-                if kind is TextReceived:
-                    on_message(self, event.data, True)  # type: ignore[union-attr]  # narrowed by kind
-                elif kind is BinaryReceived:
-                    on_message(self, event.data, False)  # type: ignore[union-attr]  # narrowed by kind
+                if kind is TextReceived or kind is BinaryReceived:
+                    # Once we have sent a close frame (a callback may have, for an earlier
+                    # message of this read), messages are dropped: a closed session is not served.
+                    if self._phase == PHASE_WS:
+                        on_message(self, event.data, kind is TextReceived)  # type: ignore[union-attr]  # narrowed by kind
                 elif kind is PingReceived:
                     pong = conn.frame_pong(event.data)  # type: ignore[union-attr]  # narrowed by kind
                     if pong:
@@ -194,7 +193,7 @@ class WebSocket(asyncio.Protocol):
         For long sends, such as a replay of missed messages, that should keep pace with the
         client rather than pile up in memory and end in a 4008.
         """
-        if not self._paused_at or self._transport is None or self._phase == PHASE_CLOSED:
+        if not self._paused_at or self._transport is None or self._phase >= PHASE_LINGERING:
             return
         if self._drain is None:
             self._drain = asyncio.get_running_loop().create_future()
@@ -263,16 +262,47 @@ class WebSocket(asyncio.Protocol):
     # -- closing ---------------------------------------------------------------------------
 
     def _ended(self, code: int, reason: str) -> None:
-        """The close handshake finished, or the connection failed: report it, hang up.
+        """The close handshake finished, or the connection failed: report it, then linger.
 
-        Our close frame, if any, is already written; closing the transport lets it drain first,
-        and the sweep aborts a socket whose peer does not read it in time. The server closes
-        TCP first (RFC 6455 §7.1.1).
+        Our close frame, if any, is already written. The server closes TCP first (RFC 6455
+        §7.1.1), but not at once: see `_linger`.
         """
         self._phase = PHASE_CLOSED  # before on_close: sends from it are dropped
         if self._server.connections.pop(self.id, None) is not None:
             self._report_close(code, reason)
-        self._hang_up()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Shut our side of TCP, then read and discard until the peer hangs up or a bound is hit.
+
+        Closing a socket with unread input makes the kernel reset the connection, and a peer
+        still sending (the rest of a message over the limit, a flood, pipelined requests beyond
+        the limit, a body we refused) then reads ECONNRESET instead of the close frame or the
+        last HTTP answer that says why. So, like nginx's lingering close: the FIN goes out once
+        the buffered bytes have drained, and what the peer still sends is read and dropped for
+        at most `linger_s` (the sweep's granularity added) or `linger_bytes`. The socket stays
+        in `Server._sockets` meanwhile, but not in `connections`: the WebSocket is over and
+        `on_close` has run. A server shutting down does not linger: it hangs up.
+        """
+        self._http = None
+        server = self._server
+        limits = server.limits
+        transport = self._transport
+        if not limits.linger_s or server.closing or not transport.can_write_eof():
+            self._hang_up()
+            return
+        self._phase = PHASE_LINGERING
+        self._linger_left = limits.linger_bytes
+        self._close_at = server.now + limits.linger_s
+        transport.write_eof()  # after the buffered bytes: our close frame or last answer among them
+        transport.resume_reading()  # an HTTP socket may have paused it; eof_received then closes
+
+    def _discard(self, n: int) -> None:
+        """*n* bytes arrived while lingering: dropped, and counted against `linger_bytes`."""
+        if self._linger_left:
+            self._linger_left -= n
+            if self._linger_left <= 0:
+                self._hang_up()
 
     def _report_close(self, code: int, reason: str) -> None:
         try:
@@ -291,27 +321,6 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_CLOSED
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         self._transport.close()
-
-    def _linger(self) -> None:
-        """Close after the last HTTP response without losing it to a reset.
-
-        A socket closed with unread input makes the kernel send RST, and a client still sending
-        (pipelined requests beyond the limit, a body we refused) can then lose the response it
-        has not read yet. So shut down our side only (a FIN after the response), read and throw
-        away what still comes until the peer hangs up too; after `close_timeout_s` or
-        `LINGER_BYTES`, abort. A server shutting down closes at once instead (`_hang_up`): it
-        waits for no client.
-        """
-        self._http = None
-        if self._server.closing:
-            self._hang_up()
-            return
-        self._phase = PHASE_CLOSED
-        self._close_at = self._server.now + self._server.limits.close_timeout_s
-        self._lingered = 0
-        transport = self._transport
-        transport.write_eof()  # sent once the buffered response is out
-        transport.resume_reading()  # eof_received then closes the socket
 
     def _refuse(self, exc: InvalidHandshake) -> None:
         """Answer with the error's status and JSON body, then hang up; no request follows."""
@@ -391,5 +400,8 @@ class WebSocket(asyncio.Protocol):
                     conn.ping()
                     self._write(conn.take_output())
                     self._ping_at = now
+        elif phase == PHASE_LINGERING:
+            if now >= self._close_at:
+                self._hang_up()  # it lingered long enough; the close frame gets close_timeout_s more
         elif self._close_at and now >= self._close_at:
             self._transport.abort()

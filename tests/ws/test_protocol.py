@@ -86,13 +86,44 @@ def test_our_close_then_the_peers_reply() -> None:
     conn.close(4008, "too slow")
     assert conn.state == CLOSING
     assert conn.take_output() == b"\x88\x0a\x0f\xa8too slow"
-    assert conn.feed(cf(1, "still arriving")) == [TextReceived(b"still arriving")]
+    assert conn.feed(cf(1, "still arriving")) == []  # sent before the peer read our close: dropped
     assert conn.feed(cf(8, b"\x03\xe8")) == [ClosedByPeer(1000, "")]
     assert conn.take_output() == b""  # the handshake is complete: nothing more to send
     assert conn.state == CLOSED
     assert (conn.close_code, conn.close_reason) == (4008, "too slow")  # we closed first
     conn.close()  # closing twice does nothing
     assert conn.take_output() == b""
+
+
+@pytest.mark.parametrize(
+    ("wire", "pings"),
+    [
+        (cf(1, "one read, one message"), []),
+        (cf(2, b"\x00") + cf(1, "two messages"), []),
+        (cf(1, "begun", fin=False) + cf(0, " and finished"), []),
+        (cf(1, "with a ping", fin=False) + cf(9, "p") + cf(0, " inside"), [PingReceived(b"p")]),
+        (cf(1, zlib.compress(b"compressed")[2:-4], rsv1=True), []),
+    ],
+    ids=["whole", "several", "fragmented", "ping-between-fragments", "compressed"],
+)
+def test_messages_after_our_close_are_dropped_and_control_frames_are_not(
+    wire: bytes, pings: list[PingReceived]
+) -> None:
+    conn = Connection(deflate=DeflateParams())
+    conn.close(4001, "token expired")
+    conn.take_output()
+    events = conn.feed(wire + cf(10, "beat") + cf(8, b"\x0f\xa1"))
+    assert events == [*pings, PongReceived(b"beat"), ClosedByPeer(4001, "")]
+    assert conn.frame_pong(b"p") == b""  # nothing is sent after our close frame
+    assert (conn.state, conn.close_code) == (CLOSED, 4001)
+
+
+def test_a_message_begun_before_our_close_is_not_delivered_after_it() -> None:
+    conn = Connection()
+    assert conn.feed(cf(1, "begun", fin=False)) == []
+    conn.close(1001)
+    assert conn.feed(cf(0, " and finished")) == []
+    assert conn.feed(cf(8, b"\x03\xe9")) == [ClosedByPeer(1001, "")]
 
 
 def test_replies_to_messages_before_a_close_go_out_before_it() -> None:
