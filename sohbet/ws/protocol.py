@@ -87,7 +87,8 @@ class Connection:
 
     It reassembles fragmented messages, inflates compressed ones within the message limit,
     answers pings, runs the close handshake both ways, and turns every violation into a close
-    frame with the RFC's code and a `ConnectionFailed` event.
+    frame with the RFC's code and a `ConnectionFailed` event. Once it has sent a close frame,
+    messages the peer sent before reading it are dropped: only control frames are reported.
     """
 
     __slots__ = (
