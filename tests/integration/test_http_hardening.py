@@ -356,9 +356,9 @@ def test_concurrent_readyz_share_one_storage_check_and_reuse_it(run: Run, tmp_pa
     probes = 20
 
     async def main() -> None:
-        real = await open_store(f"sqlite:///{tmp_path}/sohbet.db")
-        store = GatedPing(real)
-        async with chat_server("", store=store) as h:  # type: ignore[arg-type]  # a MessageStore by delegation
+        url = f"sqlite:///{tmp_path}/sohbet.db"
+        store = GatedPing(await open_store(url))
+        async with chat_server(url, store=store) as h:  # type: ignore[arg-type]  # a MessageStore by delegation
             gateway = h.server.handler
             assert isinstance(gateway, ChatGateway)
             gateway.readiness.ttl_s = 3600.0  # the cache outlives the test: no clock in the assertions
@@ -381,7 +381,7 @@ def test_concurrent_readyz_share_one_storage_check_and_reuse_it(run: Run, tmp_pa
             await asyncio.sleep(0)
             status, _, _ = await http(h.server.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert (status, store.pings) == (200, 2)
-        await real.close()
+        await store._store.close()
 
     run(main())
 
