@@ -102,14 +102,13 @@ class WebSocket(asyncio.Protocol):
         server._sockets[self.id] = self
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
-        if self._phase == PHASE_LINGERING:
-            self._discard(len(data))
-            return
         conn = self._conn
-        if conn is None:
+        if conn is None:  # off the hot path: plain HTTP, or lingering after the close
             http = self._http
             if http is not None:
                 http.received(data)
+            elif self._phase == PHASE_LINGERING:
+                self._discard(len(data))
             return
         server = self._server
         self._last_rx = server.now
@@ -292,6 +291,7 @@ class WebSocket(asyncio.Protocol):
             self._hang_up()
             return
         self._phase = PHASE_LINGERING
+        self._conn = None  # the WebSocket is over: what still arrives is not parsed
         self._linger_left = limits.linger_bytes
         self._close_at = server.now + limits.linger_s
         transport.write_eof()  # after the buffered bytes: our close frame or last answer among them
