@@ -15,6 +15,7 @@ a seq is never burnt.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -183,10 +184,16 @@ class PostgresStore:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
         self._lock_con: asyncpg.Connection | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        async with self._opening:  # concurrent first calls share one pool instead of each leaking one
+            if self._pool is not None:
+                return self._pool
             try:
                 self._pool = await asyncpg.create_pool(
                     self._dsn,

@@ -68,3 +68,28 @@ def test_a_database_gone_mid_run_is_unavailable_on_every_write(run: Run, postgre
             await store.close()
 
     run(main())
+
+
+def test_concurrent_first_calls_share_one_pool_and_close_lets_go_of_all(run: Run, postgres_database: str) -> None:
+    import asyncpg  # noqa: PLC0415  # the Postgres half only
+
+    name = postgres_database.rsplit("/", 1)[1]
+    count = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+
+    async def main() -> None:
+        watcher = await asyncpg.connect(postgres_database.rsplit("/", 1)[0] + "/postgres")
+        try:
+            before = await watcher.fetchval(count)
+            store = PostgresStore(postgres_database)
+            await asyncio.gather(*(store.ping() for _ in range(6)))  # six first calls at once
+            assert await watcher.fetchval(count) > before
+            await store.close()
+            for _ in range(50):  # backends end a moment after their client hangs up
+                if await watcher.fetchval(count) == before:
+                    break
+                await asyncio.sleep(0.05)
+            assert await watcher.fetchval(count) == before  # no pool was left behind, open
+        finally:
+            await watcher.close()
+
+    run(main())
