@@ -107,7 +107,18 @@ class _Full(Exception):
 class _Collector:
     """httptools callbacks: gather requests, counting bytes against the limits as they come."""
 
-    __slots__ = ("body", "body_bytes", "done", "header_bytes", "headers", "limits", "parser", "room", "url")
+    __slots__ = (
+        "body",
+        "body_bytes",
+        "done",
+        "header_bytes",
+        "headers",
+        "in_body",
+        "limits",
+        "parser",
+        "room",
+        "url",
+    )
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -126,6 +137,7 @@ class _Collector:
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
+        self.in_body = False  # the head is complete: what follows is body, not head
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -151,6 +163,9 @@ class _Collector:
             raise InvalidHandshake(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"more than {self.limits.max_headers} headers"
             )
+
+    def on_headers_complete(self) -> None:
+        self.in_body = True
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -224,7 +239,7 @@ class RequestReader:
         cb.room = self._limits.max_pipelined_requests if room is None else room
         # httptools reports a header only once it is complete, so an endless header line would
         # grow unseen: bound the bytes of an unfinished request head ourselves, as they arrive.
-        if not cb.body_bytes:
+        if not cb.in_body:
             self._pending += len(data)
             head_limit = self._limits.max_line_bytes + self._limits.max_header_bytes + 4
             if self._pending > head_limit and b"\r\n\r\n" not in data:

@@ -325,6 +325,43 @@ def test_plain_http_sync_and_async_with_keep_alive(run: Run) -> None:
     run(main())
 
 
+def test_a_body_read_after_its_head_is_a_body_not_a_long_head(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head bound (line + headers, 772 bytes here) counts head bytes only: a body longer
+    than it, read in a read of its own after the head, is answered, not refused with 431.
+    Found with the http11 fuzz target's chunking property (fuzz/corpus/http11/crash-body-after-head)."""
+    reads: asyncio.Queue[int] = asyncio.Queue()
+    data_received = WebSocket.data_received
+
+    def spy(self: WebSocket, data: bytes) -> None:
+        reads.put_nowait(len(data))
+        data_received(self, data)
+
+    monkeypatch.setattr(WebSocket, "data_received", spy)
+
+    class Echo(Handler):
+        def on_http(self, request: Request) -> Any:
+            return Response(200, request.body, content_type="text/plain")
+
+    limits = Limits(max_line_bytes=256, max_header_bytes=512)
+    head_limit = 256 + 512 + 4
+    body = bytes(range(256)) * 40
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    async def main() -> None:
+        async with running(Echo(), limits=limits) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(head)
+            assert await get(reads) == len(head)  # the server has read the head, and only it
+            writer.write(body)
+            assert await get(reads) > head_limit  # the case: one read of body beyond the head bound
+            data = await asyncio.wait_for(reader.read(), 5.0)
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+            assert data.endswith(b"\r\n\r\n" + body)
+            writer.close()
+
+    run(main())
+
+
 def test_broadcast_frames_once_and_skips_closed(run: Run) -> None:
     async def main() -> None:
         handler = Recorder(echo=False)

@@ -292,6 +292,16 @@ def test_a_body_may_arrive_in_pieces() -> None:
     assert request.body == b"abcdef"
 
 
+def test_a_body_after_its_head_does_not_count_toward_the_head_bound() -> None:
+    """The bound on an unfinished head (line + headers + 4 bytes) counted a body's first read
+    as head bytes when it came in a read after the head (fuzz/corpus/http11/crash-body-after-head)."""
+    reader = http11.RequestReader(Limits())
+    body = b"x" * 30_000  # more than the 24,580-byte head bound, within the 1 MiB body limit
+    assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 30000\r\n\r\n") == []
+    [request] = reader.feed(body)
+    assert request.body == body
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET http:// HTTP/1.1\r\nHost: x\r\n\r\n"],
