@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -36,7 +38,10 @@ def main(test_one_input: Callable[[bytes], None]) -> None:
     """Fuzz *test_one_input* with libFuzzer's command line (corpus dirs, -max_total_time, ...)."""
     import atheris  # noqa: PLC0415  # only the fuzzing process has it
 
-    atheris.Setup(sys.argv, test_one_input)
+    # libFuzzer's -merge (and -fork) run argv[0] again through the shell: a script path alone
+    # is not a command, so make it "python /path/to/target.py".
+    argv = [f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(sys.argv[0]))}", *sys.argv[1:]]
+    atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
 
 

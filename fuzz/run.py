@@ -105,14 +105,19 @@ def merge(target: str) -> int:
     else is replaced by libFuzzer's minimal set that keeps the coverage of all of it.
     """
     seeds, work, _ = _paths(target)
+    work.mkdir(parents=True, exist_ok=True)
     kept = {p.read_bytes() for p in seeds.iterdir() if p.name.startswith(("seed-", "crash-"))}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, str(HERE / f"{target}.py"), "-merge=1", tmp, str(seeds), str(work)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=True,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+        # libFuzzer reports a merge whose inner runs failed as a success that added nothing:
+        # refuse an empty result rather than replace the corpus by it.
+        if done.returncode != 0 or not any(Path(tmp).iterdir()):
+            raise RuntimeError(f"merging {target} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         for p in seeds.iterdir():
             if not p.name.startswith(("seed-", "crash-")):
                 p.unlink()
