@@ -2,7 +2,8 @@
 
     python tools/mutation/report.py SESSION [--survivors]
 
-Score = killed / (sampled - equivalent). "Timed out" counts as killed (a mutant that hangs the
+Score = killed / (sampled - equivalent). Mutants in annotations (see sample.py) are counted, not
+sampled. "Timed out" counts as killed (a mutant that hangs the
 suite is caught) but is shown apart. Equivalent mutants are listed in equivalent.txt beside this
 file, one a line as `module operator occurrence  # why`, keyed by the source position
 cosmic-ray gives them, which stays the same across inits of the same source.
@@ -16,10 +17,11 @@ from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
+from sample import in_annotation
 
 HERE = Path(__file__).parent
 PACKAGES = ("sohbet/chat", "sohbet/service", "sohbet/store")
-COLUMNS = ("mutants", "sampled", "killed", "timed out", "survived", "equivalent", "other")
+COLUMNS = ("mutants", "in annotations", "sampled", "killed", "timed out", "survived", "equivalent", "other")
 
 
 def equivalents(path: Path) -> set[tuple[str, str, int]]:
@@ -66,14 +68,14 @@ def main() -> None:
     for item in items:
         (mutation,) = item.mutations
         result = results.get(item.job_id)
-        kind = outcome(result)
+        kind = "in annotations" if in_annotation(item) else outcome(result)
         if kind == "survived" and key(mutation) in equivalent:
             kind = "equivalent"
         module = str(mutation.module_path)
         package = next(p for p in PACKAGES if module.startswith(p))
         for row in (package, module, "total"):
             rows[row]["mutants"] += 1
-            if kind != "unsampled":
+            if kind not in ("unsampled", "in annotations"):
                 rows[row]["sampled"] += 1
             rows[row][kind] += 1
         if kind == "survived":

@@ -2,14 +2,14 @@
 # One command for the mutation run: tools/mutation/run.sh [SIZE] [SEED]
 #
 # Creates a cosmic-ray session over sohbet/chat, sohbet/service and sohbet/store, keeps a
-# uniform random sample of SIZE mutants (default 60, about an hour here), runs each against
+# uniform random sample of SIZE mutants (default 100, about an hour here), runs each against
 # tools/mutation/tests.sh at low priority, and prints the score table. cosmic-ray writes every
 # mutant into the source file in place (the editable install then imports it) and restores it
 # afterwards, so this refuses to run in the main checkout: use a worktree of its own,
 #   git worktree add ../sohbet-mutation HEAD && cd ../sohbet-mutation && (set up .venv) && tools/mutation/run.sh
 # Set MUTATION_RESUME=1 to continue an interrupted session instead of starting a new one.
 set -eu
-SIZE=${1:-60}
+SIZE=${1:-100}
 SEED=${2:-20261201}
 cd "$(git rev-parse --show-toplevel)"
 if [ "$(git rev-parse --git-dir)" = "$(git rev-parse --git-common-dir)" ] && [ -z "${MUTATION_IN_PLACE_OK:-}" ]; then
