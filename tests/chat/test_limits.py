@@ -32,3 +32,16 @@ def test_full_buckets_are_forgotten() -> None:
     assert limiter.take("b", 1.0, RATE) == 0 and limiter.take("b", 1.0, RATE) == 500
     limiter.forget(now=10.0)
     assert len(limiter) == 0
+
+
+def test_a_refunded_bucket_is_kept_until_it_is_really_full() -> None:
+    # At 0.75 tokens/s, a bucket of 3 left holding 1 token is full again 2/0.75 = 2.67 s later,
+    # not 2 s: forgetting it at 2.5 s would hand out a fresh burst a third of a second early.
+    rate = Rate(per_s=0.75, burst=3)
+    limiter: RateLimiter[str] = RateLimiter()
+    assert [limiter.take("a", 0.0, rate) for _ in range(3)] == [0, 0, 0]
+    limiter.refund("a", rate)
+    limiter.forget(now=2.5)
+    assert len(limiter) == 1
+    limiter.forget(now=2.7)
+    assert len(limiter) == 0

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from sohbet.chat import wire as m
+from sohbet.chat.ids import MAX_ID
 from sohbet.chat.model import StoredMessage
 from sohbet.errors import MessageRejected
 
@@ -98,6 +99,9 @@ def test_other_requests() -> None:
     assert m.PresenceQuery.parse({"user_ids": ["a"]}, 500) == (["a"],)
     assert m.conversation_of({"conversation_id": 4}) == 4
     assert m.token_of({"token": "t"}) == "t"
+    assert m.token_of({"token": "t" * 8192}) == "t" * 8192  # the longest token taken
+    highest = str(MAX_ID - 1)  # as many digits as MAX_ID: the digit count alone cannot refuse it
+    assert m.SyncRequest.parse({"cursors": {highest: 0}}) == ({MAX_ID - 1: 0},)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,7 @@ def test_other_requests() -> None:
         (lambda: m.SyncRequest.parse({"cursors": []}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"abc": 1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"0": 1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {str(MAX_ID): 1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"1": -1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"1": True}}), "bad_request"),
         (lambda: m.CreateRequest.parse({"members": "bob"}, 10), "bad_request"),
@@ -120,6 +125,7 @@ def test_other_requests() -> None:
         (lambda: m.conversation_of({}), "bad_request"),
         (lambda: m.token_of({"token": ""}), "bad_request"),
         (lambda: m.token_of({}), "bad_request"),
+        (lambda: m.token_of({"token": "t" * 8193}), "bad_request"),
         (lambda: m.SendRequest.parse({"conversation_id": 1, "content": "", "client_id": "c"}, 10), "bad_request"),
     ],
     ids=[
@@ -128,6 +134,7 @@ def test_other_requests() -> None:
         "cursors-list",
         "cursor-key",
         "cursor-key-zero",
+        "cursor-key-max-id",
         "cursor-negative",
         "cursor-bool",
         "members-string",
@@ -140,6 +147,7 @@ def test_other_requests() -> None:
         "no-conversation",
         "empty-token",
         "no-token",
+        "token-too-long",
         "empty-content",
     ],
 )
