@@ -14,7 +14,7 @@ import pytest
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
-from sohbet.store import UNREAD_CAP, InvalidCursor, MessageStore
+from sohbet.store import NO_SEQ, UNREAD_CAP, InstanceLocked, InvalidCursor, MessageStore, decode_cursor, encode_cursor
 
 from ..chatkit import open_store
 
@@ -185,7 +185,7 @@ def test_history_after_and_read_positions(run: Run, database_url: str) -> None:
         assert unread_for_b is not None and unread_for_b.unread == 1
         await store.append([msg(cid, A, f"more{i}") for i in range(UNREAD_CAP + 5)], 12)
         capped = (await store.list_conversations(B, None, 10)).conversations
-        assert [c.unread for c in capped if c.id == cid] == [UNREAD_CAP]  # counted up to the cap only
+        assert [c.unread for c in capped if c.id == cid] == [100]  # docs/protocol.md: counted up to 100
 
     run(with_store(database_url, body))
 
@@ -213,3 +213,25 @@ def test_migrations_are_idempotent(run: Run, database_url: str) -> None:
         await store.ping()
 
     run(with_store(database_url, body))
+
+
+def test_one_store_at_a_time_holds_the_instance_lock(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        first, second = await open_store(database_url), await open_store(database_url)
+        try:
+            await first.lock_instance()
+            with pytest.raises(InstanceLocked):
+                await second.lock_instance()
+            await first.close()  # the lock goes with the store that held it
+            await second.lock_instance()
+        finally:
+            await second.close()
+
+    run(main())
+
+
+def test_cursors_reach_the_highest_value_every_database_stores() -> None:
+    assert decode_cursor(encode_cursor(NO_SEQ, NO_SEQ)) == (NO_SEQ, NO_SEQ)
+    assert decode_cursor(encode_cursor(0, 7)) == (0, 7)
+    with pytest.raises(InvalidCursor):
+        decode_cursor(encode_cursor(NO_SEQ + 1, 7))

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sohbet.chat.ids import UserId
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import NewMessage
 from sohbet.errors import StoreUnavailable
 from sohbet.store.postgres import PostgresStore
 
@@ -60,6 +61,8 @@ def test_a_database_gone_mid_run_is_unavailable_on_every_write(run: Run, postgre
                     await store.migrate()
                 with pytest.raises(StoreUnavailable):
                     await store.create_conversation([UserId("a"), UserId("b")], None, "direct", 1000)
+                with pytest.raises(StoreUnavailable):
+                    await store.append([NewMessage(ConversationId(1), UserId("a"), "c1", "hi")], 1000)
             finally:
                 await pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             created, joined = await store.create_conversation([UserId("a"), UserId("b")], None, "direct", 1000)
