@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sohbet.store.sqlite import SqliteStore
+
 from .conftest import FakeOutbox, run, world
 
 # --- validation order: bad_request -> too_large -> forbidden -> rate_limited -------------------
@@ -132,6 +134,39 @@ def test_replays_spend_no_token(tmp_path: Path) -> None:
             await alice.ok("chat:send", {"conversation_id": cid, "content": "b", "client_id": "b"})
             limited = await alice.request("chat:send", {"conversation_id": cid, "content": "c", "client_id": "c"})
             assert limited["payload"]["code"] == "rate_limited"
+
+    run(main())
+
+
+def test_a_replay_answered_from_an_empty_bucket_gives_no_token_back(tmp_path: Path) -> None:
+    """Replays the bucket could not pay for are answered from the database, outside any batch:
+    they took no token, so they must return none (else each replay would buy a new send)."""
+
+    async def main() -> None:
+        async with world(tmp_path, send_rate_per_s=1.0, send_burst=1) as w:
+            alice = w.connect("alice")
+            cid = await w.conversation(alice, "bob")
+            await alice.ok("chat:send", {"conversation_id": cid, "content": "a", "client_id": "a"})
+            for _ in range(3):  # the bucket is empty: each is found stored and acked all the same
+                await alice.ok("chat:send", {"conversation_id": cid, "content": "a", "client_id": "a"})
+            limited = await alice.request("chat:send", {"conversation_id": cid, "content": "b", "client_id": "b"})
+            assert limited["payload"]["code"] == "rate_limited"
+
+    run(main())
+
+
+def test_a_send_before_the_users_conversations_are_loaded_waits_for_them(tmp_path: Path) -> None:
+    """A fresh process knows nothing cached: neither the conversation's members nor the user's
+    conversations. A send at once after connecting loads what it needs and is acked."""
+    path = tmp_path / "service.db"
+
+    async def main() -> None:
+        async with world(tmp_path, store=SqliteStore(str(path))) as w:
+            cid = await w.conversation(w.connect("bob"), "alice")
+        async with world(tmp_path, store=SqliteStore(str(path))) as w:
+            alice = w.connect("alice")
+            ack = await alice.request("chat:send", {"conversation_id": cid, "content": "hi", "client_id": "c"})
+            assert ack["type"] == "chat:ack" and ack["payload"]["message"]["seq"] == 1
 
     run(main())
 

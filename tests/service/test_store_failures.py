@@ -30,14 +30,26 @@ class TroubledStore(SqliteStore):
         self.appends: list[list[str]] = []  # the contents of each append call, in call order
         self.append_fails: Callable[[list[NewMessage]], Exception | None] = lambda batch: None
         self.writes_fail = False
+        self.loads_fail = False  # loading a user's conversations
+        self.in_flight = self.most_in_flight = 0  # append calls under way at once
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
         self.appends.append([m.content for m in batch])
-        await self.gate.wait()
-        failure = self.append_fails(batch)
-        if failure is not None:
-            raise failure
-        return await super().append(batch, now_ms)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+            failure = self.append_fails(batch)
+            if failure is not None:
+                raise failure
+            return await super().append(batch, now_ms)
+        finally:
+            self.in_flight -= 1
+
+    async def conversation_ids(self, user: UserId) -> list[ConversationId]:
+        if self.loads_fail:
+            raise StoreUnavailable("switched off by the test")
+        return await super().conversation_ids(user)
 
     async def create_conversation(
         self, members: list[UserId], title: str | None, kind: ConversationKind, now_ms: int
@@ -193,5 +205,53 @@ def test_a_full_batch_of_other_conversations_goes_while_one_conversation_waits(t
             assert seqs == {"x1": 1, "x2": 2, "y1": 1, "y2": 2, "y3": 3}
             # x2 goes once x1 is done, while y1-y2 still hold y; y3 once they are done.
             assert store.appends[2:] == [["x2"], ["y3"]]
+
+    run(main())
+
+
+def test_no_more_transactions_than_the_depth_are_in_flight(tmp_path: Path) -> None:
+    """Depth 1: while one batch commits, a send for another conversation waits in the queue."""
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=1) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            refs = [alice.send("chat:send", {"conversation_id": x, "content": "x1", "client_id": "x1"})]
+            while store.appends != [["x1"]]:  # x1 is in a transaction, held open
+                await asyncio.sleep(0)
+            wake = w.service.writer._wakes[0]
+            refs.append(alice.send("chat:send", {"conversation_id": y, "content": "y1", "client_id": "y1"}))
+            while wake.is_set():  # the marker: the writer has seen y1 and decided what to do with it
+                await asyncio.sleep(0)
+            store.gate.set()  # a second transaction, had one started, is already under way
+            replies = [await alice.socket.wait_for(ref=ref) for ref in refs]
+            assert [r["type"] for r in replies] == ["chat:ack", "chat:ack"]
+            assert store.appends == [["x1"], ["y1"]] and store.most_in_flight == 1
+
+    run(main())
+
+
+def test_a_second_connection_loads_the_conversations_the_first_could_not(tmp_path: Path) -> None:
+    """The first connection's load failed; the next one of the same user loads them, so the
+    user counts as present in their conversations and hears a contact come online."""
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store) as w:
+            carol = w.connect("carol")
+            await w.conversation(carol, "alice", "bob")
+            store.loads_fail = True
+            phone = w.connect("alice")
+            await w.settle()  # the load failed (and was logged)
+            store.loads_fail = False
+            laptop = w.connect("alice")  # alice is online already: not a new arrival
+            await w.settle()
+            w.connect("bob")
+            online = await laptop.socket.wait_for("user:online")
+            assert online["payload"] == {"user_id": "bob"}
+            assert phone.socket.of_type("user:online")[-1]["payload"] == {"user_id": "bob"}
 
     run(main())
