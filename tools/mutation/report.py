@@ -17,22 +17,10 @@ from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkResult
-from sample import in_annotation
+from sample import EQUIVALENT, equivalents, in_annotation
 
-HERE = Path(__file__).parent
 PACKAGES = ("sohbet/chat", "sohbet/service", "sohbet/store")
 COLUMNS = ("mutants", "in annotations", "sampled", "killed", "timed out", "survived", "equivalent", "other")
-
-
-def equivalents(path: Path) -> set[tuple[str, str, int]]:
-    """The (module, operator, occurrence) keys listed as equivalent in *path*."""
-    keys = set()
-    for line in path.read_text().splitlines():
-        body = line.split("#", 1)[0].split()
-        if body:
-            module, operator, occurrence = body
-            keys.add((module, operator, int(occurrence)))
-    return keys
 
 
 def key(mutation: MutationSpec) -> tuple[str, str, int]:
@@ -55,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("session", type=Path)
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
-    parser.add_argument("--equivalent", type=Path, default=HERE / "equivalent.txt")
+    parser.add_argument("--equivalent", type=Path, default=EQUIVALENT)
     args = parser.parse_args()
     equivalent = equivalents(args.equivalent) if args.equivalent.exists() else set()
 

@@ -7,7 +7,8 @@
 # mutant into the source file in place (the editable install then imports it) and restores it
 # afterwards, so this refuses to run in the main checkout: use a worktree of its own,
 #   git worktree add ../sohbet-mutation HEAD && cd ../sohbet-mutation && (set up .venv) && tools/mutation/run.sh
-# Set MUTATION_RESUME=1 to continue an interrupted session instead of starting a new one.
+# Set MUTATION_RESUME=1 to continue an interrupted session instead of starting a new one, and
+# MUTATION_RETEST=1 with it to run the session's survivors again (after writing tests for them).
 set -eu
 SIZE=${1:-100}
 SEED=${2:-20261201}
@@ -28,7 +29,7 @@ if [ -z "${MUTATION_RESUME:-}" ]; then
     sh tools/mutation/tests.sh >/dev/null
     .venv/bin/cosmic-ray init --force "$CONFIG" "$SESSION"
 fi
-.venv/bin/python tools/mutation/sample.py "$SESSION" --size "$SIZE" --seed "$SEED"
+.venv/bin/python tools/mutation/sample.py "$SESSION" --size "$SIZE" --seed "$SEED" ${MUTATION_RETEST:+--retest-survivors}
 nice -n 5 .venv/bin/cosmic-ray exec "$CONFIG" "$SESSION"
 git diff --quiet -- sohbet || { echo "a mutant was left in sohbet/: git checkout -- sohbet" >&2; exit 1; }
 .venv/bin/python tools/mutation/report.py "$SESSION" --survivors

@@ -11,7 +11,10 @@ here has `from __future__ import annotations`, so an annotation is a string that
 evaluated, and `int | None` -> `int ** None` is equivalent by construction (about a quarter of
 cosmic-ray's mutants here; only mypy could see them).
 
-    python tools/mutation/sample.py SESSION --size N [--seed S]
+    python tools/mutation/sample.py SESSION --size N [--seed S] [--retest-survivors]
+
+--retest-survivors makes the sample's survivors pending again, so that `cosmic-ray exec` runs
+them against tests written since (run.sh: MUTATION_RESUME=1 MUTATION_RETEST=1).
 """
 
 from __future__ import annotations
@@ -23,9 +26,21 @@ import random
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, WorkResultStorage, use_db
-from cosmic_ray.work_item import WorkerOutcome, WorkItem, WorkResult
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResult
 
 DEFAULT_SEED = 20261201
+EQUIVALENT = Path(__file__).parent / "equivalent.txt"
+
+
+def equivalents(path: Path) -> set[tuple[str, str, int]]:
+    """The (module, operator, occurrence) keys listed as equivalent in *path*."""
+    keys = set()
+    for line in path.read_text().splitlines():
+        body = line.split("#", 1)[0].split()
+        if body:
+            module, operator, occurrence = body
+            keys.add((module, operator, int(occurrence)))
+    return keys
 
 
 def stable_key(item: WorkItem) -> tuple[str, str, int]:
@@ -74,12 +89,28 @@ def main() -> None:
     parser.add_argument("session", type=Path)
     parser.add_argument("--size", type=int, required=True, help="how many mutants to test")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--retest-survivors", action="store_true", help="run the survivors again")
     args = parser.parse_args()
 
     with use_db(args.session, WorkDB.Mode.open) as db:
         items = list(db.work_items)
         keep = {item.job_id for item in sample(items, args.size, args.seed)}
-        done = {job_id for job_id, result in db.results if result.worker_outcome != WorkerOutcome.SKIPPED}
+        results = dict(db.results)
+        if args.retest_survivors:
+            judged = equivalents(EQUIVALENT)  # stay survivors: no test can kill them
+            by_job = {i.job_id: i for i in items}
+            survivors = [
+                job
+                for job, r in results.items()
+                if job in keep and r.test_outcome == TestOutcome.SURVIVED and stable_key(by_job[job]) not in judged
+            ]
+            with db._session_maker.begin() as session:
+                session.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(survivors)).delete(
+                    synchronize_session=False
+                )
+            results = {job: r for job, r in results.items() if job not in survivors}
+            print(f"{len(survivors)} survivors to test again")
+        done = {job_id for job_id, result in results.items() if result.worker_outcome != WorkerOutcome.SKIPPED}
         # Everything outside the sample is skipped (so the report counts the sample only); what
         # is inside and was skipped by a smaller sample becomes pending again.
         skipped = WorkResult(worker_outcome=WorkerOutcome.SKIPPED)
