@@ -204,7 +204,7 @@ class Hub(Generic[C]):
         if (pending := self._conversation_changes.get(user)) is not None:
             pending[conversation] = False
         convs = self._conversations.get(user)
-        if convs is not None:
+        if convs is not None and conversation in convs:  # a second leave of the same user: done
             convs.discard(conversation)
             self._leave_present(conversation, user)
 

@@ -16,7 +16,7 @@ from sohbet.chat import wire
 from sohbet.chat.model import DIRECT_MEMBERS, ConversationKind
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
-from sohbet.service.context import Context, RequestHandler
+from sohbet.service.context import Context, RequestHandler, not_a_member
 from sohbet.service.session import Session
 
 __all__ = ["Conversations"]
@@ -111,6 +111,8 @@ class Conversations:
         await ctx.require_member(session, conversation)
         ctx.spend(session, RequestType.LEAVE)
         members = set(await ctx.member_set(conversation))
+        if session.user not in members:
+            raise not_a_member(conversation)  # another connection of the user left while it loaded
         # The cache first: from here on, new sends from this user are refused (the store also
         # refuses, at commit, messages from anyone who is no longer a member).
         ctx.hub.remove_member(conversation, session.user)

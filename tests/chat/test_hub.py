@@ -140,3 +140,14 @@ def test_typing_is_throttled_from_the_last_forwarded() -> None:
     hub.forget_typing(before=1.95)  # Y's last (1.9) goes, X's (2.0) stays
     assert not hub.allow_typing(A, X, now=3.0, interval_s=2.0)  # kept: still throttles
     assert hub.allow_typing(A, Y, now=3.0, interval_s=2.0)  # forgotten state throttles nothing
+
+
+def test_a_second_leave_of_the_same_user_changes_nothing() -> None:
+    hub: Hub[str] = Hub()
+    hub.attach(A, "a1")
+    hub.finish_conversations_load(A, [X, Y], keep=True)  # A is the only one here in X
+    hub.set_members(X, [A, B])
+    hub.remove_member(X, A)
+    hub.remove_member(X, A)  # two connections of A leaving at once: the second is a no-op
+    assert hub.conversations(A) == {Y}
+    assert hub.members(X) is None  # nobody here needs X any more: its members went too

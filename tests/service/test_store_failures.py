@@ -255,3 +255,27 @@ def test_a_second_connection_loads_the_conversations_the_first_could_not(tmp_pat
             assert phone.socket.of_type("user:online")[-1]["payload"] == {"user_id": "bob"}
 
     run(main())
+
+
+def test_two_connections_leaving_at_once_get_left_and_forbidden(tmp_path: Path) -> None:
+    """The second leave waits on the same members load as the first: it must not be an internal."""
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store) as w:
+            # Made in storage, so nobody has its members cached: both leaves have to load them.
+            group, _ = await store.create_conversation(
+                [UserId("alice"), UserId("bob"), UserId("carol")], "g", ConversationKind.GROUP, 0
+            )
+            phone, laptop, bob = w.connect("alice"), w.connect("alice"), w.connect("bob")
+            await w.settle()
+            refs = [d.send("conversation:leave", {"conversation_id": group.id}) for d in (phone, laptop)]
+            replies = [await d.socket.wait_for(ref=ref) for d, ref in zip((phone, laptop), refs, strict=True)]
+            kinds = sorted(r["type"] if r["type"] != "error" else r["payload"]["code"] for r in replies)
+            assert kinds == ["conversation:left", "forbidden"]
+            assert w.service.ctx.internal_errors == 0
+            marker = await bob.request("chat:send", {"conversation_id": group.id, "content": "m", "client_id": "m"})
+            assert marker["type"] == "chat:ack"
+            assert len(bob.socket.of_type("conversation:member_removed")) == 1  # told once, not twice
+
+    run(main())
