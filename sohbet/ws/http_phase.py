@@ -91,16 +91,15 @@ class HttpPhase:
             return now >= end + limits.close_timeout_s
         return now >= min(self.since + limits.handshake_timeout_s, end)
 
+    def at_capacity(self) -> InvalidHandshake:
+        """The 503 for a socket accepted over `max_connections`: after the checks that come first."""
+        limit = self._ws._server.limits.max_connections
+        return InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
+
     def received(self, data: bytes) -> None:
         """Bytes from the peer: read the requests they complete and answer what can be answered."""
         ws = self._ws
         limits = ws._server.limits
-        if self.over_capacity:
-            limit = limits.max_connections
-            ws._refuse(
-                InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
-            )
-            return
         reader = self._reader
         room = limits.max_pipelined_requests - len(self._queued) - (self._task is not None)
         try:
@@ -124,7 +123,10 @@ class HttpPhase:
         while self._queued and self._task is None and ws._is_http:
             request = self._queued.popleft()
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
-                self._answer(request)
+                if self.over_capacity:
+                    ws._refuse(self.at_capacity())
+                else:
+                    self._answer(request)
             elif server.closing:
                 ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"))
             elif request.path not in server.websocket.paths:

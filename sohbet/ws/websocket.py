@@ -340,6 +340,10 @@ class WebSocket(asyncio.Protocol):
             log.exception("accept failed on connection %d", self.id)
             self._refuse(InvalidHandshake(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"))
             return
+        http = self._http
+        if http is not None and http.over_capacity:  # last of the checks, as the protocol orders them
+            self._refuse(http.at_capacity())
+            return
         limits = server.limits
         compression = server.websocket.compression
         self._conn = Connection(

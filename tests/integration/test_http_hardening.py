@@ -321,6 +321,11 @@ def test_plain_http_sockets_count_toward_max_connections(run: Run) -> None:
             assert "limit of 3 connections" in error["message"]
             status, _, body = await http(server.port, GET)  # a fourth plain socket too
             assert (status, orjson.loads(body)["error"]["code"]) == (503, "unavailable")
+            # The 503 is the last check of the protocol's order: what is wrong before it says so.
+            status, _, _ = await http(server.port, b"NONSENSE\r\n\r\n")
+            assert status == 400
+            status, _, _ = await http(server.port, UPGRADE.replace(b"Version: 13", b"Version: 8"))
+            assert status == 426
             plain[0].close()
             await until(lambda: len(server._sockets) <= 2)
             client = await RawClient.connect(server.port, path="/ws")  # room again: upgraded
