@@ -7,13 +7,16 @@ own `exp`/`nbf` check is the one clock read in the pure layers (docs/architectur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import jwt
 
 from sohbet.chat.ids import UserId, is_user_id
 from sohbet.config import HMAC_ALGORITHMS, AuthConfig
 from sohbet.errors import TokenExpired, TokenInvalid
+
+#: The largest `exp` taken (2^53 - 1 seconds, the largest integer a JSON peer represents exactly).
+_LATEST_EXP: Final = 2**53 - 1
 
 __all__ = ["Identity", "Verifier", "issue_token"]
 
@@ -73,7 +76,11 @@ class Verifier:
         sub = str(claims["sub"])
         if not is_user_id(sub):
             raise TokenInvalid("sub must be a string of 1-128 characters, without U+0000")
-        return Identity(UserId(sub), float(claims["exp"]))
+        exp = claims["exp"]
+        # pyjwt accepts any number, 10**400 too, which no float holds: bound it like every id.
+        if not -_LATEST_EXP <= exp <= _LATEST_EXP:
+            raise TokenInvalid("exp is out of range")
+        return Identity(UserId(sub), float(exp))
 
 
 def issue_token(config: AuthConfig, user_id: str, ttl_s: float, now: float) -> str:

@@ -182,3 +182,10 @@ def test_issue_token() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(TokenInvalid, match="public keys"):
         issue_token(AuthConfig(algorithm="RS256", public_keys=((None, pem(key)),)), "alice", 60, now)
+
+
+@pytest.mark.parametrize("exp", [10**400, float("nan"), float("inf"), -(10**400)], ids=["huge", "nan", "inf", "-huge"])
+def test_an_exp_no_float_holds_is_refused_not_a_crash(exp: float) -> None:
+    token = jwt.encode({"sub": "alice", "exp": exp}, SECRET.encode(), algorithm="HS256")
+    with pytest.raises((TokenInvalid, TokenExpired)):
+        Verifier(HS).verify(token)
