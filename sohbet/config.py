@@ -157,9 +157,12 @@ class ChatConfig:
     #: `conversation:create`, `conversation:leave` and `auth:refresh` (each its own bucket).
     create_rate_per_s: float = 1.0
     create_burst: int = 10
-    #: Reads: `chat:history`, `sync`, `conversation:list`, `conversation:members`, `presence:query`.
+    #: Reads: `chat:history`, `conversation:list`, `conversation:members`, `presence:query`.
     query_rate_per_s: float = 20.0
     query_burst: int = 60
+    #: `sync`, whose one call may replay `sync_per_call` messages: a client syncs after reconnecting.
+    sync_rate_per_s: float = 1.0
+    sync_burst: int = 5
     #: `chat:typing` (dropped silently over its limit) and `chat:read`.
     signal_rate_per_s: float = 10.0
     signal_burst: int = 30
@@ -189,6 +192,11 @@ class ChatConfig:
         return Rate(self.query_rate_per_s, self.query_burst)
 
     @property
+    def sync_rate(self) -> Rate:
+        """The bucket of `sync`."""
+        return Rate(self.sync_rate_per_s, self.sync_burst)
+
+    @property
     def signal_rate(self) -> Rate:
         """The bucket of `chat:typing` and of `chat:read`."""
         return Rate(self.signal_rate_per_s, self.signal_burst)
@@ -199,7 +207,7 @@ class ChatConfig:
         return Rate(self.groups_per_hour / _HOUR_S, self.groups_per_hour)
 
     def __post_init__(self) -> None:
-        for name in ("create", "query", "signal"):
+        for name in ("create", "query", "sync", "signal"):
             rate, burst = getattr(self, f"{name}_rate_per_s"), getattr(self, f"{name}_burst")
             require(rate >= 0, f"{name}_rate_per_s of {rate} is negative")
             require(burst >= 1, f"{name}_burst of {burst} is below 1")
@@ -256,8 +264,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("send_burst", int, 30, "chat:send burst allowance per user"),
     Setting("create_rate", float, 1.0, "conversation:create, :leave and auth:refresh per second per user, each"),
     Setting("create_burst", int, 10, "burst allowance of each of those"),
-    Setting("query_rate", float, 20.0, "history, sync, list, members, presence queries per second per user, each"),
+    Setting("query_rate", float, 20.0, "history, list, members, presence queries per second per user, each"),
     Setting("query_burst", int, 60, "burst allowance of each of those"),
+    Setting("sync_rate", float, 1.0, "sync calls per second per user (each may replay 10,000 messages)"),
+    Setting("sync_burst", int, 5, "burst allowance of sync"),
     Setting("signal_rate", float, 10.0, "chat:typing and chat:read per second per user, each"),
     Setting("signal_burst", int, 30, "burst allowance of each of those"),
     Setting("groups_per_hour", int, 100, "groups one user may create per hour; 0 means unlimited"),
@@ -294,6 +304,7 @@ SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 _CHAT_SETTINGS: Final = (
     "create_burst",
     "query_burst",
+    "sync_burst",
     "signal_burst",
     "groups_per_hour",
     "max_conversations_per_user",
@@ -432,7 +443,7 @@ class Config:
                 presence_grace_s=float(v["presence_grace"]),  # type: ignore[arg-type]  # coerced
                 max_connections_per_user=int(v["max_connections_per_user"]),  # type: ignore[call-overload]  # coerced
                 **{name: v[name] for name in _CHAT_SETTINGS},  # type: ignore[arg-type]  # coerced
-                **{f"{name}_rate_per_s": v[f"{name}_rate"] for name in ("create", "query", "signal")},  # type: ignore[arg-type]  # coerced
+                **{f"{name}_rate_per_s": v[f"{name}_rate"] for name in ("create", "query", "sync", "signal")},  # type: ignore[arg-type]  # coerced
             ),
             redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
             log_level=str(v["log_level"]),

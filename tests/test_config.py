@@ -180,6 +180,7 @@ def test_config_from_settings() -> None:
         (lambda: ChatConfig(max_errors_per_10s=0), "max_errors_per_10s"),
         (lambda: ChatConfig(create_rate_per_s=-1), "create_rate_per_s of -1 is negative"),
         (lambda: ChatConfig(query_burst=0), "query_burst of 0 is below 1"),
+        (lambda: ChatConfig(sync_burst=0), "sync_burst of 0 is below 1"),
         (lambda: ChatConfig(signal_burst=0), "signal_burst"),
         (lambda: ChatConfig(groups_per_hour=-1), "groups_per_hour of -1"),
         (lambda: ChatConfig(max_requests_in_flight=-1), "max_requests_in_flight"),

@@ -75,9 +75,10 @@ class Context:
         self.rates: dict[str, Rate] = {
             **dict.fromkeys((RequestType.CREATE, RequestType.LEAVE, RequestType.REFRESH), config.create_rate),
             **dict.fromkeys(
-                (RequestType.HISTORY, RequestType.SYNC, RequestType.LIST, RequestType.MEMBERS, RequestType.PRESENCE),
+                (RequestType.HISTORY, RequestType.LIST, RequestType.MEMBERS, RequestType.PRESENCE),
                 config.query_rate,
             ),
+            RequestType.SYNC: config.sync_rate,
             **dict.fromkeys((RequestType.TYPING, RequestType.READ), config.signal_rate),
             RequestType.SEND: config.send_rate,
         }

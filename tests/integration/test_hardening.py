@@ -42,7 +42,7 @@ def assert_limited(reply: dict[str, Any], ref: str, low_ms: int, high_ms: int) -
 
 
 def test_every_request_type_has_its_own_bucket_per_user(run: Run, database_url: str) -> None:
-    rates = {f"{family}_{key}": value for family in ("create", "query", "signal") for key, value in (
+    rates = {f"{family}_{key}": value for family in ("create", "query", "sync", "signal") for key, value in (
         ("rate_per_s", SLOW["per_s"]), ("burst", SLOW["burst"]))}  # fmt: skip
 
     async def main() -> None:
