@@ -279,3 +279,17 @@ def test_two_connections_leaving_at_once_get_left_and_forbidden(tmp_path: Path) 
             assert len(bob.socket.of_type("conversation:member_removed")) == 1  # told once, not twice
 
     run(main())
+
+
+def test_sync_spends_from_its_own_slower_bucket(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with world(tmp_path) as w:  # the defaults: sync 1/s in bursts of 5, reads 20/s
+            alice = w.connect("alice")
+            for _ in range(5):
+                assert (await alice.request("sync", {"cursors": {}}))["type"] == "sync:done"
+            limited = await alice.request("sync", {"cursors": {}})
+            assert limited["payload"]["code"] == "rate_limited"
+            assert 0 < limited["payload"]["retry_after_ms"] <= 1000
+            assert (await alice.request("conversation:list", {}))["type"] != "error"  # other reads go on
+
+    run(main())
