@@ -36,6 +36,7 @@ NAMES = {
 #: Literals that only look like a protocol name: (module, value), each with its reason.
 NOT_WIRE = {
     ("config.py", "error"),  # a log level
+    ("config.py", "sync"),  # the family of the sync_rate/sync_burst settings, a config name
 }
 
 
