@@ -237,15 +237,6 @@ class RequestReader:
             return []
         cb = self._cb
         cb.room = self._limits.max_pipelined_requests if room is None else room
-        # httptools reports a header only once it is complete, so an endless header line would
-        # grow unseen: bound the bytes of an unfinished request head ourselves, as they arrive.
-        if not cb.in_body:
-            self._pending += len(data)
-            head_limit = self._limits.max_line_bytes + self._limits.max_header_bytes + 4
-            if self._pending > head_limit and b"\r\n\r\n" not in data:
-                raise InvalidHandshake(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head exceeds {head_limit} bytes"
-                )
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -264,6 +255,18 @@ class RequestReader:
         done, cb.done = cb.done, []
         if done:
             self._pending = 0
+        elif not cb.in_body:
+            # httptools reports a header only once it is complete, so an endless header line
+            # would grow unseen: bound an unfinished head ourselves. Counted after parsing,
+            # when the parser says that all of *data* was head (no head ended, no request did):
+            # guessing from the bytes before parsing took body bytes, or a read that ended
+            # inside the blank line, for head bytes. It lets the parser hold one read more.
+            self._pending += len(data)
+            head_limit = self._limits.max_line_bytes + self._limits.max_header_bytes + 4
+            if self._pending > head_limit:
+                raise InvalidHandshake(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"request head exceeds {head_limit} bytes"
+                )
         return done
 
 
