@@ -128,6 +128,11 @@ def http11_seeds() -> dict[str, bytes]:
         "http10": b"\x00" + ONE + b"GET / HTTP/1.0\r\n\r\n",
         "h2c": b"\x00" + ONE + b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nPRI",
         "post-small-limits": b"\x01" + encode_chunking([60, 0]) + post,
+        "long-url-small-limits": b"\x01" + ODD + b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+        "big-body-small-limits": b"\x01"
+        + ONE
+        + b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1100\r\n\r\n"
+        + b"x" * 1100,
     }
 
 
