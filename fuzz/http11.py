@@ -70,7 +70,8 @@ def read(limits: Limits, pieces: list[bytes], config: WebSocketConfig | None) ->
     requests: list[http11.Request] = []
     for i, piece in enumerate(pieces):
         try:
-            got = reader.feed(piece)
+            # As the HTTP phase does when nothing has been answered yet: the cap is per connection.
+            got = reader.feed(piece, limits.max_pipelined_requests - len(requests))
         except InvalidHandshake as exc:
             assert exc.http_status in _READER_STATUSES, (exc.http_status, str(exc))
             http11.error_response(exc.http_status, str(exc), exc.headers)
