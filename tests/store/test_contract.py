@@ -22,18 +22,6 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 A, B, C = UserId("alice"), UserId("bob"), UserId("carol")
 
 
-@pytest.fixture
-def run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        async def bounded() -> Any:
-            async with asyncio.timeout(60):
-                return await coro
-
-        return asyncio.run(bounded())
-
-    return runner
-
-
 def msg(cid: ConversationId, sender: UserId, client_id: str, content: str = "x") -> NewMessage:
     return NewMessage(cid, sender, client_id, content)
 

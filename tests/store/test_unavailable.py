@@ -23,18 +23,6 @@ from ..conftest import pg_admin
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
-@pytest.fixture
-def run() -> Run:
-    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        async def bounded() -> Any:
-            async with asyncio.timeout(60):
-                return await coro
-
-        return asyncio.run(bounded())
-
-    return runner
-
-
 def test_a_server_that_does_not_answer_is_unavailable(run: Run) -> None:
     async def main() -> None:
         # Port 9 (discard) has no listener on loopback here: the connect is refused at once.
