@@ -97,7 +97,19 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802  # the name atheris and lib
     cut = read(limits, chunks(stream, sizes), ws_config(flags))
     whole = read(limits, [stream], None)
     if whole[1] is None:
+        head_limit = limits.max_line_bytes + limits.max_header_bytes + 4
+        if cut[1] == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE and _longest_stretch(stream) > head_limit:
+            # Documented: an unfinished head is bounded by its raw bytes, a head that arrives in
+            # one read by its parsed sizes (whitespace around values is not counted), so a head
+            # longer than the raw bound may pass whole and be refused in pieces. Up to there, same.
+            assert whole[0][: len(cut[0])] == cut[0], (cut, whole)
+            return
         assert cut == whole, (cut, whole)
+
+
+def _longest_stretch(stream: bytes) -> int:
+    """The most bytes between two blank lines: what a request head can be at most."""
+    return max(len(part) for part in stream.split(b"\r\n\r\n"))
 
 
 if __name__ == "__main__":
