@@ -2,7 +2,7 @@
 service, and the plain HTTP endpoints on the same port.
 
 Layer: entry. Glues `sohbet.ws.server` (sockets) to `sohbet.service` (the chat service);
-`cli.py` builds both. The plain HTTP endpoints are a route table (`routes.Router`), where the
+`cli.py` builds both. The plain HTTP endpoints are a route table (`sohbet.api.router.Router`), where the
 HTTP API of step 6 will be added.
 """
 
@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qs
 
-from sohbet.app.routes import ANY_METHOD, Router
+from sohbet.api.router import ANY_METHOD, Router
 from sohbet.auth import Identity
 from sohbet.errors import AuthError, InvalidHandshake, StoreError
 from sohbet.service import ChatService, Session, Socket

@@ -1,6 +1,6 @@
 """Plain-HTTP routing: a table of method and path pattern to handler.
 
-Layer: entry. Imports the standard library and the ws layer's HTTP types.
+Layer: transport. Imports the standard library and the ws layer's HTTP types.
 
 A pattern is a path whose `{name}` segments match one segment each and reach the handler as
 `params` (`/api/conversations/{id}/messages`). Static paths are looked up in a dict; patterns

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sohbet.app.routes import ANY_METHOD, RouteHandler, Router
+from sohbet.api.router import ANY_METHOD, RouteHandler, Router
 from sohbet.ws.http11 import Request, Response
 
 
