@@ -25,7 +25,6 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Final
 
-from sohbet.chat import wire
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.limits import Rate, RateLimiter
@@ -97,9 +96,8 @@ class Context:
     # -- answering ----------------------------------------------------------------------------
 
     def reply(self, session: Session, kind: EventType, payload: dict[str, Any], ref: str | None) -> None:
-        """Send a reply to the connection that asked (nothing once it has closed)."""
-        if not session.closed:
-            session.socket.send_text(wire.encode(kind, payload, ref))
+        """Answer the session that asked (a connection: nothing once it has closed)."""
+        session.answer(kind, payload, ref)
 
     def error(
         self, session: Session, code: ErrorCode, message: str, ref: str | None, retry_after_ms: int | None = None

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from sohbet.auth import Identity
+from sohbet.chat import wire
 from sohbet.chat.ids import UserId
+from sohbet.chat.model import StoredMessage
+from sohbet.chat.wire import EventType
 from sohbet.ws.codes import CloseCode
 
 __all__ = ["Clock", "LoopClock", "Outbox", "Session", "Socket"]
@@ -59,8 +62,11 @@ class LoopClock:
         return time.time()
 
 
+_ACK: Final = EventType.ACK  # looked up once: an ack is sent per message
+
+
 class Session:
-    """The chat state of one connection."""
+    """The chat state of one connection: the service answers its requests through `answer`."""
 
     __slots__ = ("closed", "errors", "exp", "in_flight", "lock", "socket", "user")
 
@@ -75,3 +81,13 @@ class Session:
         #: Requests of this connection started and not yet answered (waiting for storage).
         self.in_flight = 0
         self.closed = False
+
+    def answer(self, kind: EventType, payload: dict[str, Any], ref: str | None) -> None:
+        """Send the reply to one of this connection's requests (nothing once it has closed)."""
+        if not self.closed:
+            self.socket.send_text(wire.encode(kind, payload, ref))
+
+    def acked(self, message: StoredMessage, obj: dict[str, Any], ref: str | None) -> None:
+        """Its `chat:send` is stored, or was already (a retry): the ack, with the message's wire
+        form *obj*."""
+        self.answer(_ACK, {"client_id": message.client_id, "message": obj}, ref)

@@ -35,7 +35,6 @@ Batch: TypeAlias = list[PendingSend]
 
 # Looked up once: an enum member's attribute lookup costs ~0.1 µs, per message.
 _MESSAGE: Final = EventType.MESSAGE
-_ACK: Final = EventType.ACK
 _SEND: Final = RequestType.SEND.value
 #: Sends remembered as maybe stored but never delivered (see `Writer._uncertain`).
 _MAX_UNCERTAIN: Final = 100_000
@@ -224,4 +223,4 @@ class Writer:
             ctx.to_members(members, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
         if spent and not message.is_new:
             ctx.refund(session, _SEND)  # replays are free
-        ctx.reply(session, _ACK, {"client_id": message.client_id, "message": obj}, ref)
+        session.acked(message, obj, ref)
