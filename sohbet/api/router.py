@@ -3,9 +3,10 @@
 Layer: transport. Imports the standard library and the ws layer's HTTP types.
 
 A pattern is a path whose `{name}` segments match one segment each and reach the handler as
-`params` (`/api/conversations/{id}/messages`). Static paths are looked up in a dict; patterns
-are tried in the order they were added. A path nobody serves is a 404; a path served for other
-methods only is a 405 that says which in `Allow`.
+`params`, percent-decoded (`/api/users/{user_id}/presence` with `b%C3%B6b` gives `böb`). Static
+paths are looked up in a dict; patterns are tried in the order they were added. A path nobody
+serves is a 404; a path served for other methods only is a 405 that says which in `Allow`. A
+HEAD request is answered by the GET route (the response keeps its headers and loses its body).
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
+from urllib.parse import unquote
 
-from sohbet.ws.http11 import NOT_FOUND, Request, Response, error_body
+from sohbet.ws.http11 import HEAD, NOT_FOUND, Request, Response, error_body
 
-__all__ = ["ANY_METHOD", "RouteHandler", "Router"]
+__all__ = ["ANY_METHOD", "UNMATCHED", "RouteHandler", "Router"]
 
 #: The method of a route that answers every method.
 ANY_METHOD: Final = "*"
+#: The route of a request no route matched (the label of its metrics).
+UNMATCHED: Final = "unmatched"
+_GET: Final = "GET"
 
 RouteHandler = Callable[[Request, dict[str, str]], Response | Awaitable[Response]]
 
@@ -54,21 +59,44 @@ class Router:
             raise ValueError(f"{method} {pattern} is routed twice")
         methods[method] = handler
 
-    def dispatch(self, request: Request) -> Response | Awaitable[Response]:
-        """Answer *request* with the handler its method and path are routed to."""
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """Every (method, pattern) routed, in the order added (for the API's description)."""
+        found = [(m, p) for p, methods in self._static.items() for m in methods]
+        return found + [(m, p) for p, (_, methods) in self._patterns.items() for m in methods]
+
+    def dispatch(self, request: Request) -> tuple[str, Response | Awaitable[Response]]:
+        """Answer *request* with the handler its method and path are routed to.
+
+        Returns:
+            The pattern of the route (`UNMATCHED` for a 404), and the handler's response.
+        """
+        route = request.path
         params: dict[str, str] = {}
-        methods = self._static.get(request.path)
+        methods = self._static.get(route)
         if methods is None:
-            for regex, candidates in self._patterns.values():
+            for pattern, (regex, candidates) in self._patterns.items():
                 match = regex.match(request.path)
                 if match is not None:
-                    methods, params = candidates, match.groupdict()
+                    route, methods, params = pattern, candidates, match.groupdict()
                     break
             else:
-                return NOT_FOUND
-        handler = methods.get(request.method) or methods.get(ANY_METHOD)
+                return UNMATCHED, NOT_FOUND
+        method = request.method
+        handler = methods.get(method) or methods.get(ANY_METHOD)
+        if handler is None and method == HEAD:
+            handler = methods.get(_GET)
         if handler is None:
-            allow = ", ".join(sorted(methods))
-            body = error_body(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {allow}")
-            return Response(HTTPStatus.METHOD_NOT_ALLOWED, body, headers=(("Allow", allow),))
-        return handler(request, params)
+            allowed = sorted(methods)
+            if _GET in methods:
+                allowed = sorted([*allowed, HEAD])
+            allow = ", ".join(allowed)
+            body = error_body(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here; use {allow}")
+            return route, Response(HTTPStatus.METHOD_NOT_ALLOWED, body, headers=(("Allow", allow),))
+        try:
+            decoded = {name: unquote(value, errors="strict") for name, value in params.items()}
+        except UnicodeDecodeError:
+            return route, Response(
+                HTTPStatus.BAD_REQUEST, error_body(HTTPStatus.BAD_REQUEST, "the path is not UTF-8 once percent-decoded")
+            )
+        return route, handler(request, decoded)

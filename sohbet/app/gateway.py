@@ -102,9 +102,8 @@ class ChatGateway(Handler):
         self.routes = Router()
         #: Whether storage answers, checked once for all concurrent `/readyz` and reused briefly.
         self.readiness = Shared(self._storage_answers, READY_CACHE_S)
-        # Every method, as before the table: step 6 narrows them (and answers 405 otherwise).
-        self.routes.add(ANY_METHOD, "/healthz", self._health)
-        self.routes.add(ANY_METHOD, "/readyz", self._ready)
+        self.routes.add("GET", "/healthz", self._health)
+        self.routes.add("GET", "/readyz", self._ready)
         self.routes.add(ANY_METHOD, "/ws", self._not_upgraded)
 
     # -- WebSocket ------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ class ChatGateway(Handler):
     # -- HTTP -----------------------------------------------------------------------------------
 
     def on_http(self, request: Request) -> Response | Awaitable[Response]:  # see Handler
-        return self.routes.dispatch(request)
+        return self.routes.dispatch(request)[1]
 
     def _health(self, request: Request, params: dict[str, str]) -> Response:
         if self.accepting:

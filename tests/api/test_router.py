@@ -23,7 +23,7 @@ def answer(name: str) -> RouteHandler:
 
 
 def routed(router: Router, method: str, path: str) -> tuple[int, dict[str, object], tuple[tuple[str, str], ...]]:
-    response = router.dispatch(request(method, path))
+    _, response = router.dispatch(request(method, path))
     assert isinstance(response, Response)
     return response.status, orjson.loads(response.body), response.headers
 
@@ -47,10 +47,39 @@ def test_static_and_any_method_routes(router: Router) -> None:
 def test_patterns_pass_their_segments_as_params(router: Router) -> None:
     assert routed(router, "GET", "/api/conversations/12/messages")[1] == {"by": "history", "params": {"id": "12"}}
     assert routed(router, "POST", "/api/conversations/12/messages")[1]["by"] == "send"
-    assert routed(router, "DELETE", "/api/conversations/7/members/b%20ob")[1] == {
+    assert routed(router, "DELETE", "/api/conversations/7/members/b%20%C3%B6b%2Fx")[1] == {
         "by": "remove",
-        "params": {"id": "7", "user_id": "b%20ob"},
+        "params": {"id": "7", "user_id": "b öb/x"},  # percent-decoded, a slash included
     }
+
+
+def test_a_param_that_is_not_utf8_once_decoded_is_400(router: Router) -> None:
+    status, body, _ = routed(router, "DELETE", "/api/conversations/7/members/%FF")
+    assert status == 400
+    assert body == {"error": {"code": "bad_request", "message": "the path is not UTF-8 once percent-decoded"}}
+
+
+def test_dispatch_names_the_route_for_metrics(router: Router) -> None:
+    assert router.dispatch(request("GET", "/api/conversations/12/messages"))[0] == "/api/conversations/{id}/messages"
+    assert router.dispatch(request("GET", "/healthz"))[0] == "/healthz"
+    assert router.dispatch(request("PATCH", "/healthz"))[0] == "/healthz"  # a 405 still names its route
+    assert router.dispatch(request("GET", "/nope"))[0] == "unmatched"  # never the path: metrics stay bounded
+
+
+def test_head_is_answered_by_the_get_route(router: Router) -> None:
+    assert routed(router, "HEAD", "/healthz")[:2] == (200, {"by": "health", "params": {}})
+    status, _, headers = routed(router, "HEAD", "/api/conversations/{id}/members/x".replace("{id}", "3"))
+    assert (status, headers) == (405, (("Allow", "DELETE"),))  # no GET there: no HEAD either
+
+
+def test_routes_lists_every_method_and_pattern(router: Router) -> None:
+    assert router.routes == [
+        ("GET", "/healthz"),
+        ("*", "/ws"),
+        ("GET", "/api/conversations/{id}/messages"),
+        ("POST", "/api/conversations/{id}/messages"),
+        ("DELETE", "/api/conversations/{id}/members/{user_id}"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -65,8 +94,8 @@ def test_unrouted_paths_are_404(router: Router, path: str) -> None:
 def test_a_method_not_routed_is_405_with_allow(router: Router) -> None:
     status, body, headers = routed(router, "PATCH", "/api/conversations/3/messages")
     assert status == 405
-    assert headers == (("Allow", "GET, POST"),)
-    assert body == {"error": {"code": "bad_request", "message": "PATCH is not allowed here; use GET, POST"}}
+    assert headers == (("Allow", "GET, HEAD, POST"),)
+    assert body == {"error": {"code": "bad_request", "message": "PATCH is not allowed here; use GET, HEAD, POST"}}
     assert routed(router, "POST", "/healthz")[0] == 405
 
 
