@@ -92,8 +92,11 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     #: Most header fields in a request (431 above it).
     max_headers: int = 64
-    #: Largest HTTP request body (413 above it).
+    #: Largest HTTP request body (413 above it: from `Content-Length` before it is read, or
+    #: counted as a chunked body arrives).
     max_body_bytes: int = 1024 * 1024
+    #: Seconds the application may take to answer one HTTP request (503 after it).
+    request_timeout_s: float = 30.0
     #: Seconds of silence from the peer before the server pings it; 0: never ping.
     ping_interval_s: float = 20.0
     #: Seconds to wait for any sign of life after a ping (1011 after it).
@@ -121,6 +124,7 @@ class Limits:
             "close_timeout_s",
             "pong_timeout_s",
             "slow_consumer_s",
+            "request_timeout_s",
         ):
             require(getattr(self, name) > 0, f"{name} of {getattr(self, name)} is not positive")
         require(self.max_pipelined_requests >= 1, f"max_pipelined_requests of {self.max_pipelined_requests} is below 1")

@@ -45,6 +45,7 @@ ERROR_CODES: Final[dict[int, ErrorCode]] = {
     HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
     HTTPStatus.METHOD_NOT_ALLOWED: ErrorCode.BAD_REQUEST,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: ErrorCode.TOO_LARGE,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: ErrorCode.BAD_REQUEST,
     HTTPStatus.UPGRADE_REQUIRED: ErrorCode.BAD_REQUEST,
     HTTPStatus.TOO_MANY_REQUESTS: ErrorCode.RATE_LIMITED,
     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: ErrorCode.BAD_REQUEST,
@@ -166,6 +167,15 @@ class _Collector:
 
     def on_headers_complete(self) -> None:
         self.in_body = True
+        # A body announced larger than the limit is refused before a byte of it is read
+        # (httptools has already refused a malformed or repeated Content-Length); a chunked
+        # body is counted as it arrives (`on_body`).
+        for name, value in self.headers:
+            if name == "content-length" and int(value) > self.limits.max_body_bytes:
+                raise InvalidHandshake(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"request body of {int(value)} bytes exceeds {self.limits.max_body_bytes}",
+                )
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -301,9 +311,13 @@ def error_response(
     return http_response(status, error_body(status, message), headers=headers, close=close)
 
 
-def error_body(status: int, message: str) -> bytes:
-    """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (docs/protocol.md)."""
-    return orjson.dumps({"error": {"code": ERROR_CODES.get(status, ErrorCode.BAD_REQUEST), "message": message}})
+def error_body(status: int, message: str, retry_after_ms: int | None = None) -> bytes:
+    """The JSON body of an HTTP error: `{"error": {"code", "message"}}` (docs/protocol.md), with
+    `retry_after_ms` when the client should wait (a 429)."""
+    error: dict[str, object] = {"code": ERROR_CODES.get(status, ErrorCode.BAD_REQUEST), "message": message}
+    if retry_after_ms is not None:
+        error["retry_after_ms"] = retry_after_ms
+    return orjson.dumps({"error": error})
 
 
 #: What `Handler.on_http` answers by default, and what a failing one is answered with.

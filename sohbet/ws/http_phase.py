@@ -151,8 +151,14 @@ class HttpPhase:
         self._respond(request, _checked(request, result))
 
     async def _finish(self, request: http11.Request, pending: Awaitable[http11.Response]) -> None:
+        timeout_s = self._ws._server.limits.request_timeout_s
         try:
-            response = await pending
+            async with asyncio.timeout(timeout_s):
+                response = await pending
+        except TimeoutError:
+            log.warning("%s %s took longer than %g s: answered 503", request.method, request.path, timeout_s)
+            body = http11.error_body(HTTPStatus.SERVICE_UNAVAILABLE, f"no answer within {timeout_s:g} s; retry")
+            response = http11.Response(HTTPStatus.SERVICE_UNAVAILABLE, body)
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
             response = http11.INTERNAL_ERROR

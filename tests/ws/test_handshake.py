@@ -84,11 +84,28 @@ def test_repeated_headers_are_joined_and_counted() -> None:
             431,
             "more than 64 headers",
         ),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 1_100_000, 413, "body exceeds"),
+        # Refused from Content-Length, before a byte of the body is read:
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", 413, "body of 1048577 bytes exceeds"),
+        # A chunked body has no length: counted as it arrives.
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"10000\r\n" + b"x" * 0x10000 + b"\r\n" for _ in range(17)),
+            413,
+            "request body exceeds 1048576",
+        ),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400, "malformed"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "malformed"),
     ],
-    ids=["long-request-line", "long-header", "headers-too-large", "too-many-headers", "body", "obs-fold", "tls"],
+    ids=[
+        "long-request-line",
+        "long-header",
+        "headers-too-large",
+        "too-many-headers",
+        "content-length",
+        "chunked",
+        "obs-fold",
+        "tls",
+    ],
 )
 def test_request_limits_and_syntax(raw: bytes, status: int, match: str) -> None:
     with pytest.raises(InvalidHandshake, match=match) as info:
