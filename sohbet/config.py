@@ -43,7 +43,8 @@ __all__ = [
 HMAC_ALGORITHMS: frozenset[str] = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
 MIN_SECRET_BYTES: Final = 32
-MIN_API_KEY_CHARS: Final = 16
+MIN_API_KEY_BYTES: Final = 32
+MIN_TOKEN_BYTES: Final = 16  # the metrics token: it guards counters, not messages
 MAX_PORT: Final = 65535
 #: Why `--redis-url` stops the process instead of being accepted and ignored.
 REDIS_NOT_SUPPORTED: Final = (
@@ -82,8 +83,8 @@ class AuthConfig:
             require(False, f"JWT algorithm {self.algorithm!r} is not supported")
         require_within("leeway_s", self.leeway_s, 0, 300)
         if self.api_key is not None:
-            n = len(self.api_key)
-            require(n >= MIN_API_KEY_CHARS, f"API key of {n} characters is shorter than {MIN_API_KEY_CHARS}")
+            n = len(self.api_key.encode())
+            require(n >= MIN_API_KEY_BYTES, f"API key of {n} bytes is shorter than {MIN_API_KEY_BYTES}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +233,8 @@ class Setting:
     default: object
     help: str
     has_flag: bool = True
+    #: A secret: never logged, and readable from a file too (the `<name>_file` setting beside it).
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -249,7 +252,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", int, 8080, "port for HTTP and WebSocket"),
     Setting("data_dir", str, ".", "directory of the default SQLite database and of the generated sohbet.secret"),
     Setting("database_url", str, None, "sqlite:///path.db or postgresql://...; default: SQLite in --data-dir"),
-    Setting("jwt_secret", str, None, "HS256 secret, at least 32 bytes; generated into sohbet.secret if unset (SQLite)"),
+    Setting(
+        "jwt_secret",
+        str,
+        None,
+        "HS256 secret, at least 32 bytes; generated into sohbet.secret if unset (SQLite)",
+        secret=True,
+    ),
     Setting(
         "jwt_secret_file", str, None, "file holding the HS256 secret; unlike --jwt-secret, not in the process list"
     ),
@@ -259,7 +268,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
     Setting("jwt_leeway", float, 5.0, "clock-skew leeway for exp/nbf/iat, in seconds"),
     Setting("redis_url", str, None, "redis://... to fan out across several instances (not yet supported)"),
-    Setting("api_key", str, None, "bearer key of the application backend for the HTTP API", has_flag=False),
+    Setting(
+        "api_key",
+        str,
+        None,
+        "bearer key of the application backend for the HTTP API, at least 32 bytes; unset: its endpoints answer 401",
+        secret=True,
+    ),
+    Setting("api_key_file", str, None, "file holding the API key; unlike --api-key, not in the process list"),
+    Setting(
+        "metrics_token", str, None, "bearer token GET /metrics asks for, at least 16 bytes; unset: open", secret=True
+    ),
+    Setting("metrics_token_file", str, None, "file holding the metrics token"),
     Setting("send_rate", float, 10.0, "chat:send per second per user across connections; 0 means unlimited"),
     Setting("send_burst", int, 30, "chat:send burst allowance per user"),
     Setting("create_rate", float, 1.0, "conversation:create, :leave and auth:refresh per second per user, each"),
@@ -297,7 +317,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("linger_bytes", int, 1 << 20, "bytes read and discarded at most meanwhile; 0 means only the time counts"),
     Setting("compression", bool, False, "negotiate permessage-deflate (12-bit window)"),
     Setting("allowed_origins", str, "", "comma-separated Origin values allowed to connect; empty: any"),
+    Setting("max_body_bytes", int, 1 << 20, "largest HTTP request body (413 above it, checked from Content-Length)"),
+    Setting("request_timeout", float, 30.0, "seconds an HTTP request may take to be answered (503 after it)"),
+    Setting("shutdown_timeout", float, 10.0, "seconds a graceful shutdown may take before it closes everything"),
+    Setting("drain_delay", float, 0.0, "seconds between /readyz turning 503 and closing connections at shutdown"),
     Setting("log_level", str, "info", "debug, info, warning or error"),
+    Setting("log_format", str, "text", "text (one readable line per event) or json (one JSON object per line)"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 #: Settings that are ChatConfig fields of the same name.
@@ -374,10 +399,26 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     redis_url: str | None = field(default=None, repr=False)
     log_level: str = "info"
+    log_format: str = "text"
+    #: Bearer token `GET /metrics` requires; None: the endpoint is open.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: Seconds a graceful shutdown may take, and how long `/readyz` says 503 before it closes anything.
+    shutdown_timeout_s: float = 10.0
+    drain_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= MAX_PORT, f"port {self.port} is outside 0-{MAX_PORT}")
         require(self.log_level in {"debug", "info", "warning", "error"}, f"log level {self.log_level!r} is not known")
+        require(self.log_format in {"text", "json"}, f"log format {self.log_format!r} is not text or json")
+        if self.metrics_token is not None:
+            n = len(self.metrics_token.encode())
+            require(n >= MIN_TOKEN_BYTES, f"metrics token of {n} bytes is shorter than {MIN_TOKEN_BYTES}")
+        require_within("shutdown_timeout_s", self.shutdown_timeout_s, 0.1, 3600)
+        require_within("drain_delay_s", self.drain_delay_s, 0, 3600)
+        require(
+            self.drain_delay_s < self.shutdown_timeout_s,
+            f"drain_delay_s of {self.drain_delay_s} must be below shutdown_timeout_s of {self.shutdown_timeout_s}",
+        )
         require(self.redis_url is None, REDIS_NOT_SUPPORTED)
 
     @property
@@ -421,6 +462,8 @@ class Config:
                 max_pipelined_requests=int(v["max_pipelined_requests"]),  # type: ignore[call-overload]  # coerced
                 linger_s=float(v["linger"]),  # type: ignore[arg-type]  # coerced
                 linger_bytes=int(v["linger_bytes"]),  # type: ignore[call-overload]  # coerced
+                max_body_bytes=int(v["max_body_bytes"]),  # type: ignore[call-overload]  # coerced
+                request_timeout_s=float(v["request_timeout"]),  # type: ignore[arg-type]  # coerced
             ),
             websocket=WebSocketConfig(
                 allowed_origins=origins,
@@ -447,6 +490,10 @@ class Config:
             ),
             redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
             log_level=str(v["log_level"]),
+            log_format=str(v["log_format"]),
+            metrics_token=None if v["metrics_token"] is None else str(v["metrics_token"]),
+            shutdown_timeout_s=float(v["shutdown_timeout"]),  # type: ignore[arg-type]  # coerced
+            drain_delay_s=float(v["drain_delay"]),  # type: ignore[arg-type]  # coerced
         )
 
     @classmethod

@@ -19,8 +19,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from sohbet.app.cli import make_store
-from sohbet.app.gateway import ChatGateway, ServerOutbox
-from sohbet.auth import Verifier, issue_token
+from sohbet.app.compose import App, AppConfig
+from sohbet.auth import issue_token
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig
 from sohbet.service import ChatService
 from sohbet.store import MessageStore
@@ -28,7 +28,8 @@ from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.server import Server
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
-AUTH = AuthConfig(secret=SECRET, leeway_s=0.0)
+API_KEY = "the-application-backends-api-key-for-tests"
+AUTH = AuthConfig(secret=SECRET, leeway_s=0.0, api_key=API_KEY)
 
 
 async def open_store(url: str) -> MessageStore:
@@ -67,6 +68,7 @@ class Harness:
         self.chat = chat
         self.store = store
         self.clients: list[WsChat] = []
+        self.app: App | None = None
 
     @property
     def url(self) -> str:
@@ -102,41 +104,37 @@ async def chat_server(
     store: MessageStore | None = None,
     depth: int | None = None,
 ) -> AsyncIterator[Harness]:
-    """A chat server on a free port; on exit everything it held must be released.
+    """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
+    HTTP API's key `API_KEY`; on exit everything it held must be released.
 
     The writer keeps as many transactions in flight as the server would on this database
     (*depth* overrides it), so the rules that only matter with two in flight are exercised.
     """
     own_store = store is None
     store = store or await open_store(url)
-    service = ChatService(
-        store,
-        chat or ChatConfig(),
-        Verifier(auth),
-        ServerOutbox(),
-        max_message_bytes=(limits or Limits()).max_message_bytes,
-        leeway_s=auth.leeway_s,
-        depth=depth or StoreConfig(url=url).write_depth,
+    config = AppConfig(
+        auth=auth,
+        chat=chat or ChatConfig(),
+        limits=limits or Limits(),
+        websocket=WebSocketConfig(subprotocols=("sohbet.v1",)),
+        store=StoreConfig(url=url),
     )
-    await service.start()
-    gateway = ChatGateway(service)
-    server = Server(gateway, limits=limits, websocket=WebSocketConfig(subprotocols=("sohbet.v1",)))
-    await server.start("127.0.0.1", 0)
-    gateway.accepting = True
-    harness = Harness(server, service, store)
+    app = App(config, store, write_depth=depth)
+    await app.start("127.0.0.1", 0)
+    harness = Harness(app.server, app.chat, store)
+    harness.app = app
     try:
         yield harness
     finally:
         for client in harness.clients:
             await client.ws.close()
-        await server.shutdown(timeout_s=3.0)
-        await service.stop()
+        await app.shutdown(3.0)
         if own_store:
             await store.close()
-        assert server.connections == {}
-        assert server._sockets == {}
-        assert service.session_count == 0
-        assert service.hub.connection_count == 0
+        assert app.server.connections == {}
+        assert app.server._sockets == {}
+        assert app.chat.session_count == 0
+        assert app.chat.hub.connection_count == 0
 
 
 class WsChat:

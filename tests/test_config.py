@@ -141,7 +141,13 @@ def test_config_from_settings() -> None:
             "SOHBET_LINGER": "0.5",
             "SOHBET_LINGER_BYTES": "4096",
             "SOHBET_JWT_AUDIENCE": "chat",
-            "SOHBET_API_KEY": "k" * 16,
+            "SOHBET_API_KEY": "k" * 32,
+            "SOHBET_METRICS_TOKEN": "m" * 16,
+            "SOHBET_MAX_BODY_BYTES": "4096",
+            "SOHBET_REQUEST_TIMEOUT": "2.5",
+            "SOHBET_SHUTDOWN_TIMEOUT": "20",
+            "SOHBET_DRAIN_DELAY": "5",
+            "SOHBET_LOG_FORMAT": "json",
         }
     )
     assert config.port == 9000
@@ -151,8 +157,12 @@ def test_config_from_settings() -> None:
     assert config.websocket.subprotocols == ("sohbet.v1",)
     assert config.limits.max_frames_per_10s == 0
     assert (config.limits.linger_s, config.limits.linger_bytes) == (0.5, 4096)
-    assert config.auth.audience == "chat" and config.auth.api_key == "k" * 16
-    assert SECRET not in repr(config)  # secrets never reach a log line
+    assert config.auth.audience == "chat" and config.auth.api_key == "k" * 32
+    assert (config.limits.max_body_bytes, config.limits.request_timeout_s) == (4096, 2.5)
+    assert (config.shutdown_timeout_s, config.drain_delay_s, config.log_format) == (20.0, 5.0, "json")
+    assert config.metrics_token == "m" * 16
+    for secret in (SECRET, "k" * 32, "m" * 16):
+        assert secret not in repr(config)  # secrets never reach a log line
     pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})
     assert pg.store.is_postgres and "pw" not in repr(pg)
 
@@ -166,6 +176,7 @@ def test_config_from_settings() -> None:
         (lambda: AuthConfig(algorithm="none", secret=SECRET), "not supported"),
         (lambda: AuthConfig(secret=SECRET, leeway_s=-1), "leeway"),
         (lambda: AuthConfig(secret=SECRET, api_key="short"), "API key"),
+        (lambda: AuthConfig(secret=SECRET, api_key="é" * 15), "API key of 30 bytes is shorter than 32"),
         (lambda: StoreConfig(url="mysql://x"), "sqlite:/// or postgresql://"),
         (lambda: StoreConfig(max_batch=0), "max_batch"),
         (lambda: StoreConfig(max_batch=100, max_queue=10), "max_queue"),
@@ -187,6 +198,12 @@ def test_config_from_settings() -> None:
         (lambda: ChatConfig(member_cache_size=-5), "member_cache_size"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), port=70000), "port"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), log_level="loud"), "log level"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), log_format="xml"), "log format 'xml' is not text or json"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), metrics_token="short"), "metrics token of 5 bytes"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), shutdown_timeout_s=0), "shutdown_timeout_s"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), drain_delay_s=-1), "drain_delay_s"),
+        (lambda: Config(auth=AuthConfig(secret=SECRET), drain_delay_s=10), "must be below shutdown_timeout_s"),
+        (lambda: Limits(request_timeout_s=0), "request_timeout_s of 0 is not positive"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), redis_url="redis://h"), "--redis-url .* not yet supported"),
     ],
 )

@@ -26,11 +26,11 @@ from typing import Any
 import uvloop
 
 from sohbet import __version__
-from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S, ChatGateway, ServerOutbox
-from sohbet.auth import Verifier, issue_token
+from sohbet.app.compose import App, AppConfig
+from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S
+from sohbet.auth import issue_token
 from sohbet.config import (
     HMAC_ALGORITHMS,
-    MIN_SECRET_BYTES,
     REDIS_NOT_SUPPORTED,
     SETTINGS,
     Config,
@@ -38,18 +38,19 @@ from sohbet.config import (
     merge_settings,
 )
 from sohbet.errors import ConfigError, SohbetError
-from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.store.postgres import PostgresStore
 from sohbet.store.sqlite import SqliteStore
 from sohbet.ws.frames import IMPLEMENTATION
-from sohbet.ws.server import serve
 
 __all__ = ["build_config", "main"]
 
 log = logging.getLogger("sohbet")
+#: How a secret setting is named in messages.
+_SECRET_NAMES = {"jwt_secret": "JWT secret", "api_key": "API key", "metrics_token": "metrics token"}
 SECRET_FILE = "sohbet.secret"
-SHUTDOWN_TIMEOUT_S = 10.0
+#: A second signal ends the process with the shell's code for death by that signal.
+EXIT_SIGNAL_BASE = 128
 #: Mode bits of group and others: a secret or database file with any of them set is warned about.
 PRIVATE_MASK = 0o077
 #: A data directory sohbet creates is its owner's alone.
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="sohbet-server",
         description="sohbet: a real-time messaging server. Precedence: flags > environment > --config file > defaults.",
         parents=[settings],
-        epilog="SOHBET_API_KEY (environment or file only) enables the HTTP API for an application backend. "
+        epilog="Secrets (--jwt-secret, --api-key, --metrics-token) given as flags show in the process list: "
+        "prefer their --*-file settings or the environment. "
         "GET /healthz: the server accepts connections; GET /readyz: storage answers (one check per "
         f"{READY_CACHE_S:g} s for all probes together, waiting up to {READY_TIMEOUT_S:g} s).",
     )
@@ -95,17 +97,15 @@ def _warn_if_exposed(path: Path) -> None:
         log.warning("%s is readable by group or others (mode %04o): chmod 600 it", path, mode)
 
 
-def _read_secret(path: Path) -> str:
-    """The secret in *path* (its first line), after warning if others can read the file."""
+def _read_secret(path: Path, what: str = "JWT secret") -> str:
+    """The secret in *path* (surrounding whitespace dropped), after warning if others can read
+    the file. Its length is checked where it is used (the configuration's sections)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read JWT secret file: {exc}") from None
+        raise ConfigError(f"cannot read {what} file: {exc}") from None
     _warn_if_exposed(path)
-    secret = text.strip()
-    if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
-    return secret
+    return text.strip()
 
 
 def _load_secret(data_dir: Path) -> str:
@@ -139,10 +139,13 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
     values = merge_settings(environ, file, flags)
     if values["redis_url"]:
         raise ConfigError(REDIS_NOT_SUPPORTED)  # before a secret is generated for nothing
-    if values["jwt_secret_file"]:
-        if values["jwt_secret"]:
-            raise ConfigError("set the JWT secret or a JWT secret file, not both")
-        values["jwt_secret"] = _read_secret(Path(str(values["jwt_secret_file"])))
+    for setting in SETTINGS:
+        secret_file = values.get(f"{setting.name}_file") if setting.secret else None
+        if secret_file:
+            what = _SECRET_NAMES.get(setting.name, setting.name.replace("_", " "))
+            if values[setting.name]:
+                raise ConfigError(f"set the {what} or its file, not both")
+            values[setting.name] = _read_secret(Path(str(secret_file)), what)
     public_keys: tuple[tuple[str | None, str], ...] = ()
     if values["jwt_public_key"]:
         try:
@@ -169,13 +172,14 @@ def make_store(config: StoreConfig) -> MessageStore:
 
 
 async def run(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Serve until *stop* is set (or SIGINT/SIGTERM), then shut down gracefully."""
+    """Serve until *stop* is set (or SIGINT/SIGTERM), then shut down gracefully; a second
+    signal ends the process at once."""
     if stop is None:
         # Before the port opens: a SIGTERM as soon as it accepts still shuts down gracefully.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
     store = make_store(config.store)
     try:
         # One server per database until instances share membership changes (roadmap step 8).
@@ -186,34 +190,29 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     if config.store.is_sqlite:
         _warn_if_exposed(Path(config.store.sqlite_path))
     await store.migrate()
-    chat = ChatService(
+    app = App(
+        AppConfig(config.auth, config.chat, config.limits, config.websocket, config.store, config.drain_delay_s),
         store,
-        config.chat,
-        Verifier(config.auth),
-        ServerOutbox(),
-        max_message_bytes=config.limits.max_message_bytes,
-        leeway_s=config.auth.leeway_s,
-        max_batch=config.store.max_batch,
-        max_queue=config.store.max_queue,
-        writers=config.store.writers,
-        depth=config.store.write_depth,
     )
-    await chat.start()
-    gateway = ChatGateway(chat)
-    server = await serve(gateway, config.host, config.port, limits=config.limits, websocket=config.websocket)
-    gateway.accepting = True
+    await app.start(config.host, config.port)
     kind = "postgres" if config.store.is_postgres else f"sqlite {config.store.sqlite_path}"
     log.info(
         "sohbet %s listening on ws://%s:%d/ws (storage: %s; frame core: %s)",
-        __version__, config.host, server.port, kind, IMPLEMENTATION,
+        __version__, config.host, app.port, kind, IMPLEMENTATION,
     )  # fmt: skip
     await stop.wait()
-    log.info("shutting down: closing %d connections with 1001", len(server.connections))
-    gateway.accepting = False
-    await server.shutdown(SHUTDOWN_TIMEOUT_S)
-    await chat.stop()
+    await app.shutdown(config.shutdown_timeout_s)
     await store.close()
     log.info("stopped")
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        log.warning("second %s: exiting at once", sig.name)
+        logging.shutdown()
+        os._exit(EXIT_SIGNAL_BASE + sig)
+    log.info("%s: shutting down gracefully (send it again to exit at once)", sig.name)
+    stop.set()
 
 
 async def _migrate(config: Config) -> None:

@@ -11,6 +11,7 @@ the chat service fills from storage and keeps current as it changes memberships 
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Generic, TypeVar
@@ -109,6 +110,21 @@ class Hub(Generic[C]):
         where a comprehension costs half of what a generator's yields do per recipient)."""
         table = self._connections
         return [c for user in users if (conns := table.get(user)) for c in conns]
+
+    def all_connections(self) -> list[C]:
+        """Every local connection (an announcement to everyone)."""
+        return [c for conns in self._connections.values() for c in conns]
+
+    def online_users(self, after: UserId | None, limit: int) -> list[UserId]:
+        """The first *limit* users online (as `is_online` counts them) whose ids sort after
+        *after*, in id order: a page of who is online."""
+        users = self._connections.keys() | self._remote.keys() | self._grace.keys()
+        return heapq.nsmallest(limit, (u for u in users if after is None or u > after))
+
+    @property
+    def online_count(self) -> int:
+        """Users online, as `is_online` counts them."""
+        return len(self._connections.keys() | self._remote.keys() | self._grace.keys())
 
     @property
     def connection_count(self) -> int:

@@ -9,7 +9,7 @@ id from being passed where a conversation id belongs, at no cost at run time.
 
 from __future__ import annotations
 
-from typing import Final, NewType
+from typing import Final, NewType, TypeGuard
 
 __all__ = ["MAX_ID", "MAX_USER_ID_CHARS", "ConnId", "ConversationId", "MessageId", "UserId", "is_user_id"]
 
@@ -24,7 +24,7 @@ MAX_ID: Final = 2**53
 MAX_USER_ID_CHARS: Final = 128
 
 
-def is_user_id(value: object) -> bool:
+def is_user_id(value: object) -> TypeGuard[str]:
     """Whether *value* can be a user id: 1-128 characters, without U+0000 (Postgres text cannot
     hold it, so it would fail a whole batch of writes)."""
     return isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_CHARS and "\x00" not in value

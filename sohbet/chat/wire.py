@@ -21,15 +21,20 @@ import orjson
 from sohbet.chat.ids import MAX_ID, MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
 from sohbet.chat.model import Conversation, StoredMessage
 from sohbet.errors import ErrorCode, MessageRejected
+from sohbet.ws.codes import FIRST_APPLICATION_CLOSE_CODE, CloseCode
 
 __all__ = [
+    "APP_EVENT_PREFIX",
     "PROTOCOL_VERSION",
     "SUBPROTOCOL",
+    "AppEvent",
     "CreateRequest",
+    "DisconnectRequest",
     "Envelope",
     "EventType",
     "HistoryRequest",
     "ListRequest",
+    "MemberRequest",
     "MembersRequest",
     "PresenceQuery",
     "ReadRequest",
@@ -39,6 +44,7 @@ __all__ = [
     "conversation_object",
     "decode",
     "encode",
+    "encode_app",
     "format_time",
     "message_object",
 ]
@@ -49,6 +55,11 @@ SUBPROTOCOL: Final = "sohbet.v1"
 MAX_REF_CHARS: Final = 64
 MAX_CLIENT_ID_CHARS: Final = 128
 MAX_TITLE_CHARS: Final = 200
+#: What the type of an application's event starts with: nothing it publishes can pass for a chat event.
+APP_EVENT_PREFIX: Final = "app:"
+MAX_APP_TYPE_CHARS: Final = 64
+#: A close frame's reason fits in a control frame's 125 bytes, after the 2-byte code (RFC 6455 §5.5).
+MAX_CLOSE_REASON_BYTES: Final = 123
 _MAX_ID_DIGITS: Final = len(str(MAX_ID))
 
 
@@ -83,6 +94,7 @@ class EventType(enum.StrEnum):
     LIST = "conversation:list"
     MEMBERS = "conversation:members"
     LEFT = "conversation:left"
+    MEMBER_ADDED = "conversation:member_added"
     MEMBER_REMOVED = "conversation:member_removed"
     PRESENCE = "presence:state"
     ONLINE = "user:online"
@@ -135,6 +147,11 @@ def encode(kind: EventType, payload: dict[str, Any], ref: str | None = None) -> 
     if ref is None:
         return orjson.dumps({"type": kind, "payload": payload})
     return orjson.dumps({"type": kind, "payload": payload, "ref": ref})
+
+
+def encode_app(kind: str, payload: dict[str, Any]) -> bytes:
+    """Encode an application's event (`app:*`, from the HTTP API); it never carries a `ref`."""
+    return orjson.dumps({"type": kind, "payload": payload})
 
 
 def format_time(ms: int) -> str:
@@ -335,6 +352,67 @@ class PresenceQuery(NamedTuple):
     def parse(cls, payload: dict[str, Any], max_users: int) -> PresenceQuery:
         """Validate `presence:query`."""
         return cls(_user_ids(payload, "user_ids", max_users))
+
+
+class AppEvent(NamedTuple):
+    """An application's event for `POST /api/publish` and `POST /api/broadcast`."""
+
+    user_ids: list[UserId]
+    type: str
+    payload: dict[str, Any]
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], max_users: int, *, to_users: bool) -> AppEvent:
+        """Validate a publish (*to_users*: `user_ids` required) or a broadcast body.
+
+        The type must start with `app:`, so no application event can pass for a chat event.
+        """
+        kind = _text(body, "type", MAX_APP_TYPE_CHARS)
+        assert kind is not None  # required
+        if not kind.startswith(APP_EVENT_PREFIX) or len(kind) == len(APP_EVENT_PREFIX):
+            raise _bad(f"type must start with {APP_EVENT_PREFIX!r} and name the event, e.g. 'app:notice'")
+        if not kind.isprintable():
+            raise _bad("type must be printable")
+        payload = body.get("payload", {})
+        if not isinstance(payload, dict):
+            raise _bad("payload must be a JSON object")
+        users = list(dict.fromkeys(_user_ids(body, "user_ids", max_users))) if to_users else []
+        return cls(users, kind, payload)
+
+
+class MemberRequest(NamedTuple):
+    """The body of `POST /api/conversations/{id}/members`."""
+
+    user_id: UserId
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> MemberRequest:
+        """Validate the user to add."""
+        user = body.get("user_id")
+        if not is_user_id(user):
+            raise _bad(f"user_id must be a user id: a string of 1-{MAX_USER_ID_CHARS} characters, without U+0000")
+        return cls(UserId(user))
+
+
+class DisconnectRequest(NamedTuple):
+    """The body of `POST /api/users/{user_id}/disconnect`: the close code and reason to send."""
+
+    code: int
+    reason: str
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], default_code: int) -> DisconnectRequest:
+        """Validate the close: 1000 or an application code (4000-4999, RFC 6455 §7.4.2), and a
+        reason that fits in the close frame."""
+        code = _int(body, "code", low=1000, high=4999, default=default_code)
+        if code != CloseCode.NORMAL and code < FIRST_APPLICATION_CLOSE_CODE:
+            raise _bad(f"code {code} is not 1000 nor an application close code (4000-4999)")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise _bad("reason must be a string")
+        if len(reason.encode()) > MAX_CLOSE_REASON_BYTES:
+            raise _bad(f"reason must be at most {MAX_CLOSE_REASON_BYTES} bytes of UTF-8")
+        return cls(code, reason)
 
 
 def conversation_of(payload: dict[str, Any]) -> ConversationId:

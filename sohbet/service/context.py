@@ -123,6 +123,8 @@ class Context:
         Raises:
             MessageRejected: `rate_limited`, with the milliseconds until a token is available.
         """
+        if not session.limited:
+            return  # the application's backend, acting for the user
         rate = self.rates[kind]
         wait_ms = self.limiter.take((session.user, kind), self.clock.now(), rate)
         if wait_ms:
@@ -132,7 +134,8 @@ class Context:
 
     def refund(self, session: Session, kind: str) -> None:
         """Give back the token a request spent when it turned out to cost nothing."""
-        self.limiter.refund((session.user, kind), self.rates[kind])
+        if session.limited:  # an unlimited session spent none
+            self.limiter.refund((session.user, kind), self.rates[kind])
 
     def to_members(self, members: Iterable[UserId], data: bytes, *, skip: Socket | None = None) -> int:
         """Deliver an encoded event to every local connection of *members* (but *skip*)."""

@@ -5,7 +5,8 @@ Layer: service. Imports asyncio, the chat domain and the store interface.
 
 Membership changes go to the hub's cache as well as to storage, the cache first on a leave: from
 that moment the user's new sends are refused here, and the store refuses, at commit, any that
-were already queued.
+were already queued. The cores of creating, adding and removing (`create`, `add`, `remove`) are
+shared with the application's backend (`service/backend.py`), which acts for any user.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 from typing import Final
 
 from sohbet.chat import wire
-from sohbet.chat.model import DIRECT_MEMBERS, ConversationKind
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import DIRECT_MEMBERS, Conversation, ConversationKind
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
 from sohbet.service.context import Context, RequestHandler, not_a_member
-from sohbet.service.session import Session
+from sohbet.service.session import Session, Socket
 
 __all__ = ["Conversations"]
 
@@ -45,35 +47,59 @@ class Conversations:
         ctx = self.ctx
         cfg = ctx.config
         request = wire.CreateRequest.parse(envelope.payload, cfg.max_group_members)
-        members = list(dict.fromkeys([session.user, *request.members]))  # the creator is always in
-        if len(members) < DIRECT_MEMBERS:
-            raise MessageRejected(ErrorCode.BAD_REQUEST, "a conversation needs at least one other member")
-        if len(members) > cfg.max_group_members:
-            raise MessageRejected(ErrorCode.TOO_LARGE, f"a group holds at most {cfg.max_group_members} members")
+        members = self.checked_members([session.user, *request.members])  # the creator is always in
         limit = cfg.max_conversations_per_user
         if limit and len(await ctx.conversations_of(session.user)) >= limit:
             raise MessageRejected(ErrorCode.TOO_LARGE, f"you are in {limit} conversations, the most allowed")
-        kind = ConversationKind.DIRECT if len(members) == DIRECT_MEMBERS else ConversationKind.GROUP
+        is_group = len(members) > DIRECT_MEMBERS
         ctx.spend(session, RequestType.CREATE)
-        if kind == ConversationKind.GROUP:
+        if is_group:
             self._spend_group(session)
         try:
-            conversation, joined = await ctx.store.create_conversation(members, request.title, kind, ctx.wall_ms())
+            conversation, joined = await self.create(members, request.title)
         except StoreError:
             ctx.refund(session, RequestType.CREATE)
-            if kind == ConversationKind.GROUP:
+            if is_group:
                 ctx.limiter.refund((session.user, _GROUPS), cfg.group_rate)
             raise
+        obj = {"conversation": wire.conversation_object(conversation)}
+        session.answer(EventType.CREATED, obj, envelope.ref)
+        if joined:
+            # Everyone who became a member learns of it on every connection (but the one that asked).
+            ctx.to_members(joined, wire.encode(EventType.CREATED, obj), skip=session.socket)
+
+    def checked_members(self, users: list[UserId]) -> list[UserId]:
+        """The members of a new conversation: *users* without duplicates, at least two, at most
+        the group limit.
+
+        Raises:
+            MessageRejected: `bad_request` for fewer than two, `too_large` above the limit.
+        """
+        members = list(dict.fromkeys(users))
+        if len(members) < DIRECT_MEMBERS:
+            raise MessageRejected(ErrorCode.BAD_REQUEST, "a conversation needs at least two distinct members")
+        limit = self.ctx.config.max_group_members
+        if len(members) > limit:
+            raise MessageRejected(ErrorCode.TOO_LARGE, f"a group holds at most {limit} members")
+        return members
+
+    async def create(self, members: list[UserId], title: str | None) -> tuple[Conversation, list[UserId]]:
+        """Create a conversation of *members* (see `checked_members`): two make a direct one,
+        unique per pair, which is returned if it exists; more make a group.
+
+        Returns:
+            The conversation, and who became a member by this call (see
+            `MessageStore.create_conversation`); the hub's caches already know them.
+        """
+        ctx = self.ctx
+        kind = ConversationKind.DIRECT if len(members) == DIRECT_MEMBERS else ConversationKind.GROUP
+        conversation, joined = await ctx.store.create_conversation(members, title, kind, ctx.wall_ms())
         if len(joined) == len(members):
             ctx.hub.set_members(conversation.id, members)  # new (or both had left): the whole set
         else:
             for user in joined:  # a direct one asked for again, with a member who had left back in
                 ctx.hub.add_member(conversation.id, user)
-        obj = {"conversation": wire.conversation_object(conversation)}
-        ctx.reply(session, EventType.CREATED, obj, envelope.ref)
-        if joined:
-            # Everyone who became a member learns of it on every connection (but the one that asked).
-            ctx.to_members(joined, wire.encode(EventType.CREATED, obj), skip=session.socket)
+        return conversation, joined
 
     def _spend_group(self, session: Session) -> None:
         ctx = self.ctx
@@ -110,18 +136,61 @@ class Conversations:
         conversation = wire.conversation_of(envelope.payload)
         await ctx.require_member(session, conversation)
         ctx.spend(session, RequestType.LEAVE)
-        members = set(await ctx.member_set(conversation))
-        if session.user not in members:
+        if not await self.remove(conversation, session.user, skip=session.socket):
             raise not_a_member(conversation)  # another connection of the user left while it loaded
-        # The cache first: from here on, new sends from this user are refused (the store also
-        # refuses, at commit, messages from anyone who is no longer a member).
-        ctx.hub.remove_member(conversation, session.user)
+        session.answer(EventType.LEFT, {"conversation_id": conversation}, envelope.ref)
+
+    async def remove(self, conversation: ConversationId, user: UserId, *, skip: Socket | None = None) -> bool:
+        """Remove *user* from the conversation; the remaining members and every connection of
+        *user* but *skip* get `conversation:member_removed`. False if *user* was not a member.
+
+        The user stops receiving the conversation at once: the cache changes before storage,
+        and the store refuses, at commit, sends of the user that were already queued.
+        """
+        ctx = self.ctx
+        members = set(await ctx.member_set(conversation))
+        if user not in members:
+            return False
+        ctx.hub.remove_member(conversation, user)
         try:
-            await ctx.store.remove_member(conversation, session.user)
+            await ctx.store.remove_member(conversation, user)
         except StoreError:
-            ctx.hub.add_member(conversation, session.user)
+            ctx.hub.add_member(conversation, user)
             raise
-        # The remaining members and the user's other connections learn of it.
-        notice = {"conversation_id": conversation, "user_id": session.user}
-        ctx.to_members(members, wire.encode(EventType.MEMBER_REMOVED, notice), skip=session.socket)
-        ctx.reply(session, EventType.LEFT, {"conversation_id": conversation}, envelope.ref)
+        notice = {"conversation_id": conversation, "user_id": user}
+        ctx.to_members(members, wire.encode(EventType.MEMBER_REMOVED, notice), skip=skip)
+        return True
+
+    async def add(self, conversation: ConversationId, user: UserId) -> Conversation:
+        """Add *user* to a group; every member, the new one included, gets
+        `conversation:member_added`. Adding a member again changes nothing and tells nobody.
+
+        Raises:
+            MessageRejected: `not_found` (no such conversation), `bad_request` (a direct one: it
+                has exactly two members), `too_large` (the group is full).
+        """
+        ctx = self.ctx
+        found = await self.existing(conversation)
+        if found.kind == ConversationKind.DIRECT:
+            raise MessageRejected(ErrorCode.BAD_REQUEST, f"conversation {conversation} is direct: it has two members")
+        limit = ctx.config.max_group_members
+        if found.member_count >= limit:
+            raise MessageRejected(ErrorCode.TOO_LARGE, f"a group holds at most {limit} members")
+        if not await ctx.store.add_member(conversation, user, ctx.wall_ms()):
+            return found
+        ctx.hub.add_member(conversation, user)
+        members = await ctx.member_set(conversation)
+        notice = {"conversation_id": conversation, "user_id": user}
+        ctx.to_members(members, wire.encode(EventType.MEMBER_ADDED, notice))
+        return await self.existing(conversation)
+
+    async def existing(self, conversation: ConversationId) -> Conversation:
+        """The conversation, for the application's backend, which may know which exist.
+
+        Raises:
+            MessageRejected: `not_found`.
+        """
+        found = await self.ctx.store.conversation(conversation)
+        if found is None:
+            raise MessageRejected(ErrorCode.NOT_FOUND, f"conversation {conversation} does not exist")
+        return found

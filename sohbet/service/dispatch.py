@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Any, Final
 
 from sohbet.auth import Identity, Verifier
 from sohbet.chat import wire
@@ -27,7 +27,7 @@ from sohbet.service.context import Context, RequestHandler
 from sohbet.service.conversations import Conversations
 from sohbet.service.messaging import Messaging
 from sohbet.service.presence import Presence
-from sohbet.service.session import Clock, LoopClock, Outbox, Session, Socket
+from sohbet.service.session import Call, Clock, LoopClock, Outbox, Session, Socket
 from sohbet.service.sync import Sync
 from sohbet.service.writer import Writer
 from sohbet.store import MessageStore
@@ -38,6 +38,7 @@ __all__ = ["ChatService"]
 log = logging.getLogger("sohbet.chat")
 
 _TICK_S: Final = 0.5
+_ERROR: Final = EventType.ERROR
 
 
 class ChatService:
@@ -66,10 +67,11 @@ class ChatService:
         self.presence = Presence(self.ctx)
         self._sessions: dict[ConnId, Session] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self.conversations = Conversations(self.ctx)
         families: list[dict[RequestType, RequestHandler]] = [
             Messaging(self.ctx, self.writer).handlers(),
             Sync(self.ctx).handlers(),
-            Conversations(self.ctx).handlers(),
+            self.conversations.handlers(),
             self.presence.handlers(),
             {RequestType.REFRESH: self._refresh},
         ]
@@ -111,6 +113,12 @@ class ChatService:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def abandon(self) -> None:
+        """Stop at once, committing nothing more: for a shutdown out of time (storage hangs)."""
+        for task in (self._ticker, *self.ctx.tasks, *self.writer.tasks):
+            if task is not None:
+                task.cancel()
 
     # -- connections --------------------------------------------------------------------------
 
@@ -168,6 +176,26 @@ class ChatService:
             handler(session, envelope)
         except MessageRejected as exc:
             ctx.error(session, exc.code, str(exc), envelope.ref, exc.retry_after_ms)
+
+    async def request(self, call: Call, kind: RequestType, payload: dict[str, Any]) -> dict[str, Any]:
+        """Handle one request of an HTTP API call exactly as a connection's (`received`), and
+        wait for its answer: the same validation, membership rules, rate limits and storage.
+
+        Returns:
+            The payload of the reply (for `chat:send`, of the ack, sent once the message is stored).
+
+        Raises:
+            MessageRejected: the `error` the request was answered with.
+        """
+        ctx = self.ctx
+        try:
+            self.handlers[kind](call, Envelope(kind, payload, None))
+        except MessageRejected as exc:
+            ctx.error(call, exc.code, str(exc), None, exc.retry_after_ms)
+        answered, reply = await call.answered
+        if answered == _ERROR:
+            raise MessageRejected(ErrorCode(reply["code"]), reply["message"], reply.get("retry_after_ms"))
+        return reply
 
     # -- tokens and time ----------------------------------------------------------------------
 

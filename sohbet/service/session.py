@@ -10,6 +10,7 @@ another. Time comes from a `Clock`, so the tests can move it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
@@ -21,7 +22,7 @@ from sohbet.chat.model import StoredMessage
 from sohbet.chat.wire import EventType
 from sohbet.ws.codes import CloseCode
 
-__all__ = ["Clock", "LoopClock", "Outbox", "Session", "Socket"]
+__all__ = ["NO_SOCKET", "Call", "Clock", "LoopClock", "Outbox", "Session", "Socket"]
 
 
 class Socket(Protocol):
@@ -32,6 +33,25 @@ class Socket(Protocol):
     def send_text(self, data: str | bytes) -> None: ...
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None: ...
     async def drained(self) -> None: ...
+
+
+class _NoSocket:
+    """The socket of a session that has none (an HTTP API call): it is in no hub and sends nothing."""
+
+    id = 0
+
+    def send_text(self, data: str | bytes) -> None:  # see Socket
+        pass
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:  # see Socket
+        pass
+
+    async def drained(self) -> None:  # see Socket
+        pass
+
+
+#: What an HTTP API call has instead of a socket: fan-out skips nobody for it.
+NO_SOCKET: Final = _NoSocket()
 
 
 class Outbox(Protocol):
@@ -68,7 +88,7 @@ _ACK: Final = EventType.ACK  # looked up once: an ack is sent per message
 class Session:
     """The chat state of one connection: the service answers its requests through `answer`."""
 
-    __slots__ = ("closed", "errors", "exp", "in_flight", "lock", "socket", "user")
+    __slots__ = ("closed", "errors", "exp", "in_flight", "limited", "lock", "socket", "user")
 
     def __init__(self, socket: Socket, identity: Identity) -> None:
         self.socket = socket
@@ -81,6 +101,9 @@ class Session:
         #: Requests of this connection started and not yet answered (waiting for storage).
         self.in_flight = 0
         self.closed = False
+        #: Whether its requests spend from the user's rate buckets: not when the application's
+        #: backend acts for the user with its API key (an `HTTP API` call).
+        self.limited = True
 
     def answer(self, kind: EventType, payload: dict[str, Any], ref: str | None) -> None:
         """Send the reply to one of this connection's requests (nothing once it has closed)."""
@@ -90,4 +113,35 @@ class Session:
     def acked(self, message: StoredMessage, obj: dict[str, Any], ref: str | None) -> None:
         """Its `chat:send` is stored, or was already (a retry): the ack, with the message's wire
         form *obj*."""
+        self.answer(_ACK, {"client_id": message.client_id, "message": obj}, ref)
+
+
+class Call(Session):
+    """One HTTP API request made as a user, answered by the same request handlers as a
+    connection's request: the answer resolves `answered`, and the API turns it into an HTTP
+    response.
+
+    It has no socket (`NO_SOCKET`), so a fan-out skips nobody: every connection of the sender
+    gets the message too. One call makes one request, so the limit on requests in flight and the
+    error window that closes a misbehaving connection do not apply to it.
+    """
+
+    __slots__ = ("answered", "created")
+
+    def __init__(self, user: UserId, *, limited: bool = True) -> None:
+        # A call is verified when it arrives and lives for one request: its token cannot expire
+        # during it in any way that matters.
+        super().__init__(NO_SOCKET, Identity(user, math.inf))
+        self.limited = limited
+        #: The reply (its type and payload), or an `error`.
+        self.answered: asyncio.Future[tuple[EventType, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        #: For a send: whether the message was stored by this call (False: a retry's original).
+        self.created = False
+
+    def answer(self, kind: EventType, payload: dict[str, Any], ref: str | None) -> None:  # see Session
+        if not self.answered.done():
+            self.answered.set_result((kind, payload))
+
+    def acked(self, message: StoredMessage, obj: dict[str, Any], ref: str | None) -> None:  # see Session
+        self.created = message.is_new
         self.answer(_ACK, {"client_id": message.client_id, "message": obj}, ref)

@@ -60,6 +60,16 @@ class Writer:
         # died during COMMIT): a retry that finds one stored delivers it, since nobody has.
         self._uncertain: OrderedDict[tuple[UserId, str], None] = OrderedDict()
 
+    @property
+    def queued(self) -> int:
+        """Sends waiting for a batch."""
+        return self._queued
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The writer tasks (one per shard)."""
+        return self._tasks
+
     def start(self) -> None:
         """Start one writer task per shard."""
         self._tasks = [asyncio.ensure_future(self._write_loop(shard)) for shard in range(len(self._queues))]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-__all__ = ["MAX_CONTROL_PAYLOAD", "CloseCode", "Opcode"]
+__all__ = ["FIRST_APPLICATION_CLOSE_CODE", "MAX_CONTROL_PAYLOAD", "CloseCode", "Opcode"]
 
 #: Control frames carry at most 125 bytes (RFC 6455 §5.5).
 MAX_CONTROL_PAYLOAD: Final = 125
+#: Close codes from here to 4999 are the application's own (RFC 6455 §7.4.2).
+FIRST_APPLICATION_CLOSE_CODE: Final = 4000
 
 
 class Opcode(enum.IntEnum):

@@ -116,14 +116,19 @@ class Server:
                 ws._transport.abort()
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
 
+    def stop_accepting(self) -> None:
+        """Accept no new connection; an upgrade on a kept-alive socket is refused with 503, and
+        HTTP answers close their connection."""
+        self.closing = True
+        if self._listener is not None:
+            self._listener.close()
+
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, close every connection with 1001, wait up to *timeout_s* for them.
 
         Sockets lingering after their close (`WebSocket._linger`) are hung up at once.
         """
-        self.closing = True
-        if self._listener is not None:
-            self._listener.close()
+        self.stop_accepting()
         for ws in list(self._sockets.values()):
             if ws._phase == PHASE_WS:
                 ws.close(CloseCode.GOING_AWAY, "server shutting down")
