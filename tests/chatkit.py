@@ -103,6 +103,7 @@ async def chat_server(
     auth: AuthConfig = AUTH,
     store: MessageStore | None = None,
     depth: int | None = None,
+    metrics_token: str | None = None,
 ) -> AsyncIterator[Harness]:
     """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
     HTTP API's key `API_KEY`; on exit everything it held must be released.
@@ -118,6 +119,7 @@ async def chat_server(
         limits=limits or Limits(),
         websocket=WebSocketConfig(subprotocols=("sohbet.v1",)),
         store=StoreConfig(url=url),
+        metrics_token=metrics_token,
     )
     app = App(config, store, write_depth=depth)
     await app.start("127.0.0.1", 0)

@@ -61,7 +61,7 @@ RULES: dict[str, tuple[set[str], set[str], set[str]]] = {
         {"orjson", "uvloop", "httptools", "prometheus_client", "typing_extensions"},
         set(),
     ),
-    "entry": (ALL_LAYERS, {"orjson", "uvloop", "typing_extensions"}, set()),
+    "entry": (ALL_LAYERS, {"orjson", "uvloop", "prometheus_client", "typing_extensions"}, set()),
 }
 
 #: Packages whose implementations only the composition root (and the package itself) may pick:

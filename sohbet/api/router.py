@@ -44,6 +44,9 @@ class Router:
     def __init__(self) -> None:
         self._static: dict[str, dict[str, RouteHandler]] = {}
         self._patterns: dict[str, tuple[re.Pattern[str], dict[str, RouteHandler]]] = {}
+        #: Requests answered, by route pattern (`UNMATCHED` for a 404) and status: a bounded set
+        #: of labels whatever paths the clients send.
+        self.answered: dict[tuple[str, int], int] = {}
 
     def add(self, method: str, pattern: str, handler: RouteHandler) -> None:
         """Serve *method* (or `ANY_METHOD`) on *pattern* with *handler*.
@@ -64,6 +67,23 @@ class Router:
         """Every (method, pattern) routed, in the order added (for the API's description)."""
         found = [(m, p) for p, methods in self._static.items() for m in methods]
         return found + [(m, p) for p, (_, methods) in self._patterns.items() for m in methods]
+
+    def answer(self, request: Request) -> Response | Awaitable[Response]:
+        """Answer *request* (see `dispatch`), counting the answer in `answered`."""
+        route, response = self.dispatch(request)
+        if isinstance(response, Response):
+            self._count(route, response.status)
+            return response
+        return self._counted(route, response)
+
+    async def _counted(self, route: str, pending: Awaitable[Response]) -> Response:
+        response = await pending
+        self._count(route, response.status)
+        return response
+
+    def _count(self, route: str, status: int) -> None:
+        key = (route, status)
+        self.answered[key] = self.answered.get(key, 0) + 1
 
     def dispatch(self, request: Request) -> tuple[str, Response | Awaitable[Response]]:
         """Answer *request* with the handler its method and path are routed to.

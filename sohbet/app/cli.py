@@ -191,7 +191,15 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         _warn_if_exposed(Path(config.store.sqlite_path))
     await store.migrate()
     app = App(
-        AppConfig(config.auth, config.chat, config.limits, config.websocket, config.store, config.drain_delay_s),
+        AppConfig(
+            config.auth,
+            config.chat,
+            config.limits,
+            config.websocket,
+            config.store,
+            drain_delay_s=config.drain_delay_s,
+            metrics_token=config.metrics_token,
+        ),
         store,
     )
     await app.start(config.host, config.port)

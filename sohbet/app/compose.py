@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sohbet.api.endpoints import HttpApi
+from sohbet.api.metrics import ChatCollector, metrics_registry
+from sohbet.api.metrics import register as register_metrics
 from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig
@@ -47,6 +49,8 @@ class AppConfig:
     websocket: WebSocketConfig
     store: StoreConfig
     drain_delay_s: float = 0.0
+    #: Bearer token of `GET /metrics`; None: open.
+    metrics_token: str | None = field(default=None, repr=False)
 
 
 class App:
@@ -71,6 +75,8 @@ class App:
         self.backend = Backend(self.chat, max_event_bytes=config.limits.max_message_bytes)
         HttpApi(self.chat, self.backend, config.auth.api_key).register(self.gateway.routes)
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
+        self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, list))
+        register_metrics(self.gateway.routes, self.metrics, config.metrics_token)
 
     @property
     def port(self) -> int:

@@ -137,7 +137,7 @@ class ChatGateway(Handler):
     # -- HTTP -----------------------------------------------------------------------------------
 
     def on_http(self, request: Request) -> Response | Awaitable[Response]:  # see Handler
-        return self.routes.dispatch(request)[1]
+        return self.routes.answer(request)
 
     def _health(self, request: Request, params: dict[str, str]) -> Response:
         if self.accepting:

@@ -129,7 +129,9 @@ class Backend:
     def broadcast(self, body: dict[str, Any]) -> int:
         """Push an `app:*` event to every open connection; return how many got it."""
         event = wire.AppEvent.parse(body, MAX_PUBLISH_USERS, to_users=False)
-        return self.ctx.outbox.deliver(self.ctx.hub.all_connections(), self._encoded(event))
+        sent = self.ctx.outbox.deliver(self.ctx.hub.all_connections(), self._encoded(event))
+        self.ctx.stats.deliveries += sent
+        return sent
 
     def _encoded(self, event: wire.AppEvent) -> bytes:
         data = wire.encode_app(event.type, event.payload)

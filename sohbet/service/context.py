@@ -32,6 +32,7 @@ from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
 from sohbet.service.session import Clock, Outbox, Session, Socket
+from sohbet.service.stats import ChatStats
 from sohbet.store import InvalidCursor, MessageStore
 from sohbet.ws.codes import CloseCode
 
@@ -85,6 +86,8 @@ class Context:
         self.tasks: set[asyncio.Future[Any]] = set()
         self._member_loads: dict[ConversationId, asyncio.Future[set[UserId]]] = {}
         self._conversation_loads: dict[UserId, asyncio.Future[set[ConversationId]]] = {}
+        #: What the service counts, for the metrics endpoint.
+        self.stats = ChatStats()
         #: `internal` answers so far (each a bug); a traceback is logged once per place.
         self.internal_errors = 0
         self._logged_bugs: set[tuple[str, str, int]] = set()
@@ -103,6 +106,7 @@ class Context:
         self, session: Session, code: ErrorCode, message: str, ref: str | None, retry_after_ms: int | None = None
     ) -> None:
         """Answer with `error`; too many client faults in 10 s close the connection with 1008."""
+        self.stats.errors[code] += 1
         payload: dict[str, Any] = {"code": code, "message": message}
         if retry_after_ms is not None:
             payload["retry_after_ms"] = retry_after_ms
@@ -139,7 +143,9 @@ class Context:
 
     def to_members(self, members: Iterable[UserId], data: bytes, *, skip: Socket | None = None) -> int:
         """Deliver an encoded event to every local connection of *members* (but *skip*)."""
-        return self.outbox.deliver(self.hub.connections_of(members), data, skip=skip)
+        sent = self.outbox.deliver(self.hub.connections_of(members), data, skip=skip)
+        self.stats.deliveries += sent
+        return sent
 
     # -- tasks --------------------------------------------------------------------------------
 

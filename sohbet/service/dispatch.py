@@ -169,9 +169,12 @@ class ChatService:
             ctx.error(session, exc.code, str(exc), exc.ref)
             return
         handler = self.handlers.get(envelope.type)
+        received = ctx.stats.received
         if handler is None:
+            received["unknown"] += 1
             ctx.error(session, ErrorCode.BAD_REQUEST, f"unknown type {envelope.type[:64]!r}", envelope.ref)
             return
+        received[envelope.type] += 1
         try:
             handler(session, envelope)
         except MessageRejected as exc:

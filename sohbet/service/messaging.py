@@ -11,6 +11,7 @@ history need the database and run as tasks.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Final
 
 from sohbet.chat import wire
@@ -71,14 +72,15 @@ class Messaging:
         if session.user not in members:
             raise not_a_member(request.conversation_id)
         ctx = self.ctx
-        wait_ms = session.limited and ctx.limiter.take((session.user, _SEND), ctx.clock.now(), ctx.rates[_SEND])
+        now = ctx.clock.now()
+        wait_ms = session.limited and ctx.limiter.take((session.user, _SEND), now, ctx.rates[_SEND])
         if wait_ms:
             # A retry of a stored message is answered even when the bucket is empty: replays
             # spend no token. Finding out needs the database, so only this path pays for it.
             ctx.start_request(session, self._limited_or_replay(session, ref, request, wait_ms))
             return
         message = NewMessage(request.conversation_id, session.user, request.client_id, request.content)
-        if not self.writer.submit((session, ref, message)):
+        if not self.writer.submit((session, ref, message, perf_counter())):
             ctx.refund(session, _SEND)
             raise MessageRejected(ErrorCode.UNAVAILABLE, "too many messages waiting to be stored; retry")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
+from time import perf_counter
 from typing import Any, Final, TypeAlias
 
 from sohbet.chat import wire
@@ -28,9 +29,11 @@ __all__ = ["PendingSend", "Writer"]
 log = logging.getLogger("sohbet.chat")
 
 
-#: A `chat:send` waiting for its batch: who asked, the ref its ack carries, what to store. A
-#: plain tuple, not a NamedTuple: building one of those costs ~0.35 µs, per send.
-PendingSend: TypeAlias = tuple[Session, str | None, NewMessage]
+#: A `chat:send` waiting for its batch: who asked, the ref its ack carries, what to store, and
+#: when it was accepted (`perf_counter`, for the ack latency: uvloop's loop clock moves in whole
+#: milliseconds, too coarse to time a commit). A plain tuple, not a NamedTuple: building one of
+#: those costs ~0.35 µs, per send.
+PendingSend: TypeAlias = tuple[Session, str | None, NewMessage, float]
 Batch: TypeAlias = list[PendingSend]
 
 # Looked up once: an enum member's attribute lookup costs ~0.1 µs, per message.
@@ -100,24 +103,25 @@ class Writer:
         """
         queue, wake = self._queues[shard], self._wakes[shard]
         store = self.ctx.store
-        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]]]] = deque()
+        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]] = deque()
         busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
         while True:
             while queue and len(inflight) < self.depth:
                 batch = self._take(queue, busy)
                 if not batch:
                     break  # everything queued waits for a conversation already in flight
-                for _, _, message in batch:
-                    busy[message.conversation_id] = busy.get(message.conversation_id, 0) + 1
-                appended = store.append([message for _, _, message in batch], self.ctx.wall_ms())
-                inflight.append((batch, asyncio.ensure_future(appended)))
+                for send in batch:
+                    cid = send[2].conversation_id
+                    busy[cid] = busy.get(cid, 0) + 1
+                appended = store.append([send[2] for send in batch], self.ctx.wall_ms())
+                inflight.append((batch, asyncio.ensure_future(appended), perf_counter()))
             if not inflight:
                 if self._stopping:
                     return
                 await wake.wait()
                 wake.clear()
                 continue
-            batch, oldest = inflight[0]
+            batch, oldest, began = inflight[0]
             if not oldest.done():
                 waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
                 pending: set[asyncio.Future[Any]] = {oldest, waiter}
@@ -127,12 +131,16 @@ class Writer:
                 if not oldest.done():
                     continue  # more sends arrived: start another batch while this one commits
             inflight.popleft()
-            for _, _, message in batch:
-                held = busy[message.conversation_id] - 1
+            stats = self.ctx.stats
+            stats.commit_seconds.observe(perf_counter() - began)
+            stats.batch_size.observe(len(batch))
+            for send in batch:
+                cid = send[2].conversation_id
+                held = busy[cid] - 1
                 if held:
-                    busy[message.conversation_id] = held
+                    busy[cid] = held
                 else:
-                    del busy[message.conversation_id]
+                    del busy[cid]
             await self._committed(batch, oldest)
 
     def _take(self, queue: Batch, busy: dict[ConversationId, int]) -> Batch:
@@ -189,7 +197,9 @@ class Writer:
         """Ack what was stored; refuse what the store turned away (sender no longer a member)."""
         ctx = self.ctx
         hub = ctx.hub
-        for (session, ref, item), message in zip(batch, stored, strict=True):
+        latency = ctx.stats.ack_latency
+        now = perf_counter()
+        for (session, ref, item, accepted), message in zip(batch, stored, strict=True):
             if message is None:
                 # The sender stopped being a member before the commit (a leave raced the send).
                 ctx.refund(session, _SEND)
@@ -204,11 +214,12 @@ class Writer:
                     await ctx.member_set(message.conversation_id)
                 except StoreUnavailable as exc:
                     log.warning("could not load members to deliver seq %d: %s", message.seq, exc)
+            latency.observe(now - accepted)
             self._acked(session, ref, message)
 
     def _unavailable(self, batch: Batch, *, uncertain: bool = False) -> None:
         ctx = self.ctx
-        for session, ref, item in batch:
+        for session, ref, item, _ in batch:
             if uncertain:
                 self._remember_uncertain(item.sender_id, item.client_id)
             ctx.refund(session, _SEND)
@@ -233,4 +244,5 @@ class Writer:
             ctx.to_members(members, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
         if spent and not message.is_new:
             ctx.refund(session, _SEND)  # replays are free
+        ctx.stats.acked += 1
         session.acked(message, obj, ref)

@@ -105,7 +105,7 @@ class HttpPhase:
         try:
             requests = reader.feed(data, room)
         except InvalidHandshake as exc:
-            ws._refuse(exc)
+            ws._refuse(exc, upgrade=False)  # a request the reader could not take, of whatever kind
             return
         if reader.full:
             log.debug(
@@ -124,13 +124,14 @@ class HttpPhase:
             request = self._queued.popleft()
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 if self.over_capacity:
-                    ws._refuse(self.at_capacity())
+                    ws._refuse(self.at_capacity(), upgrade=False)
                 else:
                     self._answer(request)
             elif server.closing:
-                ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"))
+                ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"), upgrade=True)
             elif request.path not in server.websocket.paths:
-                ws._refuse(InvalidHandshake(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {request.path}"))
+                refusal = InvalidHandshake(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {request.path}")
+                ws._refuse(refusal, upgrade=True)
             else:
                 # The parser stops at an upgrade, so this is the last request; `rest` holds the
                 # client's first frames, if it sent any without waiting for our 101.
@@ -156,6 +157,8 @@ class HttpPhase:
             async with asyncio.timeout(timeout_s):
                 response = await pending
         except TimeoutError:
+            answered = self._ws._server.stats.http_answered
+            answered[HTTPStatus.SERVICE_UNAVAILABLE] = answered.get(HTTPStatus.SERVICE_UNAVAILABLE, 0) + 1
             log.warning("%s %s took longer than %g s: answered 503", request.method, request.path, timeout_s)
             body = http11.error_body(HTTPStatus.SERVICE_UNAVAILABLE, f"no answer within {timeout_s:g} s; retry")
             response = http11.Response(HTTPStatus.SERVICE_UNAVAILABLE, body)

@@ -25,12 +25,42 @@ from sohbet.ws.frames import IMPLEMENTATION, build_frame
 from sohbet.ws.http11 import NOT_FOUND, Response
 from sohbet.ws.websocket import PHASE_HTTP, PHASE_LINGERING, PHASE_WS, WebSocket
 
-__all__ = ["Handler", "Response", "Server", "WebSocket", "broadcast", "serve"]
+__all__ = ["Handler", "Response", "Server", "ServerStats", "WebSocket", "broadcast", "serve"]
 
 log = logging.getLogger("sohbet.server")
 
 _TEXT: Final = int(Opcode.TEXT)  # a plain int: the compiled build_frame takes it without a conversion
 _SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (docs/protocol.md) slides by one sweep
+
+
+#: The close codes counted under their own label; any other (a peer may send any valid code,
+#: thousands of them) counts as "other", so the metrics' label set stays bounded.
+COUNTED_CLOSE_CODES: Final = frozenset(CloseCode) - {CloseCode.NO_STATUS}
+
+
+class ServerStats:
+    """What the server counts, for the metrics endpoint: plain integers, incremented where the
+    work already happens (per read, per write, per fan-out), never per frame with a lookup."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "closes", "handshakes", "http_answered", "slow_consumers")
+
+    def __init__(self) -> None:
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        #: Upgrades: "accepted", or the status they were refused with.
+        self.handshakes: dict[str, int] = {}
+        #: Plain HTTP requests the server answered itself, by status: refused before the
+        #: application saw them (431, 413, 400, 503), or not answered by it in time (503).
+        self.http_answered: dict[int, int] = {}
+        #: Closed WebSockets by close code (see `COUNTED_CLOSE_CODES`); 1006 when none was received.
+        self.closes: dict[str, int] = {}
+        #: Connections closed with 4008 for not reading.
+        self.slow_consumers = 0
+
+    def closed(self, code: int) -> None:
+        """Count a WebSocket that ended with *code*."""
+        label = str(code) if code in COUNTED_CLOSE_CODES else "other"
+        self.closes[label] = self.closes.get(label, 0) + 1
 
 
 class Handler:
@@ -86,7 +116,14 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         #: Set once shutdown begins: no new upgrades, HTTP answers close their connection.
         self.closing = False
+        #: What the server counts, for the metrics endpoint.
+        self.stats = ServerStats()
         self.now = 0.0
+
+    @property
+    def socket_count(self) -> int:
+        """Open sockets: WebSocket, plain HTTP, and closed ones still lingering."""
+        return len(self._sockets)
 
     @property
     def port(self) -> int:
@@ -173,6 +210,8 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     frame = build_frame(_TEXT, data)
     limit = 0
     sent = 0
+    written = 0  # frames written here, to the transport: the others are counted where they are written
+    server = None
     for ws in connections:
         conn = ws._conn
         if ws is skip or conn is None or ws._phase != PHASE_WS or not conn.can_send:
@@ -185,8 +224,12 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
         else:
             transport = ws._transport
             transport.write(frame)
+            written += 1
+            server = ws._server
             if ws._paused_at:
-                limit = limit or ws._server.limits.max_buffered_bytes
+                limit = limit or server.limits.max_buffered_bytes
                 if transport.get_write_buffer_size() > limit:
                     ws._over_limit()
+    if server is not None:
+        server.stats.bytes_sent += written * len(frame)
     return sent

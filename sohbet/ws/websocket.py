@@ -37,6 +37,8 @@ PHASE_CLOSING: Final = 2
 PHASE_LINGERING: Final = 3
 PHASE_CLOSED: Final = 4
 
+_ACCEPTED: Final = "accepted"  # the label of an upgrade that succeeded
+
 
 class WebSocket(asyncio.Protocol):
     """One client socket: HTTP until it upgrades, then a WebSocket connection.
@@ -103,6 +105,7 @@ class WebSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
         conn = self._conn
+        self._server.stats.bytes_received += len(data)
         if conn is None:  # off the hot path: plain HTTP, or lingering after the close
             http = self._http
             if http is not None:
@@ -241,11 +244,13 @@ class WebSocket(asyncio.Protocol):
             return
         transport = self._transport
         transport.write(data)
+        self._server.stats.bytes_sent += len(data)
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
         if self._paused_at and transport.get_write_buffer_size() > self._server.limits.max_buffered_bytes:
             self._over_limit()
 
     def _too_slow(self) -> None:
+        self._server.stats.slow_consumers += 1
         log.info("connection %d closed: %d bytes unread", self.id, self.buffered_bytes)
         self.close(CloseCode.SLOW_CONSUMER, "too slow: messages were not read")
 
@@ -305,6 +310,7 @@ class WebSocket(asyncio.Protocol):
                 self._hang_up()
 
     def _report_close(self, code: int, reason: str) -> None:
+        self._server.stats.closed(code)
         try:
             self._server.handler.on_close(self, code, reason)
         except Exception:
@@ -322,10 +328,22 @@ class WebSocket(asyncio.Protocol):
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         self._transport.close()
 
-    def _refuse(self, exc: InvalidHandshake) -> None:
-        """Answer with the error's status and JSON body, then hang up; no request follows."""
-        log.debug("refused connection %d: %d %s", self.id, exc.http_status, exc)
-        self._transport.write(http11.error_response(exc.http_status, str(exc), exc.headers))
+    def _refuse(self, exc: InvalidHandshake, *, upgrade: bool) -> None:
+        """Answer with the error's status and JSON body, then hang up; no request follows.
+
+        *upgrade*: whether it refuses a WebSocket upgrade (counted as a handshake) or a plain
+        request the application never saw.
+        """
+        stats = self._server.stats
+        status = exc.http_status
+        if upgrade:
+            stats.handshakes[str(status)] = stats.handshakes.get(str(status), 0) + 1
+        else:
+            stats.http_answered[status] = stats.http_answered.get(status, 0) + 1
+        log.debug("refused connection %d: %d %s", self.id, status, exc)
+        answer = http11.error_response(status, str(exc), exc.headers)
+        stats.bytes_sent += len(answer)
+        self._transport.write(answer)
         self._linger()
 
     def _upgrade(self, request: http11.Request, rest: bytes) -> None:
@@ -334,15 +352,15 @@ class WebSocket(asyncio.Protocol):
             upgrade = handshake.validate_upgrade(request, server.websocket)
             data = server.handler.accept(request, upgrade)
         except InvalidHandshake as exc:
-            self._refuse(exc)
+            self._refuse(exc, upgrade=True)
             return
         except Exception:
             log.exception("accept failed on connection %d", self.id)
-            self._refuse(InvalidHandshake(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"))
+            self._refuse(InvalidHandshake(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"), upgrade=True)
             return
         http = self._http
         if http is not None and http.over_capacity:  # last of the checks, as the protocol orders them
-            self._refuse(http.at_capacity())
+            self._refuse(http.at_capacity(), upgrade=True)
             return
         limits = server.limits
         compression = server.websocket.compression
@@ -360,7 +378,11 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_WS
         self._last_rx = server.now
         server.connections[self.id] = self
-        self._transport.write(handshake.switching_protocols(upgrade))
+        stats = server.stats
+        stats.handshakes[_ACCEPTED] = stats.handshakes.get(_ACCEPTED, 0) + 1
+        switching = handshake.switching_protocols(upgrade)
+        stats.bytes_sent += len(switching)
+        self._transport.write(switching)
         try:
             server.handler.on_open(self)
         except Exception:

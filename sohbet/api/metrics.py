@@ -1,0 +1,133 @@
+"""`GET /metrics`: the server's counters in Prometheus's text format, through prometheus-client.
+
+Layer: transport. Imports prometheus-client, the service and the ws transport; never a store.
+
+Nothing here runs while the server works: the server (`ws.server.ServerStats`), the chat
+service (`service.stats.ChatStats`) and the route table (`Router.answered`) count in plain
+integers where the work already happens, and `ChatCollector` turns them into metric families
+only when Prometheus scrapes. Each server has its own registry (never prometheus-client's
+global one), with the process and Python collectors beside its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Final
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from sohbet.api.router import Router
+from sohbet.service import ChatService
+from sohbet.service.stats import Histogram
+from sohbet.ws.http11 import Request, Response, error_body
+from sohbet.ws.server import Server
+
+__all__ = ["ChatCollector", "metrics_registry", "register"]
+
+#: The route label of HTTP requests the server answered itself, before or instead of a route.
+SERVER_ANSWERED: Final = "-"
+_BEARER: Final = "bearer"
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=histogram.cumulative(), sum_value=histogram.sum)
+
+
+class ChatCollector(Collector):
+    """The metric families of one chat server, built from its counters at each scrape."""
+
+    def __init__(self, server: Server, chat: ChatService, router: Router, extra: Callable[[], list[Metric]]) -> None:
+        """Args:
+        server, chat, router: whose counters to read.
+        extra: more families, built at each scrape (the webhook's, when there is one).
+        """
+        self.server = server
+        self.chat = chat
+        self.router = router
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:  # prometheus-client's contract
+        server, stats, chat = self.server, self.server.stats, self.chat.ctx.stats
+        yield GaugeMetricFamily("sohbet_connections", "Open WebSocket connections.", len(server.connections))
+        yield GaugeMetricFamily(
+            "sohbet_sockets", "Open sockets: WebSocket, plain HTTP and closed ones lingering.", server.socket_count
+        )
+        yield GaugeMetricFamily(
+            "sohbet_users_online", "Users online (connected, or within the grace period).", self.chat.hub.online_count
+        )
+        yield GaugeMetricFamily("sohbet_writer_queue", "chat:sends waiting for a batch.", self.chat.writer.queued)
+        received = CounterMetricFamily(
+            "sohbet_messages_received", "WebSocket requests received, by type.", labels=["type"]
+        )
+        for kind, count in chat.received.items():
+            received.add_metric([str(kind)], count)
+        yield received
+        yield CounterMetricFamily("sohbet_messages_acked", "chat:acks sent: messages stored.", chat.acked)
+        yield CounterMetricFamily("sohbet_deliveries", "Events handed to connections by fan-out.", chat.deliveries)
+        yield CounterMetricFamily("sohbet_bytes_received", "Bytes read from sockets.", stats.bytes_received)
+        yield CounterMetricFamily("sohbet_bytes_sent", "Bytes written to sockets.", stats.bytes_sent)
+        handshakes = CounterMetricFamily(
+            "sohbet_handshakes", "WebSocket upgrades: accepted, or the status refused with.", labels=["result"]
+        )
+        for result, count in sorted(stats.handshakes.items()):
+            handshakes.add_metric([result], count)
+        yield handshakes
+        closes = CounterMetricFamily("sohbet_closes", "WebSocket connections ended, by close code.", labels=["code"])
+        for code, count in sorted(stats.closes.items()):
+            closes.add_metric([code], count)
+        yield closes
+        errors = CounterMetricFamily("sohbet_errors", "error answers, by code.", labels=["code"])
+        for code, count in chat.errors.items():
+            errors.add_metric([str(code)], count)
+        yield errors
+        yield CounterMetricFamily(
+            "sohbet_slow_consumers", "Connections closed with 4008 for not reading.", stats.slow_consumers
+        )
+        requests = CounterMetricFamily(
+            "sohbet_http_requests", "HTTP requests answered, by route and status.", labels=["route", "status"]
+        )
+        for (route, status), count in sorted(self.router.answered.items()):
+            requests.add_metric([route, str(status)], count)
+        for status, count in sorted(stats.http_answered.items()):
+            requests.add_metric([SERVER_ANSWERED, str(status)], count)
+        yield requests
+        yield _histogram(
+            "sohbet_store_commit_seconds", "Seconds a batch of messages took to commit.", chat.commit_seconds
+        )
+        yield _histogram("sohbet_store_batch_size", "Messages per committed batch.", chat.batch_size)
+        yield _histogram(
+            "sohbet_ack_latency_seconds", "Seconds from a chat:send accepted to its ack.", chat.ack_latency
+        )
+        yield from self.extra()
+
+
+def metrics_registry(collector: Collector) -> CollectorRegistry:
+    """A registry of its own for one server: *collector*, and the process and Python ones."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def register(router: Router, registry: CollectorRegistry, token: str | None) -> None:
+    """Serve *registry* at `GET /metrics`, behind `Authorization: Bearer <token>` when one is set."""
+    digest = None if token is None else hashlib.sha256(token.encode()).digest()
+
+    def metrics(request: Request, params: dict[str, str]) -> Response:
+        if digest is not None:
+            scheme, _, credential = (request.header("authorization") or "").strip().partition(" ")
+            offered = hashlib.sha256(credential.strip().encode()).digest()
+            if scheme.lower() != _BEARER or not hmac.compare_digest(offered, digest):
+                body = error_body(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <metrics token>")
+                return Response(HTTPStatus.UNAUTHORIZED, body, headers=(("WWW-Authenticate", "Bearer"),))
+        return Response(HTTPStatus.OK, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    router.add("GET", "/metrics", metrics)
