@@ -9,9 +9,11 @@ process at startup, never later.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from sohbet.chat.limits import Rate
 from sohbet.chat.model import DIRECT_MEMBERS
@@ -126,6 +128,16 @@ class StoreConfig:
     def is_postgres(self) -> bool:
         """Whether the URL names a PostgreSQL server."""
         return self.url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password replaced by `***`: fit for a log line."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
     @property
     def sqlite_path(self) -> str:
@@ -420,6 +432,24 @@ class Config:
             f"drain_delay_s of {self.drain_delay_s} must be below shutdown_timeout_s of {self.shutdown_timeout_s}",
         )
         require(self.redis_url is None, REDIS_NOT_SUPPORTED)
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration, for the log line at start: every setting but the
+        secrets (the fields kept out of `repr`), and the database URL without its password."""
+
+        def plain(value: object) -> object:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr}
+            if isinstance(value, frozenset):
+                return sorted(map(str, value))
+            return value
+
+        described = plain(self)
+        assert isinstance(described, dict)  # a Config is a dataclass
+        described["store"]["url"] = self.store.safe_url
+        described["auth"]["api_key_set"] = self.auth.api_key is not None
+        described["metrics_token_set"] = self.metrics_token is not None
+        return described
 
     @property
     def warnings(self) -> list[str]:

@@ -62,6 +62,9 @@ class ChatCollector(Collector):
             "sohbet_users_online", "Users online (connected, or within the grace period).", self.chat.hub.online_count
         )
         yield GaugeMetricFamily("sohbet_writer_queue", "chat:sends waiting for a batch.", self.chat.writer.queued)
+        yield GaugeMetricFamily(
+            "sohbet_storage_up", "1 if storage answered when last asked, else 0.", int(self.chat.ctx.storage_up)
+        )
         received = CounterMetricFamily(
             "sohbet_messages_received", "WebSocket requests received, by type.", labels=["type"]
         )

@@ -26,6 +26,7 @@ from typing import Any
 import uvloop
 
 from sohbet import __version__
+from sohbet.app import logs
 from sohbet.app.compose import App, AppConfig
 from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S
 from sohbet.auth import issue_token
@@ -203,6 +204,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         store,
     )
     await app.start(config.host, config.port)
+    log.info("configuration", extra={"config": config.describe()})
     kind = "postgres" if config.store.is_postgres else f"sqlite {config.store.sqlite_path}"
     log.info(
         "sohbet %s listening on ws://%s:%d/ws (storage: %s; frame core: %s)",
@@ -234,11 +236,16 @@ async def _migrate(config: Config) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The `sohbet-server` console command."""
     args = vars(_parser().parse_args(argv))
-    # Warnings while the config is read (a generated secret) show at the default level.
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # What is logged while the configuration is read (a generated secret, a readable key file)
+    # waits for it, to come out in the format it asks for.
+    held = logs.hold_early_records()
     try:
-        config = build_config(args, dict(os.environ))
-        logging.getLogger().setLevel(config.log_level.upper())
+        try:
+            config = build_config(args, dict(os.environ))
+        except ConfigError:
+            logs.configure("warning", "text", held)
+            raise
+        logs.configure(config.log_level, config.log_format, held)
         command = args.get("command") or "serve"
         if command == "token":
             print(issue_token(config.auth, args["user_id"], args["ttl"], time.time()))

@@ -9,6 +9,7 @@ HTTP API of step 6 will be added.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Final, Generic, TypeVar
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs
 
 from sohbet.api.router import ANY_METHOD, Router
 from sohbet.auth import Identity
-from sohbet.errors import AuthError, InvalidHandshake, StoreError
+from sohbet.errors import AuthError, InvalidHandshake, StoreError, StoreUnavailable
 from sohbet.service import ChatService, Session, Socket
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.handshake import WEBSOCKET_VERSION, Upgrade
@@ -33,6 +34,8 @@ READY_CACHE_S: Final = 1.0
 READY_TIMEOUT_S: Final = 2.0
 
 T = TypeVar("T")
+#: One line per connection opened and closed: who, which connection, why it closed.
+conn_log = logging.getLogger("sohbet.conn")
 
 
 class Shared(Generic[T]):
@@ -118,6 +121,7 @@ class ChatGateway(Handler):
     def on_open(self, ws: WebSocket) -> None:  # see Handler
         identity = ws.data
         assert isinstance(identity, Identity)  # what accept() returned
+        conn_log.info("connection opened", extra={"conn": ws.id, "user": identity.user_id, "addr": ws.address})
         ws.data = self.chat.open(ws, identity)
 
     def on_message(self, ws: WebSocket, data: bytes, is_text: bool) -> None:  # see Handler
@@ -133,6 +137,8 @@ class ChatGateway(Handler):
         session = ws.data
         if isinstance(session, Session):
             self.chat.closed(session)
+        user = session.user if isinstance(session, Session) else None
+        conn_log.info("connection closed", extra={"conn": ws.id, "user": user, "code": code, "reason": reason})
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -153,8 +159,13 @@ class ChatGateway(Handler):
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await self.chat.store.ping()
-        except (StoreError, TimeoutError):
+        except StoreError as exc:
+            self.chat.ctx.storage_failed(exc)
             return False
+        except TimeoutError:
+            self.chat.ctx.storage_failed(StoreUnavailable(f"no answer within {READY_TIMEOUT_S:g} s"))
+            return False
+        self.chat.ctx.storage_answered()
         return True
 
     def _not_upgraded(self, request: Request, params: dict[str, str]) -> Response:

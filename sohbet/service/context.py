@@ -88,9 +88,23 @@ class Context:
         self._conversation_loads: dict[UserId, asyncio.Future[set[ConversationId]]] = {}
         #: What the service counts, for the metrics endpoint.
         self.stats = ChatStats()
+        #: Whether storage answered last time it was asked; its changes are logged once each.
+        self.storage_up = True
         #: `internal` answers so far (each a bug); a traceback is logged once per place.
         self.internal_errors = 0
         self._logged_bugs: set[tuple[str, str, int]] = set()
+
+    def storage_failed(self, exc: BaseException) -> None:
+        """Storage did not answer: logged when it goes down, not at every failure meanwhile."""
+        if self.storage_up:
+            self.storage_up = False
+            log.error("storage is down: %s", exc)
+
+    def storage_answered(self) -> None:
+        """Storage answered: logged when it comes back."""
+        if not self.storage_up:
+            self.storage_up = True
+            log.warning("storage is back")
 
     def wall_ms(self) -> int:
         """Now, as the milliseconds since the epoch that timestamps are stored in."""
@@ -195,7 +209,7 @@ class Context:
         except InvalidCursor as exc:
             self.error(session, ErrorCode.BAD_REQUEST, str(exc), envelope.ref)
         except StoreError as exc:
-            log.warning("store failed on %s: %s", envelope.type, exc)
+            self.storage_failed(exc)
             self.error(session, ErrorCode.UNAVAILABLE, "storage is unavailable; retry", envelope.ref)
         except Exception as exc:
             self.bug(envelope.type, exc)

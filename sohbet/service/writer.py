@@ -172,6 +172,7 @@ class Writer:
         try:
             stored = result.result()
         except StoreUnavailable as exc:
+            self.ctx.storage_failed(exc)
             log.warning("could not store %d messages: %s", len(batch), exc)
             self._unavailable(batch, uncertain=True)
             return
@@ -191,6 +192,7 @@ class Writer:
                 else:
                     await self._answer([send], alone)
             return
+        self.ctx.storage_answered()
         await self._answer(batch, stored)
 
     async def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:

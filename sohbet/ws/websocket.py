@@ -38,6 +38,7 @@ PHASE_LINGERING: Final = 3
 PHASE_CLOSED: Final = 4
 
 _ACCEPTED: Final = "accepted"  # the label of an upgrade that succeeded
+_HOST_PORT: Final = 2  # a peer address is (host, port) for IPv4, (host, port, flow, scope) for IPv6
 
 
 class WebSocket(asyncio.Protocol):
@@ -201,6 +202,14 @@ class WebSocket(asyncio.Protocol):
             self._drain = asyncio.get_running_loop().create_future()
         await self._drain
 
+    @property
+    def address(self) -> str:
+        """The peer's address as `host:port`, for the log."""
+        remote = self.remote
+        if isinstance(remote, tuple) and len(remote) >= _HOST_PORT:
+            return f"{remote[0]}:{remote[1]}"
+        return str(remote)
+
     # -- sending ---------------------------------------------------------------------------
 
     @property
@@ -340,7 +349,12 @@ class WebSocket(asyncio.Protocol):
             stats.handshakes[str(status)] = stats.handshakes.get(str(status), 0) + 1
         else:
             stats.http_answered[status] = stats.http_answered.get(status, 0) + 1
-        log.debug("refused connection %d: %d %s", self.id, status, exc)
+        if upgrade:
+            log.info(
+                "refused upgrade", extra={"conn": self.id, "addr": self.address, "status": status, "reason": str(exc)}
+            )
+        else:
+            log.debug("refused request", extra={"conn": self.id, "status": status, "reason": str(exc)})
         answer = http11.error_response(status, str(exc), exc.headers)
         stats.bytes_sent += len(answer)
         self._transport.write(answer)
