@@ -151,6 +151,8 @@ class ChatGateway(Handler):
         return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
 
     async def _ready(self, request: Request, params: dict[str, str]) -> Response:
+        if not self.accepting:  # starting, or shutting down: a load balancer sends nobody new
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
         if await self.readiness.get():
             return Response(HTTPStatus.OK, b'{"status":"ready"}')
         return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
