@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from sohbet.chat.limits import Rate
 from sohbet.chat.model import DIRECT_MEMBERS
 from sohbet.chat.wire import SUBPROTOCOL
 from sohbet.errors import ConfigError
@@ -29,6 +28,7 @@ from sohbet.ws.config import (
     require_at_least,
     require_within,
 )
+from sohbet.ws.rates import Rate
 
 __all__ = [
     "SETTINGS",

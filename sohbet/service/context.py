@@ -27,7 +27,6 @@ from typing import Any, Final
 
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConversationId, UserId
-from sohbet.chat.limits import Rate, RateLimiter
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
@@ -35,6 +34,7 @@ from sohbet.service.session import Clock, Outbox, Session, Socket
 from sohbet.service.stats import ChatStats
 from sohbet.store import InvalidCursor, MessageStore
 from sohbet.ws.codes import CloseCode
+from sohbet.ws.rates import Rate, RateLimiter
 
 __all__ = ["AsyncRequestHandler", "Context", "RequestHandler", "not_a_member"]
 

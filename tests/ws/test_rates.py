@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sohbet.chat.limits import Rate, RateLimiter
+from sohbet.ws.rates import Rate, RateLimiter
 
 RATE = Rate(per_s=2, burst=3)
 

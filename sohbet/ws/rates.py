@@ -1,11 +1,13 @@
-"""Token buckets: how often each user may ask for each kind of work.
+"""Token buckets: how often each user may ask for each kind of work, and each address may open
+a connection.
 
-Layer: domain. Imports only the standard library. Pure and synchronous; time comes in as an
-argument.
+Layer: ws (sans-I/O). Imports only the standard library. Pure and synchronous; time comes in
+as an argument. It lives in the lowest layer that needs it: the server counts connections per
+address with it, the chat service requests per user.
 
-One bucket per (user, kind), shared by all the user's connections, so opening more connections
-buys no more work. A bucket that has refilled is the same as no bucket, so `forget` drops it and
-an idle server holds none.
+The chat service keeps one bucket per (user, kind), shared by all the user's connections, so
+opening more connections buys no more work. A bucket that has refilled is the same as no
+bucket, so `forget` drops it and an idle server holds none.
 """
 
 from __future__ import annotations
