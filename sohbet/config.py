@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sohbet.chat.model import DIRECT_MEMBERS
 from sohbet.chat.wire import SUBPROTOCOL
 from sohbet.errors import ConfigError
+from sohbet.ws.addresses import IPNetwork, parse_networks
 from sohbet.ws.config import (
     HTTP_LIFETIME_S,
     MAX_PIPELINED_REQUESTS,
@@ -324,6 +325,15 @@ SETTINGS: tuple[Setting, ...] = (
         "requests per connection read but not yet answered; more: the earlier ones are answered, then it closes",
     ),
     Setting("max_connections_per_user", int, 10, "open connections per user (close 1008 above)"),
+    Setting("address_rate", float, 20.0, "new WebSocket connections per second per client address (429 above)"),
+    Setting("address_burst", int, 20, "burst allowance of new connections per client address"),
+    Setting("max_connections_per_address", int, 200, "open WebSocket connections per client address (429 above)"),
+    Setting(
+        "trusted_proxies",
+        str,
+        "",
+        "comma-separated CIDRs of proxies whose X-Forwarded-For names the client; empty: none",
+    ),
     Setting("max_message_bytes", int, 65536, "largest WebSocket message, after reassembly and inflating"),
     Setting("linger", float, 2.0, "seconds a closed socket still reads (and drops) input, so clients see why; 0: none"),
     Setting("linger_bytes", int, 1 << 20, "bytes read and discarded at most meanwhile; 0 means only the time counts"),
@@ -367,6 +377,13 @@ def _coerce(setting: Setting, value: object, source: str) -> object:
         return setting.kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {value!r} is not a valid {setting.kind.__name__} for {setting.name}") from None
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise ConfigError(f"trusted_proxies: {exc}") from None
 
 
 def merge_settings(
@@ -442,7 +459,9 @@ class Config:
                 return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.repr}
             if isinstance(value, frozenset):
                 return sorted(map(str, value))
-            return value
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            return value if isinstance(value, str | int | float | bool | None) else str(value)
 
         described = plain(self)
         assert isinstance(described, dict)  # a Config is a dataclass
@@ -493,6 +512,10 @@ class Config:
                 linger_s=float(v["linger"]),  # type: ignore[arg-type]  # coerced
                 linger_bytes=int(v["linger_bytes"]),  # type: ignore[call-overload]  # coerced
                 max_body_bytes=int(v["max_body_bytes"]),  # type: ignore[call-overload]  # coerced
+                address_rate_per_s=float(v["address_rate"]),  # type: ignore[arg-type]  # coerced
+                address_burst=int(v["address_burst"]),  # type: ignore[call-overload]  # coerced
+                max_connections_per_address=int(v["max_connections_per_address"]),  # type: ignore[call-overload]  # coerced
+                trusted_proxies=_networks(str(v["trusted_proxies"])),
                 request_timeout_s=float(v["request_timeout"]),  # type: ignore[arg-type]  # coerced
             ),
             websocket=WebSocketConfig(

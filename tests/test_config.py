@@ -148,6 +148,9 @@ def test_config_from_settings() -> None:
             "SOHBET_SHUTDOWN_TIMEOUT": "20",
             "SOHBET_DRAIN_DELAY": "5",
             "SOHBET_LOG_FORMAT": "json",
+            "SOHBET_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+            "SOHBET_ADDRESS_RATE": "5",
+            "SOHBET_MAX_CONNECTIONS_PER_ADDRESS": "7",
         }
     )
     assert config.port == 9000
@@ -161,6 +164,14 @@ def test_config_from_settings() -> None:
     assert (config.limits.max_body_bytes, config.limits.request_timeout_s) == (4096, 2.5)
     assert (config.shutdown_timeout_s, config.drain_delay_s, config.log_format) == (20.0, 5.0, "json")
     assert config.metrics_token == "m" * 16
+    assert [str(n) for n in config.limits.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    assert (config.limits.address_rate_per_s, config.limits.address_burst) == (5.0, 20)
+    assert config.limits.max_connections_per_address == 7
+    described = config.describe()
+    assert described["limits"]["trusted_proxies"] == ["10.0.0.0/8", "::1/128"]
+    assert described["auth"] == {"algorithm": "HS256", "audience": "chat", "issuer": None, "leeway_s": 5.0,
+                                 "api_key_set": True}  # fmt: skip
+    assert described["metrics_token_set"] is True
     for secret in (SECRET, "k" * 32, "m" * 16):
         assert secret not in repr(config)  # secrets never reach a log line
     pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})
@@ -204,6 +215,12 @@ def test_config_from_settings() -> None:
         (lambda: Config(auth=AuthConfig(secret=SECRET), drain_delay_s=-1), "drain_delay_s"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), drain_delay_s=10), "must be below shutdown_timeout_s"),
         (lambda: Limits(request_timeout_s=0), "request_timeout_s of 0 is not positive"),
+        (lambda: Limits(address_burst=0), "address_burst of 0 is below 1"),
+        (lambda: Limits(address_rate_per_s=-1), "address_rate_per_s of -1"),
+        (
+            lambda: Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_TRUSTED_PROXIES": "10.0.0.0/8,lb"}),
+            "trusted_proxies: 'lb' does not appear",
+        ),
         (lambda: Config(auth=AuthConfig(secret=SECRET), redis_url="redis://h"), "--redis-url .* not yet supported"),
     ],
 )

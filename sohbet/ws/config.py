@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sohbet.errors import ConfigError
+from sohbet.ws.addresses import IPNetwork
 from sohbet.ws.codes import MAX_CONTROL_PAYLOAD
 
 __all__ = [
@@ -112,10 +113,26 @@ class Limits:
     #: Open sockets per server, plain HTTP and WebSocket together: a socket accepted beyond them
     #: gets a 503 to its first request and is closed; 0: no limit.
     max_connections: int = 0
+    #: New WebSocket connections per second from one client address (429 above it), in bursts
+    #: of `address_burst`; 0: no limit (the library's default; the chat server's is 20).
+    address_rate_per_s: float = 0.0
+    address_burst: int = 20
+    #: Open WebSocket connections per client address (429 above it); 0: no limit (the chat
+    #: server's default is 200).
+    max_connections_per_address: int = 0
+    #: Peers whose `X-Forwarded-For` names the client (docs/protocol.md, "Limits").
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         require_at_least("max_message_bytes", self.max_message_bytes, MAX_CONTROL_PAYLOAD)
-        for name in ("max_fragments", "max_frames_per_10s", "max_connections", "linger_bytes"):
+        for name in (
+            "max_fragments",
+            "max_frames_per_10s",
+            "max_connections",
+            "linger_bytes",
+            "address_rate_per_s",
+            "max_connections_per_address",
+        ):
             require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
         for name in (
             "message_timeout_s",
@@ -136,6 +153,7 @@ class Limits:
             f"max_header_bytes of {self.max_header_bytes} is below max_line_bytes of {self.max_line_bytes}",
         )
         require_at_least("max_headers", self.max_headers, 8)
+        require(self.address_burst >= 1, f"address_burst of {self.address_burst} is below 1")
         require(self.max_body_bytes >= 0, f"max_body_bytes of {self.max_body_bytes} is negative")
         require(
             self.max_buffered_bytes >= self.buffer_high_water_bytes > 0,

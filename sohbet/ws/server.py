@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Iterable
 from typing import Final
 
 from sohbet.ws import handshake, http11
+from sohbet.ws.addresses import AddressBook
 from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.frames import IMPLEMENTATION, build_frame
 from sohbet.ws.http11 import NOT_FOUND, Response
+from sohbet.ws.rates import Rate
 from sohbet.ws.websocket import PHASE_HTTP, PHASE_LINGERING, PHASE_WS, WebSocket
 
 __all__ = ["Handler", "Response", "Server", "ServerStats", "WebSocket", "broadcast", "serve"]
@@ -118,6 +120,11 @@ class Server:
         self.closing = False
         #: What the server counts, for the metrics endpoint.
         self.stats = ServerStats()
+        limits = self.limits
+        #: WebSocket connections per client address: new ones per second, open ones.
+        self.addresses = AddressBook(
+            Rate(limits.address_rate_per_s, limits.address_burst), limits.max_connections_per_address
+        )
         self.now = 0.0
 
     @property
@@ -142,6 +149,7 @@ class Server:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = self.now = loop.time()
+        self.addresses.forget(now)
         rate_limited = self.limits.max_frames_per_10s > 0
         for ws in list(self._sockets.values()):
             if rate_limited and ws._conn is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
+from sohbet.ws.addresses import client_address
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.http_phase import HttpPhase
@@ -55,6 +56,7 @@ class WebSocket(asyncio.Protocol):
         "_batch",
         "_close_at",
         "_conn",
+        "_counted",
         "_drain",
         "_http",
         "_last_rx",
@@ -66,6 +68,7 @@ class WebSocket(asyncio.Protocol):
         "_ping_at",
         "_server",
         "_transport",
+        "client",
         "data",
         "id",
         "remote",
@@ -90,6 +93,10 @@ class WebSocket(asyncio.Protocol):
         self.data: object = None
         self.subprotocol: str | None = None
         self.remote: object = None  # the peer address as the socket reports it
+        #: The client's address: the peer's, or behind a trusted proxy the one it forwarded
+        #: (known once an upgrade is asked for).
+        self.client: str | None = None
+        self._counted = False  # counted among its client address's open connections
         self._http: HttpPhase | None = HttpPhase(self)  # until the upgrade
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -158,6 +165,7 @@ class WebSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:  # asyncio's contract
         server = self._server
         server._sockets.pop(self.id, None)
+        self._uncount()
         if self._http is not None:
             self._http.cancel()
         if server.connections.pop(self.id, None) is not None:
@@ -204,11 +212,24 @@ class WebSocket(asyncio.Protocol):
 
     @property
     def address(self) -> str:
-        """The peer's address as `host:port`, for the log."""
+        """Who is connected, for the log: the client's address once known (see `client`), else
+        the peer's `host:port`."""
+        if self.client is not None:
+            return self.client
         remote = self.remote
         if isinstance(remote, tuple) and len(remote) >= _HOST_PORT:
             return f"{remote[0]}:{remote[1]}"
         return str(remote)
+
+    def _peer_host(self) -> str:
+        remote = self.remote
+        return str(remote[0]) if isinstance(remote, tuple) and remote else str(remote)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            assert self.client is not None  # set before it was counted
+            self._server.addresses.release(self.client)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -281,6 +302,7 @@ class WebSocket(asyncio.Protocol):
         §7.1.1), but not at once: see `_linger`.
         """
         self._phase = PHASE_CLOSED  # before on_close: sends from it are dropped
+        self._uncount()  # a lingering socket no longer counts as its address's connection
         if self._server.connections.pop(self.id, None) is not None:
             self._report_close(code, reason)
         self._linger()
@@ -362,8 +384,16 @@ class WebSocket(asyncio.Protocol):
 
     def _upgrade(self, request: http11.Request, rest: bytes) -> None:
         server = self._server
+        limits = server.limits
         try:
             upgrade = handshake.validate_upgrade(request, server.websocket)
+            # After the checks of the request itself (400, 426, 403), before the application's
+            # (401, which costs a signature check): an address over its limits pays for nothing.
+            self.client = client_address(self._peer_host(), request.header("x-forwarded-for"), limits.trusted_proxies)
+            refused = server.addresses.admit(self.client, server.now)
+            if refused is not None:
+                reason, wait_s = refused
+                raise InvalidHandshake(HTTPStatus.TOO_MANY_REQUESTS, reason, (("Retry-After", str(wait_s)),))
             data = server.handler.accept(request, upgrade)
         except InvalidHandshake as exc:
             self._refuse(exc, upgrade=True)
@@ -376,7 +406,6 @@ class WebSocket(asyncio.Protocol):
         if http is not None and http.over_capacity:  # last of the checks, as the protocol orders them
             self._refuse(http.at_capacity(), upgrade=True)
             return
-        limits = server.limits
         compression = server.websocket.compression
         self._conn = Connection(
             max_message_bytes=limits.max_message_bytes,
@@ -392,6 +421,8 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_WS
         self._last_rx = server.now
         server.connections[self.id] = self
+        server.addresses.opened(self.client)
+        self._counted = True
         stats = server.stats
         stats.handshakes[_ACCEPTED] = stats.handshakes.get(_ACCEPTED, 0) + 1
         switching = handshake.switching_protocols(upgrade)

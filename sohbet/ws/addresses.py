@@ -1,0 +1,111 @@
+"""Client addresses: who a connection comes from (behind trusted proxies too), and how many
+connections each address may open and hold (docs/protocol.md, "Limits").
+
+Layer: ws (sans-I/O). Imports the standard library and `sohbet.ws.rates`; time comes in as an
+argument.
+
+Behind a proxy every connection comes from the proxy's address. Only when the peer is one of
+the configured trusted proxies does `X-Forwarded-For` say more: its entries are read from the
+right (the hop nearest to us) while they name trusted proxies, and the first one that does not
+is the client. A peer nobody trusts cannot pick its own address by sending the header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Final
+
+from sohbet.ws.rates import Rate, RateLimiter
+
+__all__ = ["AddressBook", "IPNetwork", "client_address", "parse_networks"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: X-Forwarded-For entries read at most: a proxy chain is a few hops; the rest is not read.
+_MAX_HOPS: Final = 16
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs (`10.0.0.0/8, ::1`) as networks; a bare address is a /32 or /128.
+
+    Raises:
+        ValueError: an entry that is not an address or a network.
+    """
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    return ip
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
+    """The address of the client behind *peer*: *peer* itself unless it is a trusted proxy, in
+    which case the nearest untrusted entry of *forwarded_for* (or the farthest one read, if all
+    are trusted). An entry that is not an address ends the walk at the hop before it."""
+    ip = _ip(peer)
+    if ip is None:
+        return peer  # not an IP socket (a Unix socket, say): nothing to walk
+    hops = [h for h in (forwarded_for or "").split(",")[-_MAX_HOPS:] if h.strip()]
+    while hops and any(ip in network for network in trusted):
+        nearer = _ip(hops.pop())
+        if nearer is None:
+            break
+        ip = nearer
+    return str(ip)
+
+
+class AddressBook:
+    """Connections per client address: a rate of new ones (a token bucket each) and a count of
+    open ones. Only addresses with open connections or a bucket not yet full again are kept."""
+
+    def __init__(self, rate: Rate, max_open: int) -> None:
+        self.rate = rate
+        self.max_open = max_open
+        self._buckets: RateLimiter[str] = RateLimiter()
+        self._open: dict[str, int] = {}
+
+    def admit(self, address: str, now: float) -> tuple[str, int] | None:
+        """Whether *address* may open a connection now; an attempt spends a token either way,
+        so a refused one (a bad token, say) costs its sender as much as one that succeeds.
+
+        Returns:
+            None when it may (`opened` once it has); else the reason, and the seconds to wait.
+        """
+        held = self._open.get(address, 0)
+        if self.max_open and held >= self.max_open:
+            return f"{address} holds {held} connections, the most allowed", 1
+        wait_ms = self._buckets.take(address, now, self.rate)
+        if wait_ms:
+            return f"more than {self.rate.per_s:g} new connections per second from {address}", -(-wait_ms // 1000)
+        return None
+
+    def opened(self, address: str) -> None:
+        """A connection from *address* is open: it counts until `release`."""
+        self._open[address] = self._open.get(address, 0) + 1
+
+    def release(self, address: str) -> None:
+        """A connection `opened` counted has ended."""
+        held = self._open.get(address, 0) - 1
+        if held > 0:
+            self._open[address] = held
+        else:
+            self._open.pop(address, None)
+
+    def forget(self, now: float) -> None:
+        """Drop the buckets that are full again by *now* (an idle address costs nothing)."""
+        self._buckets.forget(now)
+
+    def open_count(self, address: str) -> int:
+        """The connections *address* holds."""
+        return self._open.get(address, 0)
+
+    @property
+    def addresses(self) -> Iterable[str]:
+        """The addresses holding connections."""
+        return self._open.keys()

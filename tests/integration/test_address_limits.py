@@ -1,0 +1,122 @@
+"""Per-address limits over real sockets (docs/protocol.md, "Limits"): new WebSocket connections
+per second and open ones per client address answer 429 with `Retry-After`, and behind a trusted
+proxy the address is the one `X-Forwarded-For` names; from anyone else the header is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import websockets
+
+from sohbet.ws.addresses import parse_networks
+from sohbet.ws.config import Limits
+
+from ..chatkit import Harness, chat_server, token
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+async def upgrade(h: Harness, user: str = "u", **headers: str) -> Any:
+    """Open a WebSocket; return it, or the HTTP response that refused it."""
+    try:
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{h.server.port}/ws",
+            additional_headers={"Authorization": f"Bearer {token(user)}", **headers},
+        )
+    except websockets.InvalidStatus as exc:
+        return exc.response
+    await ws.recv()  # hello
+    return ws
+
+
+def test_new_connections_per_second_from_one_address(run: Run, tmp_path: Any) -> None:
+    limits = Limits(address_rate_per_s=0.5, address_burst=3)
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            opened = [await upgrade(h, f"u{n}") for n in range(3)]
+            assert all(isinstance(ws, websockets.ClientConnection) for ws in opened)
+            refused = await upgrade(h, "u3")
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+            assert b'"code":"rate_limited"' in refused.body and b"new connections per second" in refused.body
+            # A bad token from an address over its rate: 429 first, no signature is checked for it.
+            assert (await upgrade(h, Authorization="Bearer forged")).status_code == 429
+            # Plain HTTP is not counted: health checks and the API go on.
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{h.server.port}/healthz") as r:
+                assert r.status == 200
+            for ws in opened:
+                await ws.close()
+
+    run(main())
+
+
+def test_open_connections_per_address(run: Run, tmp_path: Any) -> None:
+    limits = Limits(max_connections_per_address=2)
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            first, second = await upgrade(h, "a"), await upgrade(h, "b")
+            refused = await upgrade(h, "c")
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+            assert b"holds 2 connections" in refused.body
+            await first.close()
+            async with asyncio.timeout(5):  # the close reaches the server, then the address has room
+                while h.server.addresses.open_count("127.0.0.1") != 1:
+                    await asyncio.sleep(0.01)
+            third = await upgrade(h, "c")
+            assert isinstance(third, websockets.ClientConnection)
+            for ws in (second, third):
+                await ws.close()
+
+    run(main())
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(run: Run, tmp_path: Any) -> None:
+    limits = Limits(max_connections_per_address=1, trusted_proxies=parse_networks("127.0.0.0/8"))
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            one = await upgrade(h, "a", **{"X-Forwarded-For": "198.51.100.1"})
+            two = await upgrade(h, "b", **{"X-Forwarded-For": "198.51.100.2, 127.0.0.1"})
+            assert isinstance(one, websockets.ClientConnection) and isinstance(two, websockets.ClientConnection)
+            again = await upgrade(h, "c", **{"X-Forwarded-For": "198.51.100.1"})
+            assert again.status_code == 429 and b"198.51.100.1 holds 1 connections" in again.body
+            assert sorted(h.server.addresses.addresses) == ["198.51.100.1", "198.51.100.2"]
+            for ws in (one, two):
+                await ws.close()
+
+    run(main())
+
+
+def test_an_untrusted_peer_cannot_choose_its_address(run: Run, tmp_path: Any) -> None:
+    limits = Limits(max_connections_per_address=1, trusted_proxies=parse_networks("10.0.0.0/8"))
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            one = await upgrade(h, "a", **{"X-Forwarded-For": "198.51.100.1"})
+            other = await upgrade(h, "b", **{"X-Forwarded-For": "198.51.100.2"})
+            assert other.status_code == 429 and b"127.0.0.1 holds 1 connections" in other.body
+            await one.close()
+
+    run(main())
+
+
+def test_the_origin_check_comes_before_the_address_limits(run: Run, tmp_path: Any) -> None:
+    limits = Limits(address_rate_per_s=0.01, address_burst=1)
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            h.server.websocket = h.server.websocket.__class__(
+                subprotocols=("sohbet.v1",), allowed_origins=frozenset({"https://chat.example"})
+            )
+            ok = await upgrade(h, "a", Origin="https://chat.example")
+            assert isinstance(ok, websockets.ClientConnection)
+            assert (await upgrade(h, "b", Origin="https://evil.example")).status_code == 403  # 403 first
+            assert (await upgrade(h, "b", Origin="https://chat.example")).status_code == 429
+            await ok.close()
+
+    run(main())
