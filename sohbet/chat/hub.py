@@ -111,6 +111,12 @@ class Hub(Generic[C]):
         table = self._connections
         return [c for user in users if (conns := table.get(user)) for c in conns]
 
+    def unconnected(self, users: Iterable[UserId]) -> list[UserId]:
+        """The users in *users* with no open connection, here or on another instance (a user in
+        the grace period has none): whom a push notification must reach instead."""
+        local, remote = self._connections, self._remote
+        return [u for u in users if u not in local and u not in remote]
+
     def all_connections(self) -> list[C]:
         """Every local connection (an announcement to everyone)."""
         return [c for conns in self._connections.values() for c in conns]

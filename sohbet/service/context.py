@@ -30,7 +30,7 @@ from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
-from sohbet.service.session import Clock, Outbox, Session, Socket
+from sohbet.service.session import Clock, Notifier, Outbox, Session, Socket
 from sohbet.service.stats import ChatStats
 from sohbet.store import InvalidCursor, MessageStore
 from sohbet.ws.codes import CloseCode
@@ -64,11 +64,15 @@ def not_a_member(conversation: ConversationId) -> MessageRejected:
 class Context:
     """The state and helpers the request families of one server process share."""
 
-    def __init__(self, store: MessageStore, config: ChatConfig, outbox: Outbox, clock: Clock) -> None:
+    def __init__(
+        self, store: MessageStore, config: ChatConfig, outbox: Outbox, clock: Clock, notifier: Notifier | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.outbox = outbox
         self.clock = clock
+        #: Told of each new message's members who had no connection (the webhook), if any.
+        self.notifier = notifier
         self.hub: Hub[Socket] = Hub(config.member_cache_size)
         self.limiter: RateLimiter[tuple[UserId, str]] = RateLimiter()
         #: The bucket each request type spends from (the `chat:send` one is the writer's).

@@ -27,7 +27,7 @@ from sohbet.service.context import Context, RequestHandler
 from sohbet.service.conversations import Conversations
 from sohbet.service.messaging import Messaging
 from sohbet.service.presence import Presence
-from sohbet.service.session import Call, Clock, LoopClock, Outbox, Session, Socket
+from sohbet.service.session import Call, Clock, LoopClock, Notifier, Outbox, Session, Socket
 from sohbet.service.sync import Sync
 from sohbet.service.writer import Writer
 from sohbet.store import MessageStore
@@ -58,8 +58,9 @@ class ChatService:
         writers: int = 1,
         depth: int = 1,
         clock: Clock | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
-        self.ctx = Context(store, config, outbox, clock or LoopClock())
+        self.ctx = Context(store, config, outbox, clock or LoopClock(), notifier)
         self.verifier = verifier
         self.max_message_bytes = max_message_bytes
         self.leeway_s = leeway_s

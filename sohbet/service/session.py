@@ -22,7 +22,7 @@ from sohbet.chat.model import StoredMessage
 from sohbet.chat.wire import EventType
 from sohbet.ws.codes import CloseCode
 
-__all__ = ["NO_SOCKET", "Call", "Clock", "LoopClock", "Outbox", "Session", "Socket"]
+__all__ = ["NO_SOCKET", "Call", "Clock", "LoopClock", "Notifier", "Outbox", "Session", "Socket"]
 
 
 class Socket(Protocol):
@@ -58,6 +58,15 @@ class Outbox(Protocol):
     """Delivers one encoded message to many sockets (all but *skip*), framing it once."""
 
     def deliver(self, sockets: Iterable[Socket], data: bytes, *, skip: Socket | None = None) -> int: ...
+
+
+class Notifier(Protocol):
+    """Tells the application of messages for members who had no open connection (the webhook).
+
+    `notify` must return at once and never raise: it runs in the writer, per message.
+    """
+
+    def notify(self, recipients: list[UserId], message: dict[str, Any]) -> None: ...
 
 
 class Clock(Protocol):

@@ -244,6 +244,11 @@ class Writer:
         if message.is_new or lost:
             members = ctx.hub.members(message.conversation_id) or ()
             ctx.to_members(members, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
+            notifier = ctx.notifier
+            if notifier is not None:
+                offline = ctx.hub.unconnected(u for u in members if u != message.sender_id)
+                if offline:
+                    notifier.notify(offline, obj)
         if spent and not message.is_new:
             ctx.refund(session, _SEND)  # replays are free
         ctx.stats.acked += 1

@@ -170,6 +170,7 @@ async def world(
     max_batch: int = 512,
     max_queue: int = 20_000,
     depth: int = 1,
+    notifier: Any = None,
     **changes: Any,
 ) -> AsyncIterator[World]:
     """A chat service with *changes* to the default `ChatConfig`, on *store* or a new SQLite file."""
@@ -187,6 +188,7 @@ async def world(
         max_queue=max_queue,
         depth=depth,
         clock=clock,
+        notifier=notifier,
     )
     await service.start()
     try:
