@@ -38,6 +38,7 @@ __all__ = [
     "Config",
     "Setting",
     "StoreConfig",
+    "WebhookConfig",
     "merge_settings",
 ]
 
@@ -235,6 +236,47 @@ class ChatConfig:
         require(self.presence_grace_s >= 0, f"presence_grace_s of {self.presence_grace_s} is negative")
         require(self.typing_interval_s >= 0, f"typing_interval_s of {self.typing_interval_s} is negative")
         require(self.max_errors_per_10s >= 1, "max_errors_per_10s is below 1")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Where and how messages for offline members are POSTed to the application
+    (docs/protocol.md, "HTTP API", the webhook); `sohbet.api.webhook.WebhookSender` takes it."""
+
+    #: http:// or https:// URL of the application's receiver; None: no webhook.
+    url: str | None = field(default=None, repr=False)
+    #: Key of the `Sohbet-Signature` HMAC: its UTF-8 bytes, at least 32 of them; needed with a URL.
+    secret: str | None = field(default=None, repr=False)
+    #: Events in one POST.
+    batch_max: int = 100
+    #: After the first event of an idle spell, how long to wait for more before sending.
+    batch_wait_s: float = 0.1
+    #: Events waiting to be sent; more are dropped (counted, logged): chat never waits for it.
+    queue_max: int = 10_000
+    #: A batch is given up this long after its first attempt.
+    retry_for_s: float = 300.0
+    #: One POST, from connecting to the last byte of the answer's head.
+    timeout_s: float = 10.0
+    #: Exponential backoff between attempts: the first wait, doubling up to the last.
+    backoff_first_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            # The URL is not quoted in the message: its query or userinfo may hold a credential.
+            scheme, _, rest = self.url.partition("://")
+            require(scheme in {"http", "https"} and rest[:1] not in {"", "/"}, "webhook URL must be http(s)://host/...")
+            require(self.secret is not None, "a webhook URL needs a webhook secret")
+        if self.secret is not None:
+            n = len(self.secret.encode())
+            require(n >= MIN_SECRET_BYTES, f"webhook secret of {n} bytes is shorter than {MIN_SECRET_BYTES}")
+        require_within("batch_max", self.batch_max, 1, 10_000)
+        require_within("batch_wait_s", self.batch_wait_s, 0, 60)
+        require_within("queue_max", self.queue_max, self.batch_max, 10_000_000)
+        require_within("retry_for_s", self.retry_for_s, 0, 86_400)
+        require(self.timeout_s > 0, f"timeout_s of {self.timeout_s} is not positive")
+        require(self.backoff_first_s > 0, f"backoff_first_s of {self.backoff_first_s} is not positive")
+        require_within("backoff_max_s", self.backoff_max_s, self.backoff_first_s, 3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from sohbet.config import (  # noqa: E402  # grouped with the tests that use the
     ChatConfig,
     Config,
     StoreConfig,
+    WebhookConfig,
     merge_settings,
 )
 
@@ -222,6 +223,20 @@ def test_config_from_settings() -> None:
             "trusted_proxies: 'lb' does not appear",
         ),
         (lambda: Config(auth=AuthConfig(secret=SECRET), redis_url="redis://h"), "--redis-url .* not yet supported"),
+        (lambda: WebhookConfig(url="ftp://h/x", secret=SECRET), "webhook URL must be http"),
+        (lambda: WebhookConfig(url="https://", secret=SECRET), "webhook URL must be http"),
+        (lambda: WebhookConfig(url="http:///path", secret=SECRET), "webhook URL must be http"),
+        (lambda: WebhookConfig(url="hooks.example/x", secret=SECRET), "webhook URL must be http"),
+        (lambda: WebhookConfig(url="https://h/x"), "needs a webhook secret"),
+        (lambda: WebhookConfig(url="https://h/x", secret="short"), "webhook secret of 5 bytes is shorter than 32"),
+        (lambda: WebhookConfig(secret="ş" * 15), "webhook secret of 30 bytes"),  # bytes, not characters
+        (lambda: WebhookConfig(batch_max=0), "batch_max of 0 is outside 1-10000"),
+        (lambda: WebhookConfig(batch_wait_s=-0.1), "batch_wait_s"),
+        (lambda: WebhookConfig(batch_max=10, queue_max=5), "queue_max of 5 is outside 10-"),
+        (lambda: WebhookConfig(retry_for_s=-1), "retry_for_s"),
+        (lambda: WebhookConfig(timeout_s=0), "timeout_s of 0 is not positive"),
+        (lambda: WebhookConfig(backoff_first_s=0), "backoff_first_s of 0 is not positive"),
+        (lambda: WebhookConfig(backoff_first_s=2, backoff_max_s=1), "backoff_max_s of 1 is outside 2-"),
     ],
 )
 def test_sections_refuse_nonsense(make: object, match: str) -> None:
@@ -248,3 +263,11 @@ def test_the_secret_file_is_a_setting() -> None:
     values = merge_settings({"SOHBET_JWT_SECRET_FILE": "/run/secrets/jwt"})
     assert values["jwt_secret_file"] == "/run/secrets/jwt"
     assert "process list" in next(s.help for s in SETTINGS if s.name == "jwt_secret_file")
+
+
+def test_the_webhook_is_off_by_default_and_keeps_its_url_and_secret_out_of_logs() -> None:
+    assert WebhookConfig().url is None
+    config = WebhookConfig(url="https://user:pw@hooks.example/in?token=t0k", secret=SECRET, batch_wait_s=0)
+    assert (config.batch_max, config.queue_max, config.retry_for_s, config.timeout_s) == (100, 10_000, 300.0, 10.0)
+    assert "pw" not in repr(config) and "t0k" not in repr(config) and SECRET not in repr(config)
+    assert WebhookConfig(url="http://127.0.0.1:9/x", secret="ş" * 16).secret == "ş" * 16  # 32 bytes
