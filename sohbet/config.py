@@ -385,6 +385,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_timeout", float, 30.0, "seconds an HTTP request may take to be answered (503 after it)"),
     Setting("shutdown_timeout", float, 10.0, "seconds a graceful shutdown may take before it closes everything"),
     Setting("drain_delay", float, 0.0, "seconds between /readyz turning 503 and closing connections at shutdown"),
+    Setting("webhook_url", str, None, "http(s) URL to POST messages for members with no open connection to"),
+    Setting("webhook_secret", str, None, "key of the Sohbet-Signature HMAC, at least 32 bytes", secret=True),
+    Setting("webhook_secret_file", str, None, "file holding the webhook secret"),
+    Setting("webhook_batch", int, 100, "events in one webhook POST"),
+    Setting("webhook_queue", int, 10_000, "webhook events waiting; more are dropped (counted, logged)"),
+    Setting("webhook_retry_for", float, 300.0, "seconds a webhook batch is retried before it is given up"),
+    Setting("webhook_timeout", float, 10.0, "seconds one webhook POST may take"),
     Setting("log_level", str, "info", "debug, info, warning or error"),
     Setting("log_format", str, "text", "text (one readable line per event) or json (one JSON object per line)"),
 )
@@ -468,6 +475,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     redis_url: str | None = field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "text"
@@ -510,6 +518,7 @@ class Config:
         described["store"]["url"] = self.store.safe_url
         described["auth"]["api_key_set"] = self.auth.api_key is not None
         described["metrics_token_set"] = self.metrics_token is not None
+        described["webhook"]["url_set"] = self.webhook.url is not None
         return described
 
     @property
@@ -582,6 +591,14 @@ class Config:
                 max_connections_per_user=int(v["max_connections_per_user"]),  # type: ignore[call-overload]  # coerced
                 **{name: v[name] for name in _CHAT_SETTINGS},  # type: ignore[arg-type]  # coerced
                 **{f"{name}_rate_per_s": v[f"{name}_rate"] for name in ("create", "query", "sync", "signal")},  # type: ignore[arg-type]  # coerced
+            ),
+            webhook=WebhookConfig(
+                url=None if v["webhook_url"] is None else str(v["webhook_url"]),
+                secret=None if v["webhook_secret"] is None else str(v["webhook_secret"]),
+                batch_max=int(v["webhook_batch"]),  # type: ignore[call-overload]  # coerced
+                queue_max=int(v["webhook_queue"]),  # type: ignore[call-overload]  # coerced
+                retry_for_s=float(v["webhook_retry_for"]),  # type: ignore[arg-type]  # coerced
+                timeout_s=float(v["webhook_timeout"]),  # type: ignore[arg-type]  # coerced
             ),
             redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
             log_level=str(v["log_level"]),

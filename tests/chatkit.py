@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from sohbet.app.cli import make_store
 from sohbet.app.compose import App, AppConfig
 from sohbet.auth import issue_token
-from sohbet.config import AuthConfig, ChatConfig, StoreConfig
+from sohbet.config import AuthConfig, ChatConfig, StoreConfig, WebhookConfig
 from sohbet.service import ChatService
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits, WebSocketConfig
@@ -104,6 +104,7 @@ async def chat_server(
     store: MessageStore | None = None,
     depth: int | None = None,
     metrics_token: str | None = None,
+    webhook: WebhookConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
     HTTP API's key `API_KEY`; on exit everything it held must be released.
@@ -120,6 +121,7 @@ async def chat_server(
         websocket=WebSocketConfig(subprotocols=("sohbet.v1",)),
         store=StoreConfig(url=url),
         metrics_token=metrics_token,
+        webhook=webhook or WebhookConfig(),
     )
     app = App(config, store, write_depth=depth)
     await app.start("127.0.0.1", 0)

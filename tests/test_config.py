@@ -152,6 +152,10 @@ def test_config_from_settings() -> None:
             "SOHBET_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
             "SOHBET_ADDRESS_RATE": "5",
             "SOHBET_MAX_CONNECTIONS_PER_ADDRESS": "7",
+            "SOHBET_WEBHOOK_URL": "https://app.example/hooks/chat?key=in-the-url",
+            "SOHBET_WEBHOOK_SECRET": "w" * 32,
+            "SOHBET_WEBHOOK_BATCH": "10",
+            "SOHBET_WEBHOOK_RETRY_FOR": "60",
         }
     )
     assert config.port == 9000
@@ -173,6 +177,14 @@ def test_config_from_settings() -> None:
     assert described["auth"] == {"algorithm": "HS256", "audience": "chat", "issuer": None, "leeway_s": 5.0,
                                  "api_key_set": True}  # fmt: skip
     assert described["metrics_token_set"] is True
+    assert (config.webhook.url, config.webhook.batch_max, config.webhook.retry_for_s) == (
+        "https://app.example/hooks/chat?key=in-the-url",
+        10,
+        60.0,
+    )
+    assert described["webhook"]["url_set"] is True and "url" not in described["webhook"]
+    for secret in ("w" * 32, "in-the-url"):
+        assert secret not in repr(config) and secret not in str(described)
     for secret in (SECRET, "k" * 32, "m" * 16):
         assert secret not in repr(config)  # secrets never reach a log line
     pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})

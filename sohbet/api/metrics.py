@@ -23,12 +23,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from sohbet.api.router import Router
+from sohbet.api.webhook import WebhookStats
 from sohbet.service import ChatService
 from sohbet.service.stats import Histogram
 from sohbet.ws.http11 import Request, Response, error_body
 from sohbet.ws.server import Server
 
-__all__ = ["ChatCollector", "metrics_registry", "register"]
+__all__ = ["ChatCollector", "metrics_registry", "register", "webhook_metrics"]
 
 #: The route label of HTTP requests the server answered itself, before or instead of a route.
 SERVER_ANSWERED: Final = "-"
@@ -108,6 +109,21 @@ class ChatCollector(Collector):
             "sohbet_ack_latency_seconds", "Seconds from a chat:send accepted to its ack.", chat.ack_latency
         )
         yield from self.extra()
+
+
+def webhook_metrics(stats: WebhookStats) -> list[Metric]:
+    """The webhook's families: its events by outcome, its POSTs, and what waits."""
+    events = CounterMetricFamily(
+        "sohbet_webhook_events", "Webhook events by outcome (queued, delivered, failed, dropped).", labels=["result"]
+    )
+    for result in ("queued", "delivered", "failed", "dropped"):
+        events.add_metric([result], getattr(stats, result))
+    return [
+        events,
+        CounterMetricFamily("sohbet_webhook_batches", "Webhook POSTs answered with a 2xx.", stats.batches),
+        CounterMetricFamily("sohbet_webhook_retries", "Webhook POSTs after a batch's first.", stats.retries),
+        GaugeMetricFamily("sohbet_webhook_queue", "Webhook events waiting to be sent.", stats.queue_length),
+    ]
 
 
 def metrics_registry(collector: Collector) -> CollectorRegistry:

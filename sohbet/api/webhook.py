@@ -37,7 +37,15 @@ from sohbet.chat.wire import EventType
 from sohbet.config import WebhookConfig
 from sohbet.errors import ConfigError, InvalidState
 
-__all__ = ["SIGNATURE_HEADER", "WebhookSender", "WebhookStats", "backoff_s", "signature", "verify_signature"]
+__all__ = [
+    "MAX_RECIPIENTS",
+    "SIGNATURE_HEADER",
+    "WebhookSender",
+    "WebhookStats",
+    "backoff_s",
+    "signature",
+    "verify_signature",
+]
 
 log = logging.getLogger("sohbet.webhook")
 
@@ -164,6 +172,10 @@ def _is_retryable(status: int) -> bool:
     }
 
 
+#: Recipients in one event: a message for more offline members is told in several events.
+MAX_RECIPIENTS: Final = 1000
+
+
 class WebhookStats:
     """Counters since the sender was made, in events unless named otherwise: exported as metrics.
 
@@ -231,16 +243,20 @@ class WebhookSender:
             message: the stored message as the protocol sends it (`wire.message_object`).
         """
         queue = self._queue
-        if self._closing or len(queue) >= self._config.queue_max:
-            self._drop()
-            return
-        queue.append({"type": _MESSAGE, "recipients": recipients, "message": message})
-        self.stats.queued += 1
-        n = len(queue)
-        # Wake the task only when it can act: the first event ends an idle wait, a full batch
-        # ends the wait for company. In between nobody is waiting for this event.
-        if n in (1, self._config.batch_max):
-            self._wake.set()
+        # A message to a large group is told in events of at most `MAX_RECIPIENTS` recipients,
+        # so no one event (and no batch of them) grows with the size of a group.
+        for start in range(0, len(recipients), MAX_RECIPIENTS):
+            if self._closing or len(queue) >= self._config.queue_max:
+                self._drop()
+                continue
+            part = recipients if len(recipients) <= MAX_RECIPIENTS else recipients[start : start + MAX_RECIPIENTS]
+            queue.append({"type": _MESSAGE, "recipients": part, "message": message})
+            self.stats.queued += 1
+            n = len(queue)
+            # Wake the task only when it can act: the first event ends an idle wait, a full batch
+            # ends the wait for company. In between nobody is waiting for this event.
+            if n in (1, self._config.batch_max):
+                self._wake.set()
 
     def _drop(self) -> None:
         self.stats.dropped += 1

@@ -48,7 +48,12 @@ __all__ = ["build_config", "main"]
 
 log = logging.getLogger("sohbet")
 #: How a secret setting is named in messages.
-_SECRET_NAMES = {"jwt_secret": "JWT secret", "api_key": "API key", "metrics_token": "metrics token"}
+_SECRET_NAMES = {
+    "jwt_secret": "JWT secret",
+    "api_key": "API key",
+    "metrics_token": "metrics token",
+    "webhook_secret": "webhook secret",
+}
 SECRET_FILE = "sohbet.secret"
 #: A second signal ends the process with the shell's code for death by that signal.
 EXIT_SIGNAL_BASE = 128
@@ -200,6 +205,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             config.store,
             drain_delay_s=config.drain_delay_s,
             metrics_token=config.metrics_token,
+            webhook=config.webhook,
         ),
         store,
     )

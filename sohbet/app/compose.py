@@ -11,7 +11,8 @@ Graceful shutdown (`App.shutdown`), in this order, within one time limit:
    is answered `unavailable` (nothing stored: the client retries with the same `client_id`
    on its next connection);
 4. every connection is closed with 1001;
-5. the service's tasks end and storage is closed.
+5. the service's tasks end, the webhook delivers what it can in the time left, and storage is
+   closed.
 Nothing acked is lost and nothing is half-written: a message is acked only once its batch has
 committed, and a batch is one transaction.
 """
@@ -21,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 from sohbet.api.endpoints import HttpApi
-from sohbet.api.metrics import ChatCollector, metrics_registry
+from sohbet.api.metrics import ChatCollector, metrics_registry, webhook_metrics
 from sohbet.api.metrics import register as register_metrics
+from sohbet.api.webhook import WebhookSender
 from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier
-from sohbet.config import AuthConfig, ChatConfig, StoreConfig
+from sohbet.config import AuthConfig, ChatConfig, StoreConfig, WebhookConfig
 from sohbet.service import ChatService
 from sohbet.service.backend import Backend
 from sohbet.store import MessageStore
@@ -51,6 +54,7 @@ class AppConfig:
     drain_delay_s: float = 0.0
     #: Bearer token of `GET /metrics`; None: open.
     metrics_token: str | None = field(default=None, repr=False)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
 
 
 class App:
@@ -59,6 +63,8 @@ class App:
     def __init__(self, config: AppConfig, store: MessageStore, *, write_depth: int | None = None) -> None:
         self.config = config
         self.store = store
+        #: Tells the application of messages for members with no connection, when configured.
+        self.webhook = None if config.webhook.url is None else WebhookSender(config.webhook)
         self.chat = ChatService(
             store,
             config.chat,
@@ -70,12 +76,14 @@ class App:
             max_queue=config.store.max_queue,
             writers=config.store.writers,
             depth=write_depth or config.store.write_depth,
+            notifier=self.webhook,
         )
         self.gateway = ChatGateway(self.chat)
         self.backend = Backend(self.chat, max_event_bytes=config.limits.max_message_bytes)
         HttpApi(self.chat, self.backend, config.auth.api_key).register(self.gateway.routes)
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
-        self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, list))
+        extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)
+        self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, extra))
         register_metrics(self.gateway.routes, self.metrics, config.metrics_token)
 
     @property
@@ -85,6 +93,8 @@ class App:
 
     async def start(self, host: str, port: int) -> None:
         """Start the service, then listen; `/healthz` answers 200 from here on."""
+        if self.webhook is not None:
+            await self.webhook.start()
         await self.chat.start()
         await self.server.start(host, port)
         self.gateway.accepting = True
@@ -115,3 +125,5 @@ class App:
                 await self.chat.stop()
         except TimeoutError:
             self.chat.abandon()
+        if self.webhook is not None:  # last: it has been told of every message committed
+            await self.webhook.stop(max(0.1, deadline - loop.time()))

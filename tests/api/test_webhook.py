@@ -17,6 +17,7 @@ import pytest
 
 import sohbet
 from sohbet.api.webhook import (
+    MAX_RECIPIENTS,
     SIGNATURE_HEADER,
     WebhookSender,
     backoff_s,
@@ -209,6 +210,23 @@ def test_batches_are_bounded_in_order_one_at_a_time_and_never_repeated(run: Run)
         assert contents(receiver) == [str(i) for i in range(251)]
         assert receiver.most_in_flight == 1
         assert (sender.stats.delivered, sender.stats.batches, sender.stats.queue_length) == (251, 4, 0)
+
+    run(main())
+
+
+def test_a_message_for_a_large_group_is_told_in_events_of_bounded_size(run: Run) -> None:
+    async def main() -> None:
+        async with receiving() as receiver:
+            sender = WebhookSender(config(receiver.url, batch_max=100))
+            await sender.start()
+            everyone = [f"u{n}" for n in range(2 * MAX_RECIPIENTS + 5)]
+            sender.notify(everyone, message("big", 1))
+            await receiver.wait_for_event("big")
+            await sender.stop(timeout_s=5.0)
+        told = [e["recipients"] for e in receiver.events]
+        assert [len(r) for r in told] == [MAX_RECIPIENTS, MAX_RECIPIENTS, 5]
+        assert [u for part in told for u in part] == everyone  # each once, in order
+        assert sender.stats.queued == sender.stats.delivered == 3
 
     run(main())
 
