@@ -8,7 +8,10 @@ would read.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +19,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from sohbet.app.compose import App
+from sohbet.config import WebhookConfig
 from sohbet.ws.config import Limits
 
 from ..chatkit import API_KEY, Harness, chat_server, token, with_chat
@@ -194,5 +198,31 @@ def test_a_send_heavy_minute_does_not_grow_the_label_sets(run: Run, tmp_path: An
             after = await scrape(h)
             assert len(after) <= series + 1  # at most the 404s' one new series
             assert value(after, "sohbet_messages_received_total", type="unknown") == 201
+
+    run(main())
+
+
+def test_every_metric_the_dashboard_plots_is_exported(run: Run, tmp_path: Any) -> None:
+    dashboard = json.loads((Path(__file__).parent.parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    plotted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:sohbet|process)_[a-z_]+)", target["expr"])
+    }
+
+    async def main() -> None:
+        webhook = WebhookConfig(url="http://127.0.0.1:9/hook", secret="w" * 32)
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", webhook=webhook) as h:
+            client = await h.connect("alice")  # a handshake and a close: their families get samples
+            await client.ws.close()
+            async with asyncio.timeout(5):
+                while h.server.connections:
+                    await asyncio.sleep(0.01)
+            await scrape(h)  # an HTTP request, counted
+            exported = {name for name, _ in await scrape(h)}
+        missing = sorted(name for name in plotted if name not in exported)
+        assert not missing, missing
+        assert len(plotted) > 15
 
     run(main())
