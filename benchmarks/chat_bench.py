@@ -4,6 +4,8 @@
     python benchmarks/chat_bench.py send --database postgres      # ... and pgbench in the same run
     python benchmarks/chat_bench.py fanout --members 1000         # one send to a group, vs picows
     python benchmarks/chat_bench.py idle --users 5000             # memory per connected user
+    python benchmarks/chat_bench.py api --senders 16              # the HTTP API's sends against chat:send
+    python benchmarks/chat_bench.py metrics --rounds 3            # sends with /metrics scraped, and without
     python benchmarks/chat_bench.py send --sohbet ../before        # another checkout's server
 
 The server under test runs as its own process pinned to CPU 0 (taskset); this script, the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -146,9 +149,11 @@ MEASURED = [THIS]
 class Server:
     """A server script of benchmarks/ in its own process, pinned to CPU 0."""
 
-    def __init__(self, script: str, args: list[str], *, checkout: Checkout = THIS) -> None:
+    def __init__(
+        self, script: str, args: list[str], *, checkout: Checkout = THIS, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}, **(env or {})}
         command = ["taskset", "-c", "0", str(checkout.python), str(checkout.benchmarks / script), "--port",
                    str(self.port), *args]  # fmt: skip
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -171,12 +176,20 @@ def handoff_ms_median(lines: list[str]) -> float:
     return statistics.median(handed[1:] or handed)
 
 
-def sohbet_server(database_url: str, data_dir: str, extra: list[str] | None = None) -> Server:
+#: Limits a load from one address would hit, off through the environment: a checkout older
+#: than the setting ignores the variable, where it would refuse an unknown flag.
+NO_ADDRESS_LIMITS = {"SOHBET_ADDRESS_RATE": "0", "SOHBET_MAX_CONNECTIONS_PER_ADDRESS": "0"}
+API_KEY = "benchmark-api-key-of-at-least-32-bytes!!"
+
+
+def sohbet_server(
+    database_url: str, data_dir: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+) -> Server:
     """`fanout_server.py`: sohbet-server, printing how long each fan-out took."""
     return Server("fanout_server.py", [
         "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
         "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
-    ], checkout=MEASURED[0])  # fmt: skip
+    ], checkout=MEASURED[0], env={**NO_ADDRESS_LIMITS, **(env or {})})  # fmt: skip
 
 
 async def fresh_postgres() -> str:
@@ -323,6 +336,130 @@ def bench_send(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# --- the HTTP API against the WebSocket, and the cost of scraping /metrics -------------------------
+
+
+async def rest_closed_loop(port: int, conversations: list[int], duration: float, *, backend: bool) -> tuple[int, float]:
+    """Each of len(*conversations*) clients POSTs sends on its own kept-alive connection, one at
+    a time, as its sender (a user's token) or as the backend (the API key)."""
+    import aiohttp  # noqa: PLC0415  # only this benchmark needs an HTTP client
+
+    deadline = time.perf_counter() + duration
+    count = 0
+    run_id = os.urandom(4).hex()  # client_ids of another run would be answered as repeats
+    connector = aiohttp.TCPConnector(limit=len(conversations), force_close=False)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as http:
+
+        async def run(cid: int, tag: int) -> None:
+            nonlocal count
+            user = f"s{tag}"
+            key = API_KEY if backend else issue_token(AUTH, user, 3600, time.time())
+            headers = {"Authorization": f"Bearer {key}"}
+            i = 0
+            while time.perf_counter() < deadline:
+                i += 1
+                body = {"content": "hello there", "client_id": f"h{run_id}-{tag}-{i}"}
+                if backend:
+                    body["sender_id"] = user
+                async with http.post(f"/api/conversations/{cid}/messages", json=body, headers=headers) as r:
+                    assert r.status == 201, await r.text()
+                    await r.read()
+                count += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(run(cid, i) for i, cid in enumerate(conversations)))
+        return count, time.perf_counter() - t0
+
+
+def bench_api(args: argparse.Namespace) -> dict[str, Any]:
+    """chat:send over the WebSocket and POST .../messages over HTTP (a user's token, and the API
+    key), each by `--senders` clients in a closed loop, against one server, in turns."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
+        server = sohbet_server(url, data_dir, env={"SOHBET_API_KEY": API_KEY})
+        try:
+
+            async def main() -> dict[str, Any]:
+                clients, conversations = await senders(server.port, args.senders)
+                result: dict[str, Any] = {"database": args.database, "senders": args.senders}
+                await closed_loop(clients, conversations, 1.0)  # warm-up
+                await rest_closed_loop(server.port, conversations, 1.0, backend=False)
+                for name in ("websocket", "http_user", "http_backend"):
+                    cpu0 = cpu_s(server.proc.pid)
+                    if name == "websocket":
+                        count, elapsed = await closed_loop(clients, conversations, args.duration)
+                    else:
+                        count, elapsed = await rest_closed_loop(
+                            server.port, conversations, args.duration, backend=name == "http_backend"
+                        )
+                    cpu1 = cpu_s(server.proc.pid)
+                    result[f"{name}_acked_per_s"] = count / elapsed
+                    result[f"{name}_server_cpu_us_per_send"] = (cpu1 - cpu0) / count * 1e6
+                for c in clients:
+                    c.transport.close()
+                result["http_user_vs_websocket"] = result["http_user_acked_per_s"] / result["websocket_acked_per_s"]
+                return result
+
+            return uvloop.run(main())
+        finally:
+            server.stop()
+
+
+async def scraping(port: int, every_s: float, stop: asyncio.Event) -> int:
+    """GET /metrics every *every_s* until *stop*; how many scrapes."""
+    import aiohttp  # noqa: PLC0415  # only this benchmark needs an HTTP client
+
+    n = 0
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        while not stop.is_set():
+            async with http.get("/metrics") as r:
+                assert r.status == 200
+                await r.read()
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
+    return n
+
+
+def bench_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    """chat:send throughput and server CPU per send, without and with /metrics scraped once a
+    second, alternating `--rounds` times against one server."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
+        server = sohbet_server(url, data_dir)
+        try:
+
+            async def main() -> dict[str, Any]:
+                clients, conversations = await senders(server.port, args.senders)
+                await closed_loop(clients, conversations, 1.0)  # warm-up
+                runs: dict[str, list[tuple[float, float]]] = {"unscraped": [], "scraped": []}
+                scrapes = 0
+                for _ in range(args.rounds):
+                    for name in ("unscraped", "scraped"):
+                        stop = asyncio.Event()
+                        scraper = asyncio.ensure_future(scraping(server.port, 1.0, stop)) if name == "scraped" else None
+                        cpu0 = cpu_s(server.proc.pid)
+                        count, elapsed = await closed_loop(clients, conversations, args.duration)
+                        cpu1 = cpu_s(server.proc.pid)
+                        stop.set()
+                        if scraper is not None:
+                            scrapes += await scraper
+                        runs[name].append((count / elapsed, (cpu1 - cpu0) / count * 1e6))
+                for c in clients:
+                    c.transport.close()
+                return {
+                    "database": args.database,
+                    "senders": args.senders,
+                    "scrapes": scrapes,
+                    **{f"{name}_acked_per_s": [round(r, 1) for r, _ in found] for name, found in runs.items()},
+                    **{f"{name}_cpu_us_per_send": [round(c, 2) for _, c in found] for name, found in runs.items()},
+                }
+
+            return uvloop.run(main())
+        finally:
+            server.stop()
+
+
 # --- fan-out ---------------------------------------------------------------------------------------
 
 
@@ -422,7 +559,8 @@ def bench_idle(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["send", "fanout", "idle"])
+    parser.add_argument("mode", choices=["send", "api", "metrics", "fanout", "idle"])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--senders", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -436,7 +574,9 @@ def main() -> None:
     args.duration = min(args.duration, 60.0)
     args.members = min(args.members, 10_000)
     args.users = min(args.users, 15_000)
-    result = {"send": bench_send, "fanout": bench_fanout, "idle": bench_idle}[args.mode](args)
+    args.rounds = min(args.rounds, 10)
+    modes = {"send": bench_send, "api": bench_api, "metrics": bench_metrics, "fanout": bench_fanout, "idle": bench_idle}
+    result = modes[args.mode](args)
     print(json.dumps(result, indent=2))
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from sohbet.app import cli
+from sohbet.app import cli, compose
 from sohbet.app.gateway import ServerOutbox
 from sohbet.service import Socket
 
@@ -25,5 +25,5 @@ class TimedOutbox(ServerOutbox):
 
 
 if __name__ == "__main__":
-    cli.ServerOutbox = TimedOutbox  # type: ignore[misc]  # the benchmark's own instrumentation
+    compose.ServerOutbox = TimedOutbox  # type: ignore[misc]  # the benchmark's own instrumentation
     cli.main(sys.argv[1:])
