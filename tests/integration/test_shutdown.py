@@ -118,8 +118,8 @@ def test_shutdown_under_load_loses_nothing_acked_and_closes_with_1001(
         assert proc.wait(timeout=15) == 0
         took = time.monotonic() - signalled
         log = proc.stdout.read() if proc.stdout else ""
-    first = ready.index(503)
-    assert set(ready[first:]) == {503} and len(ready[first:]) == 5, ready
+    first = ready.index(503)  # seen while the writers were still connected and served
+    assert set(ready[first:]) == {503}, ready
     assert took < 10, took
     assert [code for _, code, _, _ in results] == [1001] * WRITERS
     acked = {cid: m for found, _, _, _ in results for cid, m in found.items()}
