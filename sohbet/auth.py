@@ -13,7 +13,7 @@ import jwt
 
 from sohbet.chat.ids import UserId, is_user_id
 from sohbet.config import HMAC_ALGORITHMS, AuthConfig
-from sohbet.errors import TokenExpired, TokenInvalid
+from sohbet.errors import ConfigError, TokenExpired, TokenInvalid
 
 #: The largest `exp` taken (2^53 - 1 seconds, the largest integer a JSON peer represents exactly).
 _LATEST_EXP: Final = 2**53 - 1
@@ -35,13 +35,26 @@ class Verifier:
     __slots__ = ("_config", "_keys")
 
     def __init__(self, config: AuthConfig) -> None:
+        """Prepare the configured keys.
+
+        Raises:
+            ConfigError: a public key that is not one of the configured algorithm, or a private key.
+        """
         self._config = config
-        if config.algorithm in HMAC_ALGORITHMS:
-            assert config.secret is not None  # AuthConfig checked it
-            self._keys: dict[str | None, Any] = {None: config.secret.encode()}
-        else:
-            algorithm = jwt.get_algorithm_by_name(config.algorithm)
-            self._keys = {kid: algorithm.prepare_key(pem) for kid, pem in config.public_keys}
+        self._keys: dict[str | None, Any] = {}
+        if config.secret is not None:
+            self._keys[None] = config.secret.encode()
+        algorithm = jwt.get_algorithm_by_name(config.algorithm)
+        for kid, pem in config.public_keys:
+            name = "without a kid" if kid is None else f"of kid {kid!r}"
+            try:
+                key = algorithm.prepare_key(pem)
+            except (jwt.PyJWTError, TypeError, ValueError):  # pyjwt's message on a key of another kind is unhelpful
+                raise ConfigError(f"the JWT public key {name} is not a {config.algorithm} public key (PEM)") from None
+            # pyjwt takes a private key too, and then fails on every token (RSA, ECDSA verify with the public half).
+            if hasattr(key, "private_bytes"):
+                raise ConfigError(f"the JWT public key {name} is a private key: give the server only the public key")
+            self._keys[kid] = key
 
     def verify(self, token: str) -> Identity:
         """Return the identity a token proves.

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from sohbet.chat.model import DIRECT_MEMBERS
@@ -40,6 +40,7 @@ __all__ = [
     "StoreConfig",
     "WebhookConfig",
     "merge_settings",
+    "parse_key_files",
 ]
 
 
@@ -49,6 +50,8 @@ PUBLIC_KEY_ALGORITHMS: frozenset[str] = frozenset({"RS256", "RS384", "RS512", "E
 MIN_SECRET_BYTES: Final = 32
 MIN_API_KEY_BYTES: Final = 32
 MIN_TOKEN_BYTES: Final = 16  # the metrics token: it guards counters, not messages
+#: The longest `kid` configured: kids are named in error messages and log lines.
+MAX_KID_CHARS: Final = 256
 MAX_PORT: Final = 65535
 #: Why `--redis-url` stops the process instead of being accepted and ignored.
 REDIS_NOT_SUPPORTED: Final = (
@@ -56,6 +59,7 @@ REDIS_NOT_SUPPORTED: Final = (
     "membership changes (roadmap step 8), so run one sohbet-server per database"
 )
 _HOUR_S: Final = 3600.0
+NO_KID_TWICE: Final = "two JWT public keys without a kid: give each a kid (--jwt-public-key KID=PATH)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,19 @@ class AuthConfig:
                 secret_bytes >= MIN_SECRET_BYTES,
                 f"JWT secret of {secret_bytes} bytes is shorter than {MIN_SECRET_BYTES}",
             )
+            # Silently ignoring them would leave the operator believing they verify something.
+            require(not self.public_keys, f"{self.algorithm} verifies with a shared secret, not with public keys")
         elif self.algorithm in PUBLIC_KEY_ALGORITHMS:
-            require(bool(self.public_keys), f"{self.algorithm} needs at least one public key")
+            require(bool(self.public_keys), f"{self.algorithm} needs at least one public key (--jwt-public-key)")
         else:
             require(False, f"JWT algorithm {self.algorithm!r} is not supported")
+        kids = [kid for kid, _ in self.public_keys]
+        for kid in kids:
+            # A kid picks the key, so none may be ambiguous; a missing kid is one more such "kid".
+            require(
+                kids.count(kid) == 1, f"JWT public key kid {kid!r} is given twice" if kid is not None else NO_KID_TWICE
+            )
+            require(kid is None or 0 < len(kid) <= MAX_KID_CHARS, f"kid must be 1-{MAX_KID_CHARS} characters")
         require_within("leeway_s", self.leeway_s, 0, 300)
         if self.api_key is not None:
             n = len(self.api_key.encode())
@@ -290,6 +303,9 @@ class Setting:
     has_flag: bool = True
     #: A secret: never logged, and readable from a file too (the `<name>_file` setting beside it).
     secret: bool = False
+    #: A list of values: a flag given once per value, a comma-separated variable, a TOML list or
+    #: comma-separated string. It resolves to a tuple of `kind`, and a later source replaces it whole.
+    repeated: bool = False
 
     @property
     def env(self) -> str:
@@ -317,7 +333,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "jwt_secret_file", str, None, "file holding the HS256 secret; unlike --jwt-secret, not in the process list"
     ),
-    Setting("jwt_public_key", str, None, "PEM file with the public key for RS256/ES256/EdDSA tokens"),
+    Setting(
+        "jwt_public_key",
+        str,
+        (),
+        "[KID=]PATH of a PEM public key for RS256/ES256/EdDSA tokens, picked by their kid; repeat the flag "
+        "(or separate with commas) for several",
+        repeated=True,
+    ),
     Setting("jwt_algorithm", str, "HS256", "the one JWT algorithm accepted (HS256, RS256, ES256, EdDSA, ...)"),
     Setting("jwt_audience", str, None, "required `aud` claim, if set"),
     Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
@@ -413,6 +436,13 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 def _coerce(setting: Setting, value: object, source: str) -> object:
     """Turn a raw value (a string from the environment, a TOML value, a flag) into the setting's type."""
+    if setting.repeated:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{source}: {value!r} is not a list of {setting.kind.__name__} for {setting.name}")
+        single = replace(setting, repeated=False)
+        stripped = (item.strip() if isinstance(item, str) else item for item in items)
+        return tuple(_coerce(single, item, source) for item in stripped if item != "")
     try:
         if setting.kind is bool:
             if isinstance(value, bool):
@@ -458,6 +488,27 @@ def merge_settings(
         if value is not None:
             values[name] = _coerce(SETTINGS_BY_NAME[name], value, SETTINGS_BY_NAME[name].flag)
     return values
+
+
+def parse_key_files(values: Mapping[str, object]) -> tuple[tuple[str | None, str], ...]:
+    """Split each `jwt_public_key` value, `KID=PATH` or a bare `PATH`, into its kid and path.
+
+    The kid ends at the first `=`, so a path holding a `=` needs a kid in front of it.
+
+    Raises:
+        ConfigError: an empty kid or an empty path (duplicate kids are `AuthConfig`'s to refuse).
+    """
+    found: list[tuple[str | None, str]] = []
+    for spec in cast(tuple[str, ...], values["jwt_public_key"]):  # merge_settings made it a tuple of str
+        kid, sep, path = spec.partition("=")
+        if not sep:
+            kid, path = "", spec
+        elif not kid:
+            raise ConfigError(f"--jwt-public-key {spec!r} has an empty kid before '='")
+        if not path:
+            raise ConfigError(f"--jwt-public-key {spec!r} names no file")
+        found.append((kid or None, path))
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,8 +591,8 @@ class Config:
 
         Args:
             values: every setting by name.
-            public_keys: PEM public keys already read from `jwt_public_key` (reading files is
-                the caller's I/O, not this module's).
+            public_keys: PEM public keys already read from the files `parse_key_files` names
+                (reading files is the caller's I/O, not this module's).
 
         Raises:
             ConfigError: any invalid combination.

@@ -189,3 +189,35 @@ def test_an_exp_no_float_holds_is_refused_not_a_crash(exp: float) -> None:
     token = jwt.encode({"sub": "alice", "exp": exp}, SECRET.encode(), algorithm="HS256")
     with pytest.raises((TokenInvalid, TokenExpired)):
         Verifier(HS).verify(token)
+
+
+# --- keys by kid ----------------------------------------------------------------------------
+
+from sohbet.errors import ConfigError  # noqa: E402  # grouped with the tests that use it
+
+RSA_A = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_P384 = ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.mark.parametrize(
+    ("alg", "text", "match"),
+    [
+        ("RS256", "not a key", "the JWT public key of kid 'k' is not a RS256 public key"),
+        ("ES256", "not a key", "not a ES256 public key"),
+        ("ES256", pem(EC_P384), "not a ES256 public key"),
+        ("EdDSA", pem(RSA_A), "not a EdDSA public key"),
+        (
+            "RS256",
+            RSA_A.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            "of kid 'k' is a private key: give the server only the public key",
+        ),
+    ],
+    ids=["rs-garbage", "es-garbage", "es-wrong-curve", "ed-rsa-key", "private"],
+)
+def test_a_configured_key_that_cannot_verify_stops_the_start(alg: str, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Verifier(AuthConfig(algorithm=alg, public_keys=(("k", text),)))
+    with pytest.raises(ConfigError, match="the JWT public key without a kid"):
+        Verifier(AuthConfig(algorithm=alg, public_keys=((None, text),)))

@@ -283,3 +283,60 @@ def test_the_webhook_is_off_by_default_and_keeps_its_url_and_secret_out_of_logs(
     assert (config.batch_max, config.queue_max, config.retry_for_s, config.timeout_s) == (100, 10_000, 300.0, 10.0)
     assert "pw" not in repr(config) and "t0k" not in repr(config) and SECRET not in repr(config)
     assert WebhookConfig(url="http://127.0.0.1:9/x", secret="ş" * 16).secret == "ş" * 16  # 32 bytes
+
+
+# --- several public keys ------------------------------------------------------------------
+
+from sohbet.config import parse_key_files  # noqa: E402  # grouped with the tests that use them
+
+
+def test_the_public_keys_are_a_repeatable_setting() -> None:
+    keys = next(s for s in SETTINGS if s.name == "jwt_public_key")
+    assert keys.repeated and keys.default == () and "[KID=]PATH" in keys.help
+    assert merge_settings({})["jwt_public_key"] == ()
+    from_env = {"SOHBET_JWT_PUBLIC_KEY": " a=/k/a.pem, b=/k/b.pem ,,"}
+    assert merge_settings(from_env)["jwt_public_key"] == ("a=/k/a.pem", "b=/k/b.pem")
+    assert merge_settings({}, {"jwt-public-key": "/k/only.pem"})["jwt_public_key"] == ("/k/only.pem",)
+    assert merge_settings({}, {"jwt_public_key": ["a=/k/a.pem", "b=/k/b,c.pem"]})["jwt_public_key"] == (
+        "a=/k/a.pem",
+        "b=/k/b,c.pem",  # a list's items are taken whole
+    )
+    flags = {"jwt_public_key": ["c=/k/c.pem"]}  # argparse's append
+    assert merge_settings(from_env, None, flags)["jwt_public_key"] == ("c=/k/c.pem",)  # replaced, not merged
+    assert merge_settings({"SOHBET_JWT_PUBLIC_KEY": ""}, {"jwt-public-key": "/k/a.pem"})["jwt_public_key"] == ()
+    with pytest.raises(ConfigError, match="config file: 7 is not a list of str for jwt_public_key"):
+        merge_settings({}, {"jwt-public-key": 7})
+
+
+def test_key_files_name_a_kid_or_none() -> None:
+    specs = ("a=/k/a.pem", "/k/plain.pem", "b=/k/x=y.pem")
+    assert parse_key_files({"jwt_public_key": specs}) == (
+        ("a", "/k/a.pem"),
+        (None, "/k/plain.pem"),
+        ("b", "/k/x=y.pem"),
+    )
+    with pytest.raises(ConfigError, match=r"--jwt-public-key '=/k/a\.pem' has an empty kid before '='"):
+        parse_key_files({"jwt_public_key": ("=/k/a.pem",)})
+    with pytest.raises(ConfigError, match="--jwt-public-key 'a=' names no file"):
+        parse_key_files({"jwt_public_key": ("a=",)})
+
+
+@pytest.mark.parametrize(
+    ("keys", "match"),
+    [
+        ((("a", "PEM"), ("a", "PEM")), "JWT public key kid 'a' is given twice"),
+        (((None, "PEM"), (None, "PEM")), r"two JWT public keys without a kid: give each a kid \(--jwt-public-key"),
+        ((("", "PEM"),), "kid must be 1-256 characters"),
+        ((("k" * 257, "PEM"),), "kid must be 1-256 characters"),
+    ],
+    ids=["kid-twice", "no-kid-twice", "empty-kid", "long-kid"],
+)
+def test_a_kid_names_one_key(keys: tuple[tuple[str | None, str], ...], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AuthConfig(algorithm="RS256", public_keys=keys)
+
+
+def test_public_keys_are_refused_where_a_secret_verifies() -> None:
+    with pytest.raises(ConfigError, match="HS256 verifies with a shared secret, not with public keys"):
+        AuthConfig(secret=SECRET, public_keys=(("a", "PEM"),))
+    assert AuthConfig(algorithm="RS256", public_keys=((None, "PEM"), ("k" * 256, "PEM"))).secret is None

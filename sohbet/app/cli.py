@@ -29,7 +29,7 @@ from sohbet import __version__
 from sohbet.app import logs
 from sohbet.app.compose import App, AppConfig
 from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S
-from sohbet.auth import issue_token
+from sohbet.auth import Verifier, issue_token
 from sohbet.config import (
     HMAC_ALGORITHMS,
     REDIS_NOT_SUPPORTED,
@@ -37,6 +37,7 @@ from sohbet.config import (
     Config,
     StoreConfig,
     merge_settings,
+    parse_key_files,
 )
 from sohbet.errors import ConfigError, SohbetError
 from sohbet.store import MessageStore
@@ -69,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     for s in SETTINGS:
         if not s.has_flag:
             continue
-        default = "unset" if s.default is None else s.default
+        default = "unset" if s.default in (None, ()) else s.default
         help_text = f"{s.help} [env {s.env}; default {default}]"
-        if s.kind is bool:
+        if s.repeated:
+            settings.add_argument(s.flag, dest=s.name, action="append", default=argparse.SUPPRESS, help=help_text)
+        elif s.kind is bool:
             settings.add_argument(
                 s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
@@ -128,6 +131,14 @@ def _load_secret(data_dir: Path) -> str:
     return secret
 
 
+def _read_public_key(kid: str | None, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        name = "" if kid is None else f" of kid {kid!r}"
+        raise ConfigError(f"cannot read JWT public key{name}: {exc}") from None
+
+
 def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
     """Resolve flags, environment and file into a `Config`; generate the secret if allowed.
 
@@ -152,18 +163,14 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
             if values[setting.name]:
                 raise ConfigError(f"set the {what} or its file, not both")
             values[setting.name] = _read_secret(Path(str(secret_file)), what)
-    public_keys: tuple[tuple[str | None, str], ...] = ()
-    if values["jwt_public_key"]:
-        try:
-            public_keys = ((None, Path(str(values["jwt_public_key"])).read_text()),)
-        except OSError as exc:
-            raise ConfigError(f"cannot read JWT public key: {exc}") from None
+    public_keys = tuple((kid, _read_public_key(kid, path)) for kid, path in parse_key_files(values))
     if values["jwt_algorithm"] in HMAC_ALGORITHMS and not values["jwt_secret"]:
         url = str(values["database_url"] or "")
         if StoreConfig(url=url).is_postgres if url else False:
             raise ConfigError("with Postgres configured, set SOHBET_JWT_SECRET or SOHBET_JWT_SECRET_FILE")
         values["jwt_secret"] = _load_secret(Path(str(values["data_dir"])))
     config = Config.from_settings(values, public_keys)
+    Verifier(config.auth)  # prepares every key: a bad one stops the process here, before anything opens
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
