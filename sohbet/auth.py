@@ -1,24 +1,39 @@
 """JWT verification: a token in, an `Identity` out, with the algorithm pinned by configuration.
 
-Layer: domain. Imports pyjwt, the standard library, `sohbet.config` and the chat ids. pyjwt's
-own `exp`/`nbf` check is the one clock read in the pure layers (docs/architecture.md).
+Layer: domain. Imports pyjwt, the standard library, `sohbet.config` and the chat ids; no I/O:
+a JWKS file's bytes come in from the entry layer (`sohbet.app.keys`), which reads and watches
+the file. pyjwt's own `exp`/`nbf` check is the one clock read in the pure layers
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
 
 import jwt
 
 from sohbet.chat.ids import UserId, is_user_id
-from sohbet.config import HMAC_ALGORITHMS, AuthConfig
+from sohbet.config import HMAC_ALGORITHMS, MAX_KID_CHARS, MIN_SECRET_BYTES, AuthConfig
 from sohbet.errors import ConfigError, TokenExpired, TokenInvalid
 
 #: The largest `exp` taken (2^53 - 1 seconds, the largest integer a JSON peer represents exactly).
 _LATEST_EXP: Final = 2**53 - 1
+#: The largest JWKS file read: a few hundred keys; anything larger is a wrong file.
+MAX_JWKS_BYTES: Final = 1 << 20
+#: The one `use` a verification key may declare (RFC 7517 §4.2); and its `key_ops` entry (§4.3).
+_SIGNATURE_USE: Final = "sig"
+_VERIFY_OP: Final = "verify"
+#: What pyjwt's JWK parsing raises for a key it cannot build (a KeyError for an `oct` key without `k`).
+_JWK_ERRORS: Final = (jwt.PyJWTError, KeyError, TypeError, ValueError)
+_SHOWN_CHARS: Final = 40
 
-__all__ = ["Identity", "Verifier", "issue_token"]
+#: A key as pyjwt's `prepare_key` returns it: bytes for HMAC, a `cryptography` public key otherwise.
+PreparedKey: TypeAlias = Any
+
+__all__ = ["MAX_JWKS_BYTES", "Identity", "KeySet", "Verifier", "issue_token", "parse_jwks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +44,99 @@ class Identity:
     exp: float
 
 
-class Verifier:
-    """Verify tokens against the configured algorithm, keys and claims (docs/protocol.md, "Connecting")."""
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """The keys of a JWKS that verify the configured algorithm, by kid, and why the others did not."""
 
-    __slots__ = ("_config", "_keys")
+    keys: Mapping[str, PreparedKey] = field(repr=False)
+    #: One line per key left out, naming its kid and why (never its material): logged as warnings.
+    skipped: tuple[str, ...] = ()
+
+
+def parse_jwks(data: bytes, algorithm: str) -> KeySet:
+    """Take from a JSON Web Key Set (RFC 7517 §5) the keys that can verify *algorithm* tokens.
+
+    A key meant for something else is skipped, as §5 asks: another `alg`, a `kty` or curve that does
+    not fit, a `use` other than `sig`, `key_ops` without `verify`, a private key (whose file should
+    not be on this server), or material pyjwt cannot build a key from. The set as a whole is refused
+    when it is not a JWKS, when a key has no kid or one another key has (the kid picks the key, so
+    it must be unambiguous), when an `oct` key is shorter than a configured secret may be, or when no
+    key is left.
+
+    Raises:
+        ConfigError: why the set is refused; the message never holds key material.
+    """
+    if len(data) > MAX_JWKS_BYTES:
+        raise ConfigError(f"{len(data)} bytes is more than a JWKS of {MAX_JWKS_BYTES} bytes may be")
+    try:
+        document = json.loads(data)
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # its msg and position, never the document's text
+        raise ConfigError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ConfigError("not JSON: nested too deeply") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError('not a JWK Set: expected an object with a non-empty "keys" array')
+    hmac = algorithm in HMAC_ALGORITHMS
+    keys: dict[str, PreparedKey] = {}
+    kids: set[str] = set()
+    skipped: list[str] = []
+    for n, entry in enumerate(entries):
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_CHARS:
+            raise ConfigError(f"key {n} has no kid (a string of 1-{MAX_KID_CHARS} characters)")
+        if kid in kids:  # skipped or not: a kid names one key
+            raise ConfigError(f"kid {kid!r} is given to more than one key")
+        kids.add(kid)
+        why = _unfit(entry, algorithm)
+        if why is None:
+            try:
+                key = jwt.PyJWK(entry, algorithm).key  # pinned: the key's own `alg` was checked above
+                key = jwt.get_algorithm_by_name(algorithm).prepare_key(key)  # an EC key's curve, say
+            except _JWK_ERRORS:  # not quoted: pyjwt's message may hold the key
+                why = f"kty {_shown(entry.get('kty'))} is not a usable {algorithm} key"
+        if why is not None:
+            skipped.append(f"kid {kid!r}: {why}, skipped")
+            continue
+        if hmac and len(key) < MIN_SECRET_BYTES:
+            raise ConfigError(f"kid {kid!r}: oct key of {len(key)} bytes is shorter than {MIN_SECRET_BYTES}")
+        keys[kid] = key
+    if not keys:
+        raise ConfigError(f"no key in the set verifies {algorithm} tokens")
+    return KeySet(keys, tuple(skipped))
+
+
+def _unfit(entry: dict[str, Any], algorithm: str) -> str | None:
+    """Why a JWK's own members say it is not for verifying *algorithm* tokens, if they do."""
+    alg, use, ops = entry.get("alg"), entry.get("use"), entry.get("key_ops")
+    if alg is not None and alg != algorithm:
+        return f"alg {_shown(alg)} is not the configured {algorithm}"
+    if use is not None and use != _SIGNATURE_USE:
+        return f"use {_shown(use)} is not {_SIGNATURE_USE!r}"
+    if ops is not None and (not isinstance(ops, list) or _VERIFY_OP not in ops):
+        return f"key_ops {_shown(ops)} lack {_VERIFY_OP!r}"
+    if entry.get("kty") != "oct" and "d" in entry:
+        return "a private key: give the server only the public key"
+    return None
+
+
+def _shown(value: object) -> str:
+    """A member's value for a log line, bounded: the file is the operator's, the log line ours."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+class Verifier:
+    """Verify tokens against the configured algorithm, keys and claims (docs/protocol.md, "Connecting").
+
+    The keys are the configured secret or public keys, and the keys of a JWKS file once
+    `use_jwks` has been given them: until then, a configuration with only a JWKS file refuses
+    every token.
+    """
+
+    __slots__ = ("_config", "_fixed", "_keys")
 
     def __init__(self, config: AuthConfig) -> None:
         """Prepare the configured keys.
@@ -41,9 +145,9 @@ class Verifier:
             ConfigError: a public key that is not one of the configured algorithm, or a private key.
         """
         self._config = config
-        self._keys: dict[str | None, Any] = {}
+        self._fixed: dict[str | None, PreparedKey] = {}
         if config.secret is not None:
-            self._keys[None] = config.secret.encode()
+            self._fixed[None] = config.secret.encode()
         algorithm = jwt.get_algorithm_by_name(config.algorithm)
         for kid, pem in config.public_keys:
             name = "without a kid" if kid is None else f"of kid {kid!r}"
@@ -54,7 +158,31 @@ class Verifier:
             # pyjwt takes a private key too, and then fails on every token (RSA, ECDSA verify with the public half).
             if hasattr(key, "private_bytes"):
                 raise ConfigError(f"the JWT public key {name} is a private key: give the server only the public key")
-            self._keys[kid] = key
+            self._fixed[kid] = key
+        self._keys = self._fixed
+
+    @property
+    def kids(self) -> tuple[str | None, ...]:
+        """The kids of the keys in use now (None: the key of tokens without a kid)."""
+        return tuple(self._keys)
+
+    def use_jwks(self, jwks: KeySet) -> None:
+        """Verify with the configured keys and *jwks* from now on, instead of the previous JWKS.
+
+        One assignment swaps the whole set, so a `verify` running on the event loop sees the old set
+        or the new one, never a mixture. Tokens of a kid no longer present are refused from then on;
+        connections they opened stay open until their `exp`.
+
+        Raises:
+            ConfigError: a kid of *jwks* is also a configured key's; the keys in use stay as they were.
+        """
+        clash = sorted(kid for kid in jwks.keys if kid in self._fixed)
+        if clash:
+            raise ConfigError(f"kid {clash[0]!r} is both in the JWKS and a --jwt-public-key")
+        keys = dict(self._fixed)
+        for kid, key in jwks.keys.items():
+            keys[kid] = key
+        self._keys = keys  # the swap: built aside, assigned once
 
     def verify(self, token: str) -> Identity:
         """Return the identity a token proves.
@@ -64,12 +192,12 @@ class Verifier:
             TokenInvalid: anything else: malformed, wrong algorithm or key, missing claims, a
                 `sub` that is not a string of 1-128 characters.
         """
-        config = self._config
+        config, keys = self._config, self._keys  # one read: a swap by `use_jwks` does not split it
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self._keys.get(kid)
-            if key is None and len(self._keys) == 1 and (kid is None or None in self._keys):
-                key = next(iter(self._keys.values()))  # one key: a kid cannot pick another
+            key = keys.get(kid)
+            if key is None and len(keys) == 1 and (kid is None or None in keys):
+                key = next(iter(keys.values()))  # one key: a kid cannot pick another
             if key is None:
                 raise TokenInvalid(f"no key for kid {kid!r}")
             claims = jwt.decode(
@@ -103,8 +231,12 @@ def issue_token(config: AuthConfig, user_id: str, ttl_s: float, now: float) -> s
         TokenInvalid: the configuration verifies with a public key, whose private half the
             server does not hold, or the user id is not 1-128 characters without U+0000.
     """
-    if config.algorithm not in HMAC_ALGORITHMS or config.secret is None:
+    if config.algorithm not in HMAC_ALGORITHMS:
         raise TokenInvalid(f"cannot sign {config.algorithm} tokens: the server holds only public keys")
+    if config.secret is None:
+        raise TokenInvalid(
+            f"cannot sign {config.algorithm} tokens without a JWT secret (a JWKS file's keys are not used)"
+        )
     if not is_user_id(user_id):
         raise TokenInvalid("user id must be 1-128 characters, without U+0000")
     claims: dict[str, Any] = {"sub": user_id, "iat": int(now), "exp": int(now + ttl_s)}

@@ -71,6 +71,9 @@ class AuthConfig:
     secret: str | None = field(default=None, repr=False)
     #: Public keys (PEM text) for RS/ES/EdDSA, by `kid`; a None kid is used for tokens without one.
     public_keys: tuple[tuple[str | None, str], ...] = field(default=(), repr=False)
+    #: A JSON Web Key Set (RFC 7517) whose keys are added to these, re-read when it changes; the
+    #: entry layer reads it (`sohbet.app.keys`), this section only names it.
+    jwks_file: str | None = None
     audience: str | None = None
     issuer: str | None = None
     leeway_s: float = 5.0
@@ -79,16 +82,21 @@ class AuthConfig:
 
     def __post_init__(self) -> None:
         if self.algorithm in HMAC_ALGORITHMS:
-            require(self.secret is not None, f"{self.algorithm} needs a JWT secret")
-            secret_bytes = len((self.secret or "").encode())
-            require(
-                secret_bytes >= MIN_SECRET_BYTES,
-                f"JWT secret of {secret_bytes} bytes is shorter than {MIN_SECRET_BYTES}",
-            )
+            # A JWKS file of `oct` keys may stand in for the secret; its keys are checked as it loads.
+            if self.secret is not None or self.jwks_file is None:
+                require(self.secret is not None, f"{self.algorithm} needs a JWT secret")
+                secret_bytes = len((self.secret or "").encode())
+                require(
+                    secret_bytes >= MIN_SECRET_BYTES,
+                    f"JWT secret of {secret_bytes} bytes is shorter than {MIN_SECRET_BYTES}",
+                )
             # Silently ignoring them would leave the operator believing they verify something.
             require(not self.public_keys, f"{self.algorithm} verifies with a shared secret, not with public keys")
         elif self.algorithm in PUBLIC_KEY_ALGORITHMS:
-            require(bool(self.public_keys), f"{self.algorithm} needs at least one public key (--jwt-public-key)")
+            require(
+                bool(self.public_keys) or self.jwks_file is not None,
+                f"{self.algorithm} needs at least one public key (--jwt-public-key or --jwks-file)",
+            )
         else:
             require(False, f"JWT algorithm {self.algorithm!r} is not supported")
         kids = [kid for kid, _ in self.public_keys]
@@ -341,6 +349,7 @@ SETTINGS: tuple[Setting, ...] = (
         "(or separate with commas) for several",
         repeated=True,
     ),
+    Setting("jwks_file", str, None, "JSON Web Key Set file of more keys by kid, re-read when it changes or on SIGHUP"),
     Setting("jwt_algorithm", str, "HS256", "the one JWT algorithm accepted (HS256, RS256, ES256, EdDSA, ...)"),
     Setting("jwt_audience", str, None, "required `aud` claim, if set"),
     Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
@@ -629,6 +638,7 @@ class Config:
                 algorithm=str(v["jwt_algorithm"]),
                 secret=None if v["jwt_secret"] is None else str(v["jwt_secret"]),
                 public_keys=public_keys,
+                jwks_file=str(v["jwks_file"]) if v["jwks_file"] else None,
                 audience=None if v["jwt_audience"] is None else str(v["jwt_audience"]),
                 issuer=None if v["jwt_issuer"] is None else str(v["jwt_issuer"]),
                 leeway_s=float(v["jwt_leeway"]),  # type: ignore[arg-type]  # coerced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import time
 import warnings
 
@@ -191,12 +192,20 @@ def test_an_exp_no_float_holds_is_refused_not_a_crash(exp: float) -> None:
         Verifier(HS).verify(token)
 
 
-# --- keys by kid ----------------------------------------------------------------------------
+# --- keys by kid: PEM files and a JWKS -------------------------------------------------------
 
-from sohbet.errors import ConfigError  # noqa: E402  # grouped with the tests that use it
+from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm  # noqa: E402  # grouped with their tests
+
+from sohbet.auth import MAX_JWKS_BYTES, KeySet, parse_jwks  # noqa: E402
+from sohbet.errors import ConfigError  # noqa: E402
 
 RSA_A = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RSA_B = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_P256 = ec.generate_private_key(ec.SECP256R1())
 EC_P384 = ec.generate_private_key(ec.SECP384R1())
+ED = ed25519.Ed25519PrivateKey.generate()
+OCT = "an-oct-key-of-at-least-thirty-two-bytes"
 
 
 @pytest.mark.parametrize(
@@ -221,3 +230,164 @@ def test_a_configured_key_that_cannot_verify_stops_the_start(alg: str, text: str
         Verifier(AuthConfig(algorithm=alg, public_keys=(("k", text),)))
     with pytest.raises(ConfigError, match="the JWT public key without a kid"):
         Verifier(AuthConfig(algorithm=alg, public_keys=((None, text),)))
+
+
+def jwk(key: object, kid: str | None, **members: object) -> dict[str, object]:
+    """The public JWK of a private key (or an `oct` one of a string), with a kid and more members."""
+    if isinstance(key, str):
+        found: dict[str, object] = {"kty": "oct", "k": jwt.utils.base64url_encode(key.encode()).decode()}
+    elif isinstance(key, rsa.RSAPrivateKey):
+        found = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        found = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    else:
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        found = OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    if kid is not None:
+        found["kid"] = kid
+    return {**found, **members}
+
+
+def jwks(*keys: object) -> bytes:
+    return json.dumps({"keys": list(keys)}).encode()
+
+
+def signed(key: object, alg: str, kid: str | None = None) -> str:
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode({"sub": "alice", "exp": future()}, key, algorithm=alg, headers=headers)  # type: ignore[arg-type]
+
+
+def test_a_jwks_gives_keys_by_kid() -> None:
+    keyset = parse_jwks(jwks(jwk(RSA_A, "a", use="sig", alg="RS256"), jwk(RSA_B, "b", key_ops=["verify"])), "RS256")
+    assert sorted(keyset.keys) == ["a", "b"] and keyset.skipped == ()
+    verifier = Verifier(AuthConfig(algorithm="RS256", jwks_file="keys.json"))
+    verifier.use_jwks(keyset)
+    assert verifier.kids == ("a", "b")
+    assert verifier.verify(signed(RSA_A, "RS256", "a")).user_id == "alice"
+    assert verifier.verify(signed(RSA_B, "RS256", "b")).user_id == "alice"
+    with pytest.raises(TokenInvalid, match="Signature verification failed"):
+        verifier.verify(signed(RSA_A, "RS256", "b"))  # the kid picks the key: another key's token fails
+    with pytest.raises(TokenInvalid, match="no key for kid 'c'"):
+        verifier.verify(signed(RSA_A, "RS256", "c"))
+    with pytest.raises(TokenInvalid, match="no key for kid None"):
+        verifier.verify(signed(RSA_A, "RS256"))  # two keys: a token without a kid picks none
+    assert "BEGIN" not in repr(keyset) and "n=" not in repr(keyset)  # key material stays out of reprs
+
+
+@pytest.mark.parametrize(
+    ("alg", "key", "ok"),
+    [("ES256", EC_P256, jwk(EC_P256, "e")), ("EdDSA", ED, jwk(ED, "e")), ("HS256", OCT, jwk(OCT, "e"))],
+    ids=["ES256", "EdDSA", "HS256"],
+)
+def test_a_jwks_of_each_key_kind(alg: str, key: object, ok: dict[str, object]) -> None:
+    verifier = Verifier(AuthConfig(algorithm=alg, jwks_file="keys.json"))
+    with pytest.raises(TokenInvalid, match="no key for kid 'e'"):
+        verifier.verify(signed(key, alg, "e"))  # no key until the entry layer has loaded the file
+    verifier.use_jwks(parse_jwks(jwks(ok), alg))
+    assert verifier.verify(signed(key, alg, "e")).user_id == "alice"
+    assert verifier.verify(signed(key, alg)).user_id == "alice"  # one key: a token without kid uses it
+
+
+OTHER = jwk(RSA_B, "usable")  # keeps each set below from being refused for want of a key
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (jwk(RSA_A, "x", alg="RS512"), "kid 'x': alg 'RS512' is not the configured RS256, skipped"),
+        (jwk(RSA_A, "x", use="enc"), "kid 'x': use 'enc' is not 'sig', skipped"),
+        (jwk(RSA_A, "x", key_ops=["encrypt"]), "kid 'x': key_ops ['encrypt'] lack 'verify', skipped"),
+        (jwk(RSA_A, "x", key_ops="verify"), "kid 'x': key_ops 'verify' lack 'verify', skipped"),
+        (jwk(EC_P256, "x"), "kid 'x': kty 'EC' is not a usable RS256 key, skipped"),
+        (jwk(OCT, "x"), "kid 'x': kty 'oct' is not a usable RS256 key, skipped"),
+        ({"kid": "x", "kty": "RSA", "e": "AQAB"}, "kid 'x': kty 'RSA' is not a usable RS256 key, skipped"),
+        ({"kid": "x", "kty": "RSA", "n": 5, "e": "AQAB"}, "kid 'x': kty 'RSA' is not a usable RS256 key, skipped"),
+        ({"kid": "x"}, "kid 'x': kty None is not a usable RS256 key, skipped"),
+        (
+            {**RSAAlgorithm.to_jwk(RSA_A, as_dict=True), "kid": "x", "key_ops": ["verify"]},
+            "kid 'x': a private key: give the server only the public key, skipped",
+        ),
+        (jwk(RSA_A, "x", alg="R" * 100), "kid 'x': alg 'RRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRR... is not"),
+    ],
+    ids=[
+        "other-alg", "use-enc", "key-ops", "key-ops-not-list", "other-kty", "oct", "no-n", "bad-n", "no-kty",
+        "private", "long-value",
+    ],
+)  # fmt: skip
+def test_keys_for_something_else_are_skipped_naming_their_kid(entry: dict[str, object], why: str) -> None:
+    keyset = parse_jwks(jwks(OTHER, entry), "RS256")
+    assert list(keyset.keys) == ["usable"]
+    assert len(keyset.skipped) == 1 and keyset.skipped[0].startswith(why)
+    for material in ("n", "d", "k"):  # no key material in what is logged
+        value = entry.get(material)
+        assert not isinstance(value, str) or value not in keyset.skipped[0]
+
+
+def test_a_key_on_the_wrong_curve_is_skipped() -> None:
+    keyset = parse_jwks(jwks(jwk(EC_P256, "p256"), jwk(EC_P384, "p384")), "ES256")
+    assert list(keyset.keys) == ["p256"]
+    assert keyset.skipped == ("kid 'p384': kty 'EC' is not a usable ES256 key, skipped",)
+
+
+@pytest.mark.parametrize(
+    ("data", "alg", "match"),
+    [
+        (b" " * (MAX_JWKS_BYTES + 1), "RS256", "is more than a JWKS of 1048576 bytes"),
+        (b'{"keys": "\xff"}', "RS256", "^not UTF-8 text$"),
+        (b'{"keys": [}', "RS256", "^not JSON: Expecting value at line 1 column 11$"),
+        (b"[" * 100_000, "RS256", "^not JSON: nested too deeply$"),
+        (b"[]", "RS256", 'expected an object with a non-empty "keys" array'),
+        (b"{}", "RS256", "not a JWK Set"),
+        (b'{"keys": []}', "RS256", "not a JWK Set"),
+        (b'{"keys": {"a": 1}}', "RS256", "not a JWK Set"),
+        (jwks(OTHER, "a string"), "RS256", r"^key 1 has no kid \(a string of 1-256 characters\)$"),
+        (jwks({**OTHER, "kid": None}), "RS256", "^key 0 has no kid"),
+        (jwks({**OTHER, "kid": ""}), "RS256", "^key 0 has no kid"),
+        (jwks({**OTHER, "kid": 7}), "RS256", "^key 0 has no kid"),
+        (jwks({**OTHER, "kid": "k" * 257}), "RS256", "^key 0 has no kid"),
+        (jwks(jwk(RSA_A, "a"), jwk(RSA_B, "a")), "RS256", "^kid 'a' is given to more than one key$"),
+        (jwks(jwk(EC_P256, "a"), jwk(RSA_B, "a")), "RS256", "^kid 'a' is given to more than one key$"),
+        (jwks(jwk(EC_P256, "a")), "RS256", "^no key in the set verifies RS256 tokens$"),
+        (jwks(jwk("short-secret-of-23-bytes", "s")), "HS256", "^kid 's': oct key of 24 bytes is shorter than 32$"),
+    ],
+    ids=[
+        "too-large", "not-utf8", "not-json", "too-deep", "array", "no-keys", "empty-keys", "keys-not-array",
+        "entry-not-object", "kid-null", "kid-empty", "kid-number", "kid-too-long", "kid-twice", "kid-twice-skipped",
+        "none-usable", "oct-too-short",
+    ],
+)  # fmt: skip
+def test_a_set_that_is_not_a_usable_jwks_is_refused(data: bytes, alg: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_jwks(data, alg)
+    assert "AQAB" not in str(info.value) and "c2hvcnQ" not in str(info.value)  # no key material
+
+
+def test_a_jwks_swap_is_whole_and_keeps_the_configured_keys() -> None:
+    config = AuthConfig(algorithm="RS256", public_keys=(("pem", pem(RSA_A)),), jwks_file="keys.json")
+    verifier = Verifier(config)
+    assert verifier.kids == ("pem",)
+    verifier.use_jwks(parse_jwks(jwks(jwk(RSA_B, "old")), "RS256"))
+    old = signed(RSA_B, "RS256", "old")
+    assert verifier.verify(old).user_id == "alice"
+    verifier.use_jwks(parse_jwks(jwks(jwk(RSA_B, "new")), "RS256"))
+    assert verifier.kids == ("pem", "new")
+    with pytest.raises(TokenInvalid, match="no key for kid 'old'"):
+        verifier.verify(old)  # a removed kid is refused from now on
+    assert verifier.verify(signed(RSA_B, "RS256", "new")).user_id == "alice"
+    assert verifier.verify(signed(RSA_A, "RS256", "pem")).user_id == "alice"
+    with pytest.raises(ConfigError, match="kid 'pem' is both in the JWKS and a --jwt-public-key"):
+        verifier.use_jwks(parse_jwks(jwks(jwk(RSA_B, "pem"), jwk(RSA_B, "newer")), "RS256"))
+    assert verifier.kids == ("pem", "new")  # refused: the keys in use stay
+
+
+def test_a_jwks_beside_the_secret_of_hs256() -> None:
+    verifier = Verifier(AuthConfig(secret=SECRET, jwks_file="keys.json"))
+    verifier.use_jwks(KeySet({"rotated": OCT.encode()}))
+    assert verifier.kids == (None, "rotated")
+    assert verifier.verify(hs({"sub": "alice", "exp": future()})).user_id == "alice"  # no kid: the secret
+    assert verifier.verify(hs({"sub": "bob", "exp": future()}, OCT, headers={"kid": "rotated"})).user_id == "bob"
+
+
+def test_issue_token_needs_the_secret_not_a_jwks() -> None:
+    with pytest.raises(TokenInvalid, match="without a JWT secret"):
+        issue_token(AuthConfig(jwks_file="keys.json"), "alice", 60, time.time())

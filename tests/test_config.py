@@ -285,7 +285,7 @@ def test_the_webhook_is_off_by_default_and_keeps_its_url_and_secret_out_of_logs(
     assert WebhookConfig(url="http://127.0.0.1:9/x", secret="ş" * 16).secret == "ş" * 16  # 32 bytes
 
 
-# --- several public keys ------------------------------------------------------------------
+# --- several public keys, and a JWKS file ---------------------------------------------------
 
 from sohbet.config import parse_key_files  # noqa: E402  # grouped with the tests that use them
 
@@ -340,3 +340,16 @@ def test_public_keys_are_refused_where_a_secret_verifies() -> None:
     with pytest.raises(ConfigError, match="HS256 verifies with a shared secret, not with public keys"):
         AuthConfig(secret=SECRET, public_keys=(("a", "PEM"),))
     assert AuthConfig(algorithm="RS256", public_keys=((None, "PEM"), ("k" * 256, "PEM"))).secret is None
+
+
+def test_a_jwks_file_may_stand_in_for_the_keys() -> None:
+    assert AuthConfig(algorithm="RS256", jwks_file="/k/keys.json").public_keys == ()
+    assert AuthConfig(jwks_file="/k/keys.json").secret is None  # HS256: oct keys in the file instead
+    with pytest.raises(ConfigError, match="shorter than 32"):
+        AuthConfig(secret="short", jwks_file="/k/keys.json")  # a secret beside it is still checked
+    with pytest.raises(ConfigError, match=r"RS256 needs at least one public key \(--jwt-public-key or --jwks-file\)"):
+        AuthConfig(algorithm="RS256")
+    values = merge_settings({"SOHBET_JWKS_FILE": "/k/keys.json", "SOHBET_JWT_ALGORITHM": "ES256"})
+    assert Config.from_settings(values).auth.jwks_file == "/k/keys.json"
+    unset = merge_settings({"SOHBET_JWKS_FILE": "", "SOHBET_JWT_SECRET": SECRET})
+    assert Config.from_settings(unset).auth.jwks_file is None

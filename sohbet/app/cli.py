@@ -29,7 +29,8 @@ from sohbet import __version__
 from sohbet.app import logs
 from sohbet.app.compose import App, AppConfig
 from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S
-from sohbet.auth import Verifier, issue_token
+from sohbet.app.keys import check_keys, watch_keys
+from sohbet.auth import issue_token
 from sohbet.config import (
     HMAC_ALGORITHMS,
     REDIS_NOT_SUPPORTED,
@@ -164,13 +165,13 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
                 raise ConfigError(f"set the {what} or its file, not both")
             values[setting.name] = _read_secret(Path(str(secret_file)), what)
     public_keys = tuple((kid, _read_public_key(kid, path)) for kid, path in parse_key_files(values))
-    if values["jwt_algorithm"] in HMAC_ALGORITHMS and not values["jwt_secret"]:
+    if values["jwt_algorithm"] in HMAC_ALGORITHMS and not values["jwt_secret"] and not values["jwks_file"]:
         url = str(values["database_url"] or "")
         if StoreConfig(url=url).is_postgres if url else False:
             raise ConfigError("with Postgres configured, set SOHBET_JWT_SECRET or SOHBET_JWT_SECRET_FILE")
         values["jwt_secret"] = _load_secret(Path(str(values["data_dir"])))
     config = Config.from_settings(values, public_keys)
-    Verifier(config.auth)  # prepares every key: a bad one stops the process here, before anything opens
+    check_keys(config.auth)
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
@@ -216,6 +217,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         ),
         store,
     )
+    keys = watch_keys(config.auth, app.chat.verifier)  # the JWKS file's keys, reloaded on change or SIGHUP
     await app.start(config.host, config.port)
     log.info("configuration", extra={"config": config.describe()})
     kind = "postgres" if config.store.is_postgres else f"sqlite {config.store.sqlite_path}"
@@ -225,6 +227,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     )  # fmt: skip
     await stop.wait()
     await app.shutdown(config.shutdown_timeout_s)
+    await keys.stop()
     await store.close()
     log.info("stopped")
 
