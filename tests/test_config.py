@@ -175,7 +175,7 @@ def test_config_from_settings() -> None:
     described = config.describe()
     assert described["limits"]["trusted_proxies"] == ["10.0.0.0/8", "::1/128"]
     assert described["auth"] == {"algorithm": "HS256", "audience": "chat", "issuer": None, "leeway_s": 5.0,
-                                 "api_key_set": True}  # fmt: skip
+                                 "jwks_file": None, "api_key_set": True}  # fmt: skip
     assert described["metrics_token_set"] is True
     assert (config.webhook.url, config.webhook.batch_max, config.webhook.retry_for_s) == (
         "https://app.example/hooks/chat?key=in-the-url",

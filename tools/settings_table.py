@@ -12,7 +12,7 @@ from sohbet.config import SETTINGS, Setting
 
 def default_of(setting: Setting) -> str:
     value = setting.default
-    if value is None or value == "":
+    if value is None or value in ("", ()):
         return "—"
     if isinstance(value, bool):
         return "on" if value else "off"
