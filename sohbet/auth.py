@@ -136,7 +136,7 @@ class Verifier:
     every token.
     """
 
-    __slots__ = ("_config", "_fixed", "_keys")
+    __slots__ = ("_config", "_fixed", "_keys", "generation")
 
     def __init__(self, config: AuthConfig) -> None:
         """Prepare the configured keys.
@@ -160,6 +160,8 @@ class Verifier:
                 raise ConfigError(f"the JWT public key {name} is a private key: give the server only the public key")
             self._fixed[kid] = key
         self._keys = self._fixed
+        #: Counts the key sets used so far: what was verified with an earlier one is verified again.
+        self.generation = 0
 
     @property
     def kids(self) -> tuple[str | None, ...]:
@@ -183,6 +185,7 @@ class Verifier:
         for kid, key in jwks.keys.items():
             keys[kid] = key
         self._keys = keys  # the swap: built aside, assigned once
+        self.generation += 1
 
     def verify(self, token: str) -> Identity:
         """Return the identity a token proves.

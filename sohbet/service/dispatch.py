@@ -29,6 +29,7 @@ from sohbet.service.messaging import Messaging
 from sohbet.service.presence import Presence
 from sohbet.service.session import Call, Clock, LoopClock, Notifier, Outbox, Session, Socket
 from sohbet.service.sync import Sync
+from sohbet.service.tokens import VerifiedTokens
 from sohbet.service.writer import Writer
 from sohbet.store import MessageStore
 from sohbet.ws.codes import CloseCode
@@ -62,6 +63,7 @@ class ChatService:
     ) -> None:
         self.ctx = Context(store, config, outbox, clock or LoopClock(), notifier)
         self.verifier = verifier
+        self._tokens = VerifiedTokens(verifier, self.ctx.clock, leeway_s)
         self.max_message_bytes = max_message_bytes
         self.leeway_s = leeway_s
         self.writer = Writer(self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth)
@@ -204,12 +206,13 @@ class ChatService:
     # -- tokens and time ----------------------------------------------------------------------
 
     def verify(self, token: str) -> Identity:
-        """Verify a token for a new connection (the gateway calls this before the upgrade).
+        """Verify a token for a new connection (the gateway calls this before the upgrade) or
+        an HTTP API call; one that verified lately is remembered (`service/tokens.py`).
 
         Raises:
             AuthError: the token is refused.
         """
-        return self.verifier.verify(token)
+        return self._tokens.verify(token)
 
     def _refresh(self, session: Session, envelope: Envelope) -> None:
         token = wire.token_of(envelope.payload)
