@@ -44,6 +44,7 @@ ERROR_CODES: Final[dict[int, ErrorCode]] = {
     HTTPStatus.FORBIDDEN: ErrorCode.FORBIDDEN,
     HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
     HTTPStatus.METHOD_NOT_ALLOWED: ErrorCode.BAD_REQUEST,
+    HTTPStatus.REQUEST_TIMEOUT: ErrorCode.BAD_REQUEST,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: ErrorCode.TOO_LARGE,
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: ErrorCode.BAD_REQUEST,
     HTTPStatus.UPGRADE_REQUIRED: ErrorCode.BAD_REQUEST,
@@ -109,6 +110,7 @@ class _Collector:
     """httptools callbacks: gather requests, counting bytes against the limits as they come."""
 
     __slots__ = (
+        "begun",
         "body",
         "body_bytes",
         "done",
@@ -131,6 +133,7 @@ class _Collector:
     def on_message_begin(self) -> None:
         if len(self.done) >= self.room:
             raise _Full  # stop parsing here: the requests behind it are never read
+        self.begun = True
 
     def _reset(self) -> None:
         self.url = b""
@@ -139,6 +142,7 @@ class _Collector:
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.in_body = False  # the head is complete: what follows is body, not head
+        self.begun = False  # a request has begun and is not complete
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -226,6 +230,11 @@ class RequestReader:
         self.rest = b""
         self.upgraded = False
         self.full = False
+
+    @property
+    def is_partial(self) -> bool:
+        """Whether a request has begun to arrive and is not complete."""
+        return self._cb.begun
 
     @property
     def stopped(self) -> bool:

@@ -445,6 +445,10 @@ class WebSocket(asyncio.Protocol):
         if phase == PHASE_HTTP:
             http = self._http
             if http is not None and http.expired(now):
+                late = http.timed_out()
+                if late is not None:
+                    self._refuse(late, upgrade=False)  # a request under way: say why it ends
+                    return
                 self._phase = PHASE_CLOSED
                 self._transport.abort()  # idle, or plain HTTP for too long: drop, say nothing
         elif phase == PHASE_WS:

@@ -120,12 +120,26 @@ def test_frames_sent_with_the_request_are_not_lost(run: Run) -> None:
     run(main())
 
 
-def test_handshake_timeout_drops_the_connection(run: Run) -> None:
+def test_a_request_not_finished_within_the_handshake_timeout_is_told_408(run: Run) -> None:
     async def main() -> None:
         async with running(limits=Limits(handshake_timeout_s=1.0)) as server:
             client = await RawClient.connect(server.port, upgrade=False)
             client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
-            await client.expect_eof(timeout=4.0)
+            answer = await asyncio.wait_for(client.reader.read(), 4.0)
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+            assert b'"code":"bad_request"' in answer and b"within 1 s" in answer
+
+    run(main())
+
+
+def test_an_idle_kept_alive_socket_is_closed_without_an_answer(run: Run) -> None:
+    async def main() -> None:
+        async with running(limits=Limits(handshake_timeout_s=1.0)) as server:
+            client = await RawClient.connect(server.port, upgrade=False)
+            client.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await asyncio.wait_for(client.reader.readuntil(b"}}"), 4.0)
+            assert answer.startswith(b"HTTP/1.1 404 ")
+            assert await asyncio.wait_for(client.reader.read(), 4.0) == b""  # idle: closed, nothing said
 
     run(main())
 

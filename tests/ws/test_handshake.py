@@ -354,3 +354,11 @@ def test_an_upgrade_with_a_body_is_refused(extra: str) -> None:
     with pytest.raises(InvalidHandshake, match="no body") as info:
         handshake.validate_upgrade(request, CONFIG)
     assert info.value.http_status == 400
+
+
+def test_the_reader_says_when_a_request_is_under_way() -> None:
+    reader = http11.RequestReader(Limits())
+    assert not reader.is_partial
+    assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-") == [] and reader.is_partial
+    assert reader.feed(b"Length: 2\r\n\r\nx") == [] and reader.is_partial  # in its body
+    assert len(reader.feed(b"yGET / HTTP/1.1\r\nHost: a\r\n\r\n")) == 2 and not reader.is_partial
