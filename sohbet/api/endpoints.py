@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from sohbet.api import openapi
 from sohbet.api.router import RouteHandler, Router
 from sohbet.chat import wire
 from sohbet.chat.ids import MAX_ID, MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
@@ -160,7 +161,7 @@ class HttpApi:
         self._key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
 
     def register(self, router: Router) -> None:
-        """Add every endpoint of the API to *router*."""
+        """Add every endpoint of the API to *router*, and its description (`openapi.PATH`)."""
         routes: list[tuple[str, str, str, Endpoint]] = [
             ("POST", "/api/conversations", BOTH, self._create),
             ("GET", "/api/conversations", USER, self._list),
@@ -176,6 +177,7 @@ class HttpApi:
         ]
         for method, pattern, who, endpoint in routes:
             router.add(method, pattern, self._guarded(endpoint, who))
+        openapi.register(router)
 
     def _guarded(self, endpoint: Endpoint, who: str) -> RouteHandler:
         """Authenticate the caller, run the endpoint, and answer every refusal with its status."""
