@@ -4,7 +4,8 @@ Pipelining is bounded (at most `max_pipelined_requests` answers per read, then t
 closes after them), a plain-HTTP socket lives at most `http_lifetime_s` however often it is
 answered, plain sockets count toward `max_connections`, a request pipelined before an upgrade is
 answered and then the upgrade happens, HEAD answers carry no body, and `/readyz` checks storage
-once for all concurrent probes, answers from a short cache, and says 503 when storage is down.
+once for all concurrent probes, answers from a short cache, and says 503 when storage is down and
+from the start of a shutdown.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from typing import Any
 import orjson
 import pytest
 
+from sohbet.app.compose import App, AppConfig
 from sohbet.app.gateway import ChatGateway
+from sohbet.config import ChatConfig, StoreConfig
 from sohbet.store import MessageStore
-from sohbet.ws.config import MAX_PIPELINED_REQUESTS, Limits
+from sohbet.ws.config import MAX_PIPELINED_REQUESTS, Limits, WebSocketConfig
 from sohbet.ws.http11 import Request
 from sohbet.ws.server import Handler, Response
 
-from ..chatkit import chat_server, open_store
+from ..chatkit import AUTH, chat_server, open_store
 from ..conftest import IN_CI
 from .conftest import RawClient, Recorder, client_frame, http, running, take_server_frames
 
@@ -389,6 +392,33 @@ def test_concurrent_readyz_share_one_storage_check_and_reuse_it(run: Run, tmp_pa
             status, _, _ = await http(h.server.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert (status, store.pings) == (200, 2)
         await store._store.close()
+
+    run(main())
+
+
+def test_readyz_answers_503_from_the_start_of_a_shutdown(run: Run, tmp_path: Path) -> None:
+    """`App.shutdown` first stops saying ready and drains, so a load balancer sends no new clients
+    to a server about to close (docs/protocol.md: `/readyz` is 503 while shutting down)."""
+
+    async def main() -> None:
+        url = f"sqlite:///{tmp_path}/sohbet.db"
+        store = await open_store(url)
+        config = AppConfig(
+            auth=AUTH, chat=ChatConfig(), limits=Limits(), websocket=WebSocketConfig(), store=StoreConfig(url=url),
+            drain_delay_s=1.0,  # the probe below takes milliseconds: far inside it
+        )  # fmt: skip
+        app = App(config, store)
+        await app.start("127.0.0.1", 0)
+        try:
+            assert (await readyz(app.port))[0] == 200
+            stopping = asyncio.ensure_future(app.shutdown(10.0))
+            await until(lambda: not app.gateway.accepting)  # the drain has begun; storage still answers
+            status, _, body = await readyz(app.port)
+            assert status == 503, body
+            assert orjson.loads(body)["error"]["code"] == "unavailable"
+            await stopping
+        finally:
+            await store.close()
 
     run(main())
 
