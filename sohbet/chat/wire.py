@@ -373,7 +373,9 @@ class AppEvent(NamedTuple):
             raise _bad(f"type must start with {APP_EVENT_PREFIX!r} and name the event, e.g. 'app:notice'")
         if not kind.isprintable():
             raise _bad("type must be printable")
-        payload = body.get("payload", {})
+        payload = body.get("payload")
+        if payload is None:
+            payload = {}  # left out or null: an empty object, as in a client's envelope
         if not isinstance(payload, dict):
             raise _bad("payload must be a JSON object")
         users = list(dict.fromkeys(_user_ids(body, "user_ids", max_users))) if to_users else []
@@ -407,7 +409,9 @@ class DisconnectRequest(NamedTuple):
         code = _int(body, "code", low=1000, high=4999, default=default_code)
         if code != CloseCode.NORMAL and code < FIRST_APPLICATION_CLOSE_CODE:
             raise _bad(f"code {code} is not 1000 nor an application close code (4000-4999)")
-        reason = body.get("reason", "")
+        reason = body.get("reason")
+        if reason is None:
+            reason = ""  # left out or null: none, as a null code is the default one
         if not isinstance(reason, str):
             raise _bad("reason must be a string")
         if len(reason.encode()) > MAX_CLOSE_REASON_BYTES:

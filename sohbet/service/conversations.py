@@ -173,6 +173,8 @@ class Conversations:
         found = await self.existing(conversation)
         if found.kind == ConversationKind.DIRECT:
             raise MessageRejected(ErrorCode.BAD_REQUEST, f"conversation {conversation} is direct: it has two members")
+        if user in await ctx.member_set(conversation):
+            return found  # already in: nothing changes, even in a full group
         limit = ctx.config.max_group_members
         if found.member_count >= limit:
             raise MessageRejected(ErrorCode.TOO_LARGE, f"a group holds at most {limit} members")

@@ -33,6 +33,8 @@ log = logging.getLogger("sohbet.server")
 
 
 _LAST_STATUS: Final = 599  # the status codes HTTP defines are 100-599 (RFC 9110 §15)
+#: A request not answered in time may be retried at once (a send with the same client_id too).
+_RETRY_SOON: Final = (("Retry-After", "1"),)
 
 
 def _checked(request: http11.Request, result: object) -> http11.Response:
@@ -170,7 +172,7 @@ class HttpPhase:
             answered[HTTPStatus.SERVICE_UNAVAILABLE] = answered.get(HTTPStatus.SERVICE_UNAVAILABLE, 0) + 1
             log.warning("%s %s took longer than %g s: answered 503", request.method, request.path, timeout_s)
             body = http11.error_body(HTTPStatus.SERVICE_UNAVAILABLE, f"no answer within {timeout_s:g} s; retry")
-            response = http11.Response(HTTPStatus.SERVICE_UNAVAILABLE, body)
+            response = http11.Response(HTTPStatus.SERVICE_UNAVAILABLE, body, headers=_RETRY_SOON)
         except Exception:
             log.exception("on_http failed for %s %s", request.method, request.path)
             response = http11.INTERNAL_ERROR

@@ -303,6 +303,14 @@ def test_an_added_member_receives_at_once(run: Run, database_url: str) -> None:
             assert (status, body["error"]["code"]) == (404, "not_found")
             for bad in ({}, {"user_id": ""}, {"user_id": 7}, {"user_id": "x" * 129}):
                 assert (await api.call("POST", path, json=bad, headers=BACKEND))[0] == 400, bad
+            full = await group(api, "a", "b", "c")
+            async with api_of(h) as same:
+                h.chat.ctx.config = with_chat(max_group_members=3)  # the group is full now
+                path3 = f"/api/conversations/{full}/members"
+                status, body, _ = await same.call("POST", path3, json={"user_id": "d"}, headers=BACKEND)
+                assert (status, body["error"]["code"]) == (413, "too_large")
+                again3 = await same.ok("POST", path3, json={"user_id": "a"}, headers=BACKEND)
+                assert again3["conversation"]["member_count"] == 3  # already in: 200, full or not
             assert (await api.call("POST", path, json={"user_id": "e"}, headers=as_user("alice")))[0] == 403
 
     run(main())
@@ -338,6 +346,9 @@ def test_publish_and_broadcast_reach_the_right_connections(run: Run, database_ur
     async def main() -> None:
         async with chat_server(database_url) as h, api_of(h) as api:
             alice1, alice2, bob, carol = [await h.connect(u) for u in ("alice", "alice", "bob", "carol")]
+            bare = {"user_ids": ["bob"], "type": "app:bare", "payload": None}
+            assert await api.ok("POST", "/api/publish", json=bare, headers=BACKEND) == {"delivered_connections": 1}
+            assert await bob.recv() == {"type": "app:bare", "payload": {}}  # null is an empty payload
             body = {"user_ids": ["alice", "nobody-online"], "type": "app:notice", "payload": {"n": 1}}
             assert await api.ok("POST", "/api/publish", json=body, headers=BACKEND) == {"delivered_connections": 2}
             for client in (alice1, alice2):
@@ -412,6 +423,13 @@ def test_disconnect_closes_every_connection_of_the_user(run: Run, database_url: 
                 assert client.ws.close_code == 4501  # the default: do not reconnect
             await marker(api, bob)  # bob's connection stays open
             carol = await h.connect("carol")
+            dave = await h.connect("dave")
+            nothing = {"code": None, "reason": None}  # null: the default code, no reason
+            assert await api.ok("POST", "/api/users/dave/disconnect", json=nothing, headers=BACKEND) == {
+                "closed_connections": 1
+            }
+            await dave.ws.wait_closed()
+            assert (dave.ws.close_code, dave.ws.close_reason) == (4501, "")
             body = {"code": 4000, "reason": "please sign in again"}
             assert await api.ok("POST", "/api/users/carol/disconnect", json=body, headers=BACKEND) == {
                 "closed_connections": 1
@@ -587,8 +605,8 @@ def test_a_request_not_answered_in_time_is_a_503(run: Run, database_url: str) ->
                 cid = await group(api, "alice", "bob", "carol")
                 path = f"/api/conversations/{cid}/messages"
                 body = {"content": "slow", "client_id": "t1"}
-                status, error, _ = await api.call("POST", path, json=body, headers=as_user("alice"))
-                assert (status, error["error"]["code"]) == (503, "unavailable")
+                status, error, headers = await api.call("POST", path, json=body, headers=as_user("alice"))
+                assert (status, error["error"]["code"], headers["Retry-After"]) == (503, "unavailable", "1")
                 assert "within 0.3 s" in error["error"]["message"]
                 held.gate.set()
                 # Retrying with the same client_id is safe: the first attempt was stored once.
