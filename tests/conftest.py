@@ -15,6 +15,8 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, settings
 
+from .pgcluster import ClusterUnavailable, PrivatePostgres
+
 IN_CI = os.environ.get("CI") == "true"
 
 # Deadlines fail runs on a loaded 2-core machine for no fault of the code; speed is measured in
@@ -119,3 +121,26 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/sohbet.db"
     return str(request.getfixturevalue("postgres_database"))
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test's own, which it may stop, kill, pause and restart.
+
+    Outage tests use it instead of the shared server, which must never be stopped or paused. It
+    is made fresh for each test (initdb takes about a second) and destroyed after it, whatever
+    state the test left it in. Where the binaries, `runuser` or root are missing, tests that
+    need it skip with a loud reason, except under CI=true, where they fail.
+    """
+    try:
+        cluster = PrivatePostgres()
+    except ClusterUnavailable as exc:
+        message = f"cannot start a private PostgreSQL cluster: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip("SKIPPING THE POSTGRES OUTAGE TESTS: " + message)
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        cluster.destroy()
