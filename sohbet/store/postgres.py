@@ -11,13 +11,22 @@ server process writing to the same database waits its turn and can never produce
 duplicate. If another process inserts the same `(sender_id, client_id)` between our check and
 our insert, the unique index stops it, the statement fails as a whole and the batch is retried:
 a seq is never burnt.
+
+Outages: every call but `migrate` ends within `timeout_s` (default `TIMEOUT_S`), whether
+Postgres is stopped (refused at once), killed (the connections break) or hung (nothing answers:
+only a deadline tells), and fails with `StoreUnavailable`. A connection whose call timed out, was
+cancelled or broke is dropped, never reused or waited on, and the pool opens a fresh one on demand:
+when Postgres is back, the same store works again with no restart of the process. A batch is one
+statement, so it is stored whole or not at all; if the connection dies during its commit, the
+caller cannot know which (`StoreUnavailable`, and a retry with the same client_id finds it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any, Final
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
@@ -45,11 +54,25 @@ from sohbet.store import (
     migrations,
 )
 
-__all__ = ["PostgresStore"]
+__all__ = ["TIMEOUT_S", "PostgresStore"]
+
+T = TypeVar("T")
+
+#: The longest one store call may take, from asking the pool for a connection to the last row,
+#: and the longest a connection attempt may take. A hung server (a frozen process or host, a
+#: network that silently drops packets) takes TCP connections and queries and never answers:
+#: only a deadline ends the wait. Healthy calls take milliseconds: the largest group commit
+#: (10,000 messages of 100 bytes, the `max_batch` ceiling) took 0.17 s on the 2-core test
+#: machine (512: 10 ms), and history and sync reads are bounded pages. Five seconds is over 25
+#: times that: short enough that a sender hears `unavailable` (and retries) while still looking
+#: at the screen, long enough that a busy server (a checkpoint stalling commits for a second or
+#: two) is not declared down.
+TIMEOUT_S: Final = 5.0
 
 _MIGRATION_LOCK: Final = 0x50_68_62_74  # advisory lock key: one migrator at a time across processes
 #: Session advisory lock key held by a serving process (advisory locks are per database).
 _INSTANCE_LOCK: Final = 0x50_68_62_73
+_TRY_INSTANCE_LOCK: Final = "SELECT pg_try_advisory_lock($1), current_database()"
 _MIGRATIONS: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
 )
@@ -180,9 +203,16 @@ def _message(row: Any, is_new: bool = True) -> StoredMessage:
 class PostgresStore:
     """`MessageStore` on PostgreSQL (see `sohbet.store.MessageStore` for the contract)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 8,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
+        self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._lock_con: asyncpg.Connection | None = None
@@ -194,31 +224,78 @@ class PostgresStore:
         async with self._opening:  # concurrent first calls share one pool instead of each leaking one
             if self._pool is not None:
                 return self._pool
-            try:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=1,
-                    max_size=self._pool_size,
-                    reset=_keep_session,
-                    # asyncpg prepares statements once; a generic plan made while the tables were
-                    # small stays when they grow (measured: 5x slower group commits). Plan each run.
-                    server_settings={"plan_cache_mode": "force_custom_plan"},
-                )
-            except _DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"postgres: {exc}") from exc
+            # Opens no connection (min_size=0), so it cannot fail for want of a server; `_run`
+            # maps driver errors all the same.
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                # No floor: asyncpg would keep reconnecting in the background through an
+                # outage, logging a traceback each time. Connections open on demand (a few ms)
+                # and idle ones stay open for reuse.
+                min_size=0,
+                max_size=self._pool_size,
+                reset=_keep_session,
+                timeout=self._timeout_s,  # connecting; the call's deadline bounds it too
+                # Also bounds asyncpg's own cancel request after a timeout (which `_run`
+                # makes moot by dropping the connection at once).
+                command_timeout=self._timeout_s,
+                server_settings={
+                    # asyncpg prepares statements once; a generic plan made while the tables
+                    # were small stays when they grow (measured: 5x slower group commits).
+                    # Plan each run.
+                    "plan_cache_mode": "force_custom_plan",
+                    # The server's side of the deadline: a statement whose caller gave up
+                    # and hung up does not run on for nothing.
+                    "statement_timeout": str(round(self._timeout_s * 1000)),
+                },
+            )
         return self._pool
 
-    async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        pool = await self._get_pool()
+    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run *work* on a pooled connection within the deadline; driver errors become
+        `StoreUnavailable`.
+
+        A connection that timed out, was cancelled or broke is terminated rather than released
+        as it is: whether its server is alive, and what it is doing, is unknown, and asyncpg's
+        way (a cancel request, then a rollback) waits on a server that may never answer. An
+        error the server sent (a unique violation, a statement timeout) leaves it usable.
+        """
         try:
-            return list(await pool.fetch(query, *args))
+            async with asyncio.timeout(self._timeout_s):
+                pool = await self._get_pool()
+                async with pool.acquire() as con:
+                    try:
+                        return await work(con)
+                    except BaseException as exc:
+                        if not isinstance(exc, asyncpg.PostgresError):
+                            con.terminate()  # release then hands the pool an empty slot at once
+                        raise
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"postgres did not answer within {self._timeout_s} s") from exc
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
 
-    async def migrate(self) -> None:  # see MessageStore
-        pool = await self._get_pool()
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        return list(await self._run(lambda con: con.fetch(query, *args)))
+
+    async def _connect(self, *, command_timeout_s: float | None) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (the instance lock, migrations)."""
         try:
-            async with pool.acquire() as con, con.transaction():
+            return await asyncpg.connect(self._dsn, timeout=self._timeout_s, command_timeout=command_timeout_s)
+        except _DRIVER_ERRORS as exc:
+            raise StoreUnavailable(f"postgres: {exc}") from exc
+
+    async def _hang_up(self, con: asyncpg.Connection) -> None:
+        """Close *con* politely if its server answers in time, else drop it."""
+        with contextlib.suppress(*_DRIVER_ERRORS):  # on failure, close has dropped it already
+            await con.close(timeout=self._timeout_s)
+
+    async def migrate(self) -> None:  # see MessageStore
+        # Its own connection, without the deadline of other calls: a migration may rewrite a large
+        # table for minutes, or wait for another process's migration. It runs at startup, before
+        # the port opens, where an operator sees a hang; only connecting is bounded.
+        con = await self._connect(command_timeout_s=None)
+        try:
+            async with con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await con.execute(_MIGRATIONS)
                 applied = {r["version"] for r in await con.fetch(_APPLIED)}
@@ -228,6 +305,8 @@ class PostgresStore:
                         await con.execute(_RECORD_MIGRATION, version)
         except _DRIVER_ERRORS as exc:
             raise StoreUnavailable(f"postgres: {exc}") from exc
+        finally:
+            await self._hang_up(con)
 
     async def ping(self) -> None:  # see MessageStore
         await self._fetch("SELECT 1")
@@ -235,31 +314,44 @@ class PostgresStore:
     async def lock_instance(self) -> None:  # see MessageStore
         # A session-level lock on a connection of its own, outside the pool: it is held as long
         # as that connection lives, and Postgres releases it when the process dies.
-        try:
-            con = await asyncpg.connect(self._dsn)
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"postgres: {exc}") from exc
-        try:
-            held = await con.fetchval("SELECT pg_try_advisory_lock($1)", _INSTANCE_LOCK)
-            database = await con.fetchval("SELECT current_database()")
-        except _DRIVER_ERRORS as exc:
-            await con.close()
-            raise StoreUnavailable(f"postgres: {exc}") from exc
-        if not held:
-            await con.close()
+        con, database = await self._try_lock()
+        if con is None:
             raise InstanceLocked(f"PostgreSQL database {database!r} {INSTANCE_LOCKED}")
         self._lock_con = con
 
+    async def _try_lock(self) -> tuple[asyncpg.Connection | None, str]:
+        """Connect and try the instance lock: the connection that now holds it (or None if
+        another session does), and the database's name."""
+        con = await self._connect(command_timeout_s=self._timeout_s)
+        try:
+            row = await con.fetchrow(_TRY_INSTANCE_LOCK, _INSTANCE_LOCK)
+        except BaseException as exc:  # cancelled too: no connection may leak
+            con.terminate()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise StoreUnavailable(f"postgres: {exc}") from exc
+            raise
+        assert row is not None  # a SELECT without FROM returns one row
+        held, database = row
+        if held:
+            return con, database
+        await self._hang_up(con)
+        return None, database
+
     async def close(self) -> None:  # see MessageStore
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                # Waits for calls in flight (each within its deadline), then says goodbye to
+                # each connection; a hung server gets no more than the deadline.
+                async with asyncio.timeout(self._timeout_s):
+                    await pool.close()
+            except TimeoutError:
+                pool.terminate()
         if self._lock_con is not None:
-            await self._lock_con.close()  # after the pool: the lock outlives every write
+            await self._hang_up(self._lock_con)  # after the pool: the lock outlives every write
             self._lock_con = None
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
-        pool = await self._get_pool()
         args = (
             [m.conversation_id for m in batch],
             [m.sender_id for m in batch],
@@ -267,15 +359,19 @@ class PostgresStore:
             [m.content for m in batch],
             now_ms,
         )
-        for _ in range(_RETRIES):
-            try:
-                rows = await pool.fetch(_APPEND, *args)
-            except asyncpg.UniqueViolationError:
-                continue  # another process stored one of our pairs first: see it next time
-            except _DRIVER_ERRORS as exc:
-                raise StoreUnavailable(f"postgres: {exc}") from exc
-            return _results(batch, rows)
-        raise StoreUnavailable(f"batch kept conflicting with concurrent writers after {_RETRIES} tries")
+
+        async def write(con: Any) -> list[Any] | None:
+            for _ in range(_RETRIES):
+                try:
+                    return list(await con.fetch(_APPEND, *args))
+                except asyncpg.UniqueViolationError:
+                    continue  # another process stored one of our pairs first: see it next time
+            return None
+
+        rows = await self._run(write)
+        if rows is None:
+            raise StoreUnavailable(f"batch kept conflicting with concurrent writers after {_RETRIES} tries")
+        return _results(batch, rows)
 
     async def find_message(self, sender: UserId, client_id: str) -> StoredMessage | None:  # see MessageStore
         rows = await self._fetch(_FIND_ONE, sender, client_id)
@@ -287,22 +383,21 @@ class PostgresStore:
         unique = sorted(set(members))
         key = direct_key(unique[0], unique[1]) if kind == ConversationKind.DIRECT else None
         title = title if kind == ConversationKind.GROUP else None
-        pool = await self._get_pool()
-        try:
-            async with pool.acquire() as con, con.transaction():
+
+        async def create(con: Any) -> tuple[ConversationId, list[UserId]]:
+            async with con.transaction():
                 row = await con.fetchrow(_INSERT_CONVERSATION, kind, title, key, len(unique), now_ms)
                 if row is None:  # the direct conversation of this pair exists (maybe made just now)
                     cid = ConversationId(await con.fetchval(_FIND_DIRECT, key))
                     # Asked again after one side left: the pair rejoins its one direct conversation.
                     rows = await con.fetch(_INSERT_MEMBERS, cid, unique, now_ms)
-                    joined = sorted(UserId(r["user_id"]) for r in rows)
                     await con.execute(_RECOUNT_MEMBERS, cid)
-                else:
-                    cid = ConversationId(row["id"])
-                    await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
-                    joined = unique
-        except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"postgres: {exc}") from exc
+                    return cid, sorted(UserId(r["user_id"]) for r in rows)
+                cid = ConversationId(row["id"])
+                await con.execute(_INSERT_MEMBERS, cid, unique, now_ms)
+                return cid, unique
+
+        cid, joined = await self._run(create)
         found = await self.conversation(cid)
         if found is None:
             raise StoreError(f"conversation {cid} vanished after it was created")
