@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import (
@@ -56,6 +58,8 @@ from sohbet.store import (
 
 __all__ = ["TIMEOUT_S", "PostgresStore"]
 
+log = logging.getLogger("sohbet.store")
+
 T = TypeVar("T")
 
 #: The longest one store call may take, from asking the pool for a connection to the last row,
@@ -68,6 +72,8 @@ T = TypeVar("T")
 #: at the screen, long enough that a busy server (a checkpoint stalling commits for a second or
 #: two) is not declared down.
 TIMEOUT_S: Final = 5.0
+#: How often a lost instance lock is asked for again (one connection attempt each time).
+RELOCK_INTERVAL_S: Final = 2.0
 
 _MIGRATION_LOCK: Final = 0x50_68_62_74  # advisory lock key: one migrator at a time across processes
 #: Session advisory lock key held by a serving process (advisory locks are per database).
@@ -209,13 +215,16 @@ class PostgresStore:
         *,
         pool_size: int = 8,
         timeout_s: float = TIMEOUT_S,
+        relock_interval_s: float = RELOCK_INTERVAL_S,
     ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._timeout_s = timeout_s
+        self._relock_interval_s = relock_interval_s
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._lock_con: asyncpg.Connection | None = None
+        self._relocking: asyncio.Task[None] | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
         pool = self._pool
@@ -317,7 +326,7 @@ class PostgresStore:
         con, database = await self._try_lock()
         if con is None:
             raise InstanceLocked(f"PostgreSQL database {database!r} {INSTANCE_LOCKED}")
-        self._lock_con = con
+        self._hold_lock(con)
 
     async def _try_lock(self) -> tuple[asyncpg.Connection | None, str]:
         """Connect and try the instance lock: the connection that now holds it (or None if
@@ -325,7 +334,7 @@ class PostgresStore:
         con = await self._connect(command_timeout_s=self._timeout_s)
         try:
             row = await con.fetchrow(_TRY_INSTANCE_LOCK, _INSTANCE_LOCK)
-        except BaseException as exc:  # cancelled too: no connection may leak
+        except BaseException as exc:  # cancelled too (`close` during a retry): no connection may leak
             con.terminate()
             if isinstance(exc, _DRIVER_ERRORS):
                 raise StoreUnavailable(f"postgres: {exc}") from exc
@@ -337,7 +346,52 @@ class PostgresStore:
         await self._hang_up(con)
         return None, database
 
+    def _hold_lock(self, con: asyncpg.Connection) -> None:
+        self._lock_con = con
+        con.add_termination_listener(self._lock_lost)
+
+    def _lock_lost(self, con: asyncpg.Connection | PoolConnectionProxy) -> None:
+        """Take the lock again when its connection ends (Postgres restarted, or the connection
+        broke), rather than serve unprotected until this process restarts.
+
+        Another server may have started and taken it meanwhile: nothing this one can do undoes
+        that (both serve, and memberships go stale), and stopping would turn a database restart
+        into an outage of both; so it says so once, keeps serving, and keeps asking.
+        """
+        if con is not self._lock_con:
+            return  # `close` let it go
+        self._lock_con = None
+        log.warning("lost the instance lock with its connection (did postgres restart?); taking it again")
+        self._relocking = asyncio.ensure_future(self._relock())
+
+    async def _relock(self) -> None:
+        told = False
+        while True:
+            await asyncio.sleep(self._relock_interval_s)
+            try:
+                con, database = await self._try_lock()
+            except StoreUnavailable:
+                continue  # still down; no line per try
+            if con is not None:
+                self._relocking = None
+                self._hold_lock(con)
+                log.warning("took the instance lock again")
+                return
+            log.debug("the instance lock is still held by another session")
+            if not told:
+                told = True
+                log.error(
+                    "another session holds the instance lock of PostgreSQL database %r: another sohbet-server "
+                    "started while the lock was lost (stop one: each would keep stale memberships), or this "
+                    "server's old session, which postgres has not ended yet; trying again every %s s",
+                    database, self._relock_interval_s,
+                )  # fmt: skip
+
     async def close(self) -> None:  # see MessageStore
+        if self._relocking is not None:
+            self._relocking.cancel()
+            await asyncio.gather(self._relocking, return_exceptions=True)
+            self._relocking = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -348,8 +402,8 @@ class PostgresStore:
             except TimeoutError:
                 pool.terminate()
         if self._lock_con is not None:
-            await self._hang_up(self._lock_con)  # after the pool: the lock outlives every write
-            self._lock_con = None
+            con, self._lock_con = self._lock_con, None  # first: its end is no loss to repair
+            await self._hang_up(con)  # after the pool: the lock outlives every write
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
         args = (

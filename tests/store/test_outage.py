@@ -10,6 +10,7 @@ store object works again, with no restart of the process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -20,7 +21,8 @@ import pytest
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage, StoredMessage
 from sohbet.errors import StoreUnavailable
-from sohbet.store.postgres import _MIGRATION_LOCK, PostgresStore
+from sohbet.store import InstanceLocked
+from sohbet.store.postgres import _INSTANCE_LOCK, _MIGRATION_LOCK, PostgresStore
 
 from ..pgcluster import PrivatePostgres
 
@@ -373,6 +375,52 @@ def test_senders_that_retry_through_an_outage_store_each_message_once_without_ga
     no_tracebacks(caplog)
 
 
+ADVISORY_LOCKS = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+
+
+def test_the_instance_lock_is_taken_again_when_postgres_is_back(
+    run: Run, private_postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "sohbet.store")
+    url = private_postgres.url
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    async def main() -> None:
+        store = PostgresStore(url, timeout_s=SHORT_TIMEOUT_S, relock_interval_s=0.05)
+        await store.lock_instance()
+        try:
+            await asyncio.to_thread(private_postgres.stop, "fast")
+            await asyncio.to_thread(private_postgres.start)
+            watcher = await asyncpg.connect(url, timeout=10)
+            try:
+                async with asyncio.timeout(20):
+                    while not await watcher.fetch(ADVISORY_LOCKS):
+                        await asyncio.sleep(0.01)  # polls a server state that has no event to await
+            finally:
+                await watcher.close()
+            with pytest.raises(InstanceLocked):  # a second server is refused again
+                await PostgresStore(url, timeout_s=SHORT_TIMEOUT_S).lock_instance()
+            await asyncio.to_thread(private_postgres.stop, "immediate")
+            async with asyncio.timeout(20):
+                while len(said()) < 3:
+                    await asyncio.sleep(0.01)  # polls the log, which has no event to await
+        finally:
+            started = time.monotonic()
+            await store.close()  # shutting down while it tries to take the lock again
+            assert time.monotonic() - started < FAST_S
+        await asyncio.to_thread(private_postgres.start)
+        again = PostgresStore(url)
+        await again.lock_instance()  # close let go of it
+        await again.close()
+
+    run(main())
+    lost = "lost the instance lock with its connection (did postgres restart?); taking it again"
+    assert said() == [lost, "took the instance lock again", lost]
+    no_tracebacks(caplog)
+
+
 def test_a_migration_waits_past_the_deadline_for_another_and_one_cut_off_is_unavailable(
     run: Run, private_postgres: PrivatePostgres
 ) -> None:
@@ -407,6 +455,45 @@ def test_a_migration_waits_past_the_deadline_for_another_and_one_cut_off_is_unav
             await store.close()
 
     run(main())
+
+
+def test_a_lock_taken_by_another_session_meanwhile_is_reported_once_and_asked_for_until_free(
+    run: Run, private_postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "sohbet.store")
+    url = private_postgres.url
+
+    def tries() -> int:
+        return sum(r.getMessage().startswith("the instance lock is still held") for r in caplog.records)
+
+    async def main() -> None:
+        store = PostgresStore(url, timeout_s=SHORT_TIMEOUT_S, relock_interval_s=0.5)
+        await store.lock_instance()
+        other = await asyncpg.connect(url, timeout=10)
+        try:
+            # The lock's connection breaks (not the whole server), and another session takes the
+            # lock first: a second server started while this one was unprotected.
+            (pid,) = await other.fetchrow(ADVISORY_LOCKS)
+            await other.execute("SELECT pg_terminate_backend($1)", pid)
+            await other.execute("SELECT pg_advisory_lock($1)", _INSTANCE_LOCK)  # granted once that backend is gone
+            async with asyncio.timeout(20):
+                while tries() < 2:
+                    await asyncio.sleep(0.01)  # polls the log, which has no event to await
+            await store.ping()  # it keeps serving meanwhile
+            await other.close()  # the other one stops
+            async with asyncio.timeout(20):
+                while not any(r.getMessage() == "took the instance lock again" for r in caplog.records):
+                    await asyncio.sleep(0.01)  # polls the log, which has no event to await
+            with pytest.raises(InstanceLocked):
+                await PostgresStore(url, timeout_s=SHORT_TIMEOUT_S).lock_instance()
+        finally:
+            other.terminate()
+            await store.close()
+
+    run(main())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith("another session holds the instance lock of PostgreSQL database")
+    no_tracebacks(caplog)
 
 
 def test_an_instance_lock_the_database_refuses_is_unavailable_and_leaves_no_connection(
