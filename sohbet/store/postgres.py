@@ -12,11 +12,12 @@ duplicate. If another process inserts the same `(sender_id, client_id)` between 
 our insert, the unique index stops it, the statement fails as a whole and the batch is retried:
 a seq is never burnt.
 
-Outages: every call but `migrate` ends within `timeout_s` (default `TIMEOUT_S`), whether
-Postgres is stopped (refused at once), killed (the connections break) or hung (nothing answers:
-only a deadline tells), and fails with `StoreUnavailable`. A connection whose call timed out, was
-cancelled or broke is dropped, never reused or waited on, and the pool opens a fresh one on demand:
-when Postgres is back, the same store works again with no restart of the process. A batch is one
+Outages: a call fails with `StoreUnavailable` at once when Postgres is stopped (connections are
+refused) or killed (they break), and within `timeout_s` (default `TIMEOUT_S`) when it hangs and
+nothing answers: each trip to the database, from asking the pool for a connection to the last
+row, has that deadline (`migrate` aside). A connection whose call timed out, was cancelled or
+broke is dropped, never reused or waited on, and the pool opens a fresh one on demand: when
+Postgres is back, the same store works again with no restart of the process. A batch is one
 statement, so it is stored whole or not at all; if the connection dies during its commit, the
 caller cannot know which (`StoreUnavailable`, and a retry with the same client_id finds it).
 """
@@ -278,10 +279,14 @@ class PostgresStore:
                         if not isinstance(exc, asyncpg.PostgresError):
                             con.terminate()  # release then hands the pool an empty slot at once
                         raise
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"postgres did not answer within {self._timeout_s} s") from exc
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"postgres: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """What the caller is told of a driver error (a timeout's own message is empty)."""
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(f"postgres did not answer within {self._timeout_s} s")
+        return StoreUnavailable(f"postgres: {exc}")
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
         return list(await self._run(lambda con: con.fetch(query, *args)))
@@ -291,7 +296,7 @@ class PostgresStore:
         try:
             return await asyncpg.connect(self._dsn, timeout=self._timeout_s, command_timeout=command_timeout_s)
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"postgres: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     async def _hang_up(self, con: asyncpg.Connection) -> None:
         """Close *con* politely if its server answers in time, else drop it."""
@@ -313,7 +318,7 @@ class PostgresStore:
                         await con.execute(script)
                         await con.execute(_RECORD_MIGRATION, version)
         except _DRIVER_ERRORS as exc:
-            raise StoreUnavailable(f"postgres: {exc}") from exc
+            raise self._unavailable(exc) from exc
         finally:
             await self._hang_up(con)
 
@@ -331,13 +336,16 @@ class PostgresStore:
     async def _try_lock(self) -> tuple[asyncpg.Connection | None, str]:
         """Connect and try the instance lock: the connection that now holds it (or None if
         another session does), and the database's name."""
-        con = await self._connect(command_timeout_s=self._timeout_s)
+        con = None
         try:
-            row = await con.fetchrow(_TRY_INSTANCE_LOCK, _INSTANCE_LOCK)
+            async with asyncio.timeout(self._timeout_s):  # one deadline for connecting and asking
+                con = await self._connect(command_timeout_s=self._timeout_s)
+                row = await con.fetchrow(_TRY_INSTANCE_LOCK, _INSTANCE_LOCK)
         except BaseException as exc:  # cancelled too (`close` during a retry): no connection may leak
-            con.terminate()
+            if con is not None:
+                con.terminate()
             if isinstance(exc, _DRIVER_ERRORS):
-                raise StoreUnavailable(f"postgres: {exc}") from exc
+                raise self._unavailable(exc) from exc
             raise
         assert row is not None  # a SELECT without FROM returns one row
         held, database = row
@@ -392,18 +400,22 @@ class PostgresStore:
             self._relocking.cancel()
             await asyncio.gather(self._relocking, return_exceptions=True)
             self._relocking = None
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                # Waits for calls in flight (each within its deadline), then says goodbye to
-                # each connection; a hung server gets no more than the deadline.
-                async with asyncio.timeout(self._timeout_s):
+        pool, self._pool = self._pool, None
+        con, self._lock_con = self._lock_con, None  # first: its end is no loss to repair
+        try:
+            # Waits for calls in flight (each within its deadline), then says goodbye to each
+            # connection, the lock's last (the lock outlives every write); a hung server gets
+            # one deadline for all of it, and what is left is dropped.
+            async with asyncio.timeout(self._timeout_s):
+                if pool is not None:
                     await pool.close()
-            except TimeoutError:
+                if con is not None:
+                    await con.close()
+        except _DRIVER_ERRORS:
+            if pool is not None:
                 pool.terminate()
-        if self._lock_con is not None:
-            con, self._lock_con = self._lock_con, None  # first: its end is no loss to repair
-            await self._hang_up(con)  # after the pool: the lock outlives every write
+            if con is not None:
+                con.terminate()
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
         args = (

@@ -144,11 +144,11 @@ def test_connecting_to_a_frozen_server_is_bounded_and_so_is_closing(
         private_postgres.pause()  # the kernel still accepts the TCP connection; no startup reply
         store = PostgresStore(private_postgres.url, timeout_s=SHORT_TIMEOUT_S)
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable, match=f"postgres did not answer within {SHORT_TIMEOUT_S} s"):
             await store.lock_instance()
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable, match=f"postgres did not answer within {SHORT_TIMEOUT_S} s"):
             await store.migrate()
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable, match=f"postgres did not answer within {SHORT_TIMEOUT_S} s"):
             await store.ping()
         assert time.monotonic() - started < 3 * (SHORT_TIMEOUT_S + SLACK_S)
         private_postgres.resume()
@@ -158,7 +158,7 @@ def test_connecting_to_a_frozen_server_is_bounded_and_so_is_closing(
         private_postgres.pause()
         started = time.monotonic()
         await store.close()  # a server shutting down during an outage still shuts down
-        assert time.monotonic() - started < 2 * (SHORT_TIMEOUT_S + SLACK_S)
+        assert time.monotonic() - started < SHORT_TIMEOUT_S + SLACK_S
 
     run(main())
 
