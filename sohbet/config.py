@@ -122,12 +122,16 @@ class StoreConfig:
     #: Sends waiting for the writer before new ones are refused with `unavailable`.
     max_queue: int = 20_000
     pool_size: int = 16
+    #: Seconds one call to Postgres may take, from asking for a connection to the last row: a
+    #: database that hangs is then `unavailable`, not a request that never ends.
+    timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         require(self.is_sqlite or self.is_postgres, "database URL must start with sqlite:/// or postgresql://")
         require_within("max_batch", self.max_batch, 1, 10_000)
         require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
         require_within("pool_size", self.pool_size, 1, 100)
+        require_within("timeout_s", self.timeout_s, 0.1, 600)
 
     @property
     def writers(self) -> int:
@@ -354,6 +358,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_audience", str, None, "required `aud` claim, if set"),
     Setting("jwt_issuer", str, None, "required `iss` claim, if set"),
     Setting("jwt_leeway", float, 5.0, "clock-skew leeway for exp/nbf/iat, in seconds"),
+    Setting(
+        "storage_timeout", float, 5.0, "seconds one Postgres call may take before it is unavailable (a hung database)"
+    ),
     Setting("redis_url", str, None, "redis://... to fan out across several instances (not yet supported)"),
     Setting(
         "api_key",
@@ -644,7 +651,7 @@ class Config:
                 leeway_s=float(v["jwt_leeway"]),  # type: ignore[arg-type]  # coerced
                 api_key=None if v["api_key"] is None else str(v["api_key"]),
             ),
-            store=StoreConfig(url=str(url)),
+            store=StoreConfig(url=str(url), timeout_s=float(v["storage_timeout"])),  # type: ignore[arg-type]  # coerced
             chat=ChatConfig(
                 send_rate_per_s=float(v["send_rate"]),  # type: ignore[arg-type]  # coerced
                 send_burst=int(v["send_burst"]),  # type: ignore[call-overload]  # coerced

@@ -156,6 +156,7 @@ def test_config_from_settings() -> None:
             "SOHBET_WEBHOOK_SECRET": "w" * 32,
             "SOHBET_WEBHOOK_BATCH": "10",
             "SOHBET_WEBHOOK_RETRY_FOR": "60",
+            "SOHBET_STORAGE_TIMEOUT": "2.5",
         }
     )
     assert config.port == 9000
@@ -167,6 +168,7 @@ def test_config_from_settings() -> None:
     assert (config.limits.linger_s, config.limits.linger_bytes) == (0.5, 4096)
     assert config.auth.audience == "chat" and config.auth.api_key == "k" * 32
     assert (config.limits.max_body_bytes, config.limits.request_timeout_s) == (4096, 2.5)
+    assert config.store.timeout_s == 2.5
     assert (config.shutdown_timeout_s, config.drain_delay_s, config.log_format) == (20.0, 5.0, "json")
     assert config.metrics_token == "m" * 16
     assert [str(n) for n in config.limits.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
@@ -205,6 +207,7 @@ def test_config_from_settings() -> None:
         (lambda: StoreConfig(max_batch=0), "max_batch"),
         (lambda: StoreConfig(max_batch=100, max_queue=10), "max_queue"),
         (lambda: StoreConfig(pool_size=0), "pool_size"),
+        (lambda: StoreConfig(timeout_s=0), "timeout_s of 0 is outside 0.1-600"),
         (lambda: ChatConfig(send_rate_per_s=-1), "send_rate_per_s"),
         (lambda: ChatConfig(send_burst=0), "send_burst"),
         (lambda: ChatConfig(max_content_chars=0), "max_content_chars"),

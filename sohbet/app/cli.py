@@ -180,7 +180,7 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
 def make_store(config: StoreConfig) -> MessageStore:
     """The one place that picks a storage implementation."""
     if config.is_postgres:
-        return PostgresStore(config.url, pool_size=config.pool_size)
+        return PostgresStore(config.url, pool_size=config.pool_size, timeout_s=config.timeout_s)
     Path(config.sqlite_path).parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     return SqliteStore(config.sqlite_path)
 
