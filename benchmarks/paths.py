@@ -3,6 +3,7 @@
     python -P benchmarks/paths.py echo 20000      # a masked text frame in, its echo out
     python -P benchmarks/paths.py fanout 200      # one message framed and written to 1,000 sockets
     python -P benchmarks/paths.py send 20000      # chat:send from bytes to the writer's queue
+    python -P benchmarks/paths.py ack 20000       # a committed message: counted, acked, fanned out
 
 Each mode builds the real objects (`WebSocket`, `ChatService`, `broadcast`) on transports that
 drop what they are given, then runs the path N times. Under `valgrind --tool=callgrind`, the
@@ -21,7 +22,8 @@ import time
 from typing import Any
 
 from sohbet.auth import Identity, Verifier
-from sohbet.chat.ids import UserId
+from sohbet.chat.ids import ConversationId, MessageId, UserId
+from sohbet.chat.model import NewMessage, StoredMessage
 from sohbet.config import AuthConfig, ChatConfig
 from sohbet.echo import ECHO_LIMITS, EchoHandler
 from sohbet.service import ChatService
@@ -131,9 +133,36 @@ async def send(n: int) -> None:
         await store.close()
 
 
+async def ack(n: int) -> None:
+    """The writer's work per committed message: counted, acked, fanned out to one other member."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(os.path.join(tmp, "paths.db"))
+        await store.migrate()
+        service = ChatService(
+            store, ChatConfig(send_rate_per_s=0.0), Verifier(AuthConfig(secret="x" * 32)), NullOutbox(),
+            max_message_bytes=65536, leeway_s=0.0,
+        )  # fmt: skip
+        alice = service.open(Recorder(1), Identity(UserId("alice"), time.time() + 3600))
+        service.open(Recorder(2), Identity(UserId("bob"), time.time() + 3600))
+        assert alice is not None
+        conversation = ConversationId(1)
+        service.hub.set_members(conversation, [UserId("alice"), UserId("bob")])
+        # A queued send is (session, ref, message), and from step 6 on also when it was accepted.
+        timed = hasattr(service.ctx, "stats")
+        batch, stored = [], []
+        for i in range(100):
+            message = NewMessage(conversation, UserId("alice"), f"c{i}", "hi")
+            batch.append((alice, "r", message, time.perf_counter()) if timed else (alice, "r", message))
+            stored.append(StoredMessage(MessageId(i + 1), conversation, i + 1, UserId("alice"), "hi", f"c{i}", 0))
+        for _ in range(n // 100):
+            await service.writer._answer(batch, stored)  # type: ignore[arg-type]  # either shape of the tuple
+        await service.stop()
+        await store.close()
+
+
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2])
-    run = {"echo": echo, "fanout": fanout, "send": send}[mode]
+    run = {"echo": echo, "fanout": fanout, "send": send, "ack": ack}[mode]
     start = time.perf_counter()
     asyncio.run(run(n))
     per_op = (time.perf_counter() - start) / n

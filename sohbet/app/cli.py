@@ -57,6 +57,8 @@ _SECRET_NAMES = {
     "webhook_secret": "webhook secret",
 }
 SECRET_FILE = "sohbet.secret"
+#: Seconds of a graceful shutdown kept for closing storage (at most a tenth of it).
+STORE_CLOSE_S = 1.0
 #: A second signal ends the process with the shell's code for death by that signal.
 EXIT_SIGNAL_BASE = 128
 #: Mode bits of group and others: a secret or database file with any of them set is warned about.
@@ -226,9 +228,16 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         __version__, config.host, app.port, kind, IMPLEMENTATION,
     )  # fmt: skip
     await stop.wait()
-    await app.shutdown(config.shutdown_timeout_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.shutdown_timeout_s
+    # The last part of the time is kept for closing storage, so the whole stays within the limit.
+    await app.shutdown(config.shutdown_timeout_s - min(STORE_CLOSE_S, config.shutdown_timeout_s / 10))
     await keys.stop()
-    await store.close()
+    try:
+        async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
+            await store.close()
+    except TimeoutError:
+        log.warning("storage did not close in time; exiting without it")
     log.info("stopped")
 
 

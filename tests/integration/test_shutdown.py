@@ -82,7 +82,7 @@ def test_shutdown_under_load_loses_nothing_acked_and_closes_with_1001(
 ) -> None:
     url = f"sqlite:///{tmp_path}/sohbet.db" if backend == "sqlite" else request.getfixturevalue("postgres_database")
     args = ["--database-url", url, "--send-rate", "0", "--frame-rate", "0", "--max-requests-in-flight", "0"]
-    args += ["--drain-delay", "1", "--shutdown-timeout", "10"]
+    args += ["--drain-delay", "1", "--shutdown-timeout", "8"]
     env = {"SOHBET_JWT_SECRET": SECRET, "SOHBET_API_KEY": "k" * 40}
     with server_process(*args, cwd=tmp_path, env=env) as (proc, port):
 
@@ -120,7 +120,7 @@ def test_shutdown_under_load_loses_nothing_acked_and_closes_with_1001(
         log = proc.stdout.read() if proc.stdout else ""
     first = ready.index(503)  # seen while the writers were still connected and served
     assert set(ready[first:]) == {503}, ready
-    assert took < 10, took
+    assert took < 8 + 2, took  # the shutdown's limit, and the interpreter's own exit (coverage saves its data)
     assert [code for _, code, _, _ in results] == [1001] * WRITERS
     acked = {cid: m for found, _, _, _ in results for cid, m in found.items()}
     sent = sum(n for _, _, n, _ in results)
