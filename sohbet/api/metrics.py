@@ -74,8 +74,9 @@ class ChatCollector(Collector):
         yield received
         yield CounterMetricFamily("sohbet_messages_acked", "chat:acks sent: messages stored.", chat.acked)
         yield CounterMetricFamily("sohbet_deliveries", "Events handed to connections by fan-out.", chat.deliveries)
-        yield CounterMetricFamily("sohbet_bytes_received", "Bytes read from sockets.", stats.bytes_received)
-        yield CounterMetricFamily("sohbet_bytes_sent", "Bytes written to sockets.", stats.bytes_sent)
+        bytes_in, bytes_out = server.bytes_moved()
+        yield CounterMetricFamily("sohbet_bytes_received", "Bytes read from sockets.", bytes_in)
+        yield CounterMetricFamily("sohbet_bytes_sent", "Bytes written to sockets.", bytes_out)
         handshakes = CounterMetricFamily(
             "sohbet_handshakes", "WebSocket upgrades: accepted, or the status refused with.", labels=["result"]
         )

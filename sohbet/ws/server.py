@@ -47,6 +47,8 @@ class ServerStats:
     __slots__ = ("bytes_received", "bytes_sent", "closes", "handshakes", "http_answered", "slow_consumers")
 
     def __init__(self) -> None:
+        #: Bytes of the sockets that have ended, and of fan-outs; `Server.bytes_moved` adds the
+        #: open sockets' own counts.
         self.bytes_received = 0
         self.bytes_sent = 0
         #: Upgrades: "accepted", or the status they were refused with.
@@ -126,6 +128,15 @@ class Server:
             Rate(limits.address_rate_per_s, limits.address_burst), limits.max_connections_per_address
         )
         self.now = 0.0
+
+    def bytes_moved(self) -> tuple[int, int]:
+        """Bytes read and written so far: the sockets gone, and the open ones' own counts."""
+        sockets = self._sockets.values()
+        stats = self.stats
+        return (
+            stats.bytes_received + sum(ws._rx for ws in sockets),
+            stats.bytes_sent + sum(ws._tx for ws in sockets),
+        )
 
     @property
     def socket_count(self) -> int:
@@ -218,26 +229,26 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     frame = build_frame(_TEXT, data)
     limit = 0
     sent = 0
-    written = 0  # frames written here, to the transport: the others are counted where they are written
-    server = None
+    apart = 0  # recipients whose frame is counted where it is written (compressed, or batched)
+    ws = None
     for ws in connections:
         conn = ws._conn
         if ws is skip or conn is None or ws._phase != PHASE_WS or not conn.can_send:
             continue
         sent += 1
         if conn._deflater is not None:
+            apart += 1
             ws._write(conn.frame_text(data))
         elif ws._batch is not None:
+            apart += 1
             ws._batch.append(frame)
         else:
             transport = ws._transport
             transport.write(frame)
-            written += 1
-            server = ws._server
             if ws._paused_at:
-                limit = limit or server.limits.max_buffered_bytes
+                limit = limit or ws._server.limits.max_buffered_bytes
                 if transport.get_write_buffer_size() > limit:
                     ws._over_limit()
-    if server is not None:
-        server.stats.bytes_sent += written * len(frame)
+    if sent > apart and ws is not None:  # one count for the whole fan-out, not one per recipient
+        ws._server.stats.bytes_sent += (sent - apart) * len(frame)
     return sent
