@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sohbet.chat.model import DIRECT_MEMBERS
 from sohbet.chat.wire import SUBPROTOCOL
@@ -158,13 +158,17 @@ class StoreConfig:
 
     @property
     def safe_url(self) -> str:
-        """The URL with any password replaced by `***`: fit for a log line."""
+        """The URL with any password replaced by `***`, in its user part or as a query
+        parameter (`?password=`, `?sslpassword=`, as libpq and asyncpg take them): fit for a log line."""
         parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if parts.password is None and not any("pass" in k.lower() for k, _ in query):
+            return self.url  # nothing to hide (and `sqlite:///` stays as written)
+        if parts.password is not None:
+            netloc = parts.netloc.rpartition("@")
+            parts = parts._replace(netloc=f"{netloc[0].partition(':')[0]}:***@{netloc[2]}")
+        masked = [(k, "***" if "pass" in k.lower() else v) for k, v in query]
+        return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
 
     @property
     def sqlite_path(self) -> str:

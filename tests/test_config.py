@@ -191,6 +191,17 @@ def test_config_from_settings() -> None:
         assert secret not in repr(config)  # secrets never reach a log line
     pg = Config.from_env({"SOHBET_JWT_SECRET": SECRET, "SOHBET_DATABASE_URL": "postgresql://u:pw@h/db"})
     assert pg.store.is_postgres and "pw" not in repr(pg)
+    for url, safe in [
+        ("postgresql://u:pw@h:5/db", "postgresql://u:***@h:5/db"),
+        (
+            "postgresql://h/db?user=u&password=Secret1&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
+        ("postgresql://u:a@h/db?sslpassword=Secret2", "postgresql://u:***@h/db?sslpassword=***"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("sqlite:///var/lib/sohbet.db", "sqlite:///var/lib/sohbet.db"),
+    ]:
+        assert StoreConfig(url=url).safe_url == safe
 
 
 @pytest.mark.parametrize(

@@ -101,9 +101,21 @@ class Writer:
         submission order, and a later transaction on the same conversation waits for the earlier
         one's row lock, so acks and fan-out stay in seq order.
         """
+        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]] = deque()
+        try:
+            await self._write_batches(shard, inflight)
+        finally:
+            # Cancelled with transactions in flight (a shutdown out of time, storage hanging):
+            # nobody will ever be told of them, and their failures must not end up unretrieved.
+            for _, appended, _ in inflight:
+                appended.cancel()
+                appended.add_done_callback(_consume)
+
+    async def _write_batches(
+        self, shard: int, inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]]
+    ) -> None:
         queue, wake = self._queues[shard], self._wakes[shard]
         store = self.ctx.store
-        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]] = deque()
         busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
         while True:
             while queue and len(inflight) < self.depth:
@@ -253,3 +265,9 @@ class Writer:
             ctx.refund(session, _SEND)  # replays are free
         ctx.stats.acked += 1
         session.acked(message, obj, ref)
+
+
+def _consume(appended: asyncio.Future[Any]) -> None:
+    """Retrieve a cancelled transaction's outcome, so asyncio does not log it as never retrieved."""
+    if not appended.cancelled():
+        appended.exception()

@@ -618,3 +618,21 @@ def test_a_request_not_answered_in_time_is_a_503(run: Run, database_url: str) ->
             await real.close()
 
     run(main())
+
+
+def test_a_users_bad_requests_over_http_close_none_of_their_connections(run: Run, tmp_path: Any) -> None:
+    """Over the WebSocket, more than 20 client faults in 10 s close the connection (1008); an
+    HTTP call has no connection of its own to close, and it must not close the user's others."""
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite") as h, api_of(h) as api:
+            cid = await group(api, "alice", "bob", "carol")
+            alice = await h.connect("alice")
+            for n in range(25):
+                status, body, _ = await api.call(
+                    "POST", f"/api/conversations/{cid}/messages", json={"client_id": f"x{n}"}, headers=as_user("alice")
+                )
+                assert (status, body["error"]["code"]) == (400, "bad_request")
+            await alice.send(cid, "still connected")
+
+    run(main())

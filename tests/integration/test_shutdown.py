@@ -21,6 +21,7 @@ import websockets
 from sohbet.app.cli import make_store
 from sohbet.config import StoreConfig
 
+from ..pgcluster import PrivatePostgres
 from .test_processes import SECRET, server_process
 
 WRITERS = 4
@@ -150,6 +151,9 @@ def test_shutdown_under_load_loses_nothing_acked_and_closes_with_1001(
         assert in_storage.get(client_id) == (message["id"], message["seq"]), client_id
     seqs = sorted(seq for _, seq in in_storage.values())
     assert seqs == list(range(1, len(seqs) + 1))  # nothing half-written: no gap, no duplicate
+    # And nothing stored went untold: what was queued at the signal was committed and acked
+    # before the connections closed (the others were refused, unavailable, and not stored).
+    assert set(in_storage) == set(acked)
     assert "Traceback" not in log and "stopped" in log
 
 
@@ -180,3 +184,44 @@ def test_sigint_shuts_down_gracefully_too(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
         out = proc.stdout.read() if proc.stdout else ""
     assert "SIGINT: shutting down gracefully" in out and "stopped" in out
+
+
+def test_a_shutdown_with_storage_frozen_still_exits_0_in_time(
+    tmp_path: Path, private_postgres: PrivatePostgres
+) -> None:
+    """The database hangs with a send in flight: the queue cannot be committed, and the
+    shutdown still ends within its limit, saying so, without a traceback."""
+    args = ["--database-url", private_postgres.url, "--shutdown-timeout", "2", "--send-rate", "0"]
+    env = {"SOHBET_JWT_SECRET": SECRET, "SOHBET_API_KEY": "k" * 40}
+    with server_process(*args, cwd=tmp_path, env=env) as (proc, port):
+
+        async def main() -> int | None:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+                body = {"members": ["alice", "bob", "carol"]}
+                async with http.post(
+                    "/api/conversations", json=body, headers={"Authorization": "Bearer " + "k" * 40}
+                ) as r:
+                    conversation = (await r.json())["conversation"]["id"]
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/ws", additional_headers={"Authorization": f"Bearer {token('alice')}"}
+            ) as ws:
+                await ws.recv()  # hello
+                private_postgres.pause()
+                payload = {"conversation_id": conversation, "content": "stuck", "client_id": "s1"}
+                await ws.send(orjson.dumps({"type": "chat:send", "payload": payload, "ref": "s"}).decode())
+                await asyncio.sleep(0.2)  # the send is in the writer, waiting on the frozen database
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        assert orjson.loads(await ws.recv())["type"] != "chat:ack"  # never acked
+                return closed.value.rcvd.code if closed.value.rcvd else None
+
+        signalled = time.monotonic()
+        assert asyncio.run(main()) == 1001
+        assert proc.wait(timeout=15) == 0
+        took = time.monotonic() - signalled
+        out = proc.stdout.read() if proc.stdout else ""
+    private_postgres.resume()
+    assert took < 2 + 2.5, took  # the limit, the send's 0.2 s, and the interpreter's own exit
+    assert "storage did not take the queued messages in time" in out
+    assert "Traceback" not in out and "never retrieved" not in out
