@@ -202,7 +202,7 @@ class Verifier:
             if key is None and len(keys) == 1 and (kid is None or None in keys):
                 key = next(iter(keys.values()))  # one key: a kid cannot pick another
             if key is None:
-                raise TokenInvalid(f"no key for kid {kid!r}")
+                raise TokenInvalid(f"no key for kid {_shown(kid)}")
             claims = jwt.decode(
                 token,
                 key,
@@ -216,11 +216,14 @@ class Verifier:
             raise TokenExpired("token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise TokenInvalid(f"invalid token: {exc}") from None
-        # pyjwt (>= 2.10) has already checked that sub is a string and exp a number.
+        # pyjwt (>= 2.10) has already checked that sub is a string; exp it takes as a number or
+        # a string of digits ("1796600000"), which the protocol does not: a NumericDate is a number.
         sub = str(claims["sub"])
         if not is_user_id(sub):
-            raise TokenInvalid("sub must be a string of 1-128 characters, without U+0000")
+            raise TokenInvalid("sub must be a string of 1-128 characters, without U+0000 or lone surrogates")
         exp = claims["exp"]
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise TokenInvalid("exp must be a number (a NumericDate)")
         # pyjwt accepts any number, 10**400 too, which no float holds: bound it like every id.
         if not -_LATEST_EXP <= exp <= _LATEST_EXP:
             raise TokenInvalid("exp is out of range")

@@ -45,8 +45,19 @@ def test_a_valid_token_names_its_user() -> None:
         ({"sub": "", "exp": 2**40}, "1-128"),
         ({"sub": "x" * 129, "exp": 2**40}, "1-128"),
         ({"sub": "alice", "exp": 2**40, "nbf": 2**40}, "not yet valid"),
+        ({"sub": "alice", "exp": str(2**40)}, "exp must be a number"),  # pyjwt takes digits; we do not
+        ({"sub": "sur\ud800", "exp": 2**40}, "lone surrogates"),  # valid JSON, no UTF-8
     ],
-    ids=["no-exp", "no-sub", "sub-not-string", "sub-empty", "sub-too-long", "not-yet-valid"],
+    ids=[
+        "no-exp",
+        "no-sub",
+        "sub-not-string",
+        "sub-empty",
+        "sub-too-long",
+        "not-yet-valid",
+        "exp-string",
+        "sub-surrogate",
+    ],
 )
 def test_claims_are_required_and_checked(claims: dict[str, object], match: str) -> None:
     with pytest.raises(TokenInvalid, match=match):

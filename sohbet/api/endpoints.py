@@ -14,6 +14,7 @@ their code (`STATUS_OF`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import uuid
@@ -56,6 +57,9 @@ _MAX_ID_DIGITS: Final = len(str(MAX_ID))
 #: What a client told `unavailable` is asked to wait before retrying, in seconds.
 _UNAVAILABLE_RETRY_S: Final = 1
 _CHALLENGE: Final = (("WWW-Authenticate", "Bearer"),)
+_RETRY_SOON: Final = (("Retry-After", str(_UNAVAILABLE_RETRY_S)),)
+#: The part of the request timeout a send waits for its ack before answering 503 itself.
+_SEND_SHARE: Final = 0.9
 
 # Who may call an endpoint.
 USER: Final = "user"
@@ -153,9 +157,14 @@ _HISTORY_INTEGERS: Final = frozenset({"before_seq", "limit"})
 class HttpApi:
     """The endpoints of the HTTP API, added to a server's route table by `register`."""
 
-    def __init__(self, chat: ChatService, backend: Backend, api_key: str | None) -> None:
+    def __init__(
+        self, chat: ChatService, backend: Backend, api_key: str | None, *, request_timeout_s: float = 30.0
+    ) -> None:
         self.chat = chat
         self.backend = backend
+        # A send gives up a little before the HTTP layer's own limit, so that its 503 can say
+        # that the message may yet be stored, and with which client_id to retry.
+        self._send_within_s = request_timeout_s * _SEND_SHARE
         # Compared as digests: `compare_digest` takes the same time for any two of them, while
         # the lengths of the raw strings would show.
         self._key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
@@ -191,6 +200,11 @@ class HttpApi:
                 return _refusal(exc)
             except StoreError:
                 return _refusal(MessageRejected(ErrorCode.UNAVAILABLE, "storage is unavailable; retry"))
+            except Exception as exc:  # a bug: counted, its traceback logged once per place, answered 500
+                ctx = self.chat.ctx
+                ctx.bug(f"{request.method} {endpoint.__name__}", exc)
+                ctx.stats.errors[ErrorCode.INTERNAL] += 1
+                return _refusal(MessageRejected(ErrorCode.INTERNAL, "internal error"))
 
         return handle
 
@@ -249,15 +263,26 @@ class HttpApi:
         conversation = _conversation(params)
         body = _body(request)
         if body.get("client_id") is None:
-            body["client_id"] = uuid.uuid4().hex  # optional here: without one, a retry is a new message
-        if caller is None:
-            message, created = await self.backend.send(conversation, body)
-        else:
-            if "sender_id" in body:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "sender_id is for the API key: a user sends as themself")
-            call = Call(caller)
-            reply = await self.chat.request(call, RequestType.SEND, {**body, "conversation_id": conversation})
-            message, created = reply["message"], call.created
+            body["client_id"] = uuid.uuid4().hex  # optional here: a 503 names it, for a retry
+        if caller is not None and "sender_id" in body:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "sender_id is for the API key: a user sends as themself")
+        try:
+            async with asyncio.timeout(self._send_within_s):
+                if caller is None:
+                    message, created = await self.backend.send(conversation, body)
+                else:
+                    call = Call(caller)
+                    reply = await self.chat.request(call, RequestType.SEND, {**body, "conversation_id": conversation})
+                    message, created = reply["message"], call.created
+        except TimeoutError:
+            # The send is queued or committing: it may yet be stored. A retry with the same
+            # client_id stores it once, whichever it was.
+            raise ApiError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"no answer within {self._send_within_s:g} s: the message may yet be stored; "
+                f"retry with client_id {str(body['client_id'])[:128]!r}",
+                _RETRY_SOON,
+            ) from None
         return _json(HTTPStatus.CREATED if created else HTTPStatus.OK, {"message": message})
 
     async def _history(self, request: Request, params: dict[str, str], caller: Caller) -> Response:

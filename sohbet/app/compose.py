@@ -80,7 +80,9 @@ class App:
         )
         self.gateway = ChatGateway(self.chat)
         self.backend = Backend(self.chat, max_event_bytes=config.limits.max_message_bytes)
-        HttpApi(self.chat, self.backend, config.auth.api_key).register(self.gateway.routes)
+        HttpApi(
+            self.chat, self.backend, config.auth.api_key, request_timeout_s=config.limits.request_timeout_s
+        ).register(self.gateway.routes)
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
         extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)
         self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, extra))

@@ -12,6 +12,7 @@ and a test reads a whole run's log for them.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
@@ -65,7 +66,10 @@ class JsonFormatter(logging.Formatter):
             event.setdefault(key, value)  # a field never hides one of the four above
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(event, default=str).decode()
+        try:
+            return orjson.dumps(event, default=str).decode()
+        except TypeError:  # a lone surrogate somewhere (orjson writes only UTF-8): escape it instead
+            return json.dumps(event, default=str, ensure_ascii=True)
 
 
 FORMATS: Final[dict[str, type[logging.Formatter]]] = {"text": TextFormatter, "json": JsonFormatter}

@@ -26,5 +26,16 @@ MAX_USER_ID_CHARS: Final = 128
 
 def is_user_id(value: object) -> TypeGuard[str]:
     """Whether *value* can be a user id: 1-128 characters, without U+0000 (Postgres text cannot
-    hold it, so it would fail a whole batch of writes)."""
-    return isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_CHARS and "\x00" not in value
+    hold it, so it would fail a whole batch of writes) and without lone surrogates (JSON may
+    carry "\ud800", which is no UTF-8: no encoder, no database, no log could write it)."""
+    if not (isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_CHARS and "\x00" not in value):
+        return False
+    return value.isascii() or _is_utf8(value)
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

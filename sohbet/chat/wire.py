@@ -150,8 +150,16 @@ def encode(kind: EventType, payload: dict[str, Any], ref: str | None = None) -> 
 
 
 def encode_app(kind: str, payload: dict[str, Any]) -> bytes:
-    """Encode an application's event (`app:*`, from the HTTP API); it never carries a `ref`."""
-    return orjson.dumps({"type": kind, "payload": payload})
+    """Encode an application's event (`app:*`, from the HTTP API); it never carries a `ref`.
+
+    Raises:
+        MessageRejected: `bad_request` for a payload no JSON writer takes back: nested deeper
+            than orjson writes (it reads deeper than it writes), or holding lone surrogates.
+    """
+    try:
+        return orjson.dumps({"type": kind, "payload": payload})
+    except orjson.JSONEncodeError as exc:
+        raise _bad(f"payload cannot be sent on: {exc}") from None
 
 
 def format_time(ms: int) -> str:

@@ -14,7 +14,9 @@ missing one is `not_found` here, where a user is told `forbidden`.
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
 
 from sohbet.chat import wire
 from sohbet.chat.ids import MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
@@ -26,6 +28,8 @@ from sohbet.service.session import Call
 from sohbet.ws.codes import CloseCode
 
 __all__ = ["MAX_PUBLISH_USERS", "Backend"]
+
+T = TypeVar("T")
 
 #: Users one `POST /api/publish` may name: the size of the largest group.
 MAX_PUBLISH_USERS: Final = 10_000
@@ -54,7 +58,8 @@ class Backend:
         of every member who joined gets `conversation:created`."""
         conversations = self.chat.conversations
         request = wire.CreateRequest.parse(body, self.ctx.config.max_group_members)
-        conversation, joined = await conversations.create(conversations.checked_members(request.members), request.title)
+        members = conversations.checked_members(request.members)
+        conversation, joined = await self._whole(conversations.create(members, request.title))
         if joined:
             obj = {"conversation": wire.conversation_object(conversation)}
             self.ctx.to_members(joined, wire.encode(EventType.CREATED, obj))
@@ -63,7 +68,7 @@ class Backend:
     async def add_member(self, conversation: ConversationId, body: dict[str, Any]) -> Conversation:
         """Add the user the body names to a group (see `Conversations.add`)."""
         request = wire.MemberRequest.parse(body)
-        return await self.chat.conversations.add(conversation, request.user_id)
+        return await self._whole(self.chat.conversations.add(conversation, request.user_id))
 
     async def remove_member(self, conversation: ConversationId, user: UserId) -> None:
         """Remove a member; their open connections stop receiving the conversation at once.
@@ -72,8 +77,18 @@ class Backend:
             MessageRejected: `not_found`: no such conversation, or the user is not in it.
         """
         await self.chat.conversations.existing(conversation)
-        if not await self.chat.conversations.remove(conversation, user):
+        if not await self._whole(self.chat.conversations.remove(conversation, user)):
             raise MessageRejected(ErrorCode.NOT_FOUND, f"{user!r} is not a member of conversation {conversation}")
+
+    async def _whole(self, change: Coroutine[Any, Any, T]) -> T:
+        """Run a change of membership to its end, whatever happens to the request that asked.
+
+        The hub's cache changes before storage does (a removal must stop deliveries at once),
+        so a change given up halfway (the HTTP request timed out, or its client went) would
+        leave the cache and storage apart. As a task of its own it finishes, or fails whole.
+        """
+        done: T = await asyncio.shield(self.ctx.start(change))
+        return done
 
     # -- messages -----------------------------------------------------------------------------
 

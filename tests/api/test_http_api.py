@@ -11,6 +11,7 @@ the same connection must receive (a marker) and asserts what came before it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -73,6 +74,13 @@ async def marker(api: Api, *clients: WsChat) -> list[list[dict[str, Any]]]:
             seen.append(event)
         before.append(seen)
     return before
+
+
+def nested(depth: int) -> dict[str, Any]:
+    inner: dict[str, Any] = {}
+    for _ in range(depth):
+        inner = {"a": inner}
+    return inner
 
 
 def kinds(events: list[dict[str, Any]]) -> list[str]:
@@ -371,6 +379,8 @@ def test_publish_and_broadcast_reach_the_right_connections(run: Run, database_ur
                 ({"user_ids": "bob", "type": "app:x"}, 400),
                 ({"type": "app:x"}, 400),
                 ({"user_ids": ["bob"], "type": "app:x", "payload": {"blob": "x" * 70_000}}, 413),
+                ({"user_ids": ["bob"], "type": "app:x", "payload": nested(300)}, 400),  # orjson reads it, not writes
+                ({"user_ids": ["b\ud800"], "type": "app:x", "payload": {}}, 400),  # no UTF-8: not a user id
             ]
             for refused, status in refusals:
                 got, error, _ = await api.call("POST", "/api/publish", json=refused, headers=BACKEND)
@@ -607,13 +617,21 @@ def test_a_request_not_answered_in_time_is_a_503(run: Run, database_url: str) ->
                 body = {"content": "slow", "client_id": "t1"}
                 status, error, headers = await api.call("POST", path, json=body, headers=as_user("alice"))
                 assert (status, error["error"]["code"], headers["Retry-After"]) == (503, "unavailable", "1")
-                assert "within 0.3 s" in error["error"]["message"]
+                said = error["error"]["message"]
+                assert "may yet be stored" in said and "retry with client_id 't1'" in said
+                # Without a client_id the server made one up, and the 503 names it for the retry.
+                status, error, _ = await api.call("POST", path, json={"content": "mine"}, headers=as_user("bob"))
+                assert status == 503
+                made_up = re.search(r"retry with client_id '([0-9a-f]{32})'", error["error"]["message"])
+                assert made_up is not None, error
                 held.gate.set()
-                # Retrying with the same client_id is safe: the first attempt was stored once.
+                # Retrying with the same client_id is safe: each attempt was stored once.
                 retried = await api.ok("POST", path, json=body, headers=as_user("alice"))
                 assert retried["message"]["content"] == "slow"
+                again = {"content": "mine", "client_id": made_up.group(1)}
+                assert (await api.ok("POST", path, json=again, headers=as_user("bob")))["message"]["content"] == "mine"
                 stored, _ = await real.history(cid, None, 10)
-                assert [m.client_id for m in stored] == ["t1"]
+                assert sorted(m.client_id for m in stored) == sorted(["t1", made_up.group(1)])
         finally:
             await real.close()
 
@@ -634,5 +652,47 @@ def test_a_users_bad_requests_over_http_close_none_of_their_connections(run: Run
                 )
                 assert (status, body["error"]["code"]) == (400, "bad_request")
             await alice.send(cid, "still connected")
+
+    run(main())
+
+
+class HeldRemovals:
+    """A real store whose member removals wait until the test lets them through."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def remove_member(self, *args: Any) -> Any:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self._store.remove_member(*args)
+
+
+def test_a_removal_whose_request_times_out_still_completes_whole(run: Run, database_url: str) -> None:
+    """The cache changes before storage does; a request given up halfway must not leave them
+    apart (the user gone from the cache, still a member in storage)."""
+
+    async def main() -> None:
+        real = await open_store(database_url)
+        held = HeldRemovals(real)
+        try:
+            limits = Limits(request_timeout_s=0.3)
+            async with chat_server(database_url, store=held, limits=limits) as h, api_of(h) as api:  # type: ignore[arg-type]
+                cid = await group(api, "alice", "bob", "carol")
+                bob = await h.connect("bob")
+                status, _, _ = await api.call("DELETE", f"/api/conversations/{cid}/members/bob", headers=BACKEND)
+                assert status == 503  # not answered in time: the HTTP layer gave up on it
+                held.gate.set()
+                assert (await bob.expect("conversation:member_removed"))["payload"]["user_id"] == "bob"
+                assert "bob" not in await real.members(cid)  # the removal went on to storage
+                status, body, _ = await api.call("DELETE", f"/api/conversations/{cid}/members/bob", headers=BACKEND)
+                assert (status, body["error"]["code"]) == (404, "not_found")  # the retry finds it done
+        finally:
+            await real.close()
 
     run(main())

@@ -45,6 +45,8 @@ def test_json_is_one_object_per_line_whose_fields_cannot_hide_the_message() -> N
     assert forged["level"] == "info"
     failed = json.loads(logs.JsonFormatter().format(record("failed", exc=True)))
     assert failed["exc"].endswith("ValueError: boom")
+    odd = logs.JsonFormatter().format(record("odd", user="sur\ud800"))  # no UTF-8 encoder writes it
+    assert json.loads(odd)["user"] == "sur\ud800" and "\\ud800" in odd
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
