@@ -76,6 +76,8 @@ def parse_jwks(data: bytes, algorithm: str) -> KeySet:
         raise ConfigError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ConfigError("not JSON: nested too deeply") from None
+    except ValueError:  # a number of more digits than Python converts (4300), say
+        raise ConfigError("not JSON this server reads: a number too long") from None
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError('not a JWK Set: expected an object with a non-empty "keys" array')

@@ -83,24 +83,26 @@ class KeyWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Load the file and watch it from now on; without a file, do nothing.
+        """Load the file and watch it from now on; and take SIGHUP, with a file or without.
 
         Raises:
             ConfigError: the file cannot be used now: a server does not start without its keys.
         """
-        if self._path is None:
-            return
-        self._seen = self._signature(self._path)  # before reading: a change after the read is seen
-        keys = read_jwks(self._path, self._algorithm)
-        self._verifier.use_jwks(keys)
-        self._log_loaded(keys, "loaded")
         loop = asyncio.get_running_loop()
+        if self._path is not None:
+            self._seen = self._signature(self._path)  # before reading: a change after the read is seen
+            keys = read_jwks(self._path, self._algorithm)
+            self._verifier.use_jwks(keys)
+            self._log_loaded(keys, "loaded")
+            self._task = loop.create_task(self._poll_forever(), name="jwks-watch")
+        # SIGHUP is handled with a file or without: its default action ends the process, and
+        # logrotate or a service manager's reload sends it to servers that expect nothing of it.
         try:
             loop.add_signal_handler(signal.SIGHUP, self._hangup)
             self._loop = loop  # to remove the handler at stop
         except (RuntimeError, ValueError):  # a loop off the main thread (an embedded server) takes no signals
-            log.warning("SIGHUP cannot reload the JWKS file here (not the main thread); it is polled still")
-        self._task = loop.create_task(self._poll_forever(), name="jwks-watch")
+            if self._path is not None:
+                log.warning("SIGHUP cannot reload the JWKS file here (not the main thread); it is polled still")
 
     async def stop(self) -> None:
         """Stop watching: no more reloads, and SIGHUP is no longer handled."""
@@ -127,6 +129,12 @@ class KeyWatcher:
             # The message names the file and why; never key material (parse_jwks sees to that).
             log.error("%s (%s): keeping the keys in use, kids %s", exc, cause, _kids(self._verifier))
             return False
+        except Exception as exc:  # a file no check foresaw must not end the watching (its text may be a key)
+            log.error(
+                "JWKS file %s could not be read (%s, %s): keeping the keys in use, kids %s",
+                self._path, type(exc).__name__, cause, _kids(self._verifier),
+            )  # fmt: skip
+            return False
         self._log_loaded(keys, f"reloaded ({cause})")
         return True
 
@@ -136,7 +144,9 @@ class KeyWatcher:
         log.info("JWKS file %s %s: kids now active: %s", self._path, what, _kids(self._verifier))
 
     def _hangup(self) -> None:
-        assert self._path is not None  # the handler is installed only for a file
+        if self._path is None:
+            log.info("SIGHUP: nothing to reload (no --jwks-file)")
+            return
         self._seen = self._signature(self._path)
         self.reload("SIGHUP")
 
@@ -165,7 +175,8 @@ class KeyWatcher:
 def watch_keys(auth: AuthConfig, verifier: Verifier) -> KeyWatcher:
     """Give *verifier* the JWKS file's keys and keep them current; stop with `KeyWatcher.stop`.
 
-    Without a JWKS file the watcher does nothing, so the caller need not ask.
+    Without a JWKS file the watcher only answers SIGHUP (with a log line, instead of the signal's
+    default of ending the process), so the caller need not ask.
 
     Raises:
         ConfigError: the JWKS file cannot be used now.

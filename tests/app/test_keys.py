@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -106,17 +107,23 @@ def test_each_look_reloads_a_new_version_and_keeps_the_keys_a_bad_one_would_lose
             f"JWKS file {path} reloaded (changed on disk): kids now active: 'b'"
         )
 
+        replace_file(path, '{"keys": [], "x": ' + "1" * 5000 + "}")  # a number Python will not read
+        watcher.poll()
+        assert errors() == [
+            f"JWKS file {path}: not JSON this server reads: a number too long (changed on disk): "
+            "keeping the keys in use, kids 'b'"
+        ]
         replace_file(path, '{"keys": [')  # a broken version: the keys in use stay
         watcher.poll()
         watcher.poll()
-        assert errors() == [
+        assert errors()[1:] == [
             f"JWKS file {path}: not JSON: Expecting value at line 1 column 11 (changed on disk): "
             "keeping the keys in use, kids 'b'"
         ]  # once, however often it is looked at
         path.unlink()
         watcher.poll()
         watcher.poll()
-        assert errors()[1:] == [
+        assert errors()[2:] == [
             f"cannot read JWKS file {path}: No such file or directory (gone): keeping the keys in use, kids 'b'"
         ]
         assert accepts(verifier, KEY_A, "b")
@@ -124,7 +131,7 @@ def test_each_look_reloads_a_new_version_and_keeps_the_keys_a_bad_one_would_lose
         watcher.poll()
         assert verifier.kids == ("a", "b")
         assert accepts(verifier, KEY_A, "a") and accepts(verifier, KEY_B, "b")
-        assert len(messages(caplog, logging.INFO)) == 3 and len(errors()) == 2
+        assert len(messages(caplog, logging.INFO)) == 3 and len(errors()) == 3
         await watcher.stop()
 
     asyncio.run(bounded(main()))
@@ -193,11 +200,18 @@ def test_a_file_too_large_is_refused_unread(tmp_path: Path) -> None:
         read_jwks(str(path), "RS256")
 
 
-def test_without_a_jwks_file_the_watcher_does_nothing() -> None:
+def test_without_a_jwks_file_the_watcher_only_takes_sighup(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGHUP's default action ends the process; logrotate and service managers send it."""
+    caplog.set_level(logging.INFO, logger="sohbet.auth")
     verifier = Verifier(AuthConfig(secret="s" * 32))
 
     async def main() -> None:
         watcher = watch_keys(AuthConfig(secret="s" * 32), verifier)
+        got = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, got.set)
+        os.kill(os.getpid(), signal.SIGHUP)  # this process's own: handled, not fatal
+        await got.wait()
+        await until(lambda: "SIGHUP: nothing to reload (no --jwks-file)" in messages(caplog, logging.INFO))
         await watcher.stop()
 
     asyncio.run(bounded(main()))
@@ -232,3 +246,40 @@ def test_off_the_main_thread_it_polls_without_sighup(tmp_path: Path, caplog: pyt
     assert "SIGHUP cannot reload the JWKS file here (not the main thread); it is polled still" in messages(
         caplog, logging.WARNING
     )
+
+
+def test_a_reload_failing_in_a_way_no_check_foresaw_keeps_the_watch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sohbet.auth")
+    path = tmp_path / "keys.json"
+    path.write_text(jwks_text(("a", KEY_A)))
+
+    class Breaking(Verifier):
+        """A verifier whose second key set fails to install, as no check of the file foresaw."""
+
+        __slots__ = ("installs",)
+
+        def use_jwks(self, jwks: Any) -> None:
+            self.installs = getattr(self, "installs", 0) + 1
+            if self.installs == 2:
+                raise RuntimeError("unforeseen")
+            super().use_jwks(jwks)
+
+    verifier = Breaking(AuthConfig(algorithm="RS256", jwks_file=str(path)))
+
+    async def main() -> None:
+        watcher = KeyWatcher(verifier, str(path), "RS256", interval_s=3600)
+        watcher.start()
+        replace_file(path, jwks_text(("b", KEY_A)))
+        watcher.poll()
+        assert verifier.kids == ("a",)  # kept
+        assert messages(caplog, logging.ERROR)[-1] == (
+            f"JWKS file {path} could not be read (RuntimeError, changed on disk): keeping the keys in use, kids 'a'"
+        )
+        replace_file(path, jwks_text(("c", KEY_A)))
+        watcher.poll()  # still watched
+        assert verifier.kids == ("c",)
+        await watcher.stop()
+
+    asyncio.run(bounded(main()))

@@ -225,3 +225,20 @@ def test_a_shutdown_with_storage_frozen_still_exits_0_in_time(
     assert took < 2 + 2.5, took  # the limit, the send's 0.2 s, and the interpreter's own exit
     assert "storage did not take the queued messages in time" in out
     assert "Traceback" not in out and "never retrieved" not in out
+
+
+def test_sighup_without_a_jwks_file_is_taken_not_fatal(tmp_path: Path) -> None:
+    """logrotate and service managers send SIGHUP; its default action would end the server."""
+    with server_process("--data-dir", str(tmp_path), cwd=tmp_path, env={"SOHBET_JWT_SECRET": SECRET}) as (proc, port):
+
+        async def health() -> int:
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                return r.status
+
+        proc.send_signal(signal.SIGHUP)
+        assert asyncio.run(health()) == 200
+        assert proc.poll() is None  # still serving
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        out = proc.stdout.read() if proc.stdout else ""
+    assert "SIGHUP: nothing to reload (no --jwks-file)" in out
