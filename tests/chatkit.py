@@ -105,6 +105,7 @@ async def chat_server(
     depth: int | None = None,
     metrics_token: str | None = None,
     webhook: WebhookConfig | None = None,
+    metrics_reuse_s: float = 0.0,
 ) -> AsyncIterator[Harness]:
     """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
     HTTP API's key `API_KEY`; on exit everything it held must be released.
@@ -122,6 +123,7 @@ async def chat_server(
         store=StoreConfig(url=url),
         metrics_token=metrics_token,
         webhook=webhook or WebhookConfig(),
+        metrics_reuse_s=metrics_reuse_s,  # 0: each scrape sees the counters of its moment
     )
     app = App(config, store, write_depth=depth)
     await app.start("127.0.0.1", 0)

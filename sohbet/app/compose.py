@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from sohbet.api.endpoints import HttpApi
-from sohbet.api.metrics import ChatCollector, metrics_registry, webhook_metrics
+from sohbet.api.metrics import RENDER_REUSE_S, ChatCollector, metrics_registry, webhook_metrics
 from sohbet.api.metrics import register as register_metrics
 from sohbet.api.webhook import WebhookSender
 from sohbet.app.gateway import ChatGateway, ServerOutbox
@@ -55,6 +55,8 @@ class AppConfig:
     #: Bearer token of `GET /metrics`; None: open.
     metrics_token: str | None = field(default=None, repr=False)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    #: Seconds one rendering of /metrics is served again (tests that compare scrapes use 0).
+    metrics_reuse_s: float = RENDER_REUSE_S
 
 
 class App:
@@ -86,7 +88,7 @@ class App:
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
         extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)
         self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, extra))
-        register_metrics(self.gateway.routes, self.metrics, config.metrics_token)
+        register_metrics(self.gateway.routes, self.metrics, config.metrics_token, config.metrics_reuse_s)
 
     @property
     def port(self) -> int:
@@ -111,7 +113,7 @@ class App:
             log.info("shutting down: /readyz answers 503; draining for %g s", self.config.drain_delay_s)
             await asyncio.sleep(self.config.drain_delay_s)
         self.server.stop_accepting()
-        queued = self.chat.writer.queued
+        queued, acked = self.chat.writer.queued, self.chat.ctx.stats.acked
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 await asyncio.shield(self.chat.writer.stop())
@@ -119,7 +121,8 @@ class App:
             log.warning("shutting down: storage did not take the queued messages in time; they were not acked")
         else:
             if queued:
-                log.info("shutting down: committed the %d queued messages", queued)
+                done = self.chat.ctx.stats.acked - acked  # the others were answered unavailable
+                log.info("shutting down: %d messages were queued; %d committed and acked", queued, done)
         log.info("shutting down: closing %d connections with 1001", len(self.server.connections))
         await self.server.shutdown(max(0.1, deadline - loop.time()))
         try:

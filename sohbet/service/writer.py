@@ -184,8 +184,8 @@ class Writer:
         try:
             stored = result.result()
         except StoreUnavailable as exc:
-            self.ctx.storage_failed(exc)
-            log.warning("could not store %d messages: %s", len(batch), exc)
+            self.ctx.storage_failed(exc)  # said once when storage goes down, not per batch
+            log.debug("could not store %d messages: %s", len(batch), exc)
             self._unavailable(batch, uncertain=True)
             return
         except Exception as exc:  # the writer must outlive any failure, or no send is ever stored

@@ -93,14 +93,18 @@ class HttpPhase:
             return now >= end + limits.close_timeout_s
         return now >= min(self.since + limits.handshake_timeout_s, end)
 
-    def timed_out(self) -> InvalidHandshake | None:
+    def timed_out(self, now: float) -> InvalidHandshake | None:
         """The 408 for a request that began but did not arrive whole in time (a client too slow,
-        or one holding the socket); None when no request is under way (an idle socket is only
-        closed: nobody is waiting for an answer)."""
+        or one holding the socket), naming the limit that ended it; None when no request is
+        under way (an idle socket is only closed: nobody is waiting for an answer)."""
         if self._task is not None or not self._reader.is_partial:
             return None
-        limit = self._ws._server.limits.handshake_timeout_s
-        return InvalidHandshake(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive whole within {limit:g} s")
+        limits = self._ws._server.limits
+        if now >= self.opened + limits.http_lifetime_s:
+            said = f"within the connection's lifetime of {limits.http_lifetime_s:g} s"
+        else:
+            said = f"within {limits.handshake_timeout_s:g} s"
+        return InvalidHandshake(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive whole {said}")
 
     def at_capacity(self) -> InvalidHandshake:
         """The 503 for a socket accepted over `max_connections`: after the checks that come first."""

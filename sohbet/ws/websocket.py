@@ -455,7 +455,7 @@ class WebSocket(asyncio.Protocol):
         if phase == PHASE_HTTP:
             http = self._http
             if http is not None and http.expired(now):
-                late = http.timed_out()
+                late = http.timed_out(now)
                 if late is not None:
                     self._refuse(late, upgrade=False)  # a request under way: say why it ends
                     return

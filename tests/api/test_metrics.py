@@ -226,3 +226,18 @@ def test_every_metric_the_dashboard_plots_is_exported(run: Run, tmp_path: Any) -
         assert len(plotted) > 15
 
     run(main())
+
+
+def test_a_scrape_is_served_again_for_a_second(run: Run, tmp_path: Any) -> None:
+    """One rendering costs about a millisecond of the loop: an open endpoint hammered by anyone
+    costs at most that per second."""
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", metrics_reuse_s=3600.0) as h:
+            first = await scrape(h)
+            await h.connect("alice")
+            again = await scrape(h)
+            assert again == first  # the same rendering: alice's connection is not in it yet
+            assert value(again, "sohbet_connections") == 0
+
+    run(main())
