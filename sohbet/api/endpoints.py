@@ -125,7 +125,9 @@ def _query(request: Request, integers: frozenset[str] = frozenset()) -> dict[str
     """The query parameters, each at most once; those in *integers* as ints (their ranges are
     the operation's to check, as over the WebSocket)."""
     try:
-        pairs = parse_qsl(request.query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+        pairs = parse_qsl(request.query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS, errors="strict")
+    except UnicodeDecodeError:  # `%ff`: no text, where the default would make it U+FFFD
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the query is not percent-encoded UTF-8") from None
     except ValueError:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"more than {_MAX_QUERY_FIELDS} query parameters") from None
     found: dict[str, Any] = {}

@@ -30,6 +30,7 @@ _GET: Final = "GET"
 RouteHandler = Callable[[Request, dict[str, str]], Response | Awaitable[Response]]
 
 _PARAM: Final = re.compile(r"\{([a-z_]+)\}")
+_STRAY_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ESCAPED_PARAM: Final = re.compile(r"\\\{([a-z_]+)\\\}")  # a `{name}` after re.escape
 
 
@@ -114,9 +115,12 @@ class Router:
             body = error_body(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed here; use {allow}")
             return route, Response(HTTPStatus.METHOD_NOT_ALLOWED, body, headers=(("Allow", allow),))
         try:
+            if any(_STRAY_PERCENT.search(value) for value in params.values()):
+                raise ValueError("a % that starts no escape")  # `unquote` would keep it as it is
             decoded = {name: unquote(value, errors="strict") for name, value in params.items()}
-        except UnicodeDecodeError:
+        except ValueError:  # UnicodeDecodeError is one
             return route, Response(
-                HTTPStatus.BAD_REQUEST, error_body(HTTPStatus.BAD_REQUEST, "the path is not UTF-8 once percent-decoded")
+                HTTPStatus.BAD_REQUEST,
+                error_body(HTTPStatus.BAD_REQUEST, "the path is not percent-encoded UTF-8"),
             )
         return route, handler(request, decoded)

@@ -22,6 +22,7 @@ from sohbet.errors import ErrorCode, InvalidHandshake
 from sohbet.ws.config import Limits
 
 __all__ = [
+    "CONTINUE",
     "ERROR_CODES",
     "HEAD",
     "INTERNAL_ERROR",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: The method whose responses carry no body (RFC 9110 §9.3.2).
 HEAD: Final = "HEAD"
+_CONTINUE: Final = "100-continue"
+#: The interim answer to `Expect: 100-continue`: send the body.
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: The `error.code` a JSON error body carries for each HTTP status (docs/protocol.md).
 ERROR_CODES: Final[dict[int, ErrorCode]] = {
@@ -45,6 +49,8 @@ ERROR_CODES: Final[dict[int, ErrorCode]] = {
     HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
     HTTPStatus.METHOD_NOT_ALLOWED: ErrorCode.BAD_REQUEST,
     HTTPStatus.REQUEST_TIMEOUT: ErrorCode.BAD_REQUEST,
+    HTTPStatus.EXPECTATION_FAILED: ErrorCode.BAD_REQUEST,
+    HTTPStatus.NOT_IMPLEMENTED: ErrorCode.BAD_REQUEST,
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: ErrorCode.TOO_LARGE,
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: ErrorCode.BAD_REQUEST,
     HTTPStatus.UPGRADE_REQUIRED: ErrorCode.BAD_REQUEST,
@@ -114,6 +120,7 @@ class _Collector:
         "body",
         "body_bytes",
         "done",
+        "expects",
         "header_bytes",
         "headers",
         "in_body",
@@ -143,6 +150,7 @@ class _Collector:
         self.body_bytes = 0
         self.in_body = False  # the head is complete: what follows is body, not head
         self.begun = False  # a request has begun and is not complete
+        self.expects = False  # its head asked for 100 Continue
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -180,6 +188,18 @@ class _Collector:
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"request body of {int(value)} bytes exceeds {self.limits.max_body_bytes}",
                 )
+            elif name == "transfer-encoding":
+                # Only chunked is read: a body in another coding (gzip) would be taken as it is,
+                # its coding ignored (RFC 9112 §6.1: 501 for a coding not understood).
+                codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+                if any(c != "chunked" for c in codings):
+                    raise InvalidHandshake(
+                        HTTPStatus.NOT_IMPLEMENTED, "only Transfer-Encoding: chunked is read; send the body as it is"
+                    )
+            elif name == "expect":
+                if value.strip().lower() != _CONTINUE:
+                    raise InvalidHandshake(HTTPStatus.EXPECTATION_FAILED, "only Expect: 100-continue is understood")
+                self.expects = True  # the client waits for 100 Continue before it sends the body
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -235,6 +255,15 @@ class RequestReader:
     def is_partial(self) -> bool:
         """Whether a request has begun to arrive and is not complete."""
         return self._cb.begun
+
+    def take_continue(self) -> bool:
+        """Whether to send `100 Continue` now: a request's head asked for it (`Expect:
+        100-continue`, RFC 9110 §10.1.1) and its body has not come; once per request."""
+        cb = self._cb
+        if cb.expects and cb.in_body:
+            cb.expects = False
+            return True
+        return False
 
     @property
     def stopped(self) -> bool:

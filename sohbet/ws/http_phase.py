@@ -130,6 +130,14 @@ class HttpPhase:
             )
         self._queued.extend(requests)
         self._serve_queued()
+        self._continue()
+
+    def _continue(self) -> None:
+        """Tell a client that waits before sending its body (`Expect: 100-continue`) to send it,
+        once every request before it is answered: answers go out in order, and an interim one
+        must not be taken for an earlier request's."""
+        if not self._queued and self._task is None and self._ws._is_http and self._reader.take_continue():
+            self._ws._write(http11.CONTINUE)
 
     def _serve_queued(self) -> None:
         """Answer queued requests in order; an async answer holds the rest until it is sent."""
@@ -188,6 +196,7 @@ class HttpPhase:
         if ws._is_http:
             ws._transport.resume_reading()
             self._serve_queued()
+            self._continue()
 
     def _respond(self, request: http11.Request, response: http11.Response) -> None:
         ws = self._ws

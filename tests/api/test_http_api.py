@@ -696,3 +696,31 @@ def test_a_removal_whose_request_times_out_still_completes_whole(run: Run, datab
             await real.close()
 
     run(main())
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(run: Run, tmp_path: Any) -> None:
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite") as h:
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
+            body = b'{"type": "app:hi"}'
+            writer.write(
+                f"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body)  # only now
+            answer = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'{"delivered_connections":0}' in answer
+            writer.close()
+
+    run(main())
+
+
+def test_a_query_that_is_not_utf8_is_400(run: Run, tmp_path: Any) -> None:
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite") as h, api_of(h) as api:
+            status, body, _ = await api.call("GET", "/api/presence?cursor=%ff", headers=BACKEND)
+            assert (status, body["error"]["message"]) == (400, "the query is not percent-encoded UTF-8")
+
+    run(main())

@@ -53,10 +53,11 @@ def test_patterns_pass_their_segments_as_params(router: Router) -> None:
     }
 
 
-def test_a_param_that_is_not_utf8_once_decoded_is_400(router: Router) -> None:
-    status, body, _ = routed(router, "DELETE", "/api/conversations/7/members/%FF")
+@pytest.mark.parametrize("user", ["%FF", "%", "a%2", "%%32", "%zz"], ids=["not-utf8", "alone", "short", "twice", "hex"])
+def test_a_param_that_is_not_percent_encoded_utf8_is_400(router: Router, user: str) -> None:
+    status, body, _ = routed(router, "DELETE", f"/api/conversations/7/members/{user}")
     assert status == 400
-    assert body == {"error": {"code": "bad_request", "message": "the path is not UTF-8 once percent-decoded"}}
+    assert body == {"error": {"code": "bad_request", "message": "the path is not percent-encoded UTF-8"}}
 
 
 def test_dispatch_names_the_route_for_metrics(router: Router) -> None:

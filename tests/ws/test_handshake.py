@@ -362,3 +362,31 @@ def test_the_reader_says_when_a_request_is_under_way() -> None:
     assert reader.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-") == [] and reader.is_partial
     assert reader.feed(b"Length: 2\r\n\r\nx") == [] and reader.is_partial  # in its body
     assert len(reader.feed(b"yGET / HTTP/1.1\r\nHost: a\r\n\r\n")) == 2 and not reader.is_partial
+
+
+@pytest.mark.parametrize(
+    ("coding", "status"),
+    [("gzip, chunked", 501), ("chunked, chunked", 400), ("CHUNKED", 200)],
+    ids=["gzip-then-chunked", "chunked-twice", "upper-case"],
+)
+def test_only_chunked_bodies_are_read(coding: str, status: int) -> None:
+    raw = f"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {coding}\r\n\r\n3\r\nabc\r\n0\r\n\r\n".encode()
+    if status == 200:
+        assert http11.RequestReader(Limits()).feed(raw)[0].body == b"abc"
+    else:
+        with pytest.raises(InvalidHandshake) as info:  # 400 from httptools, 501 from us
+            http11.RequestReader(Limits()).feed(raw)
+        assert info.value.http_status == status
+
+
+def test_expect_100_continue_is_asked_for_once_per_request() -> None:
+    reader = http11.RequestReader(Limits())
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+    assert reader.feed(head) == [] and reader.take_continue()
+    assert not reader.take_continue()  # once
+    assert reader.feed(b"abc")[0].body == b"abc"
+    whole = http11.RequestReader(Limits())
+    assert len(whole.feed(head + b"abc")) == 1 and not whole.take_continue()  # the body came: no need
+    with pytest.raises(InvalidHandshake, match="only Expect: 100-continue") as info:
+        http11.RequestReader(Limits()).feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n")
+    assert info.value.http_status == 417
