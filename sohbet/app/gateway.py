@@ -1,9 +1,9 @@
 """The chat server's face to the network: authentication at the upgrade, callbacks to the chat
-service, and the plain HTTP endpoints on the same port.
+service, and the health endpoints on the same port.
 
 Layer: entry. Glues `sohbet.ws.server` (sockets) to `sohbet.service` (the chat service);
-`cli.py` builds both. The plain HTTP endpoints are a route table (`sohbet.api.router.Router`), where the
-HTTP API of step 6 will be added.
+`compose.py` builds both. Plain HTTP goes through a route table (`sohbet.api.router.Router`),
+to which the HTTP API (`sohbet.api.endpoints`) and `/metrics` add their routes.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ChatGateway(Handler):
 
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
-        self.accepting = False  # /healthz answers 200 once connections are accepted
+        self.accepting = False  # /readyz answers 200 only while connections are accepted
         self.routes = Router()
         #: Whether storage answers, checked once for all concurrent `/readyz` and reused briefly.
         self.readiness = Shared(self._storage_answers, READY_CACHE_S)
@@ -122,7 +122,9 @@ class ChatGateway(Handler):
         identity = ws.data
         assert isinstance(identity, Identity)  # what accept() returned
         conn_log.info("connection opened", extra={"conn": ws.id, "user": identity.user_id, "addr": ws.address})
-        ws.data = self.chat.open(ws, identity)
+        session = self.chat.open(ws, identity)
+        # Refused (too many connections for the user): it is closing, and keeps its identity for the log.
+        ws.data = identity if session is None else session
 
     def on_message(self, ws: WebSocket, data: bytes, is_text: bool) -> None:  # see Handler
         session = ws.data
@@ -137,8 +139,13 @@ class ChatGateway(Handler):
         session = ws.data
         if isinstance(session, Session):
             self.chat.closed(session)
-        user = session.user if isinstance(session, Session) else None
-        conn_log.info("connection closed", extra={"conn": ws.id, "user": user, "code": code, "reason": reason})
+            user: str | None = session.user
+        else:
+            user = session.user_id if isinstance(session, Identity) else None
+        conn_log.info(
+            "connection closed",
+            extra={"conn": ws.id, "user": user, "addr": ws.address, "code": code, "reason": reason},
+        )
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -146,9 +153,9 @@ class ChatGateway(Handler):
         return self.routes.answer(request)
 
     def _health(self, request: Request, params: dict[str, str]) -> Response:
-        if self.accepting:
-            return Response(HTTPStatus.OK, b'{"status":"ok"}')
-        return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
+        # The process is alive and answers (docs/protocol.md): a liveness probe that failed
+        # while the server drains would have it killed before it has committed its queue.
+        return _ALIVE
 
     async def _ready(self, request: Request, params: dict[str, str]) -> Response:
         if not self.accepting:  # starting, or shutting down: a load balancer sends nobody new
@@ -174,6 +181,7 @@ class ChatGateway(Handler):
         return _NOT_UPGRADED
 
 
+_ALIVE: Final = Response(HTTPStatus.OK, b'{"status":"ok"}')
 _STARTING_OR_STOPPING: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "starting or stopping")
 _STORE_UNREACHABLE: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "storage is unreachable")
 _NOT_UPGRADED: Final = Response(

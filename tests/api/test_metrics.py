@@ -88,6 +88,12 @@ def test_the_counters_move_as_traffic_flows(run: Run, database_url: str) -> None
             # A byte count that moves by at least what crossed: three sends of ~90 bytes each.
             assert moved(before, during, "sohbet_bytes_received_total") > 3 * 80
             assert moved(before, during, "sohbet_bytes_sent_total") > 3 * 2 * 150  # acks and deliveries
+            everyone = {"type": "app:all", "payload": {}}
+            before_broadcast = value(await scrape(h), "sohbet_deliveries_total")
+            assert await api.ok("POST", "/api/broadcast", json=everyone, headers=BACKEND) == {
+                "delivered_connections": 2
+            }
+            assert value(await scrape(h), "sohbet_deliveries_total") - before_broadcast == 2  # one per connection
             await api.call("GET", "/api/presence", headers=BACKEND)
             await api.call("GET", "/api/presence")
             await api.call("GET", "/no/such/path/7")

@@ -55,7 +55,7 @@ def test_messages_for_unconnected_members_reach_the_receiver_signed(run: Run, da
                 assert request.headers["Content-Type"] == "application/json"
             # With everyone connected nobody is told: the next event the receiver gets is the
             # marker sent once dave is gone again.
-            await h.connect("carol")
+            carol = await h.connect("carol")
             dave = await h.connect("dave")
             await bob.send(cid, "all here")
             await dave.ws.close()
@@ -65,9 +65,19 @@ def test_messages_for_unconnected_members_reach_the_receiver_signed(run: Run, da
             await bob.send(cid, "marker")
             await receiver.wait_for_event("marker")
             assert [(e["message"]["content"], e["recipients"]) for e in receiver.events[2:]] == [("marker", ["dave"])]
+            # The sender is never told of their own message, connected or not: dave, offline,
+            # sends through the backend, and only carol (gone too) is told.
+            await carol.ws.close()
+            async with asyncio.timeout(5):
+                while h.chat.hub.connections(UserId("carol")):
+                    await asyncio.sleep(0.01)
+            body = {"sender_id": "dave", "content": "from dave, offline"}
+            await api.ok("POST", f"/api/conversations/{cid}/messages", 201, json=body, headers=BACKEND)
+            await receiver.wait_for_event("from dave, offline")
+            assert receiver.events[-1]["recipients"] == ["carol"]
             samples = await scrape(h)
-            assert value(samples, "sohbet_webhook_events_total", result="delivered") == 3
-            assert value(samples, "sohbet_webhook_batches_total") == 3
+            assert value(samples, "sohbet_webhook_events_total", result="delivered") == 4
+            assert value(samples, "sohbet_webhook_batches_total") == 4
 
     run(main())
 

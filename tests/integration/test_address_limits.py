@@ -6,10 +6,12 @@ proxy the address is the one `X-Forwarded-For` names; from anyone else the heade
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+import pytest
 import websockets
 
 from sohbet.ws.addresses import parse_networks
@@ -75,8 +77,11 @@ def test_open_connections_per_address(run: Run, tmp_path: Any) -> None:
     run(main())
 
 
-def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(run: Run, tmp_path: Any) -> None:
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(
+    run: Run, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     limits = Limits(max_connections_per_address=1, trusted_proxies=parse_networks("127.0.0.0/8"))
+    caplog.set_level(logging.INFO, logger="sohbet.conn")
 
     async def main() -> None:
         async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
@@ -90,6 +95,9 @@ def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(run: Run,
                 await ws.close()
 
     run(main())
+    # The log names the client the proxy forwarded, not the proxy.
+    opened = [r for r in caplog.records if r.getMessage() == "connection opened"]
+    assert sorted(r.__dict__["addr"] for r in opened) == ["198.51.100.1", "198.51.100.2"]
 
 
 def test_an_untrusted_peer_cannot_choose_its_address(run: Run, tmp_path: Any) -> None:

@@ -105,14 +105,18 @@ def test_shutdown_under_load_loses_nothing_acked_and_closes_with_1001(
                 # While it drains, the load balancer's probe sees 503 and the clients are still
                 # served (the signal itself takes a moment to arrive: 200s until then).
                 ready: list[int] = []
+                alive: list[int] = []  # the liveness probe: the process is alive while it drains
                 while not any(w.done() for w in writers) and ready.count(503) < 5:
                     try:
                         async with http.get("/readyz") as r:
                             ready.append(r.status)
+                        async with http.get("/healthz") as r:
+                            alive.append(r.status)
                     except aiohttp.ClientError:
                         break
                     await asyncio.sleep(0.05)
                 results = await asyncio.gather(*writers)
+            assert set(alive) == {200}, alive
             return results, ready, signalled
 
         results, ready, signalled = asyncio.run(main())
