@@ -18,11 +18,13 @@ from typing import Final
 
 from sohbet.ws.rates import Rate, RateLimiter
 
-__all__ = ["AddressBook", "IPNetwork", "client_address", "parse_networks"]
+__all__ = ["AddressBook", "IPNetwork", "address_key", "client_address", "is_trusted", "parse_networks"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: X-Forwarded-For entries read at most: a proxy chain is a few hops; the rest is not read.
 _MAX_HOPS: Final = 16
+#: The prefix an IPv6 host is given (RFC 6177): the unit it is counted by.
+_IPV6_HOST_PREFIX: Final = 64
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -44,6 +46,12 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def is_trusted(peer: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    """Whether *peer* is one of the trusted proxies (whose clients are counted one by one)."""
+    ip = _ip(peer)
+    return ip is not None and any(ip in network for network in trusted)
+
+
 def client_address(peer: str, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]) -> str:
     """The address of the client behind *peer*: *peer* itself unless it is a trusted proxy, in
     which case the nearest untrusted entry of *forwarded_for* (or the farthest one read, if all
@@ -60,9 +68,19 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple[IPNetwor
     return str(ip)
 
 
+def address_key(address: str) -> str:
+    """What connections are counted by: an IPv4 address, or an IPv6 address's /64 (one host
+    is given a whole /64, and would get around any limit on a single address of it)."""
+    ip = _ip(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, _IPV6_HOST_PREFIX), strict=False))
+    return address
+
+
 class AddressBook:
-    """Connections per client address: a rate of new ones (a token bucket each) and a count of
-    open ones. Only addresses with open connections or a bucket not yet full again are kept."""
+    """Connections per client address (`address_key`): a rate of new ones (a token bucket each)
+    and a count of open ones. Only addresses with open connections or a bucket not yet full again
+    are kept."""
 
     def __init__(self, rate: Rate, max_open: int) -> None:
         self.rate = rate
@@ -77,35 +95,45 @@ class AddressBook:
         Returns:
             None when it may (`opened` once it has); else the reason, and the seconds to wait.
         """
-        held = self._open.get(address, 0)
+        return self.full(address) or self.paced(address, now)
+
+    def full(self, address: str) -> tuple[str, int] | None:
+        """Why *address* may open no more connections now (it holds the most), or None."""
+        held = self._open.get(address_key(address), 0)
         if self.max_open and held >= self.max_open:
             return f"{address} holds {held} connections, the most allowed", 1
-        wait_ms = self._buckets.take(address, now, self.rate)
+        return None
+
+    def paced(self, address: str, now: float) -> tuple[str, int] | None:
+        """Spend a token of *address*'s rate of new connections; why not and how long to wait, or None."""
+        wait_ms = self._buckets.take(address_key(address), now, self.rate)
         if wait_ms:
             return f"more than {self.rate.per_s:g} new connections per second from {address}", -(-wait_ms // 1000)
         return None
 
     def opened(self, address: str) -> None:
         """A connection from *address* is open: it counts until `release`."""
-        self._open[address] = self._open.get(address, 0) + 1
+        key = address_key(address)
+        self._open[key] = self._open.get(key, 0) + 1
 
     def release(self, address: str) -> None:
         """A connection `opened` counted has ended."""
-        held = self._open.get(address, 0) - 1
+        key = address_key(address)
+        held = self._open.get(key, 0) - 1
         if held > 0:
-            self._open[address] = held
+            self._open[key] = held
         else:
-            self._open.pop(address, None)
+            self._open.pop(key, None)
 
     def forget(self, now: float) -> None:
         """Drop the buckets that are full again by *now* (an idle address costs nothing)."""
         self._buckets.forget(now)
 
     def open_count(self, address: str) -> int:
-        """The connections *address* holds."""
-        return self._open.get(address, 0)
+        """The connections *address* (or its /64) holds."""
+        return self._open.get(address_key(address), 0)
 
     @property
     def addresses(self) -> Iterable[str]:
-        """The addresses holding connections."""
+        """What holds connections: IPv4 addresses and IPv6 /64s."""
         return self._open.keys()

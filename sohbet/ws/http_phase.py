@@ -27,7 +27,7 @@ from sohbet.ws import http11
 if TYPE_CHECKING:
     from sohbet.ws.server import WebSocket
 
-__all__ = ["HttpPhase"]
+__all__ = ["HttpPhase", "too_many"]
 
 log = logging.getLogger("sohbet.server")
 
@@ -35,6 +35,12 @@ log = logging.getLogger("sohbet.server")
 _LAST_STATUS: Final = 599  # the status codes HTTP defines are 100-599 (RFC 9110 §15)
 #: A request not answered in time may be retried at once (a send with the same client_id too).
 _RETRY_SOON: Final = (("Retry-After", "1"),)
+
+
+def too_many(refused: tuple[str, int]) -> InvalidHandshake:
+    """The 429 of an address over its limits: why, and `Retry-After`."""
+    reason, wait_s = refused
+    return InvalidHandshake(HTTPStatus.TOO_MANY_REQUESTS, reason, (("Retry-After", str(wait_s)),))
 
 
 def _checked(request: http11.Request, result: object) -> http11.Response:
@@ -56,7 +62,7 @@ class HttpPhase:
     how the bytes were split into reads.
     """
 
-    __slots__ = ("_queued", "_reader", "_task", "_ws", "opened", "over_capacity", "since")
+    __slots__ = ("_queued", "_reader", "_task", "_ws", "opened", "over_address", "over_capacity", "since")
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
@@ -66,6 +72,9 @@ class HttpPhase:
         #: Set when the socket was accepted with the server at `max_connections`: its first
         #: bytes are answered with a 503 and it closes.
         self.over_capacity = False
+        #: Set when its address held the most connections allowed at accept: why, and how long
+        #: to wait; its first request is answered 429 and it closes.
+        self.over_address: tuple[str, int] | None = None
         #: When the socket opened: the start of its lifetime.
         self.opened = ws._server.now
         #: When the socket opened, or answered its last request: the start of its idle deadline.
@@ -148,6 +157,8 @@ class HttpPhase:
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 if self.over_capacity:
                     ws._refuse(self.at_capacity(), upgrade=False)
+                elif self.over_address is not None:
+                    ws._refuse(too_many(self.over_address), upgrade=False)
                 else:
                     self._answer(request)
             elif server.closing:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
-from sohbet.ws.addresses import client_address
+from sohbet.ws.addresses import client_address, is_trusted
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
-from sohbet.ws.http_phase import HttpPhase
+from sohbet.ws.http_phase import HttpPhase, too_many
 from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
 
 if TYPE_CHECKING:
@@ -112,9 +112,21 @@ class WebSocket(asyncio.Protocol):
         self.remote = transport.get_extra_info("peername")
         server = self._server
         transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
-        limit = server.limits.max_connections
-        if limit and len(server._sockets) >= limit and self._http is not None:
+        limits = server.limits
+        if limits.max_connections and len(server._sockets) >= limits.max_connections and self._http is not None:
             self._http.over_capacity = True  # counted here, at accept: plain HTTP sockets too
+        peer = self._peer_host()
+        if not is_trusted(peer, limits.trusted_proxies):
+            # A client's own socket, HTTP or not, counts toward its address from the start. A
+            # proxy's sockets carry many clients (and HTTP ones several, one after another):
+            # their WebSockets are counted at the upgrade, by the address the proxy forwards.
+            refused = server.addresses.full(peer)
+            if refused is None:
+                self.client = peer
+                server.addresses.opened(peer)
+                self._counted = True
+            elif self._http is not None:
+                self._http.over_address = refused
         server._sockets[self.id] = self
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
@@ -329,6 +341,7 @@ class WebSocket(asyncio.Protocol):
         in `Server._sockets` meanwhile, but not in `connections`: the WebSocket is over and
         `on_close` has run. A server shutting down does not linger: it hangs up.
         """
+        self._uncount()  # a lingering socket no longer counts as its address's connection
         self._http = None
         server = self._server
         limits = server.limits
@@ -399,11 +412,18 @@ class WebSocket(asyncio.Protocol):
             upgrade = handshake.validate_upgrade(request, server.websocket)
             # After the checks of the request itself (400, 426, 403), before the application's
             # (401, which costs a signature check): an address over its limits pays for nothing.
-            self.client = client_address(self._peer_host(), request.header("x-forwarded-for"), limits.trusted_proxies)
-            refused = server.addresses.admit(self.client, server.now)
+            http = self._http
+            if self._counted:  # a client's own socket, counted since it was accepted: only the rate
+                assert self.client is not None  # set with _counted
+                refused = server.addresses.paced(self.client, server.now)
+            elif http is not None and http.over_address is not None:
+                refused = http.over_address
+            else:  # through a trusted proxy: the client it names, counted from now on
+                forwarded = request.header("x-forwarded-for")
+                self.client = client_address(self._peer_host(), forwarded, limits.trusted_proxies)
+                refused = server.addresses.admit(self.client, server.now)
             if refused is not None:
-                reason, wait_s = refused
-                raise InvalidHandshake(HTTPStatus.TOO_MANY_REQUESTS, reason, (("Retry-After", str(wait_s)),))
+                raise too_many(refused)
             data = server.handler.accept(request, upgrade)
         except InvalidHandshake as exc:
             self._refuse(exc, upgrade=True)
@@ -431,8 +451,10 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_WS
         self._last_rx = server.now
         server.connections[self.id] = self
-        server.addresses.opened(self.client)
-        self._counted = True
+        if not self._counted:
+            assert self.client is not None  # found at the address check above
+            server.addresses.opened(self.client)
+            self._counted = True
         stats = server.stats
         stats.handshakes[_ACCEPTED] = stats.handshakes.get(_ACCEPTED, 0) + 1
         switching = handshake.switching_protocols(upgrade)

@@ -128,3 +128,59 @@ def test_the_origin_check_comes_before_the_address_limits(run: Run, tmp_path: An
             await ok.close()
 
     run(main())
+
+
+async def plain_socket(h: Harness) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A kept-alive HTTP socket that has asked for /healthz once; its answer's head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    return reader, writer, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+
+
+def test_a_clients_plain_sockets_count_toward_its_address_too(run: Run, tmp_path: Any) -> None:
+    """Without it one address could hold every socket the process may open, HTTP ones."""
+    limits = Limits(max_connections_per_address=3)
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            held = [await plain_socket(h) for _ in range(2)]
+            assert all(head.startswith(b"HTTP/1.1 200 ") for _, _, head in held)
+            ws = await upgrade(h, "a")  # the third
+            assert isinstance(ws, websockets.ClientConnection)
+            reader, writer, head = await plain_socket(h)  # the fourth: refused at its first request
+            assert head.startswith(b"HTTP/1.1 429 ") and b"Retry-After: 1" in head
+            assert b"127.0.0.1 holds 3 connections" in await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            refused = await upgrade(h, "b")
+            assert refused.status_code == 429
+            _, first, _ = held[0]
+            first.close()  # one gone: room for one
+            async with asyncio.timeout(5):
+                while h.server.addresses.open_count("127.0.0.1") != 2:
+                    await asyncio.sleep(0.01)
+            again = await upgrade(h, "b")
+            assert isinstance(again, websockets.ClientConnection)
+            for _, writer, _ in held[1:]:
+                writer.close()
+            await ws.close()
+            await again.close()
+
+    run(main())
+
+
+def test_a_proxys_plain_sockets_are_not_counted_against_its_clients(run: Run, tmp_path: Any) -> None:
+    limits = Limits(max_connections_per_address=1, trusted_proxies=parse_networks("127.0.0.1"))
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite", limits=limits) as h:
+            held = [await plain_socket(h) for _ in range(3)]  # a proxy's kept-alive upstream sockets
+            assert all(head.startswith(b"HTTP/1.1 200 ") for _, _, head in held)
+            one = await upgrade(h, "a", **{"X-Forwarded-For": "2001:db8:1:2::1"})
+            assert isinstance(one, websockets.ClientConnection)
+            same_host = await upgrade(h, "b", **{"X-Forwarded-For": "2001:db8:1:2::77"})  # the same /64
+            assert same_host.status_code == 429 and b"holds 1 connections" in same_host.body
+            for _, writer, _ in held:
+                writer.close()
+            await one.close()
+
+    run(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sohbet.ws.addresses import AddressBook, client_address, parse_networks
+from sohbet.ws.addresses import AddressBook, address_key, client_address, is_trusted, parse_networks
 from sohbet.ws.rates import Rate
 
 PROXIES = parse_networks("10.0.0.0/8, 2001:db8::/32, 127.0.0.1")
@@ -93,3 +93,19 @@ def test_a_refused_attempt_still_spends_a_token() -> None:
     assert book.admit("a", 0.0) is None
     assert book.admit("a", 0.0) is None
     assert book.admit("a", 0.0) is not None  # two attempts spent the burst
+
+
+def test_an_ipv6_host_is_counted_by_its_64() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert address_key("198.51.100.7") == "198.51.100.7"
+    assert address_key("/run/sock") == "/run/sock"
+    book = AddressBook(Rate(0, 1), max_open=1)
+    book.opened("2001:db8:1:2::1")
+    assert book.full("2001:db8:1:2::ffff") == ("2001:db8:1:2::ffff holds 1 connections, the most allowed", 1)
+    assert book.full("2001:db8:1:3::1") is None  # the next /64 is another host
+    assert book.open_count("2001:db8:1:2:ffff::9") == 1 and list(book.addresses) == ["2001:db8:1:2::/64"]
+
+
+def test_trusted_peers() -> None:
+    assert is_trusted("10.1.2.3", PROXIES) and is_trusted("::ffff:10.1.2.3", PROXIES)
+    assert not is_trusted("203.0.113.7", PROXIES) and not is_trusted("/run/sock", PROXIES)
