@@ -289,6 +289,10 @@ class WebhookConfig:
     #: Exponential backoff between attempts: the first wait, doubling up to the last.
     backoff_first_s: float = 0.5
     backoff_max_s: float = 30.0
+    #: Recipients told of one sender's messages per second, in bursts of `sender_burst` (one
+    #: message to a full group of 10,000): no one user can fill the queue for everyone; 0: no limit.
+    sender_rate_per_s: float = 1000.0
+    sender_burst: int = 10_000
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -306,6 +310,8 @@ class WebhookConfig:
         require(self.timeout_s > 0, f"timeout_s of {self.timeout_s} is not positive")
         require(self.backoff_first_s > 0, f"backoff_first_s of {self.backoff_first_s} is not positive")
         require_within("backoff_max_s", self.backoff_max_s, self.backoff_first_s, 3600)
+        require(self.sender_rate_per_s >= 0, f"sender_rate_per_s of {self.sender_rate_per_s} is negative")
+        require(self.sender_burst >= 1, f"sender_burst of {self.sender_burst} is below 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +441,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_queue", int, 10_000, "webhook events waiting; more are dropped (counted, logged)"),
     Setting("webhook_retry_for", float, 300.0, "seconds a webhook batch is retried before it is given up"),
     Setting("webhook_timeout", float, 10.0, "seconds one webhook POST may take"),
+    Setting("webhook_sender_rate", float, 1000.0, "webhook recipients per second of one sender's messages; 0: any"),
+    Setting("webhook_sender_burst", int, 10_000, "burst allowance of those (a message to a group of that many)"),
     Setting("log_level", str, "info", "debug, info, warning or error"),
     Setting("log_format", str, "text", "text (one readable line per event) or json (one JSON object per line)"),
 )
@@ -671,6 +679,8 @@ class Config:
                 queue_max=int(v["webhook_queue"]),  # type: ignore[call-overload]  # coerced
                 retry_for_s=float(v["webhook_retry_for"]),  # type: ignore[arg-type]  # coerced
                 timeout_s=float(v["webhook_timeout"]),  # type: ignore[arg-type]  # coerced
+                sender_rate_per_s=float(v["webhook_sender_rate"]),  # type: ignore[arg-type]  # coerced
+                sender_burst=int(v["webhook_sender_burst"]),  # type: ignore[call-overload]  # coerced
             ),
             redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
             log_level=str(v["log_level"]),

@@ -157,6 +157,7 @@ def test_config_from_settings() -> None:
             "SOHBET_WEBHOOK_BATCH": "10",
             "SOHBET_WEBHOOK_RETRY_FOR": "60",
             "SOHBET_STORAGE_TIMEOUT": "2.5",
+            "SOHBET_WEBHOOK_SENDER_RATE": "50",
         }
     )
     assert config.port == 9000
@@ -169,6 +170,7 @@ def test_config_from_settings() -> None:
     assert config.auth.audience == "chat" and config.auth.api_key == "k" * 32
     assert (config.limits.max_body_bytes, config.limits.request_timeout_s) == (4096, 2.5)
     assert config.store.timeout_s == 2.5
+    assert (config.webhook.sender_rate_per_s, config.webhook.sender_burst) == (50.0, 10_000)
     assert (config.shutdown_timeout_s, config.drain_delay_s, config.log_format) == (20.0, 5.0, "json")
     assert config.metrics_token == "m" * 16
     assert [str(n) for n in config.limits.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
@@ -250,6 +252,8 @@ def test_config_from_settings() -> None:
         ),
         (lambda: Config(auth=AuthConfig(secret=SECRET), redis_url="redis://h"), "--redis-url .* not yet supported"),
         (lambda: WebhookConfig(url="ftp://h/x", secret=SECRET), "webhook URL must be http"),
+        (lambda: WebhookConfig(sender_rate_per_s=-1), "sender_rate_per_s of -1 is negative"),
+        (lambda: WebhookConfig(sender_burst=0), "sender_burst of 0 is below 1"),
         (lambda: WebhookConfig(url="https://", secret=SECRET), "webhook URL must be http"),
         (lambda: WebhookConfig(url="http:///path", secret=SECRET), "webhook URL must be http"),
         (lambda: WebhookConfig(url="hooks.example/x", secret=SECRET), "webhook URL must be http"),

@@ -36,6 +36,7 @@ import orjson
 from sohbet.chat.wire import EventType
 from sohbet.config import WebhookConfig
 from sohbet.errors import ConfigError, InvalidState
+from sohbet.ws.rates import Rate, RateLimiter
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -174,6 +175,8 @@ def _is_retryable(status: int) -> bool:
 
 #: Recipients in one event: a message for more offline members is told in several events.
 MAX_RECIPIENTS: Final = 1000
+#: Seconds between two sweeps of the senders' buckets (full ones are dropped).
+_FORGET_EVERY_S: Final = 60.0
 
 
 class WebhookStats:
@@ -230,6 +233,10 @@ class WebhookSender:
         self._random = random.Random()  # jitter: no secret, so no need for the secrets module
         self._unreported_drops = 0
         self._next_drop_warning = 0.0
+        self._sender_rate = Rate(config.sender_rate_per_s, config.sender_burst)
+        self._drop_why: str | None = None
+        self._senders: RateLimiter[str] = RateLimiter()
+        self._next_forget = 0.0
 
     def notify(self, recipients: Sequence[str], message: dict[str, Any]) -> None:
         """Queue one `chat:message` event for *recipients*, who had no open connection.
@@ -243,6 +250,15 @@ class WebhookSender:
             message: the stored message as the protocol sends it (`wire.message_object`).
         """
         queue = self._queue
+        now = time.monotonic()
+        # Each sender's share: one user sending to large groups of people who are not connected
+        # (anyone may put anyone in a group) must not fill the queue for everyone else.
+        if self._senders.take(str(message.get("sender_id")), now, self._sender_rate, len(recipients)):
+            self._drop(f"a sender's messages were for more than {self._sender_rate.per_s:g} recipients a second")
+            return
+        if now >= self._next_forget:
+            self._senders.forget(now)
+            self._next_forget = now + _FORGET_EVERY_S
         # A message to a large group is told in events of at most `MAX_RECIPIENTS` recipients,
         # so no one event (and no batch of them) grows with the size of a group.
         for start in range(0, len(recipients), MAX_RECIPIENTS):
@@ -258,7 +274,8 @@ class WebhookSender:
             if n in (1, self._config.batch_max):
                 self._wake.set()
 
-    def _drop(self) -> None:
+    def _drop(self, why: str | None = None) -> None:
+        self._drop_why = why
         self.stats.dropped += 1
         self._unreported_drops += 1
         now = time.monotonic()
@@ -272,9 +289,12 @@ class WebhookSender:
             "webhook dropped %d events since the last warning (%d in all): %s",
             self._unreported_drops,
             self.stats.dropped,
-            "the sender has stopped"
-            if self._closing
-            else f"{self._config.queue_max} are queued already; the receiver is slower than chat or down",
+            self._drop_why
+            or (
+                "the sender has stopped"
+                if self._closing
+                else f"{self._config.queue_max} are queued already; the receiver is slower than chat or down"
+            ),
         )
         self._unreported_drops = 0
 

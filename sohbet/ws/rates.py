@@ -38,21 +38,22 @@ class RateLimiter(Generic[K]):
         # key -> (tokens, when they were counted, when the bucket is full again)
         self._buckets: dict[K, tuple[float, float, float]] = {}
 
-    def take(self, key: K, now: float, rate: Rate) -> int:
-        """Spend one token.
+    def take(self, key: K, now: float, rate: Rate, cost: int = 1) -> int:
+        """Spend *cost* tokens (at most a burst's: a cost above it is charged as a full bucket).
 
         Returns:
-            0 when allowed; otherwise the milliseconds until a token is available (at least 1).
+            0 when allowed; otherwise the milliseconds until they are available (at least 1).
         """
         if rate.per_s <= 0:
             return 0
         burst = float(rate.burst)
+        need = min(float(cost), burst)
         bucket = self._buckets.get(key)
         tokens = burst if bucket is None else min(burst, bucket[0] + (now - bucket[1]) * rate.per_s)
-        if tokens < 1.0:
+        if tokens < need:
             self._buckets[key] = (tokens, now, now + (burst - tokens) / rate.per_s)
-            return max(1, int((1.0 - tokens) / rate.per_s * 1000 + 0.999))
-        tokens -= 1.0
+            return max(1, int((need - tokens) / rate.per_s * 1000 + 0.999))
+        tokens -= need
         self._buckets[key] = (tokens, now, now + (burst - tokens) / rate.per_s)
         return 0
 

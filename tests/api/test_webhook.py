@@ -569,3 +569,25 @@ def test_start_and_stop_are_used_once(run: Run) -> None:
         assert receiver.requests == []
 
     run(main())
+
+
+def test_no_one_sender_takes_more_than_its_share(run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone may put anyone in a group: one user sending to large groups of people who are not
+    connected must not fill the queue for everyone else."""
+
+    async def main() -> None:
+        async with receiving() as receiver:
+            sender = WebhookSender(config(receiver.url, sender_rate_per_s=0.001, sender_burst=30))
+            await sender.start()
+            sender.notify([f"u{n}" for n in range(30)], message("mallory 1"))  # a burst's worth
+            sender.notify(["u1"], message("mallory 2"))  # over the share: dropped
+            sender.notify(["bob"], {**message("from carol"), "sender_id": "carol"})  # another sender
+            await receiver.wait_for_event("from carol")
+            await sender.stop(timeout_s=5.0)
+        assert contents(receiver) == ["mallory 1", "from carol"]
+        assert sender.stats.dropped == 1
+        warned = [r.getMessage() for r in caplog.records if r.name == "sohbet.webhook"]
+        assert any("a sender's messages were for more than 0.001 recipients a second" in m for m in warned)
+        assert not any("mallory" in m or "u1" in m for m in warned)  # counts only
+
+    run(main())

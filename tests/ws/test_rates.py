@@ -45,3 +45,13 @@ def test_a_refunded_bucket_is_kept_until_it_is_really_full() -> None:
     assert len(limiter) == 1
     limiter.forget(now=2.7)
     assert len(limiter) == 0
+
+
+def test_a_take_may_cost_several_tokens_at_most_a_burst() -> None:
+    limiter: RateLimiter[str] = RateLimiter()
+    rate = Rate(10, 20)
+    assert limiter.take("a", 0.0, rate, cost=15) == 0
+    assert limiter.take("a", 0.0, rate, cost=6) == 100  # 5 left, one more comes in 0.1 s
+    assert limiter.take("a", 0.1, rate, cost=6) == 0
+    assert limiter.take("b", 0.0, rate, cost=500) == 0  # more than a burst: charged as a full bucket
+    assert limiter.take("b", 0.0, rate) == 100
