@@ -421,9 +421,30 @@ async def scraping(port: int, every_s: float, stop: asyncio.Event) -> int:
     return n
 
 
+async def roundtrips(clients: list[Client], duration: float) -> tuple[int, float]:
+    """The chat server's echo: each client asks `presence:query {user_ids: []}` (answered from
+    memory, nothing stored) and waits for the answer, in a closed loop."""
+    deadline = time.perf_counter() + duration
+    count = 0
+
+    async def run(client: Client, tag: int) -> None:
+        nonlocal count
+        i = 0
+        while time.perf_counter() < deadline:
+            i += 1
+            reply = await client.request("presence:query", {"user_ids": []}, f"e{tag}-{i}")
+            assert reply["type"] == "presence:state", reply
+            count += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run(c, i) for i, c in enumerate(clients)))
+    return count, time.perf_counter() - t0
+
+
 def bench_metrics(args: argparse.Namespace) -> dict[str, Any]:
-    """chat:send throughput and server CPU per send, without and with /metrics scraped once a
-    second, alternating `--rounds` times against one server."""
+    """Round trips answered from memory (the chat server's echo) and chat:sends, each per
+    second and in server CPU per operation, without and with /metrics scraped once a second,
+    alternating `--rounds` times against one server."""
     with tempfile.TemporaryDirectory() as data_dir:
         url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
         server = sohbet_server(url, data_dir)
@@ -432,27 +453,33 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, Any]:
             async def main() -> dict[str, Any]:
                 clients, conversations = await senders(server.port, args.senders)
                 await closed_loop(clients, conversations, 1.0)  # warm-up
-                runs: dict[str, list[tuple[float, float]]] = {"unscraped": [], "scraped": []}
+                await roundtrips(clients, 1.0)
+                runs: dict[str, list[tuple[float, float]]] = {}
                 scrapes = 0
                 for _ in range(args.rounds):
-                    for name in ("unscraped", "scraped"):
-                        stop = asyncio.Event()
-                        scraper = asyncio.ensure_future(scraping(server.port, 1.0, stop)) if name == "scraped" else None
-                        cpu0 = cpu_s(server.proc.pid)
-                        count, elapsed = await closed_loop(clients, conversations, args.duration)
-                        cpu1 = cpu_s(server.proc.pid)
-                        stop.set()
-                        if scraper is not None:
-                            scrapes += await scraper
-                        runs[name].append((count / elapsed, (cpu1 - cpu0) / count * 1e6))
+                    for load in ("echo", "send"):
+                        for scraped in (False, True):
+                            stop = asyncio.Event()
+                            scraper = asyncio.ensure_future(scraping(server.port, 1.0, stop)) if scraped else None
+                            cpu0 = cpu_s(server.proc.pid)
+                            if load == "echo":
+                                count, elapsed = await roundtrips(clients, args.duration)
+                            else:
+                                count, elapsed = await closed_loop(clients, conversations, args.duration)
+                            cpu1 = cpu_s(server.proc.pid)
+                            stop.set()
+                            if scraper is not None:
+                                scrapes += await scraper
+                            name = f"{load}_{'scraped' if scraped else 'unscraped'}"
+                            runs.setdefault(name, []).append((count / elapsed, (cpu1 - cpu0) / count * 1e6))
                 for c in clients:
                     c.transport.close()
                 return {
                     "database": args.database,
                     "senders": args.senders,
                     "scrapes": scrapes,
-                    **{f"{name}_acked_per_s": [round(r, 1) for r, _ in found] for name, found in runs.items()},
-                    **{f"{name}_cpu_us_per_send": [round(c, 2) for _, c in found] for name, found in runs.items()},
+                    **{f"{name}_per_s": [round(r, 1) for r, _ in found] for name, found in runs.items()},
+                    **{f"{name}_cpu_us": [round(c, 2) for _, c in found] for name, found in runs.items()},
                 }
 
             return uvloop.run(main())
