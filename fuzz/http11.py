@@ -25,7 +25,17 @@ with instrumented(__name__):
     from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
     from sohbet.ws.frames import accept_key
 
-_READER_STATUSES = frozenset((HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, 431))
+# The reader's refusals: 400, 413, 431, and (step 6) a transfer coding it does not read (501) or
+# an expectation other than 100-continue (417).
+_READER_STATUSES = frozenset(
+    (
+        HTTPStatus.BAD_REQUEST,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        431,
+        HTTPStatus.NOT_IMPLEMENTED,
+        HTTPStatus.EXPECTATION_FAILED,
+    )
+)
 _UPGRADE_STATUSES = frozenset((HTTPStatus.BAD_REQUEST, HTTPStatus.FORBIDDEN, HTTPStatus.UPGRADE_REQUIRED))
 # The defaults, and small limits, so a few kilobytes of input reach every one of them.
 _LIMITS = (Limits(), Limits(max_line_bytes=256, max_header_bytes=512, max_headers=8, max_body_bytes=1024))
