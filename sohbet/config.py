@@ -418,7 +418,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_connections_per_user", int, 10, "open connections per user (close 1008 above)"),
     Setting("address_rate", float, 20.0, "new WebSocket connections per second per client address (429 above)"),
     Setting("address_burst", int, 20, "burst allowance of new connections per client address"),
-    Setting("max_connections_per_address", int, 200, "open WebSocket connections per client address (429 above)"),
+    Setting("max_connections_per_address", int, 200, "open sockets per client address, HTTP ones too (429 above)"),
     Setting(
         "trusted_proxies",
         str,
