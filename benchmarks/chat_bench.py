@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -206,6 +207,19 @@ async def fresh_postgres() -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
+@contextlib.contextmanager
+def fresh_sohbet(database: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`sohbet_server` on an empty database ("sqlite" in a temporary directory, or a new Postgres
+    one), stopped on the way out."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        url = f"sqlite:///{data_dir}/bench.db" if database == "sqlite" else asyncio.run(fresh_postgres())
+        server = sohbet_server(url, data_dir, extra, env)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 # --- chat:send throughput and latency ------------------------------------------------------------
 
 
@@ -306,35 +320,30 @@ def pgbench(admin_url: str, clients: int, seconds: int) -> float:
 
 
 def bench_send(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as data_dir:
-        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
-        server = sohbet_server(url, data_dir)
-        try:
+    with fresh_sohbet(args.database) as server:
 
-            async def main() -> dict[str, Any]:
-                clients, conversations = await senders(server.port, args.senders)
-                await closed_loop(clients, conversations, 1.0)  # warm-up
-                cpu0 = cpu_s(server.proc.pid)
-                count, elapsed = await closed_loop(clients, conversations, args.duration)
-                cpu1 = cpu_s(server.proc.pid)
-                rate = count / elapsed
-                latencies = sorted(await paced(clients, conversations, rate / 2, args.duration))
-                for c in clients:
-                    c.transport.close()
-                return {
-                    "database": args.database,
-                    "senders": args.senders,
-                    "acked_per_s": rate,
-                    "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
-                    "half_rate": rate / 2,
-                    "ack_p50_ms": latencies[len(latencies) // 2] * 1000,
-                    "ack_p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-                    "latency_samples": len(latencies),
-                }
+        async def main() -> dict[str, Any]:
+            clients, conversations = await senders(server.port, args.senders)
+            await closed_loop(clients, conversations, 1.0)  # warm-up
+            cpu0 = cpu_s(server.proc.pid)
+            count, elapsed = await closed_loop(clients, conversations, args.duration)
+            cpu1 = cpu_s(server.proc.pid)
+            rate = count / elapsed
+            latencies = sorted(await paced(clients, conversations, rate / 2, args.duration))
+            for c in clients:
+                c.transport.close()
+            return {
+                "database": args.database,
+                "senders": args.senders,
+                "acked_per_s": rate,
+                "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
+                "half_rate": rate / 2,
+                "ack_p50_ms": latencies[len(latencies) // 2] * 1000,
+                "ack_p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+                "latency_samples": len(latencies),
+            }
 
-            result = uvloop.run(main())
-        finally:
-            server.stop()
+        result = uvloop.run(main())
     if args.database == "postgres":
         result["pgbench_insert_tps"] = pgbench(PG_ADMIN, args.senders, int(args.duration))
         result["ratio_vs_pgbench"] = result["acked_per_s"] / result["pgbench_insert_tps"]
@@ -379,35 +388,30 @@ async def rest_closed_loop(port: int, conversations: list[int], duration: float,
 def bench_api(args: argparse.Namespace) -> dict[str, Any]:
     """chat:send over the WebSocket and POST .../messages over HTTP (a user's token, and the API
     key), each by `--senders` clients in a closed loop, against one server, in turns."""
-    with tempfile.TemporaryDirectory() as data_dir:
-        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
-        server = sohbet_server(url, data_dir, env={"SOHBET_API_KEY": API_KEY})
-        try:
+    with fresh_sohbet(args.database, env={"SOHBET_API_KEY": API_KEY}) as server:
 
-            async def main() -> dict[str, Any]:
-                clients, conversations = await senders(server.port, args.senders)
-                result: dict[str, Any] = {"database": args.database, "senders": args.senders}
-                await closed_loop(clients, conversations, 1.0)  # warm-up
-                await rest_closed_loop(server.port, conversations, 1.0, backend=False)
-                for name in ("websocket", "http_user", "http_backend"):
-                    cpu0 = cpu_s(server.proc.pid)
-                    if name == "websocket":
-                        count, elapsed = await closed_loop(clients, conversations, args.duration)
-                    else:
-                        count, elapsed = await rest_closed_loop(
-                            server.port, conversations, args.duration, backend=name == "http_backend"
-                        )
-                    cpu1 = cpu_s(server.proc.pid)
-                    result[f"{name}_acked_per_s"] = count / elapsed
-                    result[f"{name}_server_cpu_us_per_send"] = (cpu1 - cpu0) / count * 1e6
-                for c in clients:
-                    c.transport.close()
-                result["http_user_vs_websocket"] = result["http_user_acked_per_s"] / result["websocket_acked_per_s"]
-                return result
+        async def main() -> dict[str, Any]:
+            clients, conversations = await senders(server.port, args.senders)
+            result: dict[str, Any] = {"database": args.database, "senders": args.senders}
+            await closed_loop(clients, conversations, 1.0)  # warm-up
+            await rest_closed_loop(server.port, conversations, 1.0, backend=False)
+            for name in ("websocket", "http_user", "http_backend"):
+                cpu0 = cpu_s(server.proc.pid)
+                if name == "websocket":
+                    count, elapsed = await closed_loop(clients, conversations, args.duration)
+                else:
+                    count, elapsed = await rest_closed_loop(
+                        server.port, conversations, args.duration, backend=name == "http_backend"
+                    )
+                cpu1 = cpu_s(server.proc.pid)
+                result[f"{name}_acked_per_s"] = count / elapsed
+                result[f"{name}_server_cpu_us_per_send"] = (cpu1 - cpu0) / count * 1e6
+            for c in clients:
+                c.transport.close()
+            result["http_user_vs_websocket"] = result["http_user_acked_per_s"] / result["websocket_acked_per_s"]
+            return result
 
-            return uvloop.run(main())
-        finally:
-            server.stop()
+        return uvloop.run(main())
 
 
 async def scraping(port: int, every_s: float, stop: asyncio.Event) -> int:
@@ -450,48 +454,43 @@ def bench_metrics(args: argparse.Namespace) -> dict[str, Any]:
     """Round trips answered from memory (the chat server's echo) and chat:sends, each per
     second and in server CPU per operation, without and with /metrics scraped once a second,
     alternating `--rounds` times against one server."""
-    with tempfile.TemporaryDirectory() as data_dir:
-        url = f"sqlite:///{data_dir}/bench.db" if args.database == "sqlite" else asyncio.run(fresh_postgres())
-        server = sohbet_server(url, data_dir)
-        try:
+    with fresh_sohbet(args.database) as server:
 
-            async def main() -> dict[str, Any]:
-                clients, conversations = await senders(server.port, args.senders)
-                await closed_loop(clients, conversations, 1.0)  # warm-up
-                await roundtrips(clients, 1.0)
-                runs: dict[str, list[tuple[float, float]]] = {}
-                scrapes = 0
-                for n in range(args.rounds):
-                    for load in ("echo", "send"):
-                        # Unscraped first in one round, scraped first in the next (A B, B A), so a
-                        # run's place in the order (storage warmed by the run before) is no bias.
-                        for scraped in (False, True) if n % 2 == 0 else (True, False):
-                            stop = asyncio.Event()
-                            scraper = asyncio.ensure_future(scraping(server.port, 1.0, stop)) if scraped else None
-                            cpu0 = cpu_s(server.proc.pid)
-                            if load == "echo":
-                                count, elapsed = await roundtrips(clients, args.duration)
-                            else:
-                                count, elapsed = await closed_loop(clients, conversations, args.duration)
-                            cpu1 = cpu_s(server.proc.pid)
-                            stop.set()
-                            if scraper is not None:
-                                scrapes += await scraper
-                            name = f"{load}_{'scraped' if scraped else 'unscraped'}"
-                            runs.setdefault(name, []).append((count / elapsed, (cpu1 - cpu0) / count * 1e6))
-                for c in clients:
-                    c.transport.close()
-                return {
-                    "database": args.database,
-                    "senders": args.senders,
-                    "scrapes": scrapes,
-                    **{f"{name}_per_s": [round(r, 1) for r, _ in found] for name, found in runs.items()},
-                    **{f"{name}_cpu_us": [round(c, 2) for _, c in found] for name, found in runs.items()},
-                }
+        async def main() -> dict[str, Any]:
+            clients, conversations = await senders(server.port, args.senders)
+            await closed_loop(clients, conversations, 1.0)  # warm-up
+            await roundtrips(clients, 1.0)
+            runs: dict[str, list[tuple[float, float]]] = {}
+            scrapes = 0
+            for n in range(args.rounds):
+                for load in ("echo", "send"):
+                    # Unscraped first in one round, scraped first in the next (A B, B A), so a
+                    # run's place in the order (storage warmed by the run before) is no bias.
+                    for scraped in (False, True) if n % 2 == 0 else (True, False):
+                        stop = asyncio.Event()
+                        scraper = asyncio.ensure_future(scraping(server.port, 1.0, stop)) if scraped else None
+                        cpu0 = cpu_s(server.proc.pid)
+                        if load == "echo":
+                            count, elapsed = await roundtrips(clients, args.duration)
+                        else:
+                            count, elapsed = await closed_loop(clients, conversations, args.duration)
+                        cpu1 = cpu_s(server.proc.pid)
+                        stop.set()
+                        if scraper is not None:
+                            scrapes += await scraper
+                        name = f"{load}_{'scraped' if scraped else 'unscraped'}"
+                        runs.setdefault(name, []).append((count / elapsed, (cpu1 - cpu0) / count * 1e6))
+            for c in clients:
+                c.transport.close()
+            return {
+                "database": args.database,
+                "senders": args.senders,
+                "scrapes": scrapes,
+                **{f"{name}_per_s": [round(r, 1) for r, _ in found] for name, found in runs.items()},
+                **{f"{name}_cpu_us": [round(c, 2) for _, c in found] for name, found in runs.items()},
+            }
 
-            return uvloop.run(main())
-        finally:
-            server.stop()
+        return uvloop.run(main())
 
 
 # --- fan-out ---------------------------------------------------------------------------------------
@@ -570,25 +569,21 @@ async def fanout_clients(port: int, pid: int, members: list[str], messages: int,
 
 
 def bench_idle(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = sohbet_server(f"sqlite:///{data_dir}/bench.db", data_dir)
-        try:
+    with fresh_sohbet("sqlite") as server:
 
-            async def main() -> dict[str, Any]:
-                warm = await connect_many(server.port, [f"w{i}" for i in range(50)])
-                await asyncio.sleep(1.0)
-                before = rss_kib(server.proc.pid)
-                clients = await connect_many(server.port, [f"u{i}" for i in range(args.users)])
-                await asyncio.sleep(2.0)
-                after = rss_kib(server.proc.pid)
-                for c in [*warm, *clients]:
-                    c.transport.close()
-                return {"users": args.users, "rss_before_kib": before, "rss_after_kib": after,
-                        "kib_per_user": (after - before) / args.users}  # fmt: skip
+        async def main() -> dict[str, Any]:
+            warm = await connect_many(server.port, [f"w{i}" for i in range(50)])
+            await asyncio.sleep(1.0)
+            before = rss_kib(server.proc.pid)
+            clients = await connect_many(server.port, [f"u{i}" for i in range(args.users)])
+            await asyncio.sleep(2.0)
+            after = rss_kib(server.proc.pid)
+            for c in [*warm, *clients]:
+                c.transport.close()
+            return {"users": args.users, "rss_before_kib": before, "rss_after_kib": after,
+                    "kib_per_user": (after - before) / args.users}  # fmt: skip
 
-            return uvloop.run(main())
-        finally:
-            server.stop()
+        return uvloop.run(main())
 
 
 def main() -> None:

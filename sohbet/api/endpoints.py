@@ -15,8 +15,6 @@ their code (`STATUS_OF`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -26,6 +24,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from sohbet.api import openapi
+from sohbet.api.credentials import KnownSecret
 from sohbet.api.router import RouteHandler, Router
 from sohbet.chat import wire
 from sohbet.chat.ids import MAX_ID, MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
@@ -50,7 +49,6 @@ STATUS_OF: Final[dict[ErrorCode, HTTPStatus]] = {
     ErrorCode.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 _JSON: Final = "application/json"
-_BEARER: Final = "bearer"
 #: Query parameters one request may carry: the endpoints read two or three.
 _MAX_QUERY_FIELDS: Final = 16
 _MAX_ID_DIGITS: Final = len(str(MAX_ID))
@@ -167,9 +165,7 @@ class HttpApi:
         # A send gives up a little before the HTTP layer's own limit, so that its 503 can say
         # that the message may yet be stored, and with which client_id to retry.
         self._send_within_s = request_timeout_s * _SEND_SHARE
-        # Compared as digests: `compare_digest` takes the same time for any two of them, while
-        # the lengths of the raw strings would show.
-        self._key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
+        self._api_key = None if api_key is None else KnownSecret(api_key)
 
     def register(self, router: Router) -> None:
         """Add every endpoint of the API to *router*, and its description (`openapi.PATH`)."""
@@ -218,16 +214,15 @@ class HttpApi:
                 the API key (also when none is configured); 403 for a user token on a backend
                 endpoint, or the API key on an endpoint that acts as a user.
         """
-        scheme, _, credential = (request.header("authorization") or "").strip().partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != _BEARER or not credential:
+        credential = request.bearer
+        if not credential:
             raise ApiError(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <API key or user token>", _CHALLENGE)
-        digest = self._key_digest
-        if digest is not None and hmac.compare_digest(hashlib.sha256(credential.encode()).digest(), digest):
+        api_key = self._api_key
+        if api_key is not None and api_key.matches(credential):
             if who == USER:
                 raise ApiError(HTTPStatus.FORBIDDEN, "this endpoint acts as a user: send the user's token")
             return None
-        if who == BACKEND and digest is None:
+        if who == BACKEND and api_key is None:
             raise ApiError(HTTPStatus.UNAUTHORIZED, "no API key is configured: this endpoint is off", _CHALLENGE)
         try:
             user = self.chat.verify(credential).user_id

@@ -11,8 +11,6 @@ global one), with the process and Python collectors beside its own.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -23,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from sohbet.api.credentials import KnownSecret
 from sohbet.api.router import Router
 from sohbet.api.webhook import WebhookStats
 from sohbet.service import ChatService
@@ -36,7 +35,6 @@ __all__ = ["ChatCollector", "metrics_registry", "register", "webhook_metrics"]
 SERVER_ANSWERED: Final = "-"
 #: Seconds a rendered scrape is served again.
 RENDER_REUSE_S: Final = 1.0
-_BEARER: Final = "bearer"
 
 
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
@@ -147,16 +145,13 @@ def register(router: Router, registry: CollectorRegistry, token: str | None, reu
     an open endpoint hammered by anyone costs the chat at most that per second (Prometheus
     scrapes every few seconds and sees counters at most a second old).
     """
-    digest = None if token is None else hashlib.sha256(token.encode()).digest()
+    secret = None if token is None else KnownSecret(token)
     rendered: list[tuple[float, Response]] = []  # the last answer, and when it was made
 
     def metrics(request: Request, params: dict[str, str]) -> Response:
-        if digest is not None:
-            scheme, _, credential = (request.header("authorization") or "").strip().partition(" ")
-            offered = hashlib.sha256(credential.strip().encode()).digest()
-            if scheme.lower() != _BEARER or not hmac.compare_digest(offered, digest):
-                body = error_body(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <metrics token>")
-                return Response(HTTPStatus.UNAUTHORIZED, body, headers=(("WWW-Authenticate", "Bearer"),))
+        if secret is not None and not secret.matches(request.bearer or ""):
+            body = error_body(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <metrics token>")
+            return Response(HTTPStatus.UNAUTHORIZED, body, headers=(("WWW-Authenticate", "Bearer"),))
         now = time.monotonic()
         if rendered and now - rendered[0][0] < reuse_s:
             return rendered[0][1]

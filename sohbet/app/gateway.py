@@ -79,12 +79,11 @@ def token_of(request: Request, offered_subprotocols: Iterable[str]) -> str:
     Raises:
         InvalidHandshake: 401 when no place holds a token.
     """
-    header = request.header("authorization")
-    if header is not None:
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+    credential = request.bearer
+    if credential is not None:
+        if not credential:
             raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, "Authorization header must be 'Bearer <token>'")
-        return value.strip()
+        return credential
     for offered in offered_subprotocols:
         if offered.startswith(_BEARER_PROTOCOL):
             return offered[len(_BEARER_PROTOCOL) :]

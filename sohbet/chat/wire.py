@@ -36,6 +36,7 @@ __all__ = [
     "ListRequest",
     "MemberRequest",
     "MembersRequest",
+    "OnlineQuery",
     "PresenceQuery",
     "ReadRequest",
     "RequestType",
@@ -388,6 +389,19 @@ class AppEvent(NamedTuple):
             raise _bad("payload must be a JSON object")
         users = list(dict.fromkeys(_user_ids(body, "user_ids", max_users))) if to_users else []
         return cls(users, kind, payload)
+
+
+class OnlineQuery(NamedTuple):
+    """The query of `GET /api/presence`: who is online, a page at a time."""
+
+    cursor: UserId | None
+    limit: int
+
+    @classmethod
+    def parse(cls, query: dict[str, Any]) -> OnlineQuery:
+        """Validate a page (limit 1-1000, default 100); the cursor is the last user id of the page before."""
+        cursor = _text(query, "cursor", MAX_USER_ID_CHARS, required=False)
+        return cls(None if cursor is None else UserId(cursor), _int(query, "limit", high=1000, default=100))
 
 
 class MemberRequest(NamedTuple):

@@ -25,6 +25,7 @@ from sohbet.chat.wire import EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected
 from sohbet.service.dispatch import ChatService
 from sohbet.service.session import Call
+from sohbet.store import members_page_of
 from sohbet.ws.codes import CloseCode
 
 __all__ = ["MAX_PUBLISH_USERS", "Backend"]
@@ -33,9 +34,6 @@ T = TypeVar("T")
 
 #: Users one `POST /api/publish` may name: the size of the largest group.
 MAX_PUBLISH_USERS: Final = 10_000
-#: A page of `GET /api/presence`: default and most.
-PRESENCE_PAGE: Final = 100
-MAX_PRESENCE_PAGE: Final = 1000
 
 
 class Backend:
@@ -166,14 +164,11 @@ class Backend:
 
     def online(self, query: dict[str, Any]) -> dict[str, Any]:
         """A page of the users online, in id order; `next_cursor` continues after the last."""
-        cursor = query.get("cursor")
-        if cursor is not None and not is_user_id(cursor):
-            raise MessageRejected(ErrorCode.BAD_REQUEST, "cursor is not one this server handed out")
-        limit = query.get("limit", PRESENCE_PAGE)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PRESENCE_PAGE:
-            raise MessageRejected(ErrorCode.BAD_REQUEST, f"limit must be an integer of 1-{MAX_PRESENCE_PAGE}")
-        users = self.ctx.hub.online_users(None if cursor is None else UserId(cursor), limit + 1)
-        return {"online": users[:limit], "next_cursor": users[limit - 1] if len(users) > limit else None}
+        request = wire.OnlineQuery.parse(query)
+        users, next_cursor = members_page_of(
+            self.ctx.hub.online_users(request.cursor, request.limit + 1), request.limit
+        )
+        return {"online": users, "next_cursor": next_cursor}
 
     def disconnect(self, user: UserId, body: dict[str, Any]) -> int:
         """Close every open connection of *user* (default code 4501: do not reconnect); return

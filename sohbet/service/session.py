@@ -153,4 +153,4 @@ class Call(Session):
 
     def acked(self, message: StoredMessage, obj: dict[str, Any], ref: str | None) -> None:  # see Session
         self.created = message.is_new
-        self.answer(_ACK, {"client_id": message.client_id, "message": obj}, ref)
+        super().acked(message, obj, ref)

@@ -79,6 +79,16 @@ class Request:
         values = [v for n, v in self.headers if n == name]
         return ", ".join(values) if values else None
 
+    @property
+    def bearer(self) -> str | None:
+        """The credential of `Authorization: Bearer <credential>` (RFC 6750 §2.1); "" when the
+        header is there but says something else, None when there is none."""
+        header = self.header("authorization")
+        if header is None:
+            return None
+        scheme, _, credential = header.strip().partition(" ")
+        return credential.strip() if scheme.lower() == "bearer" else ""
+
     def count(self, name: str) -> int:
         """Return how many times header *name* (lower-case) appears."""
         return sum(1 for n, _ in self.headers if n == name)

@@ -191,8 +191,7 @@ class HttpPhase:
             async with asyncio.timeout(timeout_s):
                 response = await pending
         except TimeoutError:
-            answered = self._ws._server.stats.http_answered
-            answered[HTTPStatus.SERVICE_UNAVAILABLE] = answered.get(HTTPStatus.SERVICE_UNAVAILABLE, 0) + 1
+            self._ws._server.stats.answered(HTTPStatus.SERVICE_UNAVAILABLE)
             log.warning("%s %s took longer than %g s: answered 503", request.method, request.path, timeout_s)
             body = http11.error_body(HTTPStatus.SERVICE_UNAVAILABLE, f"no answer within {timeout_s:g} s; retry")
             response = http11.Response(HTTPStatus.SERVICE_UNAVAILABLE, body, headers=_RETRY_SOON)

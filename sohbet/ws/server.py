@@ -61,6 +61,14 @@ class ServerStats:
         #: Connections closed with 4008 for not reading.
         self.slow_consumers = 0
 
+    def handshake(self, result: str) -> None:
+        """Count an upgrade: "accepted", or the status it was refused with."""
+        self.handshakes[result] = self.handshakes.get(result, 0) + 1
+
+    def answered(self, status: int) -> None:
+        """Count a plain request the server answered itself, with *status*."""
+        self.http_answered[status] = self.http_answered.get(status, 0) + 1
+
     def closed(self, code: int) -> None:
         """Count a WebSocket that ended with *code*."""
         label = str(code) if code in COUNTED_CLOSE_CODES else "other"

@@ -391,14 +391,12 @@ class WebSocket(asyncio.Protocol):
         stats = self._server.stats
         status = exc.http_status
         if upgrade:
-            stats.handshakes[str(status)] = stats.handshakes.get(str(status), 0) + 1
-        else:
-            stats.http_answered[status] = stats.http_answered.get(status, 0) + 1
-        if upgrade:
+            stats.handshake(str(status))
             log.info(
                 "refused upgrade", extra={"conn": self.id, "addr": self.address, "status": status, "reason": str(exc)}
             )
         else:
+            stats.answered(status)
             log.debug("refused request", extra={"conn": self.id, "status": status, "reason": str(exc)})
         answer = http11.error_response(status, str(exc), exc.headers)
         self._tx += len(answer)
@@ -455,8 +453,7 @@ class WebSocket(asyncio.Protocol):
             assert self.client is not None  # found at the address check above
             server.addresses.opened(self.client)
             self._counted = True
-        stats = server.stats
-        stats.handshakes[_ACCEPTED] = stats.handshakes.get(_ACCEPTED, 0) + 1
+        server.stats.handshake(_ACCEPTED)
         switching = handshake.switching_protocols(upgrade)
         self._tx += len(switching)
         self._transport.write(switching)
