@@ -95,6 +95,11 @@ class ChatCollector(Collector):
         yield CounterMetricFamily(
             "sohbet_slow_consumers", "Connections closed with 4008 for not reading.", stats.slow_consumers
         )
+        yield CounterMetricFamily(
+            "sohbet_sockets_dropped",
+            "Sockets closed unanswered at accept: far past a limit.",
+            stats.dropped,
+        )
         requests = CounterMetricFamily(
             "sohbet_http_requests", "HTTP requests answered, by route and status.", labels=["route", "status"]
         )

@@ -18,11 +18,24 @@ from typing import Final
 
 from sohbet.ws.rates import Rate, RateLimiter
 
-__all__ = ["AddressBook", "IPNetwork", "address_key", "client_address", "is_trusted", "parse_networks"]
+__all__ = [
+    "OVER_LIMIT_ANSWERED",
+    "AddressBook",
+    "IPNetwork",
+    "Swamped",
+    "address_key",
+    "client_address",
+    "is_trusted",
+    "parse_networks",
+]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: X-Forwarded-For entries read at most: a proxy chain is a few hops; the rest is not read.
 _MAX_HOPS: Final = 16
+#: Sockets accepted past a limit (`max_connections`, `max_connections_per_address`) that are
+#: still answered why (503, 429) at their first request. Past these a socket is closed at once,
+#: unanswered: however fast a client opens them, it holds no more than the limit and these.
+OVER_LIMIT_ANSWERED: Final = 16
 #: The prefix an IPv6 host is given (RFC 6177): the unit it is counted by.
 _IPV6_HOST_PREFIX: Final = 64
 
@@ -77,6 +90,11 @@ def address_key(address: str) -> str:
     return address
 
 
+class Swamped(Exception):
+    """An address holds the most sockets allowed and `OVER_LIMIT_ANSWERED` more: the next one is
+    closed unanswered."""
+
+
 class AddressBook:
     """Connections per client address (`address_key`): a rate of new ones (a token bucket each)
     and a count of open ones. Only addresses with open connections or a bucket not yet full again
@@ -99,10 +117,26 @@ class AddressBook:
 
     def full(self, address: str) -> tuple[str, int] | None:
         """Why *address* may open no more connections now (it holds the most), or None."""
-        held = self._open.get(address_key(address), 0)
+        return self._over(address, self._open.get(address_key(address), 0))
+
+    def _over(self, address: str, held: int) -> tuple[str, int] | None:
         if self.max_open and held >= self.max_open:
             return f"{address} holds {held} connections, the most allowed", 1
         return None
+
+    def accepted(self, address: str) -> tuple[str, int] | None:
+        """Count a socket *address* has opened (until `release`), whatever it turns out to be;
+        return why it is over the limit (its first request is answered 429), or None.
+
+        Raises:
+            Swamped: not counted; close it unanswered.
+        """
+        key = address_key(address)
+        held = self._open.get(key, 0)
+        if self.max_open and held >= self.max_open + OVER_LIMIT_ANSWERED:
+            raise Swamped
+        self._open[key] = held + 1
+        return self._over(address, held)
 
     def paced(self, address: str, now: float) -> tuple[str, int] | None:
         """Spend a token of *address*'s rate of new connections; why not and how long to wait, or None."""

@@ -11,6 +11,7 @@ carries (docs/protocol.md), are built here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -27,6 +28,7 @@ __all__ = [
     "HEAD",
     "INTERNAL_ERROR",
     "NOT_FOUND",
+    "HeadCheck",
     "Request",
     "RequestReader",
     "Response",
@@ -114,6 +116,12 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+#: Called with each request's head (its `body` empty) before a byte of its body is read: returns
+#: the most body bytes it may carry (None: `max_body_bytes`), or raises `InvalidHandshake` to
+#: refuse it there, so that a request refused anyway never makes the server read its body.
+HeadCheck = Callable[[Request], int | None]
+
+
 def _error(status: HTTPStatus, message: str) -> Response:
     return Response(status, error_body(status, message))
 
@@ -129,8 +137,11 @@ class _Collector:
         "begun",
         "body",
         "body_bytes",
+        "body_limit",
+        "check",
         "done",
         "expects",
+        "head",
         "header_bytes",
         "headers",
         "in_body",
@@ -140,8 +151,9 @@ class _Collector:
         "url",
     )
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, check: HeadCheck | None) -> None:
         self.limits = limits
+        self.check = check
         self.parser: httptools.HttpRequestParser | None = None
         self.done: list[Request] = []
         self.room = 0  # how many requests this feed may complete (see RequestReader.feed)
@@ -158,6 +170,8 @@ class _Collector:
         self.header_bytes = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
+        self.body_limit = self.limits.max_body_bytes
+        self.head: Request | None = None  # known once the head is complete
         self.in_body = False  # the head is complete: what follows is body, not head
         self.begun = False  # a request has begun and is not complete
         self.expects = False  # its head asked for 100 Continue
@@ -189,14 +203,30 @@ class _Collector:
 
     def on_headers_complete(self) -> None:
         self.in_body = True
+        parser = self.parser
+        assert parser is not None  # set right after the parser is built
+        try:
+            url = httptools.parse_url(self.url) if self.url else None
+        except httptools.HttpParserInvalidURLError:
+            raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "malformed request target") from None
+        head = self.head = Request(
+            method=parser.get_method().decode("latin-1"),
+            path=url.path.decode("latin-1") if url and url.path else "/",
+            query=url.query.decode("latin-1") if url and url.query else "",
+            version=parser.get_http_version(),
+            headers=tuple(self.headers),
+        )
+        if self.check is not None:
+            asked = self.check(head)
+            if asked is not None:
+                self.body_limit = min(asked, self.body_limit)
         # A body announced larger than the limit is refused before a byte of it is read
         # (httptools has already refused a malformed or repeated Content-Length); a chunked
         # body is counted as it arrives (`on_body`).
         for name, value in self.headers:
-            if name == "content-length" and int(value) > self.limits.max_body_bytes:
+            if name == "content-length" and int(value) > self.body_limit:
                 raise InvalidHandshake(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    f"request body of {int(value)} bytes exceeds {self.limits.max_body_bytes}",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body of {int(value)} bytes exceeds {self.body_limit}"
                 )
             elif name == "transfer-encoding":
                 # Only chunked is read: a body in another coding (gzip) would be taken as it is,
@@ -214,25 +244,19 @@ class _Collector:
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.body_bytes += len(body)
-        if self.body_bytes > self.limits.max_body_bytes:
-            raise InvalidHandshake(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {self.limits.max_body_bytes} bytes"
-            )
+        if self.body_bytes > self.body_limit:
+            raise InvalidHandshake(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body exceeds {self.body_limit} bytes")
 
     def on_message_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None  # set right after the parser is built
-        try:
-            url = httptools.parse_url(self.url) if self.url else None
-        except httptools.HttpParserInvalidURLError:
-            raise InvalidHandshake(HTTPStatus.BAD_REQUEST, "malformed request target") from None
+        parser, head = self.parser, self.head
+        assert parser is not None and head is not None  # built first; the head comes before the end
         self.done.append(
             Request(
-                method=parser.get_method().decode("latin-1"),
-                path=url.path.decode("latin-1") if url and url.path else "/",
-                query=url.query.decode("latin-1") if url and url.query else "",
-                version=parser.get_http_version(),
-                headers=tuple(self.headers),
+                head.method,
+                head.path,
+                head.query,
+                head.version,
+                head.headers,
                 body=b"".join(self.body),
                 keep_alive=parser.should_keep_alive(),
             )
@@ -251,9 +275,9 @@ class RequestReader:
 
     __slots__ = ("_cb", "_limits", "_parser", "_pending", "full", "rest", "upgraded")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, check: HeadCheck | None = None) -> None:
         self._limits = limits
-        self._cb = _Collector(limits)
+        self._cb = _Collector(limits, check)
         self._parser = httptools.HttpRequestParser(self._cb)
         self._cb.parser = self._parser
         self._pending = 0  # bytes of the request head being read
@@ -289,7 +313,7 @@ class RequestReader:
 
         Raises:
             InvalidHandshake: 431 (a line or the headers too large), 413 (body too large),
-                400 (not HTTP/1.x).
+                400 (not HTTP/1.x), or what the head check raised.
         """
         if self.stopped:
             return []

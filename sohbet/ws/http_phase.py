@@ -66,14 +66,14 @@ class HttpPhase:
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
-        self._reader = http11.RequestReader(ws._server.limits)
+        self._reader = http11.RequestReader(ws._server.limits, self._head)
         self._queued: deque[http11.Request] = deque()
         self._task: asyncio.Task[None] | None = None
         #: Set when the socket was accepted with the server at `max_connections`: its first
-        #: bytes are answered with a 503 and it closes.
+        #: request is answered with a 503 (from its head: its body is never read) and it closes.
         self.over_capacity = False
         #: Set when its address held the most connections allowed at accept: why, and how long
-        #: to wait; its first request is answered 429 and it closes.
+        #: to wait; its first request is answered 429 (from its head) and it closes.
         self.over_address: tuple[str, int] | None = None
         #: When the socket opened: the start of its lifetime.
         self.opened = ws._server.now
@@ -120,6 +120,17 @@ class HttpPhase:
         limit = self._ws._server.limits.max_connections
         return InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
 
+    def _head(self, head: http11.Request) -> int | None:
+        """See `http11.HeadCheck`: a socket over a limit refuses its first plain request before
+        its body (no `100 Continue`, nothing buffered); an upgrade is refused in the protocol's
+        order (`WebSocket._upgrade`). Otherwise the application says how large a body may be."""
+        if not head.is_upgrade:
+            if self.over_capacity:
+                raise self.at_capacity()
+            if self.over_address is not None:
+                raise too_many(self.over_address)
+        return self._ws._server.handler.body_limit(head)
+
     def received(self, data: bytes) -> None:
         """Bytes from the peer: read the requests they complete and answer what can be answered."""
         ws = self._ws
@@ -155,12 +166,7 @@ class HttpPhase:
         while self._queued and self._task is None and ws._is_http:
             request = self._queued.popleft()
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
-                if self.over_capacity:
-                    ws._refuse(self.at_capacity(), upgrade=False)
-                elif self.over_address is not None:
-                    ws._refuse(too_many(self.over_address), upgrade=False)
-                else:
-                    self._answer(request)
+                self._answer(request)  # a socket over a limit never gets here: see `_head`
             elif server.closing:
                 ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"), upgrade=True)
             elif request.path not in server.websocket.paths:

@@ -44,7 +44,7 @@ class ServerStats:
     """What the server counts, for the metrics endpoint: plain integers, incremented where the
     work already happens (per read, per write, per fan-out), never per frame with a lookup."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "closes", "handshakes", "http_answered", "slow_consumers")
+    __slots__ = ("bytes_received", "bytes_sent", "closes", "dropped", "handshakes", "http_answered", "slow_consumers")
 
     def __init__(self) -> None:
         #: Bytes of the sockets that have ended, and of fan-outs; `Server.bytes_moved` adds the
@@ -60,6 +60,8 @@ class ServerStats:
         self.closes: dict[str, int] = {}
         #: Connections closed with 4008 for not reading.
         self.slow_consumers = 0
+        #: Sockets closed at accept, unanswered: past a limit and `OVER_LIMIT_ANSWERED` more.
+        self.dropped = 0
 
     def handshake(self, result: str) -> None:
         """Count an upgrade: "accepted", or the status it was refused with."""
@@ -105,6 +107,11 @@ class Handler:
     def on_http(self, request: http11.Request) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (anything that is not a WebSocket upgrade)."""
         return NOT_FOUND
+
+    def body_limit(self, head: http11.Request) -> int | None:
+        """The most body bytes the request of *head* may carry, below `Limits.max_body_bytes`
+        (None: that); asked before its body is read (see `http11.HeadCheck`)."""
+        return None
 
 
 class Server:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
-from sohbet.ws.addresses import client_address, is_trusted
+from sohbet.ws.addresses import OVER_LIMIT_ANSWERED, Swamped, client_address, is_trusted
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.http_phase import HttpPhase, too_many
@@ -113,21 +113,33 @@ class WebSocket(asyncio.Protocol):
         server = self._server
         transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
         limits = server.limits
-        if limits.max_connections and len(server._sockets) >= limits.max_connections and self._http is not None:
-            self._http.over_capacity = True  # counted here, at accept: plain HTTP sockets too
+        http = self._http
+        assert http is not None  # every socket starts as HTTP
+        if limits.max_connections and len(server._sockets) >= limits.max_connections:
+            if len(server._sockets) >= limits.max_connections + OVER_LIMIT_ANSWERED:
+                self._drop()
+                return
+            http.over_capacity = True  # counted here, at accept: plain HTTP sockets too
         peer = self._peer_host()
         if not is_trusted(peer, limits.trusted_proxies):
-            # A client's own socket, HTTP or not, counts toward its address from the start. A
+            # A client's own socket, HTTP or not, counts toward its address from the start to
+            # its end (lingering too), also one over the limit that is only answered 429. A
             # proxy's sockets carry many clients (and HTTP ones several, one after another):
             # their WebSockets are counted at the upgrade, by the address the proxy forwards.
-            refused = server.addresses.full(peer)
-            if refused is None:
-                self.client = peer
-                server.addresses.opened(peer)
-                self._counted = True
-            elif self._http is not None:
-                self._http.over_address = refused
+            try:
+                http.over_address = server.addresses.accepted(peer)
+            except Swamped:
+                self._drop()
+                return
+            self.client = peer
+            self._counted = True
         server._sockets[self.id] = self
+
+    def _drop(self) -> None:
+        """Close a socket at accept, unanswered: past every limit and the refusals it answers."""
+        self._server.stats.dropped += 1
+        self._phase = PHASE_CLOSED
+        self._transport.abort()
 
     def data_received(self, data: bytes) -> None:  # asyncio's contract
         conn = self._conn
@@ -324,7 +336,6 @@ class WebSocket(asyncio.Protocol):
         §7.1.1), but not at once: see `_linger`.
         """
         self._phase = PHASE_CLOSED  # before on_close: sends from it are dropped
-        self._uncount()  # a lingering socket no longer counts as its address's connection
         if self._server.connections.pop(self.id, None) is not None:
             self._report_close(code, reason)
         self._linger()
@@ -341,7 +352,6 @@ class WebSocket(asyncio.Protocol):
         in `Server._sockets` meanwhile, but not in `connections`: the WebSocket is over and
         `on_close` has run. A server shutting down does not linger: it hangs up.
         """
-        self._uncount()  # a lingering socket no longer counts as its address's connection
         self._http = None
         server = self._server
         limits = server.limits
@@ -411,11 +421,12 @@ class WebSocket(asyncio.Protocol):
             # After the checks of the request itself (400, 426, 403), before the application's
             # (401, which costs a signature check): an address over its limits pays for nothing.
             http = self._http
-            if self._counted:  # a client's own socket, counted since it was accepted: only the rate
+            refused: tuple[str, int] | None
+            if http is not None and http.over_address is not None:
+                refused = http.over_address
+            elif self._counted:  # a client's own socket, counted since it was accepted: only the rate
                 assert self.client is not None  # set with _counted
                 refused = server.addresses.paced(self.client, server.now)
-            elif http is not None and http.over_address is not None:
-                refused = http.over_address
             else:  # through a trusted proxy: the client it names, counted from now on
                 forwarded = request.header("x-forwarded-for")
                 self.client = client_address(self._peer_host(), forwarded, limits.trusted_proxies)

@@ -14,10 +14,13 @@ import aiohttp
 import pytest
 import websockets
 
-from sohbet.ws.addresses import parse_networks
+from sohbet.ws.addresses import OVER_LIMIT_ANSWERED, parse_networks
+from sohbet.ws.codes import CloseCode
 from sohbet.ws.config import Limits
+from sohbet.ws.server import Server
 
 from ..chatkit import Harness, chat_server, token
+from .conftest import RawClient, Recorder, http, running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -182,5 +185,71 @@ def test_a_proxys_plain_sockets_are_not_counted_against_its_clients(run: Run, tm
             for _, writer, _ in held:
                 writer.close()
             await one.close()
+
+    run(main())
+
+
+async def hold_sockets(server: Server, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Open *n* sockets that send nothing; return once the server has taken each of them in."""
+    before = len(server._sockets)
+    held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(n)]
+    async with asyncio.timeout(5):
+        while len(server._sockets) < before + n:
+            await asyncio.sleep(0.01)
+    return held
+
+
+@pytest.mark.parametrize(
+    ("limits", "status"),
+    [(Limits(max_connections_per_address=2), b"429"), (Limits(max_connections=2), b"503")],
+    ids=["per-address", "server"],
+)
+def test_sockets_far_past_a_limit_are_closed_unanswered(run: Run, limits: Limits, status: bytes) -> None:
+    """However fast one address opens sockets, it holds no more than the limit and the 16 more
+    answered why: past those a socket is closed at once, so no client can hold every file the
+    process may open (20,000 here) with sockets that never speak."""
+
+    async def main() -> None:
+        async with running(limits=limits) as server:
+            held = await hold_sockets(server, 2 + OVER_LIMIT_ANSWERED)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without a word
+            writer.close()
+            assert server.stats.dropped == 1 and len(server._sockets) == 2 + OVER_LIMIT_ANSWERED
+            # One of those over the limit is answered at its request's head: the 100 MB it
+            # announces is never waited for, nor invited with a 100 Continue.
+            over_reader, over_writer = held[-1]
+            over_writer.write(
+                b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            answer = await asyncio.wait_for(over_reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
+            for _, w in held:
+                w.close()
+
+    run(main())
+
+
+def test_a_lingering_socket_still_counts_toward_its_address(run: Run) -> None:
+    """A WebSocket the server has closed but whose peer keeps the TCP connection open (the
+    lingering close) still holds a file: it counts until the socket is gone."""
+    limits = Limits(max_connections_per_address=1, linger_s=60.0, linger_bytes=0)
+
+    async def main() -> None:
+        async with running(Recorder(echo=False), limits=limits) as server:
+            client = await RawClient.connect(server.port)
+            client.close()
+            await client.expect_close(CloseCode.NORMAL)
+            await client.expect_eof()  # the server's FIN: lingering now, until the peer hangs up
+            assert server.connections == {} and len(server._sockets) == 1
+            status, _, body = await http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status == 429 and b"127.0.0.1 holds 1 connections" in body
+            client.abort()
+            async with asyncio.timeout(5):
+                while server.addresses.open_count("127.0.0.1"):
+                    await asyncio.sleep(0.01)
+            status, _, _ = await http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status == 404
 
     run(main())
