@@ -17,7 +17,7 @@ import jwt
 
 from sohbet.chat.ids import UserId, is_user_id
 from sohbet.config import HMAC_ALGORITHMS, MAX_KID_CHARS, MIN_SECRET_BYTES, AuthConfig
-from sohbet.errors import ConfigError, TokenExpired, TokenInvalid
+from sohbet.errors import ConfigError, TokenExpired, TokenInvalid, shown
 
 #: The largest `exp` taken (2^53 - 1 seconds, the largest integer a JSON peer represents exactly).
 _LATEST_EXP: Final = 2**53 - 1
@@ -28,7 +28,6 @@ _SIGNATURE_USE: Final = "sig"
 _VERIFY_OP: Final = "verify"
 #: What pyjwt's JWK parsing raises for a key it cannot build (a KeyError for an `oct` key without `k`).
 _JWK_ERRORS: Final = (jwt.PyJWTError, KeyError, TypeError, ValueError)
-_SHOWN_CHARS: Final = 40
 
 #: A key as pyjwt's `prepare_key` returns it: bytes for HMAC, a `cryptography` public key otherwise.
 PreparedKey: TypeAlias = Any
@@ -98,7 +97,7 @@ def parse_jwks(data: bytes, algorithm: str) -> KeySet:
                 key = jwt.PyJWK(entry, algorithm).key  # pinned: the key's own `alg` was checked above
                 key = jwt.get_algorithm_by_name(algorithm).prepare_key(key)  # an EC key's curve, say
             except _JWK_ERRORS:  # not quoted: pyjwt's message may hold the key
-                why = f"kty {_shown(entry.get('kty'))} is not a usable {algorithm} key"
+                why = f"kty {shown(entry.get('kty'))} is not a usable {algorithm} key"
         if why is not None:
             skipped.append(f"kid {kid!r}: {why}, skipped")
             continue
@@ -114,20 +113,14 @@ def _unfit(entry: dict[str, Any], algorithm: str) -> str | None:
     """Why a JWK's own members say it is not for verifying *algorithm* tokens, if they do."""
     alg, use, ops = entry.get("alg"), entry.get("use"), entry.get("key_ops")
     if alg is not None and alg != algorithm:
-        return f"alg {_shown(alg)} is not the configured {algorithm}"
+        return f"alg {shown(alg)} is not the configured {algorithm}"
     if use is not None and use != _SIGNATURE_USE:
-        return f"use {_shown(use)} is not {_SIGNATURE_USE!r}"
+        return f"use {shown(use)} is not {_SIGNATURE_USE!r}"
     if ops is not None and (not isinstance(ops, list) or _VERIFY_OP not in ops):
-        return f"key_ops {_shown(ops)} lack {_VERIFY_OP!r}"
+        return f"key_ops {shown(ops)} lack {_VERIFY_OP!r}"
     if entry.get("kty") != "oct" and "d" in entry:
         return "a private key: give the server only the public key"
     return None
-
-
-def _shown(value: object) -> str:
-    """A member's value for a log line, bounded: the file is the operator's, the log line ours."""
-    text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 class Verifier:
@@ -204,7 +197,7 @@ class Verifier:
             if key is None and len(keys) == 1 and (kid is None or None in keys):
                 key = next(iter(keys.values()))  # one key: a kid cannot pick another
             if key is None:
-                raise TokenInvalid(f"no key for kid {_shown(kid)}")
+                raise TokenInvalid(f"no key for kid {shown(kid)}")
             claims = jwt.decode(
                 token,
                 key,

@@ -430,7 +430,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("linger_bytes", int, 1 << 20, "bytes read and discarded at most meanwhile; 0 means only the time counts"),
     Setting("compression", bool, False, "negotiate permessage-deflate (12-bit window)"),
     Setting("allowed_origins", str, "", "comma-separated Origin values allowed to connect; empty: any"),
-    Setting("max_body_bytes", int, 1 << 20, "largest HTTP request body (413 above it, checked from Content-Length)"),
+    Setting(
+        "max_body_bytes",
+        int,
+        1 << 20,
+        "largest HTTP request body with the API key (413 above it, from Content-Length); others: --max-message-bytes",
+    ),
     Setting("request_timeout", float, 30.0, "seconds an HTTP request may take to be answered (503 after it)"),
     Setting("shutdown_timeout", float, 10.0, "seconds a graceful shutdown may take before it closes everything"),
     Setting("drain_delay", float, 0.0, "seconds between /readyz turning 503 and closing connections at shutdown"),

@@ -1,7 +1,8 @@
 """The exception hierarchy: what went wrong, and what a caller needs to act on it; and the
 protocol's error codes.
 
-Layer: base. Imports the standard library and `sohbet.ws.codes` (itself a leaf).
+Layer: base. Imports the standard library and `sohbet.ws.codes` (itself a leaf). Also here: how
+an error message quotes a value a peer sent (`shown`), bounded.
 
 Peer errors (the other side broke a rule) and our own bugs (`InvalidState`) are separate types, so
 a bug is never mistaken for bad input and answered with a close frame.
@@ -10,10 +11,12 @@ a bug is never mistaken for bad input and answered with a close frame.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 from sohbet.ws.codes import CloseCode
 
 __all__ = [
+    "SHOWN_CHARS",
     "AuthError",
     "ConfigError",
     "ErrorCode",
@@ -26,7 +29,19 @@ __all__ = [
     "StoreUnavailable",
     "TokenExpired",
     "TokenInvalid",
+    "shown",
 ]
+
+#: The most characters of a peer's (or a file's) value that an error message quotes: a message
+#: goes into the log and back to the peer, and a peer's value may be kilobytes long.
+SHOWN_CHARS: Final = 64
+
+
+def shown(value: object) -> str:
+    """*value* quoted for an error message (`repr`, so a newline cannot forge a log line),
+    cut to `SHOWN_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 class ErrorCode(enum.StrEnum):

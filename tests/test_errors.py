@@ -36,7 +36,9 @@ def test_message_rejected_carries_code_and_retry_hint() -> None:
 
 def test_every_error_is_a_sohbet_error() -> None:
     exported = {name: getattr(errors, name) for name in errors.__all__}
-    assert exported.pop("ErrorCode") is errors.ErrorCode  # the one export that is not an exception
+    # The exports that are not exceptions: the codes, and how a message quotes a peer's value.
+    assert exported.pop("ErrorCode") is errors.ErrorCode
+    assert exported.pop("shown") is errors.shown and exported.pop("SHOWN_CHARS") == errors.SHOWN_CHARS
     for error in exported.values():
         assert issubclass(error, errors.SohbetError)
     assert issubclass(errors.StoreUnavailable, errors.StoreError)

@@ -158,10 +158,19 @@ class HttpApi:
     """The endpoints of the HTTP API, added to a server's route table by `register`."""
 
     def __init__(
-        self, chat: ChatService, backend: Backend, api_key: str | None, *, request_timeout_s: float = 30.0
+        self,
+        chat: ChatService,
+        backend: Backend,
+        api_key: str | None,
+        *,
+        request_timeout_s: float = 30.0,
+        max_user_body_bytes: int | None = None,
     ) -> None:
         self.chat = chat
         self.backend = backend
+        #: The most body bytes a request without the API key may carry (None: the server's
+        #: `max_body_bytes`): a user's request is one WebSocket message's worth.
+        self._max_user_body_bytes = max_user_body_bytes
         # A send gives up a little before the HTTP layer's own limit, so that its 503 can say
         # that the message may yet be stored, and with which client_id to retry.
         self._send_within_s = request_timeout_s * _SEND_SHARE
@@ -185,6 +194,16 @@ class HttpApi:
         for method, pattern, who, endpoint in routes:
             router.add(method, pattern, self._guarded(endpoint, who))
         openapi.register(router)
+        router.body_limit = self._body_limit
+
+    def _body_limit(self, head: Request) -> int | None:
+        """Only the backend's requests may carry `max_body_bytes`: anyone else (a user, or
+        anyone at all before a token is checked) sends no more than a WebSocket message, so
+        that a stranger cannot make the server hold a megabyte per request it then refuses."""
+        api_key, credential = self._api_key, head.bearer
+        if api_key is not None and credential and api_key.matches(credential):
+            return None
+        return self._max_user_body_bytes
 
     def _guarded(self, endpoint: Endpoint, who: str) -> RouteHandler:
         """Authenticate the caller, run the endpoint, and answer every refusal with its status."""

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Final
 from urllib.parse import unquote
 
-from sohbet.ws.http11 import HEAD, NOT_FOUND, Request, Response, error_body
+from sohbet.ws.http11 import HEAD, NOT_FOUND, HeadCheck, Request, Response, error_body
 
 __all__ = ["ANY_METHOD", "UNMATCHED", "RouteHandler", "Router"]
 
@@ -48,6 +48,9 @@ class Router:
         #: Requests answered, by route pattern (`UNMATCHED` for a 404) and status: a bounded set
         #: of labels whatever paths the clients send.
         self.answered: dict[tuple[str, int], int] = {}
+        #: How large a body each request may carry, asked from its head (see `http11.HeadCheck`);
+        #: None: the server's `max_body_bytes` for everyone.
+        self.body_limit: HeadCheck | None = None
 
     def add(self, method: str, pattern: str, handler: RouteHandler) -> None:
         """Serve *method* (or `ANY_METHOD`) on *pattern* with *handler*.

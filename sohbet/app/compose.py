@@ -83,7 +83,11 @@ class App:
         self.gateway = ChatGateway(self.chat)
         self.backend = Backend(self.chat, max_event_bytes=config.limits.max_message_bytes)
         HttpApi(
-            self.chat, self.backend, config.auth.api_key, request_timeout_s=config.limits.request_timeout_s
+            self.chat,
+            self.backend,
+            config.auth.api_key,
+            request_timeout_s=config.limits.request_timeout_s,
+            max_user_body_bytes=config.limits.max_message_bytes,
         ).register(self.gateway.routes)
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
         extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)

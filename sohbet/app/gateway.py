@@ -151,6 +151,10 @@ class ChatGateway(Handler):
     def on_http(self, request: Request) -> Response | Awaitable[Response]:  # see Handler
         return self.routes.answer(request)
 
+    def body_limit(self, head: Request) -> int | None:  # see Handler
+        check = self.routes.body_limit
+        return None if check is None else check(head)
+
     def _health(self, request: Request, params: dict[str, str]) -> Response:
         # The process is alive and answers (docs/protocol.md): a liveness probe that failed
         # while the server drains would have it killed before it has committed its queue.

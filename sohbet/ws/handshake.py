@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
-from sohbet.errors import InvalidHandshake
+from sohbet.errors import InvalidHandshake, shown
 from sohbet.ws import deflate
 from sohbet.ws.config import WebSocketConfig
 from sohbet.ws.frames import accept_key
@@ -65,11 +65,11 @@ def validate_upgrade(request: Request, config: WebSocketConfig) -> Upgrade:
     if version.strip() != WEBSOCKET_VERSION:
         raise InvalidHandshake(
             HTTPStatus.UPGRADE_REQUIRED,
-            f"WebSocket version {version.strip()!r} is not supported; use {WEBSOCKET_VERSION}",
+            f"WebSocket version {shown(version.strip())} is not supported; use {WEBSOCKET_VERSION}",
             (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
         )
     if config.allowed_origins and request.header("origin") not in config.allowed_origins:
-        raise InvalidHandshake(HTTPStatus.FORBIDDEN, f"origin {request.header('origin')!r} is not allowed")
+        raise InvalidHandshake(HTTPStatus.FORBIDDEN, f"origin {shown(request.header('origin'))} is not allowed")
     offered = tuple(t.strip() for t in (request.header("sec-websocket-protocol") or "").split(",") if t.strip())
     subprotocol = next((p for p in config.subprotocols if p in offered), None)
     negotiated = deflate.negotiate(request.header("sec-websocket-extensions"), config.compression)

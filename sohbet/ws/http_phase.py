@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
-from sohbet.errors import InvalidHandshake
+from sohbet.errors import InvalidHandshake, shown
 from sohbet.ws import http11
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class HttpPhase:
             elif server.closing:
                 ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"), upgrade=True)
             elif request.path not in server.websocket.paths:
-                refusal = InvalidHandshake(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {request.path}")
+                refusal = InvalidHandshake(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {shown(request.path)}")
                 ws._refuse(refusal, upgrade=True)
             else:
                 # The parser stops at an upgrade, so this is the last request; `rest` holds the

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Generic, NamedTuple, TypeVar
 
-__all__ = ["Rate", "RateLimiter"]
+__all__ = ["Rate", "RateLimiter", "Sampler"]
 
 K = TypeVar("K")  # what a bucket is keyed by, e.g. (user, kind)
 
@@ -70,3 +70,25 @@ class RateLimiter(Generic[K]):
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Sampler:
+    """Lets a rate of events through and counts the rest: a flood of one log line (refused
+    upgrades, say, from one busy client) costs a few lines a second, and the next line let
+    through says how many were held back."""
+
+    __slots__ = ("_bucket", "_rate", "held")
+
+    def __init__(self, rate: Rate) -> None:
+        self._bucket: RateLimiter[None] = RateLimiter()
+        self._rate = rate
+        #: Events held back since the last one let through.
+        self.held = 0
+
+    def take(self, now: float) -> int | None:
+        """None: hold this event back (counted); else how many were held back before it."""
+        if self._bucket.take(None, now, self._rate):
+            self.held += 1
+            return None
+        held, self.held = self.held, 0
+        return held

@@ -24,14 +24,17 @@ from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.frames import IMPLEMENTATION, build_frame
 from sohbet.ws.http11 import NOT_FOUND, Response
-from sohbet.ws.rates import Rate
+from sohbet.ws.rates import Rate, Sampler
 from sohbet.ws.websocket import PHASE_HTTP, PHASE_LINGERING, PHASE_WS, WebSocket
 
-__all__ = ["Handler", "Response", "Server", "ServerStats", "WebSocket", "broadcast", "serve"]
+__all__ = ["REFUSALS_LOGGED", "Handler", "Response", "Server", "ServerStats", "WebSocket", "broadcast", "serve"]
 
 log = logging.getLogger("sohbet.server")
 
 _TEXT: Final = int(Opcode.TEXT)  # a plain int: the compiled build_frame takes it without a conversion
+#: Refused upgrades logged at most: each one's text is the peer's doing, and the metrics count
+#: them all (`sohbet_handshakes_total`).
+REFUSALS_LOGGED: Final = Rate(per_s=10.0, burst=50)
 _SWEEP_S: Final = 1.0  # also the frame limit's slot: its 10 s window (docs/protocol.md) slides by one sweep
 
 
@@ -142,6 +145,8 @@ class Server:
         self.addresses = AddressBook(
             Rate(limits.address_rate_per_s, limits.address_burst), limits.max_connections_per_address
         )
+        #: Which refused upgrades are logged (see `REFUSALS_LOGGED`).
+        self.refusals_logged = Sampler(REFUSALS_LOGGED)
         self.now = 0.0
 
     def bytes_moved(self) -> tuple[int, int]:

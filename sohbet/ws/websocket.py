@@ -402,9 +402,13 @@ class WebSocket(asyncio.Protocol):
         status = exc.http_status
         if upgrade:
             stats.handshake(str(status))
-            log.info(
-                "refused upgrade", extra={"conn": self.id, "addr": self.address, "status": status, "reason": str(exc)}
-            )
+            unlogged = self._server.refusals_logged.take(self._server.now)
+            if unlogged is not None:
+                fields: dict[str, object] = {"conn": self.id, "addr": self.address, "status": status}
+                fields["reason"] = str(exc)
+                if unlogged:
+                    fields["unlogged"] = unlogged  # refusals since the last line that were not logged
+                log.info("refused upgrade", extra=fields)
         else:
             stats.answered(status)
             log.debug("refused request", extra={"conn": self.id, "status": status, "reason": str(exc)})

@@ -724,3 +724,35 @@ def test_a_query_that_is_not_utf8_is_400(run: Run, tmp_path: Any) -> None:
             assert (status, body["error"]["message"]) == (400, "the query is not percent-encoded UTF-8")
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer forged", f"Bearer {token('alice')}"], ids=["nobody", "forged", "user"]
+)
+def test_only_the_backend_may_send_a_body_larger_than_a_message(
+    run: Run, tmp_path: Any, authorization: str | None
+) -> None:
+    """A user's request is one WebSocket message's worth (`max_message_bytes`); `max_body_bytes`
+    is the backend's. Refused from the head, so a stranger cannot make the server hold a
+    megabyte for every request it then refuses."""
+    users = [f"{n:0100d}" for n in range(1000)]  # a publish to a thousand users: 100 KB
+
+    async def main() -> None:
+        async with chat_server(f"sqlite:///{tmp_path}/db.sqlite") as h:
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
+            auth = "" if authorization is None else f"Authorization: {authorization}\r\n"
+            writer.write(
+                f"POST /api/conversations/1/messages HTTP/1.1\r\nHost: x\r\n{auth}"
+                "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+            )  # and none of the body
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 413 "), answer
+            assert b"request body of 100000 bytes exceeds 65536" in answer
+            writer.close()
+            async with api_of(h) as api:
+                status, body, _ = await api.call(
+                    "POST", "/api/publish", json={"user_ids": users, "type": "app:x", "payload": {}}, headers=BACKEND
+                )
+            assert status == 200, body
+
+    run(main())

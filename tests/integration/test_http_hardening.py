@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ from sohbet.config import ChatConfig, StoreConfig
 from sohbet.store import MessageStore
 from sohbet.ws.config import MAX_PIPELINED_REQUESTS, Limits, WebSocketConfig
 from sohbet.ws.http11 import Request
-from sohbet.ws.server import Handler, Response
+from sohbet.ws.server import REFUSALS_LOGGED, Handler, Response
 
 from ..chatkit import AUTH, chat_server, open_store
 from ..conftest import IN_CI
@@ -527,3 +528,33 @@ def test_readyz_answers_503_while_storage_is_down_and_200_once_it_is_back(
             assert body == b'{"status":"ready"}'
 
     run(main())
+
+
+def test_a_flood_of_refused_upgrades_logs_a_few_lines_a_second_of_bounded_length(
+    run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refusal is counted, but a client that sends thousands (each with 8 KB of its own
+    text in it) cannot fill the operator's disk: a bounded number of lines, each cut short, and
+    the next line let through says how many were not logged."""
+    caplog.set_level(logging.INFO, logger="sohbet.server")
+    upgrade = (
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: " + "9" * 8000 + "\r\n\r\n"
+    ).encode()
+
+    async def main() -> None:
+        async with running(Recorder()) as server:
+            for _ in range(REFUSALS_LOGGED.burst + 30):
+                assert (await http(server.port, upgrade))[0] == 426
+            now = server.now
+            async with asyncio.timeout(5):  # the server's clock moves on (once a second): room for one more line
+                while server.now < now + 1 / REFUSALS_LOGGED.per_s:
+                    await asyncio.sleep(0.05)
+            assert (await http(server.port, upgrade))[0] == 426
+            assert server.stats.handshakes["426"] == REFUSALS_LOGGED.burst + 31
+
+    run(main())
+    refused = [r for r in caplog.records if r.getMessage() == "refused upgrade"]
+    assert len(refused) == REFUSALS_LOGGED.burst + 1
+    assert all(len(r.__dict__["reason"]) < 120 for r in refused)
+    assert refused[-1].__dict__["unlogged"] == 30 and "unlogged" not in refused[0].__dict__

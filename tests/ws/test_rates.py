@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sohbet.ws.rates import Rate, RateLimiter
+from sohbet.ws.rates import Rate, RateLimiter, Sampler
 
 RATE = Rate(per_s=2, burst=3)
 
@@ -55,3 +55,11 @@ def test_a_take_may_cost_several_tokens_at_most_a_burst() -> None:
     assert limiter.take("a", 0.1, rate, cost=6) == 0
     assert limiter.take("b", 0.0, rate, cost=500) == 0  # more than a burst: charged as a full bucket
     assert limiter.take("b", 0.0, rate) == 100
+
+
+def test_a_sampler_lets_a_rate_through_and_says_how_many_it_held_back() -> None:
+    sampler = Sampler(Rate(per_s=2.0, burst=3))
+    assert [sampler.take(0.0) for _ in range(5)] == [0, 0, 0, None, None]
+    assert sampler.held == 2
+    assert sampler.take(0.5) == 2  # one token back: the line that goes says two did not
+    assert sampler.take(0.5) is None and sampler.take(1.0) == 1
