@@ -164,10 +164,15 @@ class Hub(Generic[C]):
         return members
 
     def is_member(self, user: UserId, conversation: ConversationId) -> bool | None:
-        """Whether *user* is a member, from what is cached; None when nothing cached tells."""
+        """Whether *user* is a member, from what is cached; None when nothing cached tells.
+
+        A no comes only from the user's own set, never from a cached member set: otherwise a
+        stranger would be refused at once where a conversation is busy (its members cached)
+        and after a load where it is not, and the time of a refusal would tell which
+        conversations are in use. A non-member's answer depends only on the asker."""
         members = self._members.get(conversation)
-        if members is not None:
-            return user in members
+        if members is not None and user in members:
+            return True
         convs = self._conversations.get(user)
         return None if convs is None else conversation in convs
 

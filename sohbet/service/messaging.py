@@ -55,12 +55,12 @@ class Messaging:
         ctx = self.ctx
         request = wire.SendRequest.parse(envelope.payload, ctx.config.max_content_chars)
         members = ctx.hub.members(request.conversation_id)
-        if members is None:
-            if ctx.hub.is_member(session.user, request.conversation_id) is False:
-                raise not_a_member(request.conversation_id)  # known from the cache: load nothing
-            ctx.start_request(session, self._send_after_loading(session, envelope, request))
+        if members is not None and session.user in members:
+            self._enqueue(session, envelope.ref, request, members)
             return
-        self._enqueue(session, envelope.ref, request, members)
+        if ctx.hub.is_member(session.user, request.conversation_id) is False:
+            raise not_a_member(request.conversation_id)  # known from the user's own set: load nothing
+        ctx.start_request(session, self._send_after_loading(session, envelope, request))
 
     async def _send_after_loading(self, session: Session, envelope: Envelope, request: wire.SendRequest) -> None:
         ctx = self.ctx
@@ -105,12 +105,12 @@ class Messaging:
         ctx = self.ctx
         conversation = wire.conversation_of(envelope.payload)
         members = ctx.hub.members(conversation)
-        if members is None:
-            if ctx.hub.is_member(session.user, conversation) is False:
-                raise not_a_member(conversation)
-            ctx.spawn(self._typing_after_loading)(session, envelope)
+        if members is not None and session.user in members:
+            self._forward_typing(session, conversation, members)
             return
-        self._forward_typing(session, conversation, members)
+        if ctx.hub.is_member(session.user, conversation) is False:  # as in `_send`
+            raise not_a_member(conversation)
+        ctx.spawn(self._typing_after_loading)(session, envelope)
 
     async def _typing_after_loading(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx

@@ -163,7 +163,9 @@ class HttpPhase:
         """Answer queued requests in order; an async answer holds the rest until it is sent."""
         ws = self._ws
         server = ws._server
-        while self._queued and self._task is None and ws._is_http:
+        # Not while the client is not reading: its pipelined requests wait (see `writable`), so
+        # that 31 large answers are never written into memory at once.
+        while self._queued and self._task is None and ws._is_http and not ws._paused_at:
             request = self._queued.popleft()
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 self._answer(request)  # a socket over a limit never gets here: see `_head`
@@ -209,10 +211,17 @@ class HttpPhase:
         if not ws._is_http:
             return
         self._respond(request, _checked(request, response))
-        if ws._is_http:
+        self.writable()
+
+    def writable(self) -> None:
+        """The client reads again (or never stopped): answer what waits, then read more."""
+        ws = self._ws
+        if ws._is_http and self._task is None and not ws._paused_at:
+            # First: an upgrade among the queued requests hands the socket on reading; an
+            # answer that fills the buffer, or one awaited, pauses it again.
             ws._transport.resume_reading()
-            self._serve_queued()
-            self._continue()
+        self._serve_queued()
+        self._continue()
 
     def _respond(self, request: http11.Request, response: http11.Response) -> None:
         ws = self._ws

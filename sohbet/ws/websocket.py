@@ -222,8 +222,8 @@ class WebSocket(asyncio.Protocol):
     def resume_writing(self) -> None:  # asyncio's contract
         self._paused_at = 0.0
         self._release_drain()
-        if self._phase == PHASE_HTTP and self._http is not None and not self._http.is_answering:
-            self._transport.resume_reading()
+        if self._phase == PHASE_HTTP and self._http is not None:
+            self._http.writable()
 
     def _release_drain(self) -> None:
         drain = self._drain

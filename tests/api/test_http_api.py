@@ -756,3 +756,50 @@ def test_only_the_backend_may_send_a_body_larger_than_a_message(
             assert status == 200, body
 
     run(main())
+
+
+class HeldUserSets:
+    """A real store whose look-up of one user's conversations waits until the test lets it."""
+
+    def __init__(self, store: MessageStore, user: str) -> None:
+        self._store = store
+        self._user = user
+        self.gate = asyncio.Event()
+        self.asked: asyncio.Queue[str] = asyncio.Queue()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def conversation_ids(self, user: str) -> Any:
+        if user == self._user:
+            self.asked.put_nowait(user)
+            await self.gate.wait()
+        return await self._store.conversation_ids(user)
+
+
+def test_a_strangers_refusal_does_not_tell_whether_a_conversation_is_busy(run: Run, database_url: str) -> None:
+    """A busy conversation's members are cached; were a stranger refused from them, at once,
+    and from storage otherwise, the time of the 403 would tell which conversations are in use.
+    The stranger is answered from his own conversations, whatever the conversation's state."""
+
+    async def main() -> None:
+        real = await open_store(database_url)
+        held = HeldUserSets(real, "dave")
+        try:
+            async with chat_server(database_url, store=held) as h, api_of(h) as api:  # type: ignore[arg-type]
+                cid = await group(api, "alice", "bob", "carol")
+                alice = await h.connect("alice")
+                await alice.send(cid, "busy")  # its members are cached now
+                body = {"content": "x", "client_id": "d1"}
+                path = f"/api/conversations/{cid}/messages"
+                refused = asyncio.create_task(api.call("POST", path, json=body, headers=as_user("dave")))
+                assert await asyncio.wait_for(held.asked.get(), 5) == "dave"  # his own set is asked for
+                assert not refused.done()
+                held.gate.set()
+                status, error, _ = await refused
+                assert (status, error["error"]["code"]) == (403, "forbidden")
+                await alice.ws.close()
+        finally:
+            await real.close()
+
+    run(main())

@@ -51,7 +51,7 @@ def test_membership_cache_and_the_present_index() -> None:
     assert hub.set_members(X, [A, B]) == {A, B}
     hub.set_members(Y, [A, C])  # alice's set learns of Y as well
     assert hub.conversations(A) == {X, Y}
-    assert hub.is_member(C, Y) is True and hub.is_member(B, Y) is False  # told by the member set
+    assert hub.is_member(C, Y) is True and hub.is_member(B, Y) is None  # a yes from the member set only
     hub.attach(C, "c1")
     hub.finish_conversations_load(C, [Y], keep=True)
     assert hub.online_contacts(A) == {C} and hub.online_contacts(C) == {A}  # bob is not online
@@ -151,3 +151,14 @@ def test_a_second_leave_of_the_same_user_changes_nothing() -> None:
     hub.remove_member(X, A)  # two connections of A leaving at once: the second is a no-op
     assert hub.conversations(A) == {Y}
     assert hub.members(X) is None  # nobody here needs X any more: its members went too
+
+
+def test_a_no_comes_only_from_the_askers_own_set() -> None:
+    """How fast a stranger is refused must not tell whether a conversation is busy (its members
+    cached): the answer depends on what is known of the asker alone."""
+    hub: Hub[str] = Hub()
+    hub.set_members(Y, [A, C])
+    assert hub.is_member(B, Y) is None  # the members are cached, but they do not say no
+    hub.attach(B, "b1")
+    hub.finish_conversations_load(B, [X], keep=True)
+    assert hub.is_member(B, Y) is False and hub.is_member(B, ConversationId(99)) is False

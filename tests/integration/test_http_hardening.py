@@ -141,6 +141,45 @@ def test_pipelining_up_to_the_limit_keeps_the_connection(run: Run) -> None:
     run(main())
 
 
+class Large(Handler):
+    """Answers every request with a megabyte, counting the requests it was asked."""
+
+    BODY = b"x" * (1 << 20)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_http(self, request: Request) -> Response:
+        self.calls += 1
+        return Response(200, self.BODY)
+
+
+def test_pipelined_requests_wait_while_the_client_does_not_read(run: Run) -> None:
+    """Thirty-one pipelined requests for a megabyte each, never read: the server answers while
+    the client reads and holds the rest back, rather than 31 MB in memory for one socket."""
+
+    async def main() -> None:
+        handler = Large()
+        async with running(handler, limits=Limits(max_buffered_bytes=64 << 20)) as server:
+            # A small receive buffer, so that the kernel's share of what is unread is small too.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(GET * MAX_PIPELINED_REQUESTS)
+            await until(lambda: any(s._paused_at for s in server._sockets.values()))
+            await asyncio.sleep(0.2)  # time to answer more, were it going to (the kernel holds a few MB)
+            (ws,) = server._sockets.values()
+            assert handler.calls <= 6 and ws._transport.get_write_buffer_size() < 2 * len(Large.BODY)
+            answers = parse(await read_to_eof(reader, timeout=30))  # the client reads: all come
+            assert len(answers) == MAX_PIPELINED_REQUESTS and handler.calls == MAX_PIPELINED_REQUESTS
+            assert all(body == Large.BODY for _, _, body in answers)
+            writer.close()
+
+    run(main())
+
+
 async def expect_ok(reader: asyncio.StreamReader) -> None:
     """The next response is a kept-alive 200 with `BODY`."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
