@@ -59,6 +59,11 @@ REDIS_NOT_SUPPORTED: Final = (
     "membership changes (roadmap step 8), so run one sohbet-server per database"
 )
 _HOUR_S: Final = 3600.0
+#: Logged at start with `--demo`.
+DEMO_WARNING: Final = (
+    "--demo is on: anyone who can reach this server gets a token for any user name at POST /demo/token, "
+    "and reads and writes as that user; never use it in production"
+)
 NO_KID_TWICE: Final = "two JWT public keys without a kid: give each a kid (--jwt-public-key KID=PATH)"
 
 
@@ -110,6 +115,12 @@ class AuthConfig:
         if self.api_key is not None:
             n = len(self.api_key.encode())
             require(n >= MIN_API_KEY_BYTES, f"API key of {n} bytes is shorter than {MIN_API_KEY_BYTES}")
+
+    @property
+    def can_sign(self) -> bool:
+        """Whether the server can sign tokens itself (`sohbet-server token`, the demo page): with
+        a shared secret only; a public key's private half, or a JWKS file's keys, it does not use."""
+        return self.algorithm in HMAC_ALGORITHMS and self.secret is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +459,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_timeout", float, 10.0, "seconds one webhook POST may take"),
     Setting("webhook_sender_rate", float, 1000.0, "webhook recipients per second of one sender's messages; 0: any"),
     Setting("webhook_sender_burst", int, 10_000, "burst allowance of those (a message to a group of that many)"),
+    Setting(
+        "demo",
+        bool,
+        False,
+        "serve the demo chat page at /, which gets anyone a token for any user name: never in production",
+    ),
     Setting("log_level", str, "info", "debug, info, warning or error"),
     Setting("log_format", str, "text", "text (one readable line per event) or json (one JSON object per line)"),
 )
@@ -568,6 +585,8 @@ class Config:
     #: Seconds a graceful shutdown may take, and how long `/readyz` says 503 before it closes anything.
     shutdown_timeout_s: float = 10.0
     drain_delay_s: float = 0.0
+    #: Serve the demo chat page, which mints a token for any user name it is given (`--demo`).
+    demo: bool = False
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= MAX_PORT, f"port {self.port} is outside 0-{MAX_PORT}")
@@ -583,6 +602,16 @@ class Config:
             f"drain_delay_s of {self.drain_delay_s} must be below shutdown_timeout_s of {self.shutdown_timeout_s}",
         )
         require(self.redis_url is None, REDIS_NOT_SUPPORTED)
+        if self.demo and not self.auth.can_sign:  # refused at start, not at each visitor's first click
+            held = (
+                f"{self.auth.algorithm} public keys"
+                if self.auth.algorithm in PUBLIC_KEY_ALGORITHMS
+                else "the keys of a JWKS file, which it does not sign with"
+            )
+            raise ConfigError(
+                f"--demo mints tokens with the server's own key, but this server holds only {held}: "
+                "run the demo with an HS256 --jwt-secret"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, for the log line at start: every setting but the
@@ -609,6 +638,8 @@ class Config:
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what the operator wants: logged at start."""
         found = []
+        if self.demo:
+            found.append(DEMO_WARNING)
         if self.auth.algorithm in PUBLIC_KEY_ALGORITHMS and self.auth.audience is None:
             found.append(
                 f"{self.auth.algorithm} tokens are accepted whatever their `aud`: with a shared identity "
@@ -693,6 +724,7 @@ class Config:
             metrics_token=None if v["metrics_token"] is None else str(v["metrics_token"]),
             shutdown_timeout_s=float(v["shutdown_timeout"]),  # type: ignore[arg-type]  # coerced
             drain_delay_s=float(v["drain_delay"]),  # type: ignore[arg-type]  # coerced
+            demo=bool(v["demo"]),
         )
 
     @classmethod

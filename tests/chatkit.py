@@ -106,6 +106,7 @@ async def chat_server(
     metrics_token: str | None = None,
     webhook: WebhookConfig | None = None,
     metrics_reuse_s: float = 0.0,
+    demo: bool = False,
 ) -> AsyncIterator[Harness]:
     """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
     HTTP API's key `API_KEY`; on exit everything it held must be released.
@@ -124,6 +125,7 @@ async def chat_server(
         metrics_token=metrics_token,
         webhook=webhook or WebhookConfig(),
         metrics_reuse_s=metrics_reuse_s,  # 0: each scrape sees the counters of its moment
+        demo=demo,
     )
     app = App(config, store, write_depth=depth)
     await app.start("127.0.0.1", 0)

@@ -35,7 +35,7 @@ from sohbet.service.backend import Backend
 from sohbet.service.session import Call
 from sohbet.ws.http11 import Request, Response, error_body
 
-__all__ = ["STATUS_OF", "ApiError", "HttpApi"]
+__all__ = ["STATUS_OF", "ApiError", "HttpApi", "json_body"]
 
 #: The HTTP status of each error code of the protocol.
 STATUS_OF: Final[dict[ErrorCode, HTTPStatus]] = {
@@ -92,7 +92,7 @@ def _refusal(exc: MessageRejected) -> Response:
     return Response(status, error_body(status, str(exc), exc.retry_after_ms), headers=headers)
 
 
-def _body(request: Request) -> dict[str, Any]:
+def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object; an empty body is an empty object.
 
     Raises:
@@ -254,7 +254,7 @@ class HttpApi:
     # -- conversations ------------------------------------------------------------------------
 
     async def _create(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
-        body = _body(request)
+        body = json_body(request)
         if caller is None:
             conversation = await self.backend.create(body)
             return _json(HTTPStatus.CREATED, {"conversation": wire.conversation_object(conversation)})
@@ -266,7 +266,7 @@ class HttpApi:
         return _json(HTTPStatus.OK, await self.chat.request(Call(caller), RequestType.LIST, query))
 
     async def _add_member(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
-        conversation = await self.backend.add_member(_conversation(params), _body(request))
+        conversation = await self.backend.add_member(_conversation(params), json_body(request))
         return _json(HTTPStatus.OK, {"conversation": wire.conversation_object(conversation)})
 
     async def _remove_member(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
@@ -277,7 +277,7 @@ class HttpApi:
 
     async def _send(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
         conversation = _conversation(params)
-        body = _body(request)
+        body = json_body(request)
         if body.get("client_id") is None:
             body["client_id"] = uuid.uuid4().hex  # optional here: a 503 names it, for a retry
         if caller is not None and "sender_id" in body:
@@ -314,10 +314,10 @@ class HttpApi:
     # -- application events and users ---------------------------------------------------------
 
     async def _publish(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
-        return _json(HTTPStatus.OK, {"delivered_connections": self.backend.publish(_body(request))})
+        return _json(HTTPStatus.OK, {"delivered_connections": self.backend.publish(json_body(request))})
 
     async def _broadcast(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
-        return _json(HTTPStatus.OK, {"delivered_connections": self.backend.broadcast(_body(request))})
+        return _json(HTTPStatus.OK, {"delivered_connections": self.backend.broadcast(json_body(request))})
 
     async def _presence(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
         return _json(HTTPStatus.OK, self.backend.presence(_user(params)))
@@ -326,5 +326,5 @@ class HttpApi:
         return _json(HTTPStatus.OK, self.backend.online(_query(request, _PAGE_INTEGERS)))
 
     async def _disconnect(self, request: Request, params: dict[str, str], caller: Caller) -> Response:
-        closed = self.backend.disconnect(_user(params), _body(request))
+        closed = self.backend.disconnect(_user(params), json_body(request))
         return _json(HTTPStatus.OK, {"closed_connections": closed})

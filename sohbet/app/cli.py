@@ -216,6 +216,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             drain_delay_s=config.drain_delay_s,
             metrics_token=config.metrics_token,
             webhook=config.webhook,
+            demo=config.demo,
         ),
         store,
     )
@@ -227,6 +228,8 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         "sohbet %s listening on ws://%s:%d/ws (storage: %s; frame core: %s)",
         __version__, config.host, app.port, kind, IMPLEMENTATION,
     )  # fmt: skip
+    if config.demo:
+        log.info("demo chat page at http://%s:%d/", config.host, app.port)
     await stop.wait()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.shutdown_timeout_s

@@ -28,6 +28,8 @@ from sohbet.api.endpoints import HttpApi
 from sohbet.api.metrics import RENDER_REUSE_S, ChatCollector, metrics_registry, webhook_metrics
 from sohbet.api.metrics import register as register_metrics
 from sohbet.api.webhook import WebhookSender
+from sohbet.app import demo
+from sohbet.app.assets import serve_client
 from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig, WebhookConfig
@@ -57,6 +59,8 @@ class AppConfig:
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     #: Seconds one rendering of /metrics is served again (tests that compare scrapes use 0).
     metrics_reuse_s: float = RENDER_REUSE_S
+    #: Serve the demo chat page and its token endpoint (`sohbet.app.demo`); `auth` must sign.
+    demo: bool = False
 
 
 class App:
@@ -93,6 +97,9 @@ class App:
         extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)
         self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, extra))
         register_metrics(self.gateway.routes, self.metrics, config.metrics_token, config.metrics_reuse_s)
+        serve_client(self.gateway.routes)
+        if config.demo:
+            demo.register(self.gateway.routes, config.auth)
 
     @property
     def port(self) -> int:

@@ -6,6 +6,7 @@ Every process started here is stopped here, by PID, within the test.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -13,19 +14,26 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
+from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.typing import Subprotocol
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
-from sohbet.config import AuthConfig
+from sohbet.config import DEMO_WARNING, AuthConfig
 from sohbet.store.postgres import PostgresStore
 
 from ..chatkit import WsChat, token
+from ..test_auth import jwk, jwks, pem
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 SERVER = [sys.executable, "-I", "-m", "sohbet.app.cli"]
@@ -256,3 +264,76 @@ def test_sigterm_closes_connections_with_1001(tmp_path: Path) -> None:
 
         assert asyncio.run(main()) == 1001
         assert proc.wait(timeout=15) == 0
+
+
+#: The browser client as the package ships it: what every server sends at /client/sohbet.mjs.
+SHIPPED_CLIENT = files("sohbet.app").joinpath("static", "sohbet.mjs").read_bytes()
+
+
+def fetch(url: str, body: dict[str, Any] | None = None) -> tuple[int, str, bytes]:
+    """(status, Content-Type, body) of a GET, or of a JSON POST of *body*."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read()
+    except urllib.error.HTTPError as refused:
+        with refused:
+            return refused.code, refused.headers["Content-Type"], refused.read()
+
+
+def test_a_real_process_serves_the_client_and_no_demo_unless_asked(tmp_path: Path) -> None:
+    with server_process("--data-dir", str(tmp_path), cwd=tmp_path) as (proc, port):
+        base = f"http://127.0.0.1:{port}"
+        assert fetch(f"{base}/client/sohbet.mjs") == (200, "text/javascript; charset=utf-8", SHIPPED_CLIENT)
+        assert fetch(f"{base}/")[0] == 404
+        assert fetch(f"{base}/demo/token", {"user_id": "alice"})[0] == 404
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert DEMO_WARNING not in log
+
+
+def test_the_demo_in_a_real_process_warns_and_mints_tokens_the_websocket_takes(tmp_path: Path) -> None:
+    with server_process("--data-dir", str(tmp_path), "--demo", cwd=tmp_path) as (proc, port):
+        base = f"http://127.0.0.1:{port}"
+        assert fetch(f"{base}/client/sohbet.mjs") == (200, "text/javascript; charset=utf-8", SHIPPED_CLIENT)
+        status, content_type, page = fetch(f"{base}/")
+        assert (status, content_type) == (200, "text/html; charset=utf-8")
+        assert page == files("sohbet.app").joinpath("static", "demo.html").read_bytes()
+        status, _, answer = fetch(f"{base}/demo/token", {"user_id": "deniz"})
+        assert status == 200
+        minted = json.loads(answer)["token"]
+
+        async def hello() -> dict[str, Any]:
+            protocols = [Subprotocol("sohbet.v1"), Subprotocol(f"bearer.{minted}")]
+            async with websockets.connect(f"ws://127.0.0.1:{port}/", subprotocols=protocols) as ws:
+                return await WsChat(ws, "deniz").expect("hello")
+
+        assert asyncio.run(hello())["payload"]["user_id"] == "deniz"
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert f"WARNING sohbet {DEMO_WARNING}" in log
+
+
+@pytest.mark.parametrize("keys", ["rs256-public-key", "hs256-jwks-file-only"])
+def test_the_demo_refuses_to_start_on_a_server_that_cannot_sign(tmp_path: Path, keys: str) -> None:
+    if keys == "rs256-public-key":
+        (tmp_path / "key.pem").write_text(pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        args = ["--jwt-algorithm", "RS256", "--jwt-public-key", str(tmp_path / "key.pem"), "--demo"]
+        held = "holds only RS256 public keys"
+    else:
+        (tmp_path / "keys.json").write_bytes(jwks(jwk("an-oct-key-of-at-least-32-bytes!!", "k1")))
+        args = ["--jwks-file", str(tmp_path / "keys.json"), "--demo"]
+        held = "holds only the keys of a JWKS file"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+    # A server that started anyway would serve until the timeout: the test fails then too.
+    result = subprocess.run(
+        [*SERVER, "--port", str(free_port()), "--data-dir", str(tmp_path), *args], capture_output=True, text=True,
+        timeout=30, check=False, env=environ, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "sohbet-server: --demo mints tokens with the server's own key" in result.stderr
+    assert held in result.stderr and "run the demo with an HS256 --jwt-secret" in result.stderr
+    assert not (tmp_path / "sohbet.db").exists()  # refused before storage was opened
