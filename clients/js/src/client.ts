@@ -1,0 +1,819 @@
+/**
+ * The sohbet client: one WebSocket to a sohbet server, kept open across network loss, restarts
+ * and token expiry, with nothing lost and nothing shown twice.
+ *
+ * - Reconnects by itself with exponential backoff and full jitter (so a restarted server is not
+ *   met by every client at the same instant), at once when the browser comes back online or the
+ *   page becomes visible, and with a fresh token (`getToken`) every time.
+ * - After every reconnect it sends `sync` with the last `seq` it has of every conversation, so
+ *   what was missed arrives as ordinary `chat:message` events.
+ * - `sendChatMessage` goes through an outbox: a message sent while disconnected, or whose ack
+ *   was lost with the connection, is sent again with the same `client_id`; the server stores it
+ *   once, so every promise resolves with the stored message exactly once.
+ * - A `chat:message` handler never sees one `(conversation_id, seq)` twice.
+ */
+
+import type {
+  Conversation,
+  ConversationListResult,
+  Envelope,
+  ErrorCode,
+  EventPayloads,
+  EventType,
+  Hello,
+  Message,
+  Reply,
+  RequestPayloads,
+  RequestType,
+  SyncDone,
+} from "./protocol.js";
+
+/** The subprotocol of this protocol version. */
+export const SUBPROTOCOL = "sohbet.v1";
+/** The token travels as a subprotocol entry: browsers cannot set headers, and a URL is logged. */
+export const BEARER_PREFIX = "bearer.";
+
+/** Close codes the client acts on (PROTOCOL.md, "Close codes"). */
+export const CloseCodes = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  UNSUPPORTED_DATA: 1003,
+  ABNORMAL: 1006,
+  INVALID_DATA: 1007,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  TOKEN_EXPIRED: 4001,
+  /** 4500–4999: the server says do not reconnect. */
+  DO_NOT_RECONNECT_FROM: 4500,
+  DO_NOT_RECONNECT_TO: 4999,
+} as const;
+
+/** What can go wrong with a call, beyond the server's own error codes. */
+export type ClientErrorCode =
+  | ErrorCode
+  /** No reply within the call's time limit. */
+  | "timeout"
+  /** `disconnect()` was called before the call settled. */
+  | "disconnected"
+  /** The connection dropped after the request was sent; it may or may not have been done. */
+  | "connection_lost"
+  /** The client stopped reconnecting (the server said not to, or the attempts ran out). */
+  | "closed";
+
+/** A refused or unsettled call: `code` says which (a server error code or a client one). */
+export class SohbetError extends Error {
+  readonly code: ClientErrorCode;
+  /** With `rate_limited` (and `unavailable` when the server says): when to try again. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(code: ClientErrorCode, message: string, retryAfterMs?: number) {
+    super(message);
+    this.name = "SohbetError";
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+export interface ConnectionStatus {
+  readonly state: ConnectionState;
+  /** While waiting to reconnect: when the next attempt starts (the clock's milliseconds). */
+  readonly nextRetryAt: number | null;
+  /** Failed attempts since the last connection that reached `hello`. */
+  readonly attempt: number;
+  /** How the last connection ended. */
+  readonly lastClose: { readonly code: number; readonly reason: string } | null;
+  /** Why the client stopped, when it is `closed` by anything but `disconnect()`. */
+  readonly stoppedBecause: string | null;
+}
+
+export interface ReconnectOptions {
+  /** Reconnect at all (default true). */
+  enabled?: boolean;
+  /** The first backoff ceiling (default 500 ms); doubles (`factor`) per failed attempt. */
+  initialDelayMs?: number;
+  /** The highest backoff ceiling (default 30 s). */
+  maxDelayMs?: number;
+  factor?: number;
+  /** Attempts before giving up (default: never give up). */
+  maxAttempts?: number;
+  /** The least wait after a close that says "you did something wrong" (1008, 1002, 1003,
+   *  1007, 1009): reconnecting at once would only repeat it (default 60 s). */
+  policyDelayMs?: number;
+}
+
+/** The time source: injected by tests, so that backoff is checked without sleeping. */
+export interface Clock {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+/** The part of the WebSocket API the client uses (the browser's, Node's, or the `ws` package's). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Where the browser says it is back online or visible (default: `window` and `document`). */
+export interface Environment {
+  addEventListener(type: "online" | "visibilitychange", listener: () => void): void;
+  removeEventListener(type: "online" | "visibilitychange", listener: () => void): void;
+  isVisible(): boolean;
+}
+
+export interface SohbetClientOptions {
+  /** `ws://host:port/ws` or `wss://…`. */
+  url: string;
+  /** A JWT; enough when it outlives the session. */
+  token?: string;
+  /** Returns a fresh JWT; called before every (re)connect, and after a close with 4001. */
+  getToken?: () => string | Promise<string>;
+  /** A WebSocket implementation (default: the global one). */
+  WebSocket?: WebSocketConstructor;
+  /** Reconnection; `false` turns it off. */
+  reconnect?: ReconnectOptions | false;
+  /** Default time limit of `request` and friends (default 15 s). */
+  requestTimeoutMs?: number;
+  /** Typing indicators are sent at most this often per conversation: the server forwards one
+   *  per 2 s anyway (default 2000). */
+  typingIntervalMs?: number;
+  /** Cursors to sync from on the first connection (`seq` by conversation id), for a client
+   *  that kept them across a page load; by default the first connection does not sync. */
+  cursors?: Record<string, number>;
+  clock?: Clock;
+  /** The jitter's randomness, in [0, 1) (default `Math.random`). */
+  random?: () => number;
+  environment?: Environment | null;
+}
+
+type Handler<T> = (payload: T, envelope: Envelope) => void;
+type AnyHandler = Handler<never>;
+
+/** Payload of an `app:*` event: whatever the application published. */
+export type AppPayload = Record<string, unknown>;
+
+export interface RequestOptions {
+  /** Time limit of this call (default: the client's `requestTimeoutMs`). */
+  timeoutMs?: number;
+}
+
+export interface SendOptions {
+  /** The idempotency key (default: a new random one). Keep it to retry the same message later. */
+  clientId?: string;
+  /** Give up after this long (default: never; the message waits in the outbox until sent,
+   *  `disconnect()`, or the client stops). */
+  timeoutMs?: number;
+}
+
+interface Call {
+  readonly ref: string;
+  readonly type: string;
+  readonly payload: object;
+  /** Resend after a connection loss (an idempotent chat:send) rather than fail. */
+  readonly outbox: boolean;
+  sentOn: WebSocketLike | null;
+  timer: unknown;
+  retryTimer: unknown;
+  resolve(payload: unknown): void;
+  reject(error: SohbetError): void;
+}
+
+/** What is known of one conversation's messages, to deduplicate and to sync from. */
+interface Seen {
+  /** Every seq up to here is accounted for (delivered, or older than what this client wants). */
+  high: number;
+  /** Seqs seen above `high`, not yet contiguous with it. */
+  above: Set<number>;
+}
+
+/** Seqs remembered above the contiguous mark per conversation; older ones are let go. */
+const MAX_SEEN_ABOVE = 5000;
+/** Errors after which a sent message is tried again (nothing was stored). */
+const TRANSIENT: ReadonlySet<string> = new Set(["unavailable", "rate_limited", "internal"]);
+/** WebSocket.OPEN. */
+const OPEN_STATE = 1;
+/** How long an error may go without its close event before it is taken as one. */
+const ERROR_WITHOUT_CLOSE_MS = 200;
+
+const realClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+function browserEnvironment(): Environment | null {
+  const w = (globalThis as { window?: Window }).window;
+  const d = (globalThis as { document?: Document }).document;
+  if (w === undefined || typeof w.addEventListener !== "function") return null;
+  return {
+    addEventListener: (type, listener) => (type === "online" ? w : (d ?? w)).addEventListener(type, listener),
+    removeEventListener: (type, listener) => (type === "online" ? w : (d ?? w)).removeEventListener(type, listener),
+    isVisible: () => d === undefined || d.visibilityState !== "hidden",
+  };
+}
+
+function newClientId(): string {
+  const c = (globalThis as { crypto?: Crypto }).crypto;
+  if (c !== undefined && typeof c.randomUUID === "function") return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
+export class SohbetClient {
+  readonly url: string;
+  private readonly options: SohbetClientOptions;
+  private readonly WS: WebSocketConstructor;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly backoff: Required<ReconnectOptions>;
+  private readonly env: Environment | null;
+
+  private ws: WebSocketLike | null = null;
+  private token: string | undefined;
+  private running = false;
+  private generation = 0;
+  private everOpened = false;
+  private retryTimer: unknown = null;
+  private lastWasTokenExpiry = false;
+  private statusValue: ConnectionStatus = {
+    state: "closed",
+    nextRetryAt: null,
+    attempt: 0,
+    lastClose: null,
+    stoppedBecause: null,
+  };
+  private helloValue: Hello | null = null;
+
+  private readonly handlers = new Map<string, Set<AnyHandler>>();
+  private readonly statusListeners = new Set<(status: ConnectionStatus) => void>();
+  private readonly connectWaiters: { resolve(): void; reject(error: SohbetError): void }[] = [];
+
+  private refs = 0;
+  /** Calls by ref, in the order made: unsent ones go out in this order once connected. */
+  private readonly calls = new Map<string, Call>();
+  private readonly seen = new Map<number, Seen>();
+  private syncOnOpen: boolean;
+  private readonly typingSentAt = new Map<number, number>();
+  private readonly readSent = new Map<number, number>();
+  private readonly readUnsent = new Map<number, number>();
+
+  private readonly onOnline = (): void => this.retryNow();
+  private readonly onVisible = (): void => {
+    if (this.env?.isVisible()) this.retryNow();
+  };
+
+  constructor(options: SohbetClientOptions) {
+    this.options = options;
+    this.url = options.url;
+    this.token = options.token;
+    const ws = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (ws === undefined) {
+      throw new TypeError("no WebSocket: pass one in (options.WebSocket), or run Node >= 22 (or 20 with --experimental-websocket)");
+    }
+    if (options.token === undefined && options.getToken === undefined) {
+      throw new TypeError("a token or a getToken function is required");
+    }
+    this.WS = ws;
+    this.clock = options.clock ?? realClock;
+    this.random = options.random ?? Math.random;
+    const r = options.reconnect === false ? { enabled: false } : (options.reconnect ?? {});
+    this.backoff = {
+      enabled: r.enabled ?? true,
+      initialDelayMs: r.initialDelayMs ?? 500,
+      maxDelayMs: r.maxDelayMs ?? 30_000,
+      factor: r.factor ?? 2,
+      maxAttempts: r.maxAttempts ?? Infinity,
+      policyDelayMs: r.policyDelayMs ?? 60_000,
+    };
+    this.env = options.environment === undefined ? browserEnvironment() : options.environment;
+    this.syncOnOpen = options.cursors !== undefined;
+    for (const [id, seq] of Object.entries(options.cursors ?? {})) {
+      this.seen.set(Number(id), { high: seq, above: new Set() });
+    }
+  }
+
+  // -- connection ------------------------------------------------------------------------------
+
+  /** The connection's state, and when the next attempt is while reconnecting. */
+  get status(): ConnectionStatus {
+    return this.statusValue;
+  }
+
+  get state(): ConnectionState {
+    return this.statusValue.state;
+  }
+
+  /** The server's `hello` of the current connection (user id, limits), or null. */
+  get hello(): Hello | null {
+    return this.helloValue;
+  }
+
+  /** The user this client is connected as (known from the first `hello`). */
+  get userId(): string | null {
+    return this.helloValue?.user_id ?? null;
+  }
+
+  isConnected(): boolean {
+    return this.statusValue.state === "open";
+  }
+
+  /** Calls *listener* on every change of `status`; returns the function that stops it. */
+  onConnectionChange(listener: (status: ConnectionStatus) => void): () => void {
+    this.statusListeners.add(listener);
+    return () => this.statusListeners.delete(listener);
+  }
+
+  /** Connect (and stay connected): resolves on the server's `hello`, however many attempts
+   *  that takes; rejects if the client stops first (`disconnect()`, or the server says not to
+   *  reconnect). */
+  connect(): Promise<void> {
+    if (this.statusValue.state === "open") return Promise.resolve();
+    const waiting = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    if (!this.running) {
+      this.running = true;
+      this.env?.addEventListener("online", this.onOnline);
+      this.env?.addEventListener("visibilitychange", this.onVisible);
+      this.setStatus({ state: this.everOpened ? "reconnecting" : "connecting", nextRetryAt: null, attempt: 0, stoppedBecause: null });
+      void this.open();
+    }
+    return waiting;
+  }
+
+  /** Close for good: every unsettled call rejects with `disconnected`; no reconnect follows. */
+  disconnect(): void {
+    this.stop("disconnected", "disconnect() was called", null);
+  }
+
+  /** While waiting to reconnect, try now (the browser's `online` and `visibilitychange` do this). */
+  retryNow(): void {
+    if (!this.running || this.retryTimer === null) return;
+    this.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.setStatus({ nextRetryAt: null });
+    void this.open();
+  }
+
+  private async open(): Promise<void> {
+    const generation = ++this.generation;
+    let token: string | undefined;
+    try {
+      token = this.options.getToken ? await this.options.getToken() : this.token;
+    } catch (error) {
+      if (generation === this.generation && this.running) {
+        this.reconnectLater({ code: CloseCodes.ABNORMAL, reason: `getToken failed: ${String(error)}` });
+      }
+      return;
+    }
+    if (generation !== this.generation || !this.running) return;
+    this.token = token;
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.url, [SUBPROTOCOL, BEARER_PREFIX + String(token)]);
+    } catch (error) {
+      this.stop("closed", `cannot open ${this.url}: ${String(error)}`, null);
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (event) => this.received(ws, event.data);
+    ws.onclose = (event) => this.closed(ws, event.code, event.reason);
+    // A close event follows an error, with the code. Not in every implementation: Node 20's
+    // reports a refused connection as an error only, and stays "connecting" for ever.
+    ws.onerror = () => {
+      setTimeout(() => {
+        if (ws !== this.ws || ws.readyState === OPEN_STATE) return;
+        try {
+          ws.close();
+        } catch {
+          // never opened
+        }
+        this.closed(ws, CloseCodes.ABNORMAL, "connection failed");
+      }, ERROR_WITHOUT_CLOSE_MS);
+    };
+  }
+
+  private closed(ws: WebSocketLike, code: number, reason: string): void {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    for (const call of this.calls.values()) {
+      if (call.sentOn !== ws) continue;
+      call.sentOn = null;
+      if (!call.outbox) this.settle(call, new SohbetError("connection_lost", `the connection closed (${code}) before ${call.type} was answered`));
+    }
+    if (!this.running) return;
+    this.reconnectLater({ code, reason });
+  }
+
+  /** After a close: when to try again, as the close code says (PROTOCOL.md, "Close codes"). */
+  private reconnectLater(close: { code: number; reason: string }): void {
+    const { code } = close;
+    if (code >= CloseCodes.DO_NOT_RECONNECT_FROM && code <= CloseCodes.DO_NOT_RECONNECT_TO) {
+      this.stop("closed", `the server closed with ${code} (do not reconnect): ${close.reason}`, close);
+      return;
+    }
+    if (!this.backoff.enabled) {
+      this.stop("closed", `the connection closed (${code}) and reconnecting is off`, close);
+      return;
+    }
+    const tokenExpired = code === CloseCodes.TOKEN_EXPIRED;
+    if (tokenExpired && this.options.getToken === undefined) {
+      this.stop("closed", "the token expired and there is no getToken to get a new one", close);
+      return;
+    }
+    const attempt = this.statusValue.attempt + 1;
+    if (attempt > this.backoff.maxAttempts) {
+      this.stop("closed", `gave up after ${this.backoff.maxAttempts} attempts`, close);
+      return;
+    }
+    let delay: number;
+    if (tokenExpired && !this.lastWasTokenExpiry) {
+      delay = 0; // a new token, at once (once: a token that expires again at once backs off)
+    } else {
+      const ceiling = Math.min(this.backoff.maxDelayMs, this.backoff.initialDelayMs * this.backoff.factor ** (attempt - 1));
+      delay = Math.floor(this.random() * ceiling); // full jitter
+      if (this.isPolicyClose(code)) delay += this.backoff.policyDelayMs;
+    }
+    this.lastWasTokenExpiry = tokenExpired;
+    this.setStatus({ state: this.everOpened ? "reconnecting" : "connecting", attempt, lastClose: close, nextRetryAt: this.clock.now() + delay });
+    this.retryTimer = this.clock.setTimeout(() => {
+      this.retryTimer = null;
+      this.setStatus({ nextRetryAt: null });
+      void this.open();
+    }, delay);
+  }
+
+  private isPolicyClose(code: number): boolean {
+    return (
+      code === CloseCodes.POLICY_VIOLATION ||
+      code === CloseCodes.PROTOCOL_ERROR ||
+      code === CloseCodes.UNSUPPORTED_DATA ||
+      code === CloseCodes.INVALID_DATA ||
+      code === CloseCodes.MESSAGE_TOO_BIG
+    );
+  }
+
+  private stop(code: ClientErrorCode, why: string, close: { code: number; reason: string } | null): void {
+    const wasRunning = this.running;
+    this.running = false;
+    this.generation++;
+    if (this.retryTimer !== null) {
+      this.clock.clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    this.env?.removeEventListener("online", this.onOnline);
+    this.env?.removeEventListener("visibilitychange", this.onVisible);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws !== null) {
+      try {
+        ws.close(CloseCodes.NORMAL, "client disconnect");
+      } catch {
+        // already closing
+      }
+    }
+    const error = new SohbetError(code, why);
+    for (const call of [...this.calls.values()]) this.settle(call, error);
+    for (const waiter of this.connectWaiters.splice(0)) waiter.reject(error);
+    if (wasRunning || this.statusValue.state !== "closed") {
+      this.setStatus({
+        state: "closed",
+        nextRetryAt: null,
+        lastClose: close ?? this.statusValue.lastClose,
+        stoppedBecause: code === "disconnected" ? null : why,
+      });
+    }
+  }
+
+  private setStatus(change: Partial<ConnectionStatus>): void {
+    this.statusValue = { ...this.statusValue, ...change };
+    const status = this.statusValue;
+    for (const listener of [...this.statusListeners]) {
+      try {
+        listener(status);
+      } catch (error) {
+        reportLater(error);
+      }
+    }
+  }
+
+  // -- receiving -------------------------------------------------------------------------------
+
+  private received(ws: WebSocketLike, data: unknown): void {
+    if (ws !== this.ws || typeof data !== "string") return;
+    let envelope: Envelope;
+    try {
+      envelope = JSON.parse(data) as Envelope;
+    } catch {
+      return; // the server sends only JSON text; nothing to do with anything else
+    }
+    const payload = (envelope.payload ?? {}) as Record<string, unknown>;
+    if (envelope.type === "hello") {
+      this.opened(ws, payload as unknown as Hello);
+    } else if (envelope.type === "chat:message") {
+      if (!this.firstSight((payload as unknown as EventPayloads["chat:message"]).message)) return;
+    } else if (envelope.type === "chat:ack") {
+      this.firstSight((payload as unknown as EventPayloads["chat:ack"]).message);
+    }
+    const call = envelope.ref === undefined ? undefined : this.calls.get(envelope.ref);
+    if (call !== undefined && call.sentOn === ws) {
+      this.answered(call, envelope, payload);
+    }
+    this.emit(envelope.type, payload, envelope);
+  }
+
+  private opened(ws: WebSocketLike, hello: Hello): void {
+    this.helloValue = hello;
+    this.everOpened = true;
+    this.lastWasTokenExpiry = false;
+    this.setStatus({ state: "open", nextRetryAt: null, attempt: 0, stoppedBecause: null });
+    for (const waiter of this.connectWaiters.splice(0)) waiter.resolve();
+    if (this.syncOnOpen) void this.sync(ws);
+    this.syncOnOpen = true; // every later connection catches up
+    for (const call of this.calls.values()) {
+      if (call.sentOn === null && call.retryTimer === null) this.transmit(call, ws);
+    }
+    for (const [conversation, seq] of this.readUnsent) this.sendRead(conversation, seq);
+    this.readUnsent.clear();
+  }
+
+  /** Whether a message is new to this client; records it either way. */
+  private firstSight(message: Message | undefined): boolean {
+    if (message === undefined || typeof message.seq !== "number") return true;
+    const seen = this.seen.get(message.conversation_id);
+    if (seen === undefined) {
+      // Older messages of a conversation first met here are history, not missed messages.
+      this.seen.set(message.conversation_id, { high: message.seq, above: new Set() });
+      return true;
+    }
+    if (message.seq <= seen.high || seen.above.has(message.seq)) return false;
+    seen.above.add(message.seq);
+    absorb(seen);
+    return true;
+  }
+
+  private answered(call: Call, envelope: Envelope, payload: Record<string, unknown>): void {
+    if (envelope.type !== "error") {
+      this.settle(call, null, payload);
+      return;
+    }
+    const error = payload as unknown as EventPayloads["error"];
+    const retryAfterMs = typeof error.retry_after_ms === "number" ? error.retry_after_ms : undefined;
+    if (call.outbox && TRANSIENT.has(error.code) && this.running) {
+      // Nothing was stored: the same message again, after the wait the server asks for.
+      call.sentOn = null;
+      call.retryTimer = this.clock.setTimeout(() => {
+        call.retryTimer = null;
+        const ws = this.ws;
+        if (ws !== null && this.statusValue.state === "open" && this.calls.has(call.ref)) this.transmit(call, ws);
+      }, retryAfterMs ?? 1000);
+      return;
+    }
+    this.settle(call, new SohbetError(error.code, error.message, retryAfterMs));
+  }
+
+  private emit(type: string, payload: unknown, envelope: Envelope): void {
+    const handlers = this.handlers.get(type);
+    if (handlers === undefined) return;
+    for (const handler of [...handlers]) {
+      try {
+        (handler as Handler<unknown>)(payload, envelope);
+      } catch (error) {
+        reportLater(error);
+      }
+    }
+  }
+
+  // -- events ----------------------------------------------------------------------------------
+
+  /** Call *handler* for every message of *type* the server sends (replies to this client's
+   *  requests included); returns the function that stops it. `chat:message` is deduplicated:
+   *  one `(conversation_id, seq)` is seen once, also across reconnects and `sync`. */
+  on<T extends EventType>(type: T, handler: Handler<EventPayloads[T]>): () => void;
+  on(type: `app:${string}`, handler: Handler<AppPayload>): () => void;
+  on(type: string, handler: Handler<never>): () => void {
+    let set = this.handlers.get(type);
+    if (set === undefined) {
+      set = new Set();
+      this.handlers.set(type, set);
+    }
+    set.add(handler);
+    return () => this.handlers.get(type)?.delete(handler);
+  }
+
+  off<T extends EventType>(type: T, handler: Handler<EventPayloads[T]>): void;
+  off(type: `app:${string}`, handler: Handler<AppPayload>): void;
+  off(type: string, handler: Handler<never>): void {
+    this.handlers.get(type)?.delete(handler);
+  }
+
+  // -- requests --------------------------------------------------------------------------------
+
+  /** Send a request and wait for its reply's payload; rejects with a `SohbetError` on the
+   *  server's `error` (its `.code`), on timeout, or when the connection drops after sending.
+   *  Made while disconnected, it is sent once connected (within its time limit). */
+  request<T extends RequestType>(type: T, payload: RequestPayloads[T], options: RequestOptions = {}): Promise<Reply<T>> {
+    return this.call(type, payload, false, options.timeoutMs ?? this.options.requestTimeoutMs ?? 15_000) as Promise<Reply<T>>;
+  }
+
+  /** Send without waiting for an answer (a `chat:typing`, say); dropped when not connected. */
+  send<T extends RequestType>(type: T, payload: RequestPayloads[T]): boolean {
+    const ws = this.ws;
+    if (ws === null || this.statusValue.state !== "open") return false;
+    ws.send(JSON.stringify({ type, payload }));
+    return true;
+  }
+
+  private call(type: string, payload: object, outbox: boolean, timeoutMs: number): Promise<unknown> {
+    if (!this.running) {
+      return Promise.reject(new SohbetError("disconnected", `not connected: call connect() before ${type}`));
+    }
+    return new Promise((resolve, reject) => {
+      const call: Call = {
+        ref: `r${++this.refs}`,
+        type,
+        payload,
+        outbox,
+        sentOn: null,
+        timer: null,
+        retryTimer: null,
+        resolve,
+        reject,
+      };
+      if (Number.isFinite(timeoutMs)) {
+        call.timer = this.clock.setTimeout(
+          () => this.settle(call, new SohbetError("timeout", `no answer to ${type} within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      }
+      this.calls.set(call.ref, call);
+      const ws = this.ws;
+      if (ws !== null && this.statusValue.state === "open") this.transmit(call, ws);
+    });
+  }
+
+  private transmit(call: Call, ws: WebSocketLike): void {
+    call.sentOn = ws;
+    ws.send(JSON.stringify({ type: call.type, payload: call.payload, ref: call.ref }));
+  }
+
+  private settle(call: Call, error: SohbetError | null, payload?: unknown): void {
+    if (!this.calls.delete(call.ref)) return;
+    if (call.timer !== null) this.clock.clearTimeout(call.timer);
+    if (call.retryTimer !== null) this.clock.clearTimeout(call.retryTimer);
+    if (error === null) call.resolve(payload);
+    else call.reject(error);
+  }
+
+  /** Catch up after a reconnect: everything after the last seq of each conversation, as
+   *  `chat:message` events (deduplicated), calling again while the server says incomplete. */
+  private async sync(ws: WebSocketLike): Promise<void> {
+    for (;;) {
+      const cursors: Record<string, number> = {};
+      for (const [id, seen] of this.seen) cursors[String(id)] = seen.high;
+      let done: SyncDone;
+      try {
+        done = await this.request("sync", { cursors });
+      } catch (error) {
+        if (ws === this.ws && error instanceof SohbetError && error.code === "rate_limited") {
+          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), error.retryAfterMs ?? 1000));
+          continue;
+        }
+        return; // the connection is gone: the next one syncs
+      }
+      if (ws !== this.ws) return;
+      for (const [id, seq] of Object.entries(done.conversations)) {
+        const conversation = Number(id);
+        const seen = this.seen.get(conversation);
+        if (seen === undefined) {
+          this.seen.set(conversation, { high: seq, above: new Set() });
+        } else if (seq > seen.high) {
+          seen.high = seq; // everything up to here has been delivered on this connection
+          for (const s of seen.above) if (s <= seq) seen.above.delete(s);
+          absorb(seen);
+        }
+      }
+      for (const id of done.forbidden ?? []) this.seen.delete(id);
+      if (done.complete) return;
+    }
+  }
+
+  // -- chat ------------------------------------------------------------------------------------
+
+  /** A new idempotency key for `sendChatMessage` (to show a message as pending before it is sent). */
+  newClientId(): string {
+    return newClientId();
+  }
+
+  /** Send a message; resolves with the stored message once the server has committed it. While
+   *  disconnected it waits in the outbox; it is sent again with the same `client_id` after a
+   *  reconnect until acked, so it is stored once. */
+  sendChatMessage(conversationId: number, content: string, options: SendOptions = {}): Promise<Message> {
+    const payload: RequestPayloads["chat:send"] = {
+      conversation_id: conversationId,
+      content,
+      client_id: options.clientId ?? newClientId(),
+    };
+    return this.call("chat:send", payload, true, options.timeoutMs ?? Infinity).then((ack) => (ack as Reply<"chat:send">).message);
+  }
+
+  /** Tell the other members this user is typing; sent at most once per `typingIntervalMs`
+   *  per conversation, and only while connected (it is a hint). */
+  sendTypingIndicator(conversationId: number): boolean {
+    const now = this.clock.now();
+    const last = this.typingSentAt.get(conversationId);
+    if (last !== undefined && now - last < (this.options.typingIntervalMs ?? 2000)) return false;
+    if (!this.send("chat:typing", { conversation_id: conversationId })) return false;
+    this.typingSentAt.set(conversationId, now);
+    return true;
+  }
+
+  /** Move this user's read position forward to *seq*; only forward moves are sent, and one made
+   *  while disconnected is sent on reconnect. `chat:read` handlers hear of it at once. */
+  markRead(conversationId: number, seq: number): void {
+    if (seq <= (this.readSent.get(conversationId) ?? 0) || seq <= (this.readUnsent.get(conversationId) ?? 0)) return;
+    if (this.statusValue.state === "open") this.sendRead(conversationId, seq);
+    else this.readUnsent.set(conversationId, seq);
+    const user = this.userId;
+    if (user !== null) {
+      const payload = { conversation_id: conversationId, user_id: user, seq };
+      this.emit("chat:read", payload, { type: "chat:read", payload });
+    }
+  }
+
+  private sendRead(conversationId: number, seq: number): void {
+    if (this.send("chat:read", { conversation_id: conversationId, seq })) this.readSent.set(conversationId, seq);
+    else this.readUnsent.set(conversationId, seq);
+  }
+
+  /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. */
+  history(conversationId: number, options: { beforeSeq?: number; limit?: number } = {}): Promise<Reply<"chat:history">> {
+    const payload: RequestPayloads["chat:history"] = { conversation_id: conversationId };
+    if (options.beforeSeq !== undefined) payload.before_seq = options.beforeSeq;
+    if (options.limit !== undefined) payload.limit = options.limit;
+    return this.request("chat:history", payload);
+  }
+
+  /** A direct conversation (one other member) or a group (more); resolves with it. */
+  async createConversation(members: string[], title?: string): Promise<Conversation> {
+    const payload: RequestPayloads["conversation:create"] = { members };
+    if (title !== undefined) payload.title = title;
+    return (await this.request("conversation:create", payload)).conversation;
+  }
+
+  /** One page of this user's conversations, newest activity first, with unread counts. */
+  listConversations(options: { cursor?: string; limit?: number } = {}): Promise<ConversationListResult> {
+    const payload: RequestPayloads["conversation:list"] = {};
+    if (options.cursor !== undefined) payload.cursor = options.cursor;
+    if (options.limit !== undefined) payload.limit = options.limit;
+    return this.request("conversation:list", payload);
+  }
+
+  /** Which of *userIds* are online (only contacts can be seen); asks in pages of 500. */
+  async presence(userIds: string[]): Promise<string[]> {
+    const online: string[] = [];
+    for (let i = 0; i < userIds.length; i += 500) {
+      online.push(...(await this.request("presence:query", { user_ids: userIds.slice(i, i + 500) })).online);
+    }
+    return online;
+  }
+
+  /** Leave a conversation. */
+  async leaveConversation(conversationId: number): Promise<void> {
+    await this.request("conversation:leave", { conversation_id: conversationId });
+  }
+
+  /** The last seq this client has of each conversation: keep them to pass as `cursors` next time. */
+  cursors(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [id, seen] of this.seen) out[String(id)] = seen.high;
+    return out;
+  }
+}
+
+/** Move the contiguous mark over the seqs that now follow it; let the oldest go past a bound. */
+function absorb(seen: Seen): void {
+  while (seen.above.has(seen.high + 1)) {
+    seen.high += 1;
+    seen.above.delete(seen.high);
+  }
+  while (seen.above.size > MAX_SEEN_ABOVE) {
+    seen.high = Math.min(...seen.above);
+    seen.above.delete(seen.high);
+    absorb(seen);
+  }
+}
+
+/** A listener's exception must not break the client, nor vanish. */
+function reportLater(error: unknown): void {
+  const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+  if (typeof report === "function") report(error);
+  else setTimeout(() => { throw error; }, 0);
+}
