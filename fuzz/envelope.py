@@ -107,8 +107,9 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def _id_ok(value: object, low: int = 1) -> bool:
-    return type(value) is int and low <= value < MAX_ID
+def _id_ok(value: object) -> bool:
+    """An id or a seq as a request may name it: 0 (which names nothing) to 2^53 - 1."""
+    return type(value) is int and 0 <= value < MAX_ID
 
 
 def _users_ok(users: list[Any], high: int) -> bool:
@@ -131,7 +132,7 @@ def _check_send(p: dict[str, Any]) -> None:
 
 def _check_read(p: dict[str, Any]) -> None:
     req = wire.ReadRequest.parse(p)
-    assert _id_ok(req.conversation_id) and _id_ok(req.seq, 0), req
+    assert _id_ok(req.conversation_id) and _id_ok(req.seq), req
 
 
 def _check_history(p: dict[str, Any]) -> None:
@@ -142,7 +143,7 @@ def _check_history(p: dict[str, Any]) -> None:
 
 def _check_sync(p: dict[str, Any]) -> None:
     req = wire.SyncRequest.parse(p)
-    assert all(_id_ok(c) and _id_ok(s, 0) for c, s in req.cursors.items()), req
+    assert all(_id_ok(c) and _id_ok(s) for c, s in req.cursors.items()), req
 
 
 def _check_create(p: dict[str, Any]) -> None:

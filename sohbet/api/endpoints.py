@@ -137,10 +137,9 @@ def _query(request: Request, integers: frozenset[str] = frozenset()) -> dict[str
 
 
 def _conversation(params: dict[str, str]) -> ConversationId:
-    value = _integer("the conversation id", params["id"])
-    if not 1 <= value < MAX_ID:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"the conversation id must be 1-{MAX_ID - 1}")
-    return ConversationId(value)
+    """The conversation id of the path, in the WebSocket's range (`wire.conversation_of`): 0 is
+    well-formed, and names no conversation (403 for a user, 404 for the backend)."""
+    return wire.conversation_of({"conversation_id": _integer("the conversation id", params["id"])})
 
 
 def _user(params: dict[str, str]) -> UserId:

@@ -200,7 +200,7 @@ def conversation_object(c: Conversation, with_unread: bool = False) -> dict[str,
 # --- field readers ---------------------------------------------------------------------------
 
 
-def _int(payload: dict[str, Any], key: str, *, low: int = 1, high: int = MAX_ID - 1, default: int | None = None) -> int:
+def _int(payload: dict[str, Any], key: str, *, low: int, high: int, default: int | None = None) -> int:
     value = payload.get(key)
     if value is None:
         if default is not None:
@@ -213,8 +213,15 @@ def _int(payload: dict[str, Any], key: str, *, low: int = 1, high: int = MAX_ID 
     return value
 
 
+def _id(payload: dict[str, Any], key: str) -> int:
+    """An id or a seq a request names: 0 to 2^53 - 1 (docs/protocol.md, "Messages"). Nothing
+    stored has 0 (ids and seqs count from 1), yet 0 is well-formed: it names nothing, so it gets
+    what any id that is not the asker's gets (`forbidden`, an empty page), never `bad_request`."""
+    return _int(payload, key, low=0, high=MAX_ID - 1)
+
+
 def _conversation_id(payload: dict[str, Any]) -> ConversationId:
-    return ConversationId(_int(payload, "conversation_id"))
+    return ConversationId(_id(payload, "conversation_id"))
 
 
 def _text(payload: dict[str, Any], key: str, high: int, *, required: bool = True) -> str | None:
@@ -281,7 +288,7 @@ class ReadRequest(NamedTuple):
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> ReadRequest:
         """Validate `chat:read`."""
-        return cls(_conversation_id(payload), _int(payload, "seq", low=0))
+        return cls(_conversation_id(payload), _id(payload, "seq"))
 
 
 class HistoryRequest(NamedTuple):
@@ -295,8 +302,8 @@ class HistoryRequest(NamedTuple):
         before = payload.get("before_seq")
         return cls(
             _conversation_id(payload),
-            None if before is None else _int(payload, "before_seq", low=1),
-            _int(payload, "limit", high=100, default=50),
+            None if before is None else _id(payload, "before_seq"),
+            _int(payload, "limit", low=1, high=100, default=50),
         )
 
 
@@ -311,8 +318,9 @@ class SyncRequest(NamedTuple):
             raise _bad("cursors must be an object")
         cursors: dict[ConversationId, int] = {}
         for key, seq in raw.items():
-            # isascii: isdigit alone accepts digits such as "²" and "٣" that are not ids.
-            if not (key.isascii() and key.isdigit() and len(key) <= _MAX_ID_DIGITS and 1 <= int(key) < MAX_ID):
+            # isascii: isdigit alone accepts digits such as "²" and "٣" that are not ids. "0" is
+            # one (as in `_id`): it names no conversation, so `sync:done` lists it as forbidden.
+            if not (key.isascii() and key.isdigit() and len(key) <= _MAX_ID_DIGITS and int(key) < MAX_ID):
                 raise _bad(f"cursor key {key[:20]!r} is not a conversation id")
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_ID:
                 raise _bad(f"cursor for {key} must be a seq (an integer of 0 or more)")
@@ -338,7 +346,7 @@ class ListRequest(NamedTuple):
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> ListRequest:
         """Validate `conversation:list` (limit 1-100, default 50)."""
-        return cls(_cursor(payload), _int(payload, "limit", high=100, default=50))
+        return cls(_cursor(payload), _int(payload, "limit", low=1, high=100, default=50))
 
 
 class MembersRequest(NamedTuple):
@@ -351,7 +359,7 @@ class MembersRequest(NamedTuple):
         """Validate `conversation:members` (limit 1-1000, default 100)."""
         # The cursor is the last user id of the previous page: anything else is not one we made.
         cursor = _text(payload, "cursor", MAX_USER_ID_CHARS, required=False)
-        return cls(_conversation_id(payload), cursor, _int(payload, "limit", high=1000, default=100))
+        return cls(_conversation_id(payload), cursor, _int(payload, "limit", low=1, high=1000, default=100))
 
 
 class PresenceQuery(NamedTuple):
@@ -401,7 +409,7 @@ class OnlineQuery(NamedTuple):
     def parse(cls, query: dict[str, Any]) -> OnlineQuery:
         """Validate a page (limit 1-1000, default 100); the cursor is the last user id of the page before."""
         cursor = _text(query, "cursor", MAX_USER_ID_CHARS, required=False)
-        return cls(None if cursor is None else UserId(cursor), _int(query, "limit", high=1000, default=100))
+        return cls(None if cursor is None else UserId(cursor), _int(query, "limit", low=1, high=1000, default=100))
 
 
 class MemberRequest(NamedTuple):

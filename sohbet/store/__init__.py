@@ -30,6 +30,7 @@ __all__ = [
     "decode_cursor",
     "direct_key",
     "encode_cursor",
+    "history_end",
     "history_page_of",
     "members_page_of",
     "migrations",
@@ -75,6 +76,12 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 def members_page_of(users: Sequence[UserId], limit: int) -> tuple[list[UserId], str | None]:
     """A members page from up to *limit* + 1 rows: the extra row only says that more follow."""
     return list(users[:limit]), (users[limit - 1] if len(users) > limit else None)
+
+
+def history_end(before_seq: int | None) -> int:
+    """The seq a history page ends below: *before_seq*, or above every seq when there is none.
+    (Not `before_seq or NO_SEQ`: 0 is a `before_seq` too, below every message: an empty page.)"""
+    return NO_SEQ if before_seq is None else before_seq
 
 
 def history_page_of(newest_first: Sequence[T], limit: int) -> tuple[list[T], bool]:

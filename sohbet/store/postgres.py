@@ -45,13 +45,13 @@ from sohbet.chat.model import (
 from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import (
     INSTANCE_LOCKED,
-    NO_SEQ,
     UNREAD_CAP,
     InstanceLocked,
     Span,
     decode_cursor,
     direct_key,
     encode_cursor,
+    history_end,
     history_page_of,
     members_page_of,
     migrations,
@@ -527,7 +527,7 @@ class PostgresStore:
     async def history(  # see MessageStore
         self, conversation_id: ConversationId, before_seq: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
-        rows = await self._fetch(_HISTORY, conversation_id, before_seq or NO_SEQ, limit + 1)
+        rows = await self._fetch(_HISTORY, conversation_id, history_end(before_seq), limit + 1)
         return history_page_of([_message(r) for r in rows], limit)
 
     async def messages_between(self, spans: Sequence[Span]) -> list[StoredMessage]:  # see MessageStore

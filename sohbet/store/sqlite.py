@@ -32,13 +32,13 @@ from sohbet.chat.model import (
 from sohbet.errors import StoreUnavailable
 from sohbet.store import (
     INSTANCE_LOCKED,
-    NO_SEQ,
     UNREAD_CAP,
     InstanceLocked,
     Span,
     decode_cursor,
     direct_key,
     encode_cursor,
+    history_end,
     history_page_of,
     members_page_of,
     migrations,
@@ -239,7 +239,7 @@ class SqliteStore:
         self, conversation_id: ConversationId, before_seq: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
         def history(db: sqlite3.Connection) -> tuple[list[StoredMessage], bool]:
-            rows = db.execute(_HISTORY, (conversation_id, before_seq or NO_SEQ, limit + 1)).fetchall()
+            rows = db.execute(_HISTORY, (conversation_id, history_end(before_seq), limit + 1)).fetchall()
             return history_page_of([_message(r) for r in rows], limit)
 
         return await self._run(history)

@@ -227,7 +227,10 @@ def test_history_for_users_and_the_backend(run: Run, database_url: str) -> None:
             assert [m["seq"] for m in whole["messages"]] == [1, 2, 3, 4, 5]
             status, body, _ = await api.call("GET", "/api/conversations/424242/messages", headers=BACKEND)
             assert (status, body["error"]["code"]) == (404, "not_found")
-            for query in ("limit=abc", "limit=0", "limit=101", "limit=1&limit=2", "before_seq=-1", "before_seq=0"):
+            empty = {"messages": [], "has_more": False}
+            for caller in (as_user("alice"), BACKEND):  # 0 is below every seq: an empty page, not "absent"
+                assert await api.ok("GET", f"{path}?before_seq=0", headers=caller) == empty
+            for query in ("limit=abc", "limit=0", "limit=101", "limit=1&limit=2", "before_seq=-1", "before_seq=1.0"):
                 for caller in (as_user("alice"), BACKEND):
                     status, body, _ = await api.call("GET", f"{path}?{query}", headers=caller)
                     assert (status, body["error"]["code"]) == (400, "bad_request"), query
@@ -518,9 +521,22 @@ def test_bodies_must_be_json_objects_within_the_limit(run: Run, tmp_path: Any) -
 def test_ids_in_paths(run: Run, database_url: str) -> None:
     async def main() -> None:
         async with chat_server(database_url) as h, api_of(h) as api:
-            for cid in ("abc", "0", "9007199254740992", "1.5", "-1", "99999999999999999999"):
+            for cid in ("abc", "9007199254740992", "1.5", "-1", "+1", "1e3", "99999999999999999999"):
                 status, body, _ = await api.call("GET", f"/api/conversations/{cid}/messages", headers=BACKEND)
                 assert (status, body["error"]["code"]) == (400, "bad_request"), cid
+            # 0 is an id, of no conversation: answered as any other that does not exist, a user's
+            # 403 (nobody learns which exist) and the backend's 404.
+            zero = "/api/conversations/0"
+            for method, path, body, caller, answer in [
+                ("GET", f"{zero}/messages", None, as_user("alice"), (403, "forbidden")),
+                ("GET", f"{zero}/messages", None, BACKEND, (404, "not_found")),
+                ("POST", f"{zero}/messages", {"content": "x"}, as_user("alice"), (403, "forbidden")),
+                ("POST", f"{zero}/messages", {"sender_id": "alice", "content": "x"}, BACKEND, (404, "not_found")),
+                ("POST", f"{zero}/members", {"user_id": "alice"}, BACKEND, (404, "not_found")),
+                ("DELETE", f"{zero}/members/alice", None, BACKEND, (404, "not_found")),
+            ]:
+                status, got, _ = await api.call(method, path, json=body, headers=caller)
+                assert (status, got["error"]["code"]) == answer, (method, path)
             odd = await h.connect("a b/ç")
             presence = await api.ok("GET", "/api/users/a%20b%2F%C3%A7/presence", headers=BACKEND)
             assert presence == {"user_id": "a b/ç", "online": True, "connections": 1}

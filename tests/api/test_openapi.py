@@ -375,7 +375,7 @@ async def walk(h: Harness, api: Client) -> None:
     await api.call("POST", members, 200, BACKEND, json={"user_id": "dave"})
     await api.call("POST", members, 413, BACKEND, json={"user_id": "erin"})  # four is full here
     await api.call("POST", f"/api/conversations/{direct['id']}/members", 400, BACKEND, json={"user_id": "r"})
-    await api.call("POST", "/api/conversations/0/members", 400, BACKEND, json={"user_id": "r"})
+    await api.call("POST", "/api/conversations/0/members", 404, BACKEND, json={"user_id": "r"})  # 0: an id of none
     await api.call("POST", members, 401, FORGED, json={"user_id": "r"})
     await api.call("POST", members, 403, as_user("alice"), json={"user_id": "r"})
     await api.call("POST", "/api/conversations/777777/members", 404, BACKEND, json={"user_id": "r"})
@@ -417,7 +417,9 @@ async def walk(h: Harness, api: Client) -> None:
     assert len(history["messages"]) == 2 and history["has_more"] is True
     await api.call("GET", f"{messages}?before_seq=2", 200, BACKEND)
     await api.call("GET", f"{messages}?limit=0", 400, BACKEND)
-    await api.call("GET", f"{messages}?before_seq=0", 400, as_user("alice"))
+    below_all = await api.call("GET", f"{messages}?before_seq=0", 200, as_user("alice"))
+    assert below_all == {"messages": [], "has_more": False}
+    await api.call("GET", f"{messages}?before_seq=-1", 400, as_user("alice"))
     await api.call("GET", messages, 401, FORGED)
     await api.call("GET", messages, 403, as_user("dave"))
     await api.call("GET", "/api/conversations/424242/messages", 404, BACKEND)

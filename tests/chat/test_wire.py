@@ -68,15 +68,30 @@ def test_message_object() -> None:
     ("payload", "code"),
     [
         ({"conversation_id": 1, "content": "x", "client_id": "c"}, None),
-        ({"conversation_id": 0, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": -1, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": MAX_ID, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": False, "content": "x", "client_id": "c"}, "bad_request"),  # not 0
         ({"conversation_id": 1.5, "content": "x", "client_id": "c"}, "bad_request"),
+        ({"conversation_id": 1.0, "content": "x", "client_id": "c"}, "bad_request"),
         ({"conversation_id": 1, "content": None, "client_id": "c"}, "bad_request"),
         ({"conversation_id": 1, "content": "x", "client_id": ""}, "bad_request"),
         ({"conversation_id": 1, "content": "x", "client_id": 3}, "bad_request"),
         ({"conversation_id": 1, "content": "x" * 11, "client_id": "c"}, "too_large"),
         ({"conversation_id": 1, "content": "x" * 11, "client_id": 3}, "bad_request"),  # bad_request first
     ],
-    ids=["ok", "id-zero", "id-float", "no-content", "empty-client-id", "client-id-number", "too-long", "both"],
+    ids=[
+        "ok",
+        "id-negative",
+        "id-2^53",
+        "id-false",
+        "id-float",
+        "id-integral-float",
+        "no-content",
+        "empty-client-id",
+        "client-id-number",
+        "too-long",
+        "both",
+    ],
 )
 def test_send_request(payload: dict[str, Any], code: str | None) -> None:
     if code is None:
@@ -104,14 +119,28 @@ def test_other_requests() -> None:
     assert m.SyncRequest.parse({"cursors": {highest: 0}}) == ({MAX_ID - 1: 0},)
 
 
+def test_zero_is_an_id_and_a_seq() -> None:
+    """0 to 2^53 - 1 (PROTOCOL.md): 0 names nothing that exists, and the service answers it so
+    (`forbidden`, an empty page); it is well-formed, and `before_seq: 0` is not "absent"."""
+    assert m.SendRequest.parse({"conversation_id": 0, "content": "x", "client_id": "c"}, 10) == (0, "x", "c")
+    assert m.ReadRequest.parse({"conversation_id": 0, "seq": 0}) == (0, 0)
+    assert m.HistoryRequest.parse({"conversation_id": 0, "before_seq": 0}) == (0, 0, 50)
+    assert m.SyncRequest.parse({"cursors": {"0": 0}}) == ({0: 0},)
+    assert m.MembersRequest.parse({"conversation_id": 0}) == (0, None, 100)
+    assert m.conversation_of({"conversation_id": 0}) == 0
+
+
 @pytest.mark.parametrize(
     ("call", "code"),
     [
         (lambda: m.HistoryRequest.parse({"conversation_id": 1, "limit": 101}), "bad_request"),
-        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "before_seq": 0}), "bad_request"),
+        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "before_seq": -1}), "bad_request"),
+        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "before_seq": MAX_ID}), "bad_request"),
+        (lambda: m.HistoryRequest.parse({"conversation_id": 1, "before_seq": False}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": []}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"abc": 1}}), "bad_request"),
-        (lambda: m.SyncRequest.parse({"cursors": {"0": 1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"-1": 1}}), "bad_request"),
+        (lambda: m.SyncRequest.parse({"cursors": {"": 1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {str(MAX_ID): 1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"1": -1}}), "bad_request"),
         (lambda: m.SyncRequest.parse({"cursors": {"1": True}}), "bad_request"),
@@ -130,10 +159,13 @@ def test_other_requests() -> None:
     ],
     ids=[
         "history-limit",
-        "history-before-zero",
+        "history-before-negative",
+        "history-before-2^53",
+        "history-before-false",
         "cursors-list",
         "cursor-key",
-        "cursor-key-zero",
+        "cursor-key-negative",
+        "cursor-key-empty",
         "cursor-key-max-id",
         "cursor-negative",
         "cursor-bool",

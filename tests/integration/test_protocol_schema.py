@@ -227,6 +227,9 @@ def test_every_message_the_server_sends_is_described_by_the_schema(run: Run, dat
             await traffic.refused(alice, "chat:send", {**send, "client_id": ""}, BAD, valid=False)
             await traffic.refused(alice, "chat:send", {**send, "content": "x" * 4001}, TOO_LARGE, valid=False)
             await traffic.refused(alice, "chat:send", {**send, "conversation_id": NOBODYS}, FORBIDDEN, valid=True)
+            # 0 is an id (of no conversation), and the schema says so; -1 is none.
+            await traffic.refused(alice, "chat:send", {**send, "conversation_id": 0}, FORBIDDEN, valid=True)
+            await traffic.refused(alice, "chat:send", {**send, "conversation_id": -1}, BAD, valid=False)
 
             # chat:typing to the other members; chat:read to every other connection
             await traffic.signal(alice, "chat:typing", {"conversation_id": group})
@@ -245,13 +248,15 @@ def test_every_message_the_server_sends_is_described_by_the_schema(run: Run, dat
             assert page["has_more"] is True and [m["seq"] for m in page["messages"]] == [2, 3]
             older = await traffic.ok(alice, "chat:history", {"conversation_id": group, "before_seq": 2})
             assert older["has_more"] is False
+            below_all = await traffic.ok(alice, "chat:history", {"conversation_id": group, "before_seq": 0})
+            assert below_all == {"conversation_id": group, "messages": [], "has_more": False}
             await traffic.refused(alice, "chat:history", {"conversation_id": group, "limit": 101}, BAD, valid=False)
             await traffic.refused(alice, "chat:history", {"conversation_id": NOBODYS}, FORBIDDEN, valid=True)
 
             # sync: replayed chat:message, then sync:done; cut short, then rate_limited
             await traffic.refused(alice, "sync", {"cursors": {"plans": 0}}, BAD, valid=False)
-            done = await traffic.ok(alice, "sync", {"cursors": {str(group): 0, str(NOBODYS): 0}})
-            assert done["complete"] is False and done["forbidden"] == [NOBODYS]
+            done = await traffic.ok(alice, "sync", {"cursors": {str(group): 0, str(NOBODYS): 0, "0": 0}})
+            assert done["complete"] is False and done["forbidden"] == [NOBODYS, 0]
             assert done["conversations"] == {str(group): 2, str(direct["id"]): 0}
             done = await traffic.ok(alice, "sync", {"cursors": done["conversations"]})
             assert done["complete"] is True and done["forbidden"] == []

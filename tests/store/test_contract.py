@@ -157,6 +157,10 @@ def test_history_after_and_read_positions(run: Run, database_url: str) -> None:
         assert [m.seq for m in page] == [5, 6, 7] and more
         page, more = await store.history(cid, 2, 3)
         assert [m.seq for m in page] == [1] and not more
+        assert await store.history(cid, 0, 3) == ([], False)  # below every seq: not "no before_seq"
+        nothing = ConversationId(0)  # a request may name it; no conversation has it
+        assert await store.history(nothing, None, 3) == ([], False)
+        assert await store.last_seqs([nothing]) == {} and await store.conversation(nothing) is None
         other, _ = await store.create_conversation([A, C], None, "direct", 0)
         await store.append([msg(other.id, A, f"o{i}") for i in range(3)], 10)
         spans = [(other.id, 1, 3), (cid, 4, 6), (ConversationId(424242), 0, 5), (cid, 0, 1)]

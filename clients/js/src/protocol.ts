@@ -39,6 +39,13 @@ export type UserId = string;
 /** A conversation's id: a JSON integer below 2^53, so every client holds it exactly. */
 export type ConversationId = number;
 
+/**
+ * A conversation id as a request names it: 0 to 2^53 - 1. No conversation has id 0 (ids count from
+ * 1), but naming it is well-formed: like any conversation that is not the user's, it is
+ * `forbidden`, never `bad_request`.
+ */
+export type RequestedConversationId = number;
+
 /** A message's id, unique across the server (not only within its conversation). */
 export type MessageId = number;
 
@@ -47,6 +54,12 @@ export type MessageId = number;
  * it missed.
  */
 export type Seq = number;
+
+/**
+ * A seq as a request names it: 0 to 2^53 - 1. No message has seq 0 (seqs count from 1), so 0 is the
+ * position before the first message.
+ */
+export type RequestedSeq = number;
 
 /**
  * The sender's idempotency key for a message (1-128 characters, without U+0000):
@@ -152,7 +165,7 @@ export interface Limits {
  * `client_id` again, to any conversation, acks the original message and stores nothing.
  */
 export interface ChatSend {
-  conversation_id: ConversationId;
+  conversation_id: RequestedConversationId;
   /**
    * 1-4000 characters (the server's `max_content_chars`, in `hello.limits`), without U+0000; longer
    * is `too_large`.
@@ -167,7 +180,7 @@ export interface ChatSend {
  * silently.
  */
 export interface ChatTyping {
-  conversation_id: ConversationId;
+  conversation_id: RequestedConversationId;
 }
 
 /**
@@ -176,9 +189,9 @@ export interface ChatTyping {
  * fails.
  */
 export interface ChatRead {
-  conversation_id: ConversationId;
+  conversation_id: RequestedConversationId;
   /** The last seq read; clamped to the conversation's `last_seq`. */
-  seq: number;
+  seq: RequestedSeq;
 }
 
 /**
@@ -186,9 +199,12 @@ export interface ChatRead {
  * `seq < before_seq`.
  */
 export interface ChatHistory {
-  conversation_id: ConversationId;
-  /** Only messages with a lower seq (the oldest seq of the page before); without it, the newest. */
-  before_seq?: Seq;
+  conversation_id: RequestedConversationId;
+  /**
+   * Only messages with a lower seq (the oldest seq of the page before); without it, the newest. 0
+   * is an empty page.
+   */
+  before_seq?: RequestedSeq;
   /**
    * How many messages at most.
    * @default 50
@@ -202,10 +218,12 @@ export interface ChatHistory {
  */
 export interface Sync {
   /**
-   * The last seq seen, per conversation id (written as a string of ASCII digits, 1 to 2^53 - 1).
+   * The last seq seen (0: none), per conversation id (a `RequestedConversationId` written as a
+   * string of ASCII digits, 0 to 2^53 - 1; one that is not the user's comes back in
+   * `sync:done.forbidden`).
    * @default {}
    */
-  cursors?: Record<string, number>;
+  cursors?: Record<string, RequestedSeq>;
 }
 
 /**
@@ -237,7 +255,7 @@ export interface ConversationList {
 
 /** A page of a conversation's members, by user id, answered with `conversation:members`. */
 export interface ConversationMembers {
-  conversation_id: ConversationId;
+  conversation_id: RequestedConversationId;
   /** The `next_cursor` of the previous page, as handed out. */
   cursor?: string;
   /**
@@ -253,7 +271,7 @@ export interface ConversationMembers {
  * once.
  */
 export interface ConversationLeave {
-  conversation_id: ConversationId;
+  conversation_id: RequestedConversationId;
 }
 
 /**
@@ -349,8 +367,10 @@ export interface SyncDone {
    * known. Use these as the next cursors.
    */
   conversations: Record<string, number>;
-  /** The conversation ids the request named that are not the user's. */
-  forbidden: ConversationId[];
+  /**
+   * The conversation ids the request named that are not the user's (0 among them, if it was named).
+   */
+  forbidden: RequestedConversationId[];
   /**
    * False when a limit cut the replay short (1000 messages per conversation, 10,000 per call by
    * default): call `sync` again with `conversations` as the cursors.

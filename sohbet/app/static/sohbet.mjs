@@ -1,4 +1,4 @@
-// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 fd5361a870b79211d08a1843e7b28e2d8c93931504972cd85ea36b7d20b72550); do not edit.
+// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 2096b0a0a39d2545e68d8c306fde009b817fb8dbcfa11d5b99e400fbff94a90c); do not edit.
 
 // src/client.ts
 var SUBPROTOCOL = "sohbet.v1";
