@@ -44,6 +44,10 @@ JAVASCRIPT: Final = "text/javascript; charset=utf-8"  # RFC 9239 §6
 HTML: Final = "text/html; charset=utf-8"
 CSS: Final = "text/css; charset=utf-8"
 _STATIC: Final = "static"
+#: A module script from another origin is fetched in CORS mode (HTML, "fetch a module script"):
+#: an application served elsewhere imports the client only if the server allows it. The file is
+#: public and carries no credential, so any origin may.
+ANY_ORIGIN: Final = (("Access-Control-Allow-Origin", "*"),)
 #: The opaque part of each entity-tag in an `If-None-Match` list (RFC 9110 §8.8.3), weak (`W/`)
 #: or not. Found, not split on commas: a comma may stand inside the quotes.
 _OPAQUE_TAG: Final = re.compile(r'"[^"]*"')
@@ -69,26 +73,26 @@ class StaticFile:
 
     __slots__ = ("_full", "_unchanged", "body", "content_type", "etag")
 
-    def __init__(self, body: bytes, content_type: str) -> None:
+    def __init__(self, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.body = body
         self.content_type = content_type
         # Strong: these bytes, and only they, carry this tag (128 bits of BLAKE2b), whichever
         # server process answers, so a restart or a second instance revalidates the same copy.
         self.etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
-        headers = (("ETag", self.etag), ("Cache-Control", CACHE_CONTROL))
+        headers = (("ETag", self.etag), ("Cache-Control", CACHE_CONTROL), *headers)
         self._full = Response(HTTPStatus.OK, body, content_type, headers)
         # A 304 carries the headers the 200 would (RFC 9110 §15.4.5: ETag, Cache-Control) and no
         # body; `http11.http_response` then writes neither Content-Type nor Content-Length.
         self._unchanged = Response(HTTPStatus.NOT_MODIFIED, b"", content_type, headers)
 
     @classmethod
-    def shipped(cls, name: str, content_type: str) -> StaticFile:
+    def shipped(cls, name: str, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> StaticFile:
         """Read the package file `sohbet/app/static/<name>`.
 
         Raises:
             OSError: the file is not there (a broken build: the server does not start).
         """
-        return cls(files("sohbet.app").joinpath(_STATIC, name).read_bytes(), content_type)
+        return cls(files("sohbet.app").joinpath(_STATIC, name).read_bytes(), content_type, headers)
 
     def answer(self, request: Request, params: dict[str, str]) -> Response:
         """The route handler: 304 when the client's copy is current, else the file."""
@@ -102,4 +106,4 @@ def serve(router: Router, path: str, file: StaticFile) -> None:
 
 def serve_client(router: Router) -> None:
     """Serve the browser client module at `CLIENT_PATH`, read from the package now."""
-    serve(router, CLIENT_PATH, StaticFile.shipped(CLIENT_FILE, JAVASCRIPT))
+    serve(router, CLIENT_PATH, StaticFile.shipped(CLIENT_FILE, JAVASCRIPT, ANY_ORIGIN))

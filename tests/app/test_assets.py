@@ -42,6 +42,9 @@ def test_the_client_module_is_the_package_file_as_javascript_with_a_strong_etag(
                 assert await r.read() == SHIPPED
                 assert r.headers["Content-Type"] == "text/javascript; charset=utf-8"
                 assert r.headers["Cache-Control"] == "public, max-age=300"
+                # An application on another origin may import it (a module script is fetched
+                # in CORS mode).
+                assert r.headers["Access-Control-Allow-Origin"] == "*"
                 etags.append(r.headers["ETag"])
         return etags
 

@@ -28,20 +28,25 @@ SHIPPED = ROOT / "sohbet" / "app" / "static" / "sohbet.mjs"
 NPM_TIMEOUT_S = 900
 
 
-def sources_digest() -> str:
-    """As `sourcesDigest` in clients/js/scripts/build.mjs: every file of src/, by name."""
+def sources_digest(*dirs: str) -> str:
+    """As `sourcesDigest` in clients/js/scripts/build.mjs: every file of *dirs*, by name."""
     digest = hashlib.sha256()
-    for path in sorted((PACKAGE / "src").iterdir(), key=lambda p: p.name):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for folder in dirs:
+        for path in sorted((PACKAGE / folder).iterdir(), key=lambda p: p.name):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def test_the_shipped_client_is_built_from_the_sources_beside_it() -> None:
-    first_line = SHIPPED.read_text(encoding="utf-8").partition("\n")[0]
+@pytest.mark.parametrize(
+    ("shipped", "dirs"), [("sohbet.mjs", ("src",)), ("demo.mjs", ("demo", "src"))], ids=["client", "demo"]
+)
+def test_the_shipped_modules_are_built_from_the_sources_beside_them(shipped: str, dirs: tuple[str, ...]) -> None:
+    path = SHIPPED.parent / shipped
+    first_line = path.read_text(encoding="utf-8").partition("\n")[0]
     found = re.search(r"sources sha256 ([0-9a-f]{64})", first_line)
-    assert found is not None, f"{SHIPPED} does not say what it was built from: {first_line!r}"
-    assert found[1] == sources_digest(), (
-        f"{SHIPPED.relative_to(ROOT)} is stale: clients/js/src changed since it was built; "
+    assert found is not None, f"{path} does not say what it was built from: {first_line!r}"
+    assert found[1] == sources_digest(*dirs), (
+        f"{path.relative_to(ROOT)} is stale: clients/js/{' and '.join(dirs)} changed since it was built; "
         "run `npm run build` in clients/js and commit the result"
     )
 

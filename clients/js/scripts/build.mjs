@@ -18,13 +18,16 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const statics = join(root, "..", "..", "sohbet", "app", "static");
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 
-/** sha256 over every file of src/, by name: what the shipped module was built from. */
-export function sourcesDigest() {
+/** sha256 over every file of the given directories (src/, and demo/ for the demo), by name:
+ *  what a shipped module was built from. */
+export function sourcesDigest(...dirs) {
   const hash = createHash("sha256");
-  for (const name of readdirSync(join(root, "src")).sort()) {
-    hash.update(name + "\0");
-    hash.update(readFileSync(join(root, "src", name)));
-    hash.update("\0");
+  for (const dir of dirs.length ? dirs : ["src"]) {
+    for (const name of readdirSync(join(root, dir)).sort()) {
+      hash.update(name + "\0");
+      hash.update(readFileSync(join(root, dir, name)));
+      hash.update("\0");
+    }
   }
   return hash.digest("hex");
 }
@@ -68,6 +71,8 @@ if (existsSync(join(root, "demo", "demo.tsx"))) {
     jsx: "automatic",
     minify: true,
     define: { "process.env.NODE_ENV": '"production"' },
-    banner: { js: "// The sohbet demo page: built by clients/js/scripts/build.mjs from clients/js/demo; do not edit." },
+    banner: {
+      js: `// The sohbet demo page: built by clients/js/scripts/build.mjs from clients/js/demo and src (sources sha256 ${sourcesDigest("demo", "src")}); do not edit.`,
+    },
   });
 }

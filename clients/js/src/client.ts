@@ -27,6 +27,7 @@ import type {
   RequestType,
   SyncDone,
 } from "./protocol.js";
+import { REPLY_TYPES } from "./protocol.js";
 
 /** The subprotocol of this protocol version. */
 export const SUBPROTOCOL = "sohbet.v1";
@@ -144,6 +145,16 @@ export interface SohbetClientOptions {
   reconnect?: ReconnectOptions | false;
   /** Default time limit of `request` and friends (default 15 s). */
   requestTimeoutMs?: number;
+  /** A connection that has not said `hello` this long after it was opened is given up and
+   *  tried again (default 15 s): a blackholed network must not leave the client "connecting". */
+  connectTimeoutMs?: number;
+  /** When the browser comes back online or the page becomes visible while the client thinks it
+   *  is connected, it asks the server something; no answer within this long and the connection
+   *  is taken as dead and replaced (default 5 s). */
+  probeTimeoutMs?: number;
+  /** With `getToken`: how long before the token's `exp` the client gets a new one and sends
+   *  `auth:refresh`, so the connection never closes for an expired token (default 30 s). */
+  refreshBeforeExpiryMs?: number;
   /** Typing indicators are sent at most this often per conversation: the server forwards one
    *  per 2 s anyway (default 2000). */
   typingIntervalMs?: number;
@@ -179,13 +190,23 @@ interface Call {
   readonly ref: string;
   readonly type: string;
   readonly payload: object;
-  /** Resend after a connection loss (an idempotent chat:send) rather than fail. */
-  readonly outbox: boolean;
+  /** A chat:send of the outbox: re-sent after a connection loss (it is idempotent) rather than failed. */
+  readonly outbox: OutboxMessage | null;
   sentOn: WebSocketLike | null;
   timer: unknown;
-  retryTimer: unknown;
+  /** Times it was answered `rate_limited` for a moment (requests in flight) and sent again. */
+  retries: number;
   resolve(payload: unknown): void;
   reject(error: SohbetError): void;
+}
+
+/** A message of the outbox: sent, or waiting to be, and not yet stored. */
+export interface OutboxMessage {
+  readonly clientId: string;
+  readonly conversationId: number;
+  readonly content: string;
+  /** When it was handed to `sendChatMessage` (the clock's milliseconds). */
+  readonly createdAt: number;
 }
 
 /** What is known of one conversation's messages, to deduplicate and to sync from. */
@@ -194,12 +215,24 @@ interface Seen {
   high: number;
   /** Seqs seen above `high`, not yet contiguous with it. */
   above: Set<number>;
+  /** First met during a sync: `sync:done` sets where it starts. */
+  provisional?: boolean;
 }
 
 /** Seqs remembered above the contiguous mark per conversation; older ones are let go. */
 const MAX_SEEN_ABOVE = 5000;
-/** Errors after which a sent message is tried again (nothing was stored). */
-const TRANSIENT: ReadonlySet<string> = new Set(["unavailable", "rate_limited", "internal"]);
+/** Errors after which a sent message is tried again: nothing was stored or done. */
+const TRANSIENT: ReadonlySet<string> = new Set(["unavailable", "rate_limited"]);
+/** Messages of the outbox in flight at once, and one per conversation, so that they are stored
+ *  in the order they were sent and stay below the server's 8 requests in flight. */
+const OUTBOX_IN_FLIGHT = 2;
+/** A request answered `rate_limited` for at most this long (the server's requests-in-flight
+ *  cap says 100 ms) is sent again by itself: nothing was done, so it is safe for any request. */
+const BRIEF_LIMIT_MS = 250;
+const BRIEF_RETRIES = 5;
+/** A connection must stay up this long before the backoff starts again from its first step:
+ *  a server that accepts and then closes at once is not retried at full speed for ever. */
+const STABLE_MS = 10_000;
 /** WebSocket.OPEN. */
 const OPEN_STATE = 1;
 /** How long an error may go without its close event before it is taken as one. */
@@ -243,6 +276,16 @@ export class SohbetClient {
   private generation = 0;
   private everOpened = false;
   private retryTimer: unknown = null;
+  private helloTimer: unknown = null;
+  private stableTimer: unknown = null;
+  private refreshTimer: unknown = null;
+  private outboxTimer: unknown = null;
+  /** Failed attempts the backoff counts (reset once a connection has stayed up `STABLE_MS`). */
+  private failures = 0;
+  /** Consecutive transient refusals of the outbox's messages: its pause grows with them. */
+  private outboxRefusals = 0;
+  private stoppedWith: ClientErrorCode | null = null;
+  private syncing = false;
   private lastWasTokenExpiry = false;
   private statusValue: ConnectionStatus = {
     state: "closed",
@@ -260,15 +303,18 @@ export class SohbetClient {
   private refs = 0;
   /** Calls by ref, in the order made: unsent ones go out in this order once connected. */
   private readonly calls = new Map<string, Call>();
+  /** The outbox's calls, in the order the messages were sent. */
+  private readonly outboxCalls: Call[] = [];
+  private readonly outboxListeners = new Set<() => void>();
   private readonly seen = new Map<number, Seen>();
   private syncOnOpen: boolean;
   private readonly typingSentAt = new Map<number, number>();
   private readonly readSent = new Map<number, number>();
   private readonly readUnsent = new Map<number, number>();
 
-  private readonly onOnline = (): void => this.retryNow();
+  private readonly onOnline = (): void => this.checkNow();
   private readonly onVisible = (): void => {
-    if (this.env?.isVisible()) this.retryNow();
+    if (this.env?.isVisible()) this.checkNow();
   };
 
   constructor(options: SohbetClientOptions) {
@@ -340,6 +386,8 @@ export class SohbetClient {
     const waiting = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
     if (!this.running) {
       this.running = true;
+      this.stoppedWith = null;
+      this.failures = 0;
       this.env?.addEventListener("online", this.onOnline);
       this.env?.addEventListener("visibilitychange", this.onVisible);
       this.setStatus({ state: this.everOpened ? "reconnecting" : "connecting", nextRetryAt: null, attempt: 0, stoppedBecause: null });
@@ -356,10 +404,42 @@ export class SohbetClient {
   /** While waiting to reconnect, try now (the browser's `online` and `visibilitychange` do this). */
   retryNow(): void {
     if (!this.running || this.retryTimer === null) return;
-    this.clock.clearTimeout(this.retryTimer);
-    this.retryTimer = null;
+    this.clearTimer("retryTimer");
     this.setStatus({ nextRetryAt: null });
     void this.open();
+  }
+
+  /** The network may have changed (online again, the page visible again): retry at once if
+   *  waiting, or make sure the connection it thinks it has is alive. */
+  private checkNow(): void {
+    if (this.retryTimer !== null) {
+      this.retryNow();
+      return;
+    }
+    const ws = this.ws;
+    if (ws === null || this.statusValue.state !== "open") return;
+    const timeoutMs = this.options.probeTimeoutMs ?? 5000;
+    this.request("presence:query", { user_ids: [] }, { timeoutMs }).catch((error: SohbetError) => {
+      if (error.code === "timeout" && ws === this.ws) this.replace(ws, "no answer to a probe");
+    });
+  }
+
+  /** Give up on a connection that seems dead, as if it had closed abnormally. */
+  private replace(ws: WebSocketLike, why: string): void {
+    try {
+      ws.close(4000, why);
+    } catch {
+      // not open yet
+    }
+    this.closed(ws, CloseCodes.ABNORMAL, why);
+  }
+
+  private clearTimer(name: "retryTimer" | "helloTimer" | "stableTimer" | "refreshTimer" | "outboxTimer"): void {
+    const timer = this[name];
+    if (timer !== null) {
+      this.clock.clearTimeout(timer);
+      this[name] = null;
+    }
   }
 
   private async open(): Promise<void> {
@@ -375,6 +455,11 @@ export class SohbetClient {
     }
     if (generation !== this.generation || !this.running) return;
     this.token = token;
+    const exp = expiryOf(token);
+    if (this.options.getToken === undefined && exp !== null && exp * 1000 <= Date.now()) {
+      this.stop("closed", "the token has expired and there is no getToken to get a new one", null);
+      return;
+    }
     let ws: WebSocketLike;
     try {
       ws = new this.WS(this.url, [SUBPROTOCOL, BEARER_PREFIX + String(token)]);
@@ -389,25 +474,28 @@ export class SohbetClient {
     // reports a refused connection as an error only, and stays "connecting" for ever.
     ws.onerror = () => {
       setTimeout(() => {
-        if (ws !== this.ws || ws.readyState === OPEN_STATE) return;
-        try {
-          ws.close();
-        } catch {
-          // never opened
-        }
-        this.closed(ws, CloseCodes.ABNORMAL, "connection failed");
+        if (ws === this.ws && ws.readyState !== OPEN_STATE) this.replace(ws, "connection failed");
       }, ERROR_WITHOUT_CLOSE_MS);
     };
+    const connectTimeoutMs = this.options.connectTimeoutMs ?? 15_000;
+    this.helloTimer = this.clock.setTimeout(() => {
+      this.helloTimer = null;
+      if (ws === this.ws && this.statusValue.state !== "open") this.replace(ws, `no hello within ${connectTimeoutMs} ms`);
+    }, connectTimeoutMs);
   }
 
   private closed(ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.ws) return;
     this.ws = null;
+    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer"] as const) this.clearTimer(name);
     for (const call of this.calls.values()) {
       if (call.sentOn !== ws) continue;
       call.sentOn = null;
-      if (!call.outbox) this.settle(call, new SohbetError("connection_lost", `the connection closed (${code}) before ${call.type} was answered`));
+      if (call.outbox === null) {
+        this.settle(call, new SohbetError("connection_lost", `the connection closed (${code}) before ${call.type} was answered`));
+      }
     }
+    this.outboxChanged();
     if (!this.running) return;
     this.reconnectLater({ code, reason });
   }
@@ -433,11 +521,13 @@ export class SohbetClient {
       this.stop("closed", `gave up after ${this.backoff.maxAttempts} attempts`, close);
       return;
     }
+    this.failures += 1;
     let delay: number;
     if (tokenExpired && !this.lastWasTokenExpiry) {
       delay = 0; // a new token, at once (once: a token that expires again at once backs off)
     } else {
-      const ceiling = Math.min(this.backoff.maxDelayMs, this.backoff.initialDelayMs * this.backoff.factor ** (attempt - 1));
+      const { initialDelayMs, factor, maxDelayMs } = this.backoff;
+      const ceiling = Math.min(maxDelayMs, initialDelayMs * factor ** (this.failures - 1));
       delay = Math.floor(this.random() * ceiling); // full jitter
       if (this.isPolicyClose(code)) delay += this.backoff.policyDelayMs;
     }
@@ -463,11 +553,9 @@ export class SohbetClient {
   private stop(code: ClientErrorCode, why: string, close: { code: number; reason: string } | null): void {
     const wasRunning = this.running;
     this.running = false;
+    this.stoppedWith = code;
     this.generation++;
-    if (this.retryTimer !== null) {
-      this.clock.clearTimeout(this.retryTimer);
-      this.retryTimer = null;
-    }
+    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"] as const) this.clearTimer(name);
     this.env?.removeEventListener("online", this.onOnline);
     this.env?.removeEventListener("visibilitychange", this.onVisible);
     const ws = this.ws;
@@ -515,12 +603,19 @@ export class SohbetClient {
       return; // the server sends only JSON text; nothing to do with anything else
     }
     const payload = (envelope.payload ?? {}) as Record<string, unknown>;
-    if (envelope.type === "hello") {
-      this.opened(ws, payload as unknown as Hello);
-    } else if (envelope.type === "chat:message") {
-      if (!this.firstSight((payload as unknown as EventPayloads["chat:message"]).message)) return;
-    } else if (envelope.type === "chat:ack") {
-      this.firstSight((payload as unknown as EventPayloads["chat:ack"]).message);
+    switch (envelope.type) {
+      case "hello":
+        this.opened(ws, payload as unknown as Hello);
+        break;
+      case "chat:message":
+        if (!this.firstSight((payload as unknown as EventPayloads["chat:message"]).message)) return;
+        break;
+      case "chat:ack":
+        this.firstSight((payload as unknown as EventPayloads["chat:ack"]).message);
+        break;
+      case "conversation:created":
+        this.startAt((payload as unknown as EventPayloads["conversation:created"]).conversation);
+        break;
     }
     const call = envelope.ref === undefined ? undefined : this.calls.get(envelope.ref);
     if (call !== undefined && call.sentOn === ws) {
@@ -533,15 +628,52 @@ export class SohbetClient {
     this.helloValue = hello;
     this.everOpened = true;
     this.lastWasTokenExpiry = false;
+    this.clearTimer("helloTimer");
+    this.stableTimer = this.clock.setTimeout(() => {
+      this.stableTimer = null;
+      this.failures = 0;
+    }, STABLE_MS);
     this.setStatus({ state: "open", nextRetryAt: null, attempt: 0, stoppedBecause: null });
     for (const waiter of this.connectWaiters.splice(0)) waiter.resolve();
     if (this.syncOnOpen) void this.sync(ws);
     this.syncOnOpen = true; // every later connection catches up
     for (const call of this.calls.values()) {
-      if (call.sentOn === null && call.retryTimer === null) this.transmit(call, ws);
+      if (call.sentOn === null && call.outbox === null) this.transmit(call, ws);
     }
+    this.outboxRefusals = 0;
+    this.pumpOutbox();
     for (const [conversation, seq] of this.readUnsent) this.sendRead(conversation, seq);
     this.readUnsent.clear();
+    this.scheduleRefresh();
+  }
+
+  /** With `getToken`: a new token shortly before this one expires, sent as `auth:refresh`. */
+  private scheduleRefresh(): void {
+    this.clearTimer("refreshTimer");
+    const exp = expiryOf(this.token);
+    if (this.options.getToken === undefined || exp === null) return;
+    const early = this.options.refreshBeforeExpiryMs ?? 30_000;
+    const inMs = Math.max(1000, exp * 1000 - Date.now() - early);
+    this.refreshTimer = this.clock.setTimeout(() => {
+      this.refreshTimer = null;
+      void this.refresh();
+    }, inMs);
+  }
+
+  private async refresh(): Promise<void> {
+    const ws = this.ws;
+    const getToken = this.options.getToken;
+    if (ws === null || getToken === undefined) return;
+    try {
+      const token = await getToken();
+      if (ws !== this.ws) return;
+      await this.request("auth:refresh", { token });
+      if (ws !== this.ws) return;
+      this.token = token;
+      this.scheduleRefresh();
+    } catch {
+      // The old token stands; if it expires, the server closes with 4001 and a new one is got then.
+    }
   }
 
   /** Whether a message is new to this client; records it either way. */
@@ -549,14 +681,28 @@ export class SohbetClient {
     if (message === undefined || typeof message.seq !== "number") return true;
     const seen = this.seen.get(message.conversation_id);
     if (seen === undefined) {
-      // Older messages of a conversation first met here are history, not missed messages.
-      this.seen.set(message.conversation_id, { high: message.seq, above: new Set() });
+      if (this.syncing) {
+        // During a sync a live message may overtake the replay of older ones: where this
+        // conversation starts is for `sync:done` to say.
+        this.seen.set(message.conversation_id, { high: 0, above: new Set([message.seq]), provisional: true });
+      } else {
+        // Older messages of a conversation first met here are history, not missed messages.
+        this.seen.set(message.conversation_id, { high: message.seq, above: new Set() });
+      }
       return true;
     }
     if (message.seq <= seen.high || seen.above.has(message.seq)) return false;
     seen.above.add(message.seq);
     absorb(seen);
     return true;
+  }
+
+  /** A conversation this client learns of without its messages: missed messages are those
+   *  after *last_seq*, what came before is history. */
+  private startAt(conversation: { id: number; last_seq: number } | undefined): void {
+    if (conversation !== undefined && !this.seen.has(conversation.id)) {
+      this.seen.set(conversation.id, { high: conversation.last_seq, above: new Set() });
+    }
   }
 
   private answered(call: Call, envelope: Envelope, payload: Record<string, unknown>): void {
@@ -566,14 +712,35 @@ export class SohbetClient {
     }
     const error = payload as unknown as EventPayloads["error"];
     const retryAfterMs = typeof error.retry_after_ms === "number" ? error.retry_after_ms : undefined;
-    if (call.outbox && TRANSIENT.has(error.code) && this.running) {
-      // Nothing was stored: the same message again, after the wait the server asks for.
+    if (call.outbox !== null && TRANSIENT.has(error.code) && this.running) {
+      // Nothing was stored: the same message again, after the wait the server asks for; the
+      // whole outbox waits with it, so that messages are stored in the order they were sent.
       call.sentOn = null;
-      call.retryTimer = this.clock.setTimeout(() => {
-        call.retryTimer = null;
+      this.outboxRefusals += 1;
+      const wait = retryAfterMs ?? Math.min(30_000, 500 * 2 ** (this.outboxRefusals - 1));
+      this.clearTimer("outboxTimer");
+      this.outboxTimer = this.clock.setTimeout(() => {
+        this.outboxTimer = null;
+        this.pumpOutbox();
+      }, wait);
+      return;
+    }
+    if (
+      call.outbox === null &&
+      error.code === "rate_limited" &&
+      retryAfterMs !== undefined &&
+      retryAfterMs <= BRIEF_LIMIT_MS &&
+      call.retries < BRIEF_RETRIES
+    ) {
+      // Refused for a moment (too many requests in flight): nothing was done, so it goes again.
+      call.retries += 1;
+      call.sentOn = null;
+      this.clock.setTimeout(() => {
         const ws = this.ws;
-        if (ws !== null && this.statusValue.state === "open" && this.calls.has(call.ref)) this.transmit(call, ws);
-      }, retryAfterMs ?? 1000);
+        if (ws !== null && this.calls.has(call.ref) && call.sentOn === null && this.statusValue.state === "open") {
+          this.transmit(call, ws);
+        }
+      }, retryAfterMs);
       return;
     }
     this.settle(call, new SohbetError(error.code, error.message, retryAfterMs));
@@ -618,9 +785,15 @@ export class SohbetClient {
 
   /** Send a request and wait for its reply's payload; rejects with a `SohbetError` on the
    *  server's `error` (its `.code`), on timeout, or when the connection drops after sending.
-   *  Made while disconnected, it is sent once connected (within its time limit). */
+   *  Made while disconnected, it is sent once connected (within its time limit). A request
+   *  with no reply (`chat:typing`, `chat:read`) resolves once sent. */
   request<T extends RequestType>(type: T, payload: RequestPayloads[T], options: RequestOptions = {}): Promise<Reply<T>> {
-    return this.call(type, payload, false, options.timeoutMs ?? this.options.requestTimeoutMs ?? 15_000) as Promise<Reply<T>>;
+    if (REPLY_TYPES[type] === null) {
+      return this.send(type, payload)
+        ? Promise.resolve(undefined as unknown as Reply<T>)
+        : Promise.reject(new SohbetError(this.stoppedWith ?? "disconnected", `not connected: ${type} was not sent`));
+    }
+    return this.call(type, payload, null, options.timeoutMs ?? this.options.requestTimeoutMs ?? 15_000) as Promise<Reply<T>>;
   }
 
   /** Send without waiting for an answer (a `chat:typing`, say); dropped when not connected. */
@@ -631,9 +804,10 @@ export class SohbetClient {
     return true;
   }
 
-  private call(type: string, payload: object, outbox: boolean, timeoutMs: number): Promise<unknown> {
+  private call(type: string, payload: object, outbox: OutboxMessage | null, timeoutMs: number): Promise<unknown> {
     if (!this.running) {
-      return Promise.reject(new SohbetError("disconnected", `not connected: call connect() before ${type}`));
+      const code = this.stoppedWith ?? "disconnected";
+      return Promise.reject(new SohbetError(code, `not connected (${code}): call connect() before ${type}`));
     }
     return new Promise((resolve, reject) => {
       const call: Call = {
@@ -643,7 +817,7 @@ export class SohbetClient {
         outbox,
         sentOn: null,
         timer: null,
-        retryTimer: null,
+        retries: 0,
         resolve,
         reject,
       };
@@ -654,9 +828,38 @@ export class SohbetClient {
         );
       }
       this.calls.set(call.ref, call);
+      if (outbox !== null) {
+        this.outboxCalls.push(call);
+        this.pumpOutbox();
+        this.outboxChanged();
+        return;
+      }
       const ws = this.ws;
       if (ws !== null && this.statusValue.state === "open") this.transmit(call, ws);
     });
+  }
+
+  /** Send what the outbox may send now: in order, one message per conversation in flight and
+   *  `OUTBOX_IN_FLIGHT` in all, none while it waits after a refusal. */
+  private pumpOutbox(): void {
+    const ws = this.ws;
+    if (ws === null || this.statusValue.state !== "open" || this.outboxTimer !== null) return;
+    const busy = new Set<number>();
+    let inFlight = 0;
+    for (const call of this.outboxCalls) {
+      if (call.sentOn === ws) {
+        busy.add(call.outbox!.conversationId);
+        inFlight += 1;
+      }
+    }
+    for (const call of this.outboxCalls) {
+      if (inFlight >= OUTBOX_IN_FLIGHT) break;
+      const conversation = call.outbox!.conversationId;
+      if (call.sentOn === ws || busy.has(conversation)) continue;
+      busy.add(conversation); // the ones after it in this conversation wait for it
+      this.transmit(call, ws);
+      inFlight += 1;
+    }
   }
 
   private transmit(call: Call, ws: WebSocketLike): void {
@@ -667,41 +870,64 @@ export class SohbetClient {
   private settle(call: Call, error: SohbetError | null, payload?: unknown): void {
     if (!this.calls.delete(call.ref)) return;
     if (call.timer !== null) this.clock.clearTimeout(call.timer);
-    if (call.retryTimer !== null) this.clock.clearTimeout(call.retryTimer);
+    if (call.outbox !== null) {
+      this.outboxCalls.splice(this.outboxCalls.indexOf(call), 1);
+      if (error === null) this.outboxRefusals = 0;
+      this.pumpOutbox();
+      this.outboxChanged();
+    }
     if (error === null) call.resolve(payload);
     else call.reject(error);
   }
 
   /** Catch up after a reconnect: everything after the last seq of each conversation, as
-   *  `chat:message` events (deduplicated), calling again while the server says incomplete. */
+   *  `chat:message` events (deduplicated), calling again while the server says incomplete.
+   *  It has no time limit (a long catch-up on a slow link is not a failure) and tries again
+   *  while storage is briefly unavailable; it ends with the connection. */
   private async sync(ws: WebSocketLike): Promise<void> {
-    for (;;) {
-      const cursors: Record<string, number> = {};
-      for (const [id, seen] of this.seen) cursors[String(id)] = seen.high;
-      let done: SyncDone;
-      try {
-        done = await this.request("sync", { cursors });
-      } catch (error) {
-        if (ws === this.ws && error instanceof SohbetError && error.code === "rate_limited") {
-          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), error.retryAfterMs ?? 1000));
+    this.syncing = true;
+    let refusals = 0;
+    try {
+      for (;;) {
+        const cursors: Record<string, number> = {};
+        for (const [id, seen] of this.seen) if (!seen.provisional) cursors[String(id)] = seen.high;
+        let done: SyncDone;
+        try {
+          done = await this.request("sync", { cursors }, { timeoutMs: Infinity });
+        } catch (error) {
+          if (ws !== this.ws || !(error instanceof SohbetError) || !TRANSIENT.has(error.code)) return;
+          refusals += 1;
+          const wait = error.retryAfterMs ?? Math.min(30_000, 500 * 2 ** (refusals - 1));
+          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), wait));
+          if (ws !== this.ws) return;
           continue;
         }
-        return; // the connection is gone: the next one syncs
-      }
-      if (ws !== this.ws) return;
-      for (const [id, seq] of Object.entries(done.conversations)) {
-        const conversation = Number(id);
-        const seen = this.seen.get(conversation);
-        if (seen === undefined) {
-          this.seen.set(conversation, { high: seq, above: new Set() });
-        } else if (seq > seen.high) {
-          seen.high = seq; // everything up to here has been delivered on this connection
-          for (const s of seen.above) if (s <= seq) seen.above.delete(s);
+        if (ws !== this.ws) return;
+        for (const [id, seq] of Object.entries(done.conversations)) {
+          const conversation = Number(id);
+          const seen = this.seen.get(conversation);
+          if (seen === undefined) {
+            this.seen.set(conversation, { high: seq, above: new Set() });
+            continue;
+          }
+          seen.provisional = false;
+          if (seq > seen.high) {
+            seen.high = seq; // everything up to here has been delivered on this connection
+            for (const s of seen.above) if (s <= seq) seen.above.delete(s);
+          }
           absorb(seen);
         }
+        for (const id of done.forbidden ?? []) this.seen.delete(id);
+        for (const seen of this.seen.values()) {
+          if (!seen.provisional) continue; // not listed by the server: start at what was seen
+          seen.provisional = false;
+          seen.high = Math.max(0, Math.min(...seen.above) - 1);
+          absorb(seen);
+        }
+        if (done.complete) return;
       }
-      for (const id of done.forbidden ?? []) this.seen.delete(id);
-      if (done.complete) return;
+    } finally {
+      if (ws === this.ws || this.ws === null) this.syncing = false;
     }
   }
 
@@ -712,16 +938,37 @@ export class SohbetClient {
     return newClientId();
   }
 
-  /** Send a message; resolves with the stored message once the server has committed it. While
-   *  disconnected it waits in the outbox; it is sent again with the same `client_id` after a
-   *  reconnect until acked, so it is stored once. */
+  /** Send a message; resolves with the stored message once the server has committed it. It goes
+   *  through the outbox: while disconnected it waits, and it is sent again with the same
+   *  `client_id` after a reconnect (or after `unavailable`, `rate_limited`) until acked, so it
+   *  is stored once. Messages are sent in order, one per conversation at a time. */
   sendChatMessage(conversationId: number, content: string, options: SendOptions = {}): Promise<Message> {
-    const payload: RequestPayloads["chat:send"] = {
-      conversation_id: conversationId,
-      content,
-      client_id: options.clientId ?? newClientId(),
-    };
-    return this.call("chat:send", payload, true, options.timeoutMs ?? Infinity).then((ack) => (ack as Reply<"chat:send">).message);
+    const clientId = options.clientId ?? newClientId();
+    const payload: RequestPayloads["chat:send"] = { conversation_id: conversationId, content, client_id: clientId };
+    const entry: OutboxMessage = { clientId, conversationId, content, createdAt: this.clock.now() };
+    return this.call("chat:send", payload, entry, options.timeoutMs ?? Infinity).then((ack) => (ack as Reply<"chat:send">).message);
+  }
+
+  /** The messages not yet stored, in the order sent (of one conversation, or all). */
+  outbox(conversationId?: number): OutboxMessage[] {
+    const all = this.outboxCalls.map((call) => call.outbox!);
+    return conversationId === undefined ? all : all.filter((m) => m.conversationId === conversationId);
+  }
+
+  /** Calls *listener* whenever a message enters or leaves the outbox; returns the function that stops it. */
+  onOutboxChange(listener: () => void): () => void {
+    this.outboxListeners.add(listener);
+    return () => this.outboxListeners.delete(listener);
+  }
+
+  private outboxChanged(): void {
+    for (const listener of [...this.outboxListeners]) {
+      try {
+        listener();
+      } catch (error) {
+        reportLater(error);
+      }
+    }
   }
 
   /** Tell the other members this user is typing; sent at most once per `typingIntervalMs`
@@ -735,9 +982,12 @@ export class SohbetClient {
     return true;
   }
 
-  /** Move this user's read position forward to *seq*; only forward moves are sent, and one made
-   *  while disconnected is sent on reconnect. `chat:read` handlers hear of it at once. */
+  /** Move this user's read position forward to *seq* (at most the newest seq this client has
+   *  seen there); only forward moves are sent, and one made while disconnected is sent on
+   *  reconnect. `chat:read` handlers hear of it at once. */
   markRead(conversationId: number, seq: number): void {
+    const seen = this.seen.get(conversationId);
+    if (seen !== undefined) seq = Math.min(seq, Math.max(seen.high, ...seen.above));
     if (seq <= (this.readSent.get(conversationId) ?? 0) || seq <= (this.readUnsent.get(conversationId) ?? 0)) return;
     if (this.statusValue.state === "open") this.sendRead(conversationId, seq);
     else this.readUnsent.set(conversationId, seq);
@@ -753,12 +1003,15 @@ export class SohbetClient {
     else this.readUnsent.set(conversationId, seq);
   }
 
-  /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. */
-  history(conversationId: number, options: { beforeSeq?: number; limit?: number } = {}): Promise<Reply<"chat:history">> {
+  /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. What it
+   *  returns counts as seen: a later `sync` starts after it, and `chat:message` will not repeat it. */
+  async history(conversationId: number, options: { beforeSeq?: number; limit?: number } = {}): Promise<Reply<"chat:history">> {
     const payload: RequestPayloads["chat:history"] = { conversation_id: conversationId };
     if (options.beforeSeq !== undefined) payload.before_seq = options.beforeSeq;
     if (options.limit !== undefined) payload.limit = options.limit;
-    return this.request("chat:history", payload);
+    const page = await this.request("chat:history", payload);
+    for (const message of page.messages) this.firstSight(message);
+    return page;
   }
 
   /** A direct conversation (one other member) or a group (more); resolves with it. */
@@ -769,11 +1022,13 @@ export class SohbetClient {
   }
 
   /** One page of this user's conversations, newest activity first, with unread counts. */
-  listConversations(options: { cursor?: string; limit?: number } = {}): Promise<ConversationListResult> {
+  async listConversations(options: { cursor?: string; limit?: number } = {}): Promise<ConversationListResult> {
     const payload: RequestPayloads["conversation:list"] = {};
     if (options.cursor !== undefined) payload.cursor = options.cursor;
     if (options.limit !== undefined) payload.limit = options.limit;
-    return this.request("conversation:list", payload);
+    const page = await this.request("conversation:list", payload);
+    for (const conversation of page.conversations) this.startAt(conversation);
+    return page;
   }
 
   /** Which of *userIds* are online (only contacts can be seen); asks in pages of 500. */
@@ -795,6 +1050,19 @@ export class SohbetClient {
     const out: Record<string, number> = {};
     for (const [id, seen] of this.seen) out[String(id)] = seen.high;
     return out;
+  }
+}
+
+/** The `exp` claim of a JWT (seconds), or null when it cannot be read. */
+function expiryOf(token: string | undefined): number | null {
+  const body = token?.split(".")[1];
+  if (body === undefined) return null;
+  try {
+    const text = atob(body.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(body.length / 4) * 4, "="));
+    const exp = (JSON.parse(text) as { exp?: unknown }).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
   }
 }
 

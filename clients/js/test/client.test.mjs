@@ -143,7 +143,7 @@ describe("against one server", () => {
     await bob.sendChatMessage(id, "one");
     await until(() => got.length === 1, 5000, "the first message");
     assert.equal(await server.disconnect("alice6", 4000), 1);
-    const retry = await clock.nextTimer(); // alice waits to reconnect, on the test's clock
+    const retry = await clock.retryTimer(alice); // alice waits to reconnect, on the test's clock
     assert.equal(alice.state, "reconnecting");
     assert.equal(alice.status.nextRetryAt, clock.now() + retry.ms);
     for (const text of ["two", "three", "four"]) await bob.sendChatMessage(id, text);
@@ -167,7 +167,7 @@ describe("against one server", () => {
     const alice = client(server, "alice7", { clock, requestTimeoutMs: Infinity });
     await alice.connect();
     await server.disconnect("alice7", 4000);
-    const retry = await clock.nextTimer();
+    const retry = await clock.retryTimer(alice);
     const listed = alice.listConversations();
     clock.fire(retry);
     assert.ok(Array.isArray((await listed).conversations));
@@ -192,6 +192,7 @@ describe("against one server", () => {
     const clock = new ManualClock();
     const alice = client(server, "alice9", { clock, requestTimeoutMs: Infinity });
     await alice.connect();
+    const swallowed = alice.request("presence:query", { user_ids: [] }); // its answer races the close
     const changes = [];
     alice.onConnectionChange((s) => changes.push(s));
     await server.disconnect("alice9", 4501);
@@ -199,7 +200,11 @@ describe("against one server", () => {
     assert.equal(clock.timers.length, 0); // no retry scheduled
     assert.match(changes.at(-1).stoppedBecause, /4501/);
     assert.equal(changes.at(-1).lastClose.code, 4501);
-    await assert.rejects(alice.listConversations(), (e) => e.code === "disconnected");
+    await swallowed.then(
+      () => undefined,
+      (e) => assert.equal(e.code, "closed"),
+    );
+    await assert.rejects(alice.listConversations(), (e) => e.code === "closed");
   });
 
   test("1008 backs off long: the server said it was abuse (here: too many connections)", async () => {
@@ -210,7 +215,7 @@ describe("against one server", () => {
       const clock = new ManualClock();
       const second = client(limited, "alice10", { clock, requestTimeoutMs: Infinity, random: () => 0.5 });
       second.connect().catch(() => undefined);
-      const retry = await clock.nextTimer();
+      const retry = await clock.retryTimer(second);
       assert.equal(second.status.lastClose.code, 1008);
       assert.equal(retry.ms, 60_000 + 250); // the policy wait, plus the jittered backoff
       second.disconnect();
@@ -235,7 +240,7 @@ test("backoff grows exponentially with full jitter, capped, and resets on connec
   const connected = c.connect();
   const delays = [];
   for (let i = 0; i < 10; i++) {
-    const timer = await clock.nextTimer();
+    const timer = await clock.retryTimer(c);
     delays.push(timer.ms);
     assert.equal(c.state, "connecting");
     assert.equal(c.status.attempt, i + 1);
@@ -247,7 +252,7 @@ test("backoff grows exponentially with full jitter, capped, and resets on connec
   const server = Server.on(port); // a server appears on that port
   await server.start();
   try {
-    const timer = await clock.nextTimer();
+    const timer = await clock.retryTimer(c);
     clock.fire(timer);
     await connected;
     assert.equal(c.status.attempt, 0);
@@ -314,7 +319,7 @@ test("on 4001 the client gets a new token and reconnects at once", async () => {
     assert.equal(issued, 1);
     const states = [];
     alice.onConnectionChange((s) => states.push(s.state));
-    const retry = await clock.nextTimer(); // the server closed with 4001 at the token's exp
+    const retry = await clock.retryTimer(alice); // the server closed with 4001 at the token's exp
     assert.equal(alice.status.lastClose.code, 4001);
     assert.equal(retry.ms, 0);
     clock.fire(retry);
@@ -331,7 +336,7 @@ test("every promise settles: timeout, disconnect()", async () => {
   const clock = new ManualClock();
   const c = new SohbetClient({ url: `ws://127.0.0.1:${port}/ws`, token: token("a"), clock, environment: null });
   const connecting = c.connect();
-  await clock.nextTimer(); // the first retry: nothing listens
+  await clock.retryTimer(c); // the first retry: nothing listens
   const listed = c.request("conversation:list", {}, { timeoutMs: 1000 });
   const timeout = clock.timers.find((t) => t.ms === 1000);
   clock.fire(timeout);
@@ -342,4 +347,282 @@ test("every promise settles: timeout, disconnect()", async () => {
   await assert.rejects(connecting, (e) => e instanceof SohbetError && e.code === "disconnected");
   assert.equal(c.state, "closed");
   assert.equal(clock.timers.length, 0);
+});
+
+describe("catching up and the outbox, in detail", () => {
+  let server;
+  before(async () => {
+    server = await Server.start();
+  });
+  after(async () => {
+    for (const c of clients.splice(0)) c.disconnect();
+    await server.stop();
+  });
+
+  test("history counts as seen: the next sync starts after it, however much was missed", async () => {
+    const clock = new ManualClock();
+    const bob = client(server, "hbob", { clock, requestTimeoutMs: Infinity });
+    const alice = client(server, "halice");
+    await alice.connect();
+    const id = await server.conversation("halice", "hbob", "hcarol");
+    for (let i = 1; i <= 60; i++) await alice.sendChatMessage(id, `m${i}`);
+    await bob.connect(); // after them: bob knows the conversation from its history alone
+    const page = await bob.history(id, { limit: 50 }); // 11..60, on the first connection (no sync)
+    assert.equal(page.messages[0].seq, 11);
+    const got = collect(bob, "chat:message");
+    await server.disconnect("hbob", 4000);
+    const retry = await clock.retryTimer(bob);
+    for (let i = 61; i <= 180; i++) await alice.sendChatMessage(id, `m${i}`);
+    clock.fire(retry);
+    await until(() => got.length >= 120, 10_000, "120 missed messages");
+    const marker = await alice.sendChatMessage(id, "marker");
+    await until(() => got.some((p) => p.message.id === marker.id), 5000, "the marker");
+    assert.deepEqual(
+      got.map((p) => p.message.seq),
+      Array.from({ length: 121 }, (_, i) => i + 61),
+    );
+  });
+
+  test("a live message that overtakes the sync's replay does not hide the replay", async () => {
+    const clock = new ManualClock();
+    let holdSync = null;
+    const held = recordingWebSocket([], {
+      send: (data, forward) => {
+        if (JSON.parse(data).type === "sync" && holdSync === null) holdSync = () => forward(data);
+        else forward(data);
+      },
+    });
+    const bob = client(server, "obob", { clock, requestTimeoutMs: Infinity, WebSocket: held });
+    const alice = client(server, "oalice");
+    await Promise.all([alice.connect(), bob.connect()]);
+    holdSync = undefined; // the first connection does not sync; hold the next one's
+    holdSync = null;
+    const got = collect(bob, "chat:message");
+    await server.disconnect("obob", 4000);
+    const retry = await clock.retryTimer(bob);
+    const id = await alice.createConversation(["obob", "ocarol"]).then((c) => c.id); // met while offline
+    for (let i = 1; i <= 20; i++) await alice.sendChatMessage(id, `m${i}`);
+    clock.fire(retry);
+    await until(() => holdSync !== null && bob.isConnected(), 5000, "bob's sync, held back");
+    await alice.sendChatMessage(id, "live"); // seq 21 reaches bob before any replay
+    await until(() => got.some((p) => p.message.seq === 21), 5000, "the live message");
+    holdSync();
+    await until(() => got.length >= 21, 5000, "the replay");
+    const marker = await alice.sendChatMessage(id, "marker");
+    await until(() => got.some((p) => p.message.id === marker.id), 5000, "the marker");
+    assert.deepEqual(
+      got.map((p) => p.message.seq).sort((a, b) => a - b),
+      Array.from({ length: 22 }, (_, i) => i + 1),
+    );
+  });
+
+  test("messages replayed again by sync are not passed on twice", async () => {
+    const clock = new ManualClock();
+    // bob's socket asks sync for everything again (cursors lowered to 0): the server replays
+    // what he has already seen.
+    const forgetful = recordingWebSocket([], {
+      send: (data, forward) => {
+        const envelope = JSON.parse(data);
+        if (envelope.type === "sync") {
+          for (const key of Object.keys(envelope.payload.cursors)) envelope.payload.cursors[key] = 0;
+        }
+        forward(JSON.stringify(envelope));
+      },
+    });
+    const bob = client(server, "rbob", { clock, requestTimeoutMs: Infinity, WebSocket: forgetful });
+    const alice = client(server, "ralice");
+    await Promise.all([alice.connect(), bob.connect()]);
+    const id = await server.conversation("ralice", "rbob", "rcarol");
+    const got = collect(bob, "chat:message");
+    for (let i = 1; i <= 5; i++) await alice.sendChatMessage(id, `m${i}`);
+    await until(() => got.length === 5, 5000, "five live messages");
+    await server.disconnect("rbob", 4000);
+    const retry = await clock.retryTimer(bob);
+    await alice.sendChatMessage(id, "missed");
+    clock.fire(retry);
+    await until(() => got.length >= 6, 5000, "the missed message");
+    const marker = await alice.sendChatMessage(id, "marker");
+    await until(() => got.some((p) => p.message.id === marker.id), 5000, "the marker");
+    assert.deepEqual(
+      got.map((p) => p.message.seq),
+      [1, 2, 3, 4, 5, 6, 7],
+    );
+  });
+
+  test("an outbox of 60 goes out in order after a reconnect, without tripping the server's limits", async () => {
+    // Real time here: the server's send rate (10 per second, bursts of 30) refuses some of
+    // them, and the outbox must wait as long as the server says, not less.
+    const alice = client(server, "qalice", { reconnect: { initialDelayMs: 400, maxDelayMs: 400 } });
+    await alice.connect();
+    const id = await server.conversation("qalice", "qbob", "qcarol");
+    await server.disconnect("qalice", 4000);
+    await until(() => alice.state === "reconnecting", 5000, "the close");
+    const outboxSizes = [];
+    alice.onOutboxChange(() => outboxSizes.push(alice.outbox(id).length));
+    const sends = Array.from({ length: 60 }, (_, i) => alice.sendChatMessage(id, `m${i}`));
+    assert.equal(alice.outbox(id).length, 60);
+    assert.deepEqual(
+      alice.outbox(id).slice(0, 2).map((m) => m.content),
+      ["m0", "m1"],
+    );
+    const acked = await Promise.all(sends);
+    assert.deepEqual(
+      acked.map((m) => m.content),
+      Array.from({ length: 60 }, (_, i) => `m${i}`),
+    );
+    assert.deepEqual(
+      acked.map((m) => m.seq),
+      Array.from({ length: 60 }, (_, i) => i + 1),
+    ); // stored in the order sent
+    assert.equal(alice.isConnected(), true);
+    assert.equal(alice.status.lastClose.code, 4000); // the test's own close: no 1008 since
+    assert.equal(alice.outbox().length, 0);
+    assert.equal(outboxSizes.at(-1), 0);
+  });
+
+  test("an ack lost with its connection: the message is stored once and resolves once", async () => {
+    const clock = new ManualClock();
+    let dropAck = true;
+    const lossy = recordingWebSocket([], {
+      receive: (e, deliver) => {
+        if (dropAck && JSON.parse(e.data).type === "chat:ack") dropAck = false;
+        else deliver(e);
+      },
+    });
+    const alice = client(server, "lalice", { clock, requestTimeoutMs: Infinity, WebSocket: lossy });
+    const bob = client(server, "lbob");
+    await Promise.all([alice.connect(), bob.connect()]);
+    const id = await server.conversation("lalice", "lbob", "lcarol");
+    const mine = collect(alice, "chat:message");
+    const bobs = collect(bob, "chat:message");
+    let settled = 0;
+    const sent = alice.sendChatMessage(id, "once").finally(() => (settled += 1));
+    await until(() => bobs.length === 1, 5000, "the message stored and delivered"); // its ack was lost
+    assert.equal(settled, 0);
+    await server.disconnect("lalice", 4000);
+    clock.fire(await clock.retryTimer(alice));
+    const message = await sent;
+    assert.equal(message.seq, 1);
+    assert.equal(settled, 1);
+    const marker = await bob.sendChatMessage(id, "marker");
+    await until(() => mine.some((p) => p.message.id === marker.id), 5000, "the marker");
+    // Its own message once (the reconnect's sync replays it: its ack never came), then the marker.
+    assert.deepEqual(
+      mine.map((p) => p.message.seq),
+      [1, 2],
+    );
+    const [, page] = await server.api("GET", `/api/conversations/${id}/messages`);
+    assert.deepEqual(
+      page.messages.map((m) => m.content),
+      ["once", "marker"],
+    );
+  });
+
+  test("online, or the page made visible, retries at once; a dead connection is replaced", async () => {
+    const clock = new ManualClock();
+    const listeners = {};
+    let visible = true;
+    const environment = {
+      addEventListener: (type, listener) => (listeners[type] = listener),
+      removeEventListener: (type) => delete listeners[type],
+      isVisible: () => visible,
+    };
+    let swallow = false;
+    const flaky = recordingWebSocket([], {
+      receive: (e, deliver) => {
+        if (!swallow) deliver(e);
+      },
+    });
+    const alice = client(server, "valice", { clock, environment, WebSocket: flaky, requestTimeoutMs: Infinity });
+    await alice.connect();
+    await server.disconnect("valice", 4000);
+    await clock.retryTimer(alice);
+    visible = false;
+    listeners.visibilitychange();
+    assert.notEqual(alice.status.nextRetryAt, null); // hidden: still waiting
+    visible = true;
+    listeners.visibilitychange();
+    assert.equal(alice.status.nextRetryAt, null); // visible: trying now
+    await until(() => alice.isConnected(), 5000, "the reconnect");
+    await server.disconnect("valice", 4000);
+    await clock.retryTimer(alice);
+    listeners.online();
+    await until(() => alice.isConnected(), 5000, "the reconnect on online");
+    // Online again while "open" on a socket that no longer answers: probed, then replaced.
+    swallow = true;
+    listeners.online();
+    await until(() => clock.timers.some((t) => t.ms === 5000), 5000, "the probe");
+    clock.fire(clock.timers.find((t) => t.ms === 5000)); // no answer in time
+    swallow = false;
+    clock.fire(await clock.retryTimer(alice));
+    await until(() => alice.isConnected(), 5000, "a new connection");
+    assert.equal(alice.status.lastClose.code, 1006);
+  });
+
+  test("a server that never says hello is given up on and tried again", async () => {
+    const { createServer } = await import("node:net");
+    const sockets = [];
+    const silent = createServer((socket) => sockets.push(socket)); // accepts, answers nothing
+    await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const clock = new ManualClock();
+    const c = new SohbetClient({
+      url: `ws://127.0.0.1:${silent.address().port}/ws`,
+      token: token("s"),
+      clock,
+      environment: null,
+      connectTimeoutMs: 15_000,
+    });
+    try {
+      c.connect().catch(() => undefined);
+      await until(() => sockets.length === 1, 5000, "the TCP connection");
+      const helloTimer = clock.timers.find((t) => t.ms === 15_000);
+      clock.fire(helloTimer);
+      const retry = await clock.retryTimer(c);
+      assert.equal(c.state, "connecting");
+      assert.equal(c.status.lastClose.code, 1006);
+      assert.ok(retry.ms >= 0);
+    } finally {
+      c.disconnect();
+      for (const socket of sockets) socket.destroy();
+      silent.close();
+    }
+  });
+
+  test("with getToken, the token is refreshed before it expires: no 4001", async () => {
+    const clock = new ManualClock();
+    let issued = 0;
+    const alice = client(server, "talice", {
+      clock,
+      requestTimeoutMs: Infinity,
+      token: undefined,
+      getToken: () => token("talice", (issued += 1) === 1 ? 60 : 3600),
+    });
+    await alice.connect();
+    const refresh = clock.timers.find((t) => t.ms > 20_000 && t.ms <= 30_000); // 60 s exp, 30 s early
+    assert.ok(refresh, JSON.stringify(clock.timers.map((t) => t.ms)));
+    const refreshed = new Promise((resolve) => alice.on("auth:refreshed", resolve));
+    clock.fire(refresh);
+    const { exp } = await refreshed;
+    assert.ok(exp > Date.now() / 1000 + 3000);
+    assert.equal(issued, 2);
+    assert.equal(alice.isConnected(), true);
+    assert.equal(alice.status.lastClose, null);
+  });
+
+  test("a read marked while offline is sent on reconnect", async () => {
+    const clock = new ManualClock();
+    const alice = client(server, "malice", { clock, requestTimeoutMs: Infinity });
+    const bob = client(server, "mbob");
+    await Promise.all([alice.connect(), bob.connect()]);
+    const id = await server.conversation("malice", "mbob", "mcarol");
+    await bob.sendChatMessage(id, "read me");
+    await alice.history(id);
+    const reads = collect(bob, "chat:read");
+    await server.disconnect("malice", 4000);
+    const retry = await clock.retryTimer(alice);
+    alice.markRead(id, 1);
+    clock.fire(retry);
+    await until(() => reads.length === 1, 5000, "the read");
+    assert.deepEqual(reads[0], { conversation_id: id, user_id: "malice", seq: 1 });
+  });
 });

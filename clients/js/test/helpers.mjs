@@ -164,6 +164,19 @@ export class ManualClock {
     return this.timers[0];
   }
 
+  /** The timer of *client*'s next reconnect attempt, once it has set one (the client's other
+   *  timers, such as the one waiting for hello, are not it). */
+  async retryTimer(client, timeoutMs = 10_000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const at = client.status.nextRetryAt;
+      const timer = at === null ? undefined : this.timers.find((t) => t.at === at);
+      if (timer !== undefined) return timer;
+      if (Date.now() > deadline) throw new Error("no reconnect timer was set");
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
   /** Move time to *timer* and run it. */
   fire(timer) {
     this.clearTimeout(timer);
@@ -182,7 +195,7 @@ export async function until(predicate, timeoutMs = 10_000, what = "a condition")
 }
 
 /** A WebSocket wrapper for tests: records how it was opened, and may meddle with what arrives. */
-export function recordingWebSocket(opened, { receive } = {}) {
+export function recordingWebSocket(opened, { receive, send } = {}) {
   return class RecordingWebSocket {
     constructor(url, protocols) {
       opened.push({ url, protocols });
@@ -202,7 +215,8 @@ export function recordingWebSocket(opened, { receive } = {}) {
     }
 
     send(data) {
-      this.real.send(data);
+      if (send) send(data, (d) => this.real.send(d));
+      else this.real.send(data);
     }
 
     close(code, reason) {

@@ -1,4 +1,19 @@
-// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 2096b0a0a39d2545e68d8c306fde009b817fb8dbcfa11d5b99e400fbff94a90c); do not edit.
+// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 6940badaa1d75278a9c692b9100c75c653dd2b844fcc6ba55969c2dd04ba959e); do not edit.
+
+// src/protocol.ts
+var REPLY_TYPES = {
+  "chat:send": "chat:ack",
+  "chat:typing": null,
+  "chat:read": null,
+  "chat:history": "chat:history",
+  "sync": "sync:done",
+  "conversation:create": "conversation:created",
+  "conversation:list": "conversation:list",
+  "conversation:members": "conversation:members",
+  "conversation:leave": "conversation:left",
+  "presence:query": "presence:state",
+  "auth:refresh": "auth:refreshed"
+};
 
 // src/client.ts
 var SUBPROTOCOL = "sohbet.v1";
@@ -26,7 +41,11 @@ var SohbetError = class extends Error {
   }
 };
 var MAX_SEEN_ABOVE = 5e3;
-var TRANSIENT = /* @__PURE__ */ new Set(["unavailable", "rate_limited", "internal"]);
+var TRANSIENT = /* @__PURE__ */ new Set(["unavailable", "rate_limited"]);
+var OUTBOX_IN_FLIGHT = 2;
+var BRIEF_LIMIT_MS = 250;
+var BRIEF_RETRIES = 5;
+var STABLE_MS = 1e4;
 var OPEN_STATE = 1;
 var ERROR_WITHOUT_CLOSE_MS = 200;
 var realClock = {
@@ -56,6 +75,16 @@ var SohbetClient = class {
     this.generation = 0;
     this.everOpened = false;
     this.retryTimer = null;
+    this.helloTimer = null;
+    this.stableTimer = null;
+    this.refreshTimer = null;
+    this.outboxTimer = null;
+    /** Failed attempts the backoff counts (reset once a connection has stayed up `STABLE_MS`). */
+    this.failures = 0;
+    /** Consecutive transient refusals of the outbox's messages: its pause grows with them. */
+    this.outboxRefusals = 0;
+    this.stoppedWith = null;
+    this.syncing = false;
     this.lastWasTokenExpiry = false;
     this.statusValue = {
       state: "closed",
@@ -71,13 +100,16 @@ var SohbetClient = class {
     this.refs = 0;
     /** Calls by ref, in the order made: unsent ones go out in this order once connected. */
     this.calls = /* @__PURE__ */ new Map();
+    /** The outbox's calls, in the order the messages were sent. */
+    this.outboxCalls = [];
+    this.outboxListeners = /* @__PURE__ */ new Set();
     this.seen = /* @__PURE__ */ new Map();
     this.typingSentAt = /* @__PURE__ */ new Map();
     this.readSent = /* @__PURE__ */ new Map();
     this.readUnsent = /* @__PURE__ */ new Map();
-    this.onOnline = () => this.retryNow();
+    this.onOnline = () => this.checkNow();
     this.onVisible = () => {
-      if (this.env?.isVisible()) this.retryNow();
+      if (this.env?.isVisible()) this.checkNow();
     };
     this.options = options;
     this.url = options.url;
@@ -139,6 +171,8 @@ var SohbetClient = class {
     const waiting = new Promise((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
     if (!this.running) {
       this.running = true;
+      this.stoppedWith = null;
+      this.failures = 0;
       this.env?.addEventListener("online", this.onOnline);
       this.env?.addEventListener("visibilitychange", this.onVisible);
       this.setStatus({ state: this.everOpened ? "reconnecting" : "connecting", nextRetryAt: null, attempt: 0, stoppedBecause: null });
@@ -153,10 +187,38 @@ var SohbetClient = class {
   /** While waiting to reconnect, try now (the browser's `online` and `visibilitychange` do this). */
   retryNow() {
     if (!this.running || this.retryTimer === null) return;
-    this.clock.clearTimeout(this.retryTimer);
-    this.retryTimer = null;
+    this.clearTimer("retryTimer");
     this.setStatus({ nextRetryAt: null });
     void this.open();
+  }
+  /** The network may have changed (online again, the page visible again): retry at once if
+   *  waiting, or make sure the connection it thinks it has is alive. */
+  checkNow() {
+    if (this.retryTimer !== null) {
+      this.retryNow();
+      return;
+    }
+    const ws = this.ws;
+    if (ws === null || this.statusValue.state !== "open") return;
+    const timeoutMs = this.options.probeTimeoutMs ?? 5e3;
+    this.request("presence:query", { user_ids: [] }, { timeoutMs }).catch((error) => {
+      if (error.code === "timeout" && ws === this.ws) this.replace(ws, "no answer to a probe");
+    });
+  }
+  /** Give up on a connection that seems dead, as if it had closed abnormally. */
+  replace(ws, why) {
+    try {
+      ws.close(4e3, why);
+    } catch {
+    }
+    this.closed(ws, CloseCodes.ABNORMAL, why);
+  }
+  clearTimer(name) {
+    const timer = this[name];
+    if (timer !== null) {
+      this.clock.clearTimeout(timer);
+      this[name] = null;
+    }
   }
   async open() {
     const generation = ++this.generation;
@@ -171,6 +233,11 @@ var SohbetClient = class {
     }
     if (generation !== this.generation || !this.running) return;
     this.token = token;
+    const exp = expiryOf(token);
+    if (this.options.getToken === void 0 && exp !== null && exp * 1e3 <= Date.now()) {
+      this.stop("closed", "the token has expired and there is no getToken to get a new one", null);
+      return;
+    }
     let ws;
     try {
       ws = new this.WS(this.url, [SUBPROTOCOL, BEARER_PREFIX + String(token)]);
@@ -183,23 +250,27 @@ var SohbetClient = class {
     ws.onclose = (event) => this.closed(ws, event.code, event.reason);
     ws.onerror = () => {
       setTimeout(() => {
-        if (ws !== this.ws || ws.readyState === OPEN_STATE) return;
-        try {
-          ws.close();
-        } catch {
-        }
-        this.closed(ws, CloseCodes.ABNORMAL, "connection failed");
+        if (ws === this.ws && ws.readyState !== OPEN_STATE) this.replace(ws, "connection failed");
       }, ERROR_WITHOUT_CLOSE_MS);
     };
+    const connectTimeoutMs = this.options.connectTimeoutMs ?? 15e3;
+    this.helloTimer = this.clock.setTimeout(() => {
+      this.helloTimer = null;
+      if (ws === this.ws && this.statusValue.state !== "open") this.replace(ws, `no hello within ${connectTimeoutMs} ms`);
+    }, connectTimeoutMs);
   }
   closed(ws, code, reason) {
     if (ws !== this.ws) return;
     this.ws = null;
+    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer"]) this.clearTimer(name);
     for (const call of this.calls.values()) {
       if (call.sentOn !== ws) continue;
       call.sentOn = null;
-      if (!call.outbox) this.settle(call, new SohbetError("connection_lost", `the connection closed (${code}) before ${call.type} was answered`));
+      if (call.outbox === null) {
+        this.settle(call, new SohbetError("connection_lost", `the connection closed (${code}) before ${call.type} was answered`));
+      }
     }
+    this.outboxChanged();
     if (!this.running) return;
     this.reconnectLater({ code, reason });
   }
@@ -224,11 +295,13 @@ var SohbetClient = class {
       this.stop("closed", `gave up after ${this.backoff.maxAttempts} attempts`, close);
       return;
     }
+    this.failures += 1;
     let delay;
     if (tokenExpired && !this.lastWasTokenExpiry) {
       delay = 0;
     } else {
-      const ceiling = Math.min(this.backoff.maxDelayMs, this.backoff.initialDelayMs * this.backoff.factor ** (attempt - 1));
+      const { initialDelayMs, factor, maxDelayMs } = this.backoff;
+      const ceiling = Math.min(maxDelayMs, initialDelayMs * factor ** (this.failures - 1));
       delay = Math.floor(this.random() * ceiling);
       if (this.isPolicyClose(code)) delay += this.backoff.policyDelayMs;
     }
@@ -246,11 +319,9 @@ var SohbetClient = class {
   stop(code, why, close) {
     const wasRunning = this.running;
     this.running = false;
+    this.stoppedWith = code;
     this.generation++;
-    if (this.retryTimer !== null) {
-      this.clock.clearTimeout(this.retryTimer);
-      this.retryTimer = null;
-    }
+    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"]) this.clearTimer(name);
     this.env?.removeEventListener("online", this.onOnline);
     this.env?.removeEventListener("visibilitychange", this.onVisible);
     const ws = this.ws;
@@ -294,12 +365,19 @@ var SohbetClient = class {
       return;
     }
     const payload = envelope.payload ?? {};
-    if (envelope.type === "hello") {
-      this.opened(ws, payload);
-    } else if (envelope.type === "chat:message") {
-      if (!this.firstSight(payload.message)) return;
-    } else if (envelope.type === "chat:ack") {
-      this.firstSight(payload.message);
+    switch (envelope.type) {
+      case "hello":
+        this.opened(ws, payload);
+        break;
+      case "chat:message":
+        if (!this.firstSight(payload.message)) return;
+        break;
+      case "chat:ack":
+        this.firstSight(payload.message);
+        break;
+      case "conversation:created":
+        this.startAt(payload.conversation);
+        break;
     }
     const call = envelope.ref === void 0 ? void 0 : this.calls.get(envelope.ref);
     if (call !== void 0 && call.sentOn === ws) {
@@ -311,28 +389,73 @@ var SohbetClient = class {
     this.helloValue = hello;
     this.everOpened = true;
     this.lastWasTokenExpiry = false;
+    this.clearTimer("helloTimer");
+    this.stableTimer = this.clock.setTimeout(() => {
+      this.stableTimer = null;
+      this.failures = 0;
+    }, STABLE_MS);
     this.setStatus({ state: "open", nextRetryAt: null, attempt: 0, stoppedBecause: null });
     for (const waiter of this.connectWaiters.splice(0)) waiter.resolve();
     if (this.syncOnOpen) void this.sync(ws);
     this.syncOnOpen = true;
     for (const call of this.calls.values()) {
-      if (call.sentOn === null && call.retryTimer === null) this.transmit(call, ws);
+      if (call.sentOn === null && call.outbox === null) this.transmit(call, ws);
     }
+    this.outboxRefusals = 0;
+    this.pumpOutbox();
     for (const [conversation, seq] of this.readUnsent) this.sendRead(conversation, seq);
     this.readUnsent.clear();
+    this.scheduleRefresh();
+  }
+  /** With `getToken`: a new token shortly before this one expires, sent as `auth:refresh`. */
+  scheduleRefresh() {
+    this.clearTimer("refreshTimer");
+    const exp = expiryOf(this.token);
+    if (this.options.getToken === void 0 || exp === null) return;
+    const early = this.options.refreshBeforeExpiryMs ?? 3e4;
+    const inMs = Math.max(1e3, exp * 1e3 - Date.now() - early);
+    this.refreshTimer = this.clock.setTimeout(() => {
+      this.refreshTimer = null;
+      void this.refresh();
+    }, inMs);
+  }
+  async refresh() {
+    const ws = this.ws;
+    const getToken = this.options.getToken;
+    if (ws === null || getToken === void 0) return;
+    try {
+      const token = await getToken();
+      if (ws !== this.ws) return;
+      await this.request("auth:refresh", { token });
+      if (ws !== this.ws) return;
+      this.token = token;
+      this.scheduleRefresh();
+    } catch {
+    }
   }
   /** Whether a message is new to this client; records it either way. */
   firstSight(message) {
     if (message === void 0 || typeof message.seq !== "number") return true;
     const seen = this.seen.get(message.conversation_id);
     if (seen === void 0) {
-      this.seen.set(message.conversation_id, { high: message.seq, above: /* @__PURE__ */ new Set() });
+      if (this.syncing) {
+        this.seen.set(message.conversation_id, { high: 0, above: /* @__PURE__ */ new Set([message.seq]), provisional: true });
+      } else {
+        this.seen.set(message.conversation_id, { high: message.seq, above: /* @__PURE__ */ new Set() });
+      }
       return true;
     }
     if (message.seq <= seen.high || seen.above.has(message.seq)) return false;
     seen.above.add(message.seq);
     absorb(seen);
     return true;
+  }
+  /** A conversation this client learns of without its messages: missed messages are those
+   *  after *last_seq*, what came before is history. */
+  startAt(conversation) {
+    if (conversation !== void 0 && !this.seen.has(conversation.id)) {
+      this.seen.set(conversation.id, { high: conversation.last_seq, above: /* @__PURE__ */ new Set() });
+    }
   }
   answered(call, envelope, payload) {
     if (envelope.type !== "error") {
@@ -341,13 +464,26 @@ var SohbetClient = class {
     }
     const error = payload;
     const retryAfterMs = typeof error.retry_after_ms === "number" ? error.retry_after_ms : void 0;
-    if (call.outbox && TRANSIENT.has(error.code) && this.running) {
+    if (call.outbox !== null && TRANSIENT.has(error.code) && this.running) {
       call.sentOn = null;
-      call.retryTimer = this.clock.setTimeout(() => {
-        call.retryTimer = null;
+      this.outboxRefusals += 1;
+      const wait = retryAfterMs ?? Math.min(3e4, 500 * 2 ** (this.outboxRefusals - 1));
+      this.clearTimer("outboxTimer");
+      this.outboxTimer = this.clock.setTimeout(() => {
+        this.outboxTimer = null;
+        this.pumpOutbox();
+      }, wait);
+      return;
+    }
+    if (call.outbox === null && error.code === "rate_limited" && retryAfterMs !== void 0 && retryAfterMs <= BRIEF_LIMIT_MS && call.retries < BRIEF_RETRIES) {
+      call.retries += 1;
+      call.sentOn = null;
+      this.clock.setTimeout(() => {
         const ws = this.ws;
-        if (ws !== null && this.statusValue.state === "open" && this.calls.has(call.ref)) this.transmit(call, ws);
-      }, retryAfterMs ?? 1e3);
+        if (ws !== null && this.calls.has(call.ref) && call.sentOn === null && this.statusValue.state === "open") {
+          this.transmit(call, ws);
+        }
+      }, retryAfterMs);
       return;
     }
     this.settle(call, new SohbetError(error.code, error.message, retryAfterMs));
@@ -378,9 +514,13 @@ var SohbetClient = class {
   // -- requests --------------------------------------------------------------------------------
   /** Send a request and wait for its reply's payload; rejects with a `SohbetError` on the
    *  server's `error` (its `.code`), on timeout, or when the connection drops after sending.
-   *  Made while disconnected, it is sent once connected (within its time limit). */
+   *  Made while disconnected, it is sent once connected (within its time limit). A request
+   *  with no reply (`chat:typing`, `chat:read`) resolves once sent. */
   request(type, payload, options = {}) {
-    return this.call(type, payload, false, options.timeoutMs ?? this.options.requestTimeoutMs ?? 15e3);
+    if (REPLY_TYPES[type] === null) {
+      return this.send(type, payload) ? Promise.resolve(void 0) : Promise.reject(new SohbetError(this.stoppedWith ?? "disconnected", `not connected: ${type} was not sent`));
+    }
+    return this.call(type, payload, null, options.timeoutMs ?? this.options.requestTimeoutMs ?? 15e3);
   }
   /** Send without waiting for an answer (a `chat:typing`, say); dropped when not connected. */
   send(type, payload) {
@@ -391,7 +531,8 @@ var SohbetClient = class {
   }
   call(type, payload, outbox, timeoutMs) {
     if (!this.running) {
-      return Promise.reject(new SohbetError("disconnected", `not connected: call connect() before ${type}`));
+      const code = this.stoppedWith ?? "disconnected";
+      return Promise.reject(new SohbetError(code, `not connected (${code}): call connect() before ${type}`));
     }
     return new Promise((resolve, reject) => {
       const call = {
@@ -401,7 +542,7 @@ var SohbetClient = class {
         outbox,
         sentOn: null,
         timer: null,
-        retryTimer: null,
+        retries: 0,
         resolve,
         reject
       };
@@ -412,9 +553,37 @@ var SohbetClient = class {
         );
       }
       this.calls.set(call.ref, call);
+      if (outbox !== null) {
+        this.outboxCalls.push(call);
+        this.pumpOutbox();
+        this.outboxChanged();
+        return;
+      }
       const ws = this.ws;
       if (ws !== null && this.statusValue.state === "open") this.transmit(call, ws);
     });
+  }
+  /** Send what the outbox may send now: in order, one message per conversation in flight and
+   *  `OUTBOX_IN_FLIGHT` in all, none while it waits after a refusal. */
+  pumpOutbox() {
+    const ws = this.ws;
+    if (ws === null || this.statusValue.state !== "open" || this.outboxTimer !== null) return;
+    const busy = /* @__PURE__ */ new Set();
+    let inFlight = 0;
+    for (const call of this.outboxCalls) {
+      if (call.sentOn === ws) {
+        busy.add(call.outbox.conversationId);
+        inFlight += 1;
+      }
+    }
+    for (const call of this.outboxCalls) {
+      if (inFlight >= OUTBOX_IN_FLIGHT) break;
+      const conversation = call.outbox.conversationId;
+      if (call.sentOn === ws || busy.has(conversation)) continue;
+      busy.add(conversation);
+      this.transmit(call, ws);
+      inFlight += 1;
+    }
   }
   transmit(call, ws) {
     call.sentOn = ws;
@@ -423,40 +592,63 @@ var SohbetClient = class {
   settle(call, error, payload) {
     if (!this.calls.delete(call.ref)) return;
     if (call.timer !== null) this.clock.clearTimeout(call.timer);
-    if (call.retryTimer !== null) this.clock.clearTimeout(call.retryTimer);
+    if (call.outbox !== null) {
+      this.outboxCalls.splice(this.outboxCalls.indexOf(call), 1);
+      if (error === null) this.outboxRefusals = 0;
+      this.pumpOutbox();
+      this.outboxChanged();
+    }
     if (error === null) call.resolve(payload);
     else call.reject(error);
   }
   /** Catch up after a reconnect: everything after the last seq of each conversation, as
-   *  `chat:message` events (deduplicated), calling again while the server says incomplete. */
+   *  `chat:message` events (deduplicated), calling again while the server says incomplete.
+   *  It has no time limit (a long catch-up on a slow link is not a failure) and tries again
+   *  while storage is briefly unavailable; it ends with the connection. */
   async sync(ws) {
-    for (; ; ) {
-      const cursors = {};
-      for (const [id, seen] of this.seen) cursors[String(id)] = seen.high;
-      let done;
-      try {
-        done = await this.request("sync", { cursors });
-      } catch (error) {
-        if (ws === this.ws && error instanceof SohbetError && error.code === "rate_limited") {
-          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), error.retryAfterMs ?? 1e3));
+    this.syncing = true;
+    let refusals = 0;
+    try {
+      for (; ; ) {
+        const cursors = {};
+        for (const [id, seen] of this.seen) if (!seen.provisional) cursors[String(id)] = seen.high;
+        let done;
+        try {
+          done = await this.request("sync", { cursors }, { timeoutMs: Infinity });
+        } catch (error) {
+          if (ws !== this.ws || !(error instanceof SohbetError) || !TRANSIENT.has(error.code)) return;
+          refusals += 1;
+          const wait = error.retryAfterMs ?? Math.min(3e4, 500 * 2 ** (refusals - 1));
+          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), wait));
+          if (ws !== this.ws) return;
           continue;
         }
-        return;
-      }
-      if (ws !== this.ws) return;
-      for (const [id, seq] of Object.entries(done.conversations)) {
-        const conversation = Number(id);
-        const seen = this.seen.get(conversation);
-        if (seen === void 0) {
-          this.seen.set(conversation, { high: seq, above: /* @__PURE__ */ new Set() });
-        } else if (seq > seen.high) {
-          seen.high = seq;
-          for (const s of seen.above) if (s <= seq) seen.above.delete(s);
+        if (ws !== this.ws) return;
+        for (const [id, seq] of Object.entries(done.conversations)) {
+          const conversation = Number(id);
+          const seen = this.seen.get(conversation);
+          if (seen === void 0) {
+            this.seen.set(conversation, { high: seq, above: /* @__PURE__ */ new Set() });
+            continue;
+          }
+          seen.provisional = false;
+          if (seq > seen.high) {
+            seen.high = seq;
+            for (const s of seen.above) if (s <= seq) seen.above.delete(s);
+          }
           absorb(seen);
         }
+        for (const id of done.forbidden ?? []) this.seen.delete(id);
+        for (const seen of this.seen.values()) {
+          if (!seen.provisional) continue;
+          seen.provisional = false;
+          seen.high = Math.max(0, Math.min(...seen.above) - 1);
+          absorb(seen);
+        }
+        if (done.complete) return;
       }
-      for (const id of done.forbidden ?? []) this.seen.delete(id);
-      if (done.complete) return;
+    } finally {
+      if (ws === this.ws || this.ws === null) this.syncing = false;
     }
   }
   // -- chat ------------------------------------------------------------------------------------
@@ -464,16 +656,34 @@ var SohbetClient = class {
   newClientId() {
     return newClientId();
   }
-  /** Send a message; resolves with the stored message once the server has committed it. While
-   *  disconnected it waits in the outbox; it is sent again with the same `client_id` after a
-   *  reconnect until acked, so it is stored once. */
+  /** Send a message; resolves with the stored message once the server has committed it. It goes
+   *  through the outbox: while disconnected it waits, and it is sent again with the same
+   *  `client_id` after a reconnect (or after `unavailable`, `rate_limited`) until acked, so it
+   *  is stored once. Messages are sent in order, one per conversation at a time. */
   sendChatMessage(conversationId, content, options = {}) {
-    const payload = {
-      conversation_id: conversationId,
-      content,
-      client_id: options.clientId ?? newClientId()
-    };
-    return this.call("chat:send", payload, true, options.timeoutMs ?? Infinity).then((ack) => ack.message);
+    const clientId = options.clientId ?? newClientId();
+    const payload = { conversation_id: conversationId, content, client_id: clientId };
+    const entry = { clientId, conversationId, content, createdAt: this.clock.now() };
+    return this.call("chat:send", payload, entry, options.timeoutMs ?? Infinity).then((ack) => ack.message);
+  }
+  /** The messages not yet stored, in the order sent (of one conversation, or all). */
+  outbox(conversationId) {
+    const all = this.outboxCalls.map((call) => call.outbox);
+    return conversationId === void 0 ? all : all.filter((m) => m.conversationId === conversationId);
+  }
+  /** Calls *listener* whenever a message enters or leaves the outbox; returns the function that stops it. */
+  onOutboxChange(listener) {
+    this.outboxListeners.add(listener);
+    return () => this.outboxListeners.delete(listener);
+  }
+  outboxChanged() {
+    for (const listener of [...this.outboxListeners]) {
+      try {
+        listener();
+      } catch (error) {
+        reportLater(error);
+      }
+    }
   }
   /** Tell the other members this user is typing; sent at most once per `typingIntervalMs`
    *  per conversation, and only while connected (it is a hint). */
@@ -485,9 +695,12 @@ var SohbetClient = class {
     this.typingSentAt.set(conversationId, now);
     return true;
   }
-  /** Move this user's read position forward to *seq*; only forward moves are sent, and one made
-   *  while disconnected is sent on reconnect. `chat:read` handlers hear of it at once. */
+  /** Move this user's read position forward to *seq* (at most the newest seq this client has
+   *  seen there); only forward moves are sent, and one made while disconnected is sent on
+   *  reconnect. `chat:read` handlers hear of it at once. */
   markRead(conversationId, seq) {
+    const seen = this.seen.get(conversationId);
+    if (seen !== void 0) seq = Math.min(seq, Math.max(seen.high, ...seen.above));
     if (seq <= (this.readSent.get(conversationId) ?? 0) || seq <= (this.readUnsent.get(conversationId) ?? 0)) return;
     if (this.statusValue.state === "open") this.sendRead(conversationId, seq);
     else this.readUnsent.set(conversationId, seq);
@@ -501,12 +714,15 @@ var SohbetClient = class {
     if (this.send("chat:read", { conversation_id: conversationId, seq })) this.readSent.set(conversationId, seq);
     else this.readUnsent.set(conversationId, seq);
   }
-  /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. */
-  history(conversationId, options = {}) {
+  /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. What it
+   *  returns counts as seen: a later `sync` starts after it, and `chat:message` will not repeat it. */
+  async history(conversationId, options = {}) {
     const payload = { conversation_id: conversationId };
     if (options.beforeSeq !== void 0) payload.before_seq = options.beforeSeq;
     if (options.limit !== void 0) payload.limit = options.limit;
-    return this.request("chat:history", payload);
+    const page = await this.request("chat:history", payload);
+    for (const message of page.messages) this.firstSight(message);
+    return page;
   }
   /** A direct conversation (one other member) or a group (more); resolves with it. */
   async createConversation(members, title) {
@@ -515,11 +731,13 @@ var SohbetClient = class {
     return (await this.request("conversation:create", payload)).conversation;
   }
   /** One page of this user's conversations, newest activity first, with unread counts. */
-  listConversations(options = {}) {
+  async listConversations(options = {}) {
     const payload = {};
     if (options.cursor !== void 0) payload.cursor = options.cursor;
     if (options.limit !== void 0) payload.limit = options.limit;
-    return this.request("conversation:list", payload);
+    const page = await this.request("conversation:list", payload);
+    for (const conversation of page.conversations) this.startAt(conversation);
+    return page;
   }
   /** Which of *userIds* are online (only contacts can be seen); asks in pages of 500. */
   async presence(userIds) {
@@ -540,6 +758,17 @@ var SohbetClient = class {
     return out;
   }
 };
+function expiryOf(token) {
+  const body = token?.split(".")[1];
+  if (body === void 0) return null;
+  try {
+    const text = atob(body.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(body.length / 4) * 4, "="));
+    const exp = JSON.parse(text).exp;
+    return typeof exp === "number" ? exp : null;
+  } catch {
+    return null;
+  }
+}
 function absorb(seen) {
   while (seen.above.has(seen.high + 1)) {
     seen.high += 1;
