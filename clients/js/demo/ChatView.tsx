@@ -6,7 +6,7 @@ import type { ConversationListItem } from "/client/sohbet.mjs";
 import { useConversation, useSohbet } from "../src/react.js";
 import type { ShownMessage } from "../src/react.js";
 import { Avatar } from "./Avatar.js";
-import { conversationName, dayKey, formatDay, formatTime, otherMembers, typingText } from "./util.js";
+import { conversationName, dayKey, formatDay, formatTime, names, otherMembers, typingText } from "./util.js";
 
 /** Messages per page of history. */
 const PAGE_SIZE = 30;
@@ -164,7 +164,7 @@ export function ChatView({ conversation, me, online, reads, onBack }: ChatViewPr
           </h2>
           <p className="chat-sub" data-testid="presence">
             {presence}
-            {direct ? null : <span className="members"> · {[me, ...others].join(", ")}</span>}
+            {direct ? null : <span className="members"> · {names([me, ...others])}</span>}
           </p>
         </div>
       </header>
@@ -326,7 +326,7 @@ function MessageState({ message, seenBy, last, direct, onRetry }: MessageStatePr
       </span>
     );
   }
-  const who = direct ? "Seen" : `Seen by ${seenBy.join(", ")}`;
+  const who = direct ? "Seen" : `Seen by ${names(seenBy)}`;
   return (
     <span className="state seen" title={who}>
       <span aria-hidden="true">✓✓</span>

@@ -47,6 +47,17 @@ export function socketUrl(): string {
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 }
 
+/** A name or title as shown: without bidi controls (U+202A-U+202E, U+2066-U+2069), so that a
+ *  name such as "0\u202Eecila" cannot show as "alice" or turn the rest of its line around. */
+export function isolated(name: string): string {
+  return name.replace(/[\u202A-\u202E\u2066-\u2069]/g, "");
+}
+
+/** Names joined for a line of text, each shown as `isolated` says. */
+export function names(users: readonly string[]): string {
+  return users.map(isolated).join(", ");
+}
+
 export function otherMembers(conversation: Conversation, me: string): string[] {
   const others = conversation.members.filter((m) => m !== me);
   return others.length > 0 ? others : [me];
@@ -54,10 +65,10 @@ export function otherMembers(conversation: Conversation, me: string): string[] {
 
 /** A direct conversation is named after the other person; a group by its title, or its people. */
 export function conversationName(conversation: Conversation, me: string): string {
-  if (conversation.kind === "group" && conversation.title) return conversation.title;
+  if (conversation.kind === "group" && conversation.title) return isolated(conversation.title);
   const others = otherMembers(conversation, me);
   const hidden = conversation.member_count - 1 - others.length;
-  return others.join(", ") + (hidden > 0 ? ` and ${hidden} more` : "");
+  return names(others) + (hidden > 0 ? ` and ${hidden} more` : "");
 }
 
 /** "a, b, c" → ["a", "b", "c"]: trimmed, without blanks and repeats. */
@@ -102,8 +113,8 @@ export function dayKey(iso: string): string {
 /** "bob is typing…", "bob and cem are typing…", "4 people are typing…". */
 export function typingText(users: readonly string[]): string {
   if (users.length === 0) return "";
-  if (users.length === 1) return `${users[0]} is typing…`;
-  if (users.length === 2) return `${users[0]} and ${users[1]} are typing…`;
+  if (users.length === 1) return `${isolated(users[0]!)} is typing…`;
+  if (users.length === 2) return `${isolated(users[0]!)} and ${isolated(users[1]!)} are typing…`;
   return `${users.length} people are typing…`;
 }
 

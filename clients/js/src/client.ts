@@ -28,6 +28,7 @@ import type {
   SyncDone,
 } from "./protocol.js";
 import { REPLY_TYPES } from "./protocol.js";
+import { maxOf, minOf } from "./util.js";
 
 /** The subprotocol of this protocol version. */
 export const SUBPROTOCOL = "sohbet.v1";
@@ -158,6 +159,9 @@ export interface SohbetClientOptions {
   /** Typing indicators are sent at most this often per conversation: the server forwards one
    *  per 2 s anyway (default 2000). */
   typingIntervalMs?: number;
+  /** `markRead` sends at most one `chat:read` per conversation this often, the newest seq at
+   *  the end of the interval (default 1000). */
+  readIntervalMs?: number;
   /** Cursors to sync from on the first connection (`seq` by conversation id), for a client
    *  that kept them across a page load; by default the first connection does not sync. */
   cursors?: Record<string, number>;
@@ -233,6 +237,10 @@ const BRIEF_RETRIES = 5;
 /** A connection must stay up this long before the backoff starts again from its first step:
  *  a server that accepts and then closes at once is not retried at full speed for ever. */
 const STABLE_MS = 10_000;
+/** Bytes of a presence:query besides its ids (envelope, keys, ref), with room to spare. */
+const PRESENCE_OVERHEAD = 256;
+/** Bytes of a sync besides its cursors. */
+const SYNC_OVERHEAD = 256;
 /** WebSocket.OPEN. */
 const OPEN_STATE = 1;
 /** How long an error may go without its close event before it is taken as one. */
@@ -311,6 +319,8 @@ export class SohbetClient {
   private readonly typingSentAt = new Map<number, number>();
   private readonly readSent = new Map<number, number>();
   private readonly readUnsent = new Map<number, number>();
+  private readonly readSentAt = new Map<number, number>();
+  private readonly readTimers = new Map<number, unknown>();
 
   private readonly onOnline = (): void => this.checkNow();
   private readonly onVisible = (): void => {
@@ -556,6 +566,8 @@ export class SohbetClient {
     this.stoppedWith = code;
     this.generation++;
     for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"] as const) this.clearTimer(name);
+    for (const timer of this.readTimers.values()) this.clock.clearTimeout(timer);
+    this.readTimers.clear();
     this.env?.removeEventListener("online", this.onOnline);
     this.env?.removeEventListener("visibilitychange", this.onVisible);
     const ws = this.ws;
@@ -602,7 +614,11 @@ export class SohbetClient {
     } catch {
       return; // the server sends only JSON text; nothing to do with anything else
     }
-    const payload = (envelope.payload ?? {}) as Record<string, unknown>;
+    if (typeof envelope !== "object" || envelope === null || typeof envelope.type !== "string") return;
+    const payload = (typeof envelope.payload === "object" && envelope.payload !== null ? envelope.payload : {}) as Record<
+      string,
+      unknown
+    >;
     switch (envelope.type) {
       case "hello":
         this.opened(ws, payload as unknown as Hello);
@@ -618,7 +634,7 @@ export class SohbetClient {
         break;
     }
     const call = envelope.ref === undefined ? undefined : this.calls.get(envelope.ref);
-    if (call !== undefined && call.sentOn === ws) {
+    if (call !== undefined && call.sentOn === ws && (envelope.type === "error" || envelope.type === replyTo(call.type))) {
       this.answered(call, envelope, payload);
     }
     this.emit(envelope.type, payload, envelope);
@@ -678,7 +694,8 @@ export class SohbetClient {
 
   /** Whether a message is new to this client; records it either way. */
   private firstSight(message: Message | undefined): boolean {
-    if (message === undefined || typeof message.seq !== "number") return true;
+    if (typeof message !== "object" || message === null || typeof message.seq !== "number") return true;
+    if (typeof message.conversation_id !== "number") return true;
     const seen = this.seen.get(message.conversation_id);
     if (seen === undefined) {
       if (this.syncing) {
@@ -694,6 +711,8 @@ export class SohbetClient {
     if (message.seq <= seen.high || seen.above.has(message.seq)) return false;
     seen.above.add(message.seq);
     absorb(seen);
+    this.seen.delete(message.conversation_id); // the most recently active last (see `sync`)
+    this.seen.set(message.conversation_id, seen);
     return true;
   }
 
@@ -711,7 +730,7 @@ export class SohbetClient {
       return;
     }
     const error = payload as unknown as EventPayloads["error"];
-    const retryAfterMs = typeof error.retry_after_ms === "number" ? error.retry_after_ms : undefined;
+    const retryAfterMs = typeof error.retry_after_ms === "number" ? clampWait(error.retry_after_ms) : undefined;
     if (call.outbox !== null && TRANSIENT.has(error.code) && this.running) {
       // Nothing was stored: the same message again, after the wait the server asks for; the
       // whole outbox waits with it, so that messages are stored in the order they were sent.
@@ -863,8 +882,16 @@ export class SohbetClient {
   }
 
   private transmit(call: Call, ws: WebSocketLike): void {
+    const frame = JSON.stringify({ type: call.type, payload: call.payload, ref: call.ref });
+    const limit = this.helloValue?.limits.max_message_bytes;
+    if (limit !== undefined && utf8Length(frame) > limit) {
+      // The server would close the connection (1009) and the call would be sent again after
+      // the reconnect, for ever: refused here instead.
+      this.settle(call, new SohbetError("too_large", `${call.type} of ${utf8Length(frame)} bytes exceeds the server's ${limit}`));
+      return;
+    }
     call.sentOn = ws;
-    ws.send(JSON.stringify({ type: call.type, payload: call.payload, ref: call.ref }));
+    ws.send(frame);
   }
 
   private settle(call: Call, error: SohbetError | null, payload?: unknown): void {
@@ -887,10 +914,10 @@ export class SohbetClient {
   private async sync(ws: WebSocketLike): Promise<void> {
     this.syncing = true;
     let refusals = 0;
+    let lastCursors = "";
     try {
       for (;;) {
-        const cursors: Record<string, number> = {};
-        for (const [id, seen] of this.seen) if (!seen.provisional) cursors[String(id)] = seen.high;
+        const cursors = this.syncCursors();
         let done: SyncDone;
         try {
           done = await this.request("sync", { cursors }, { timeoutMs: Infinity });
@@ -921,14 +948,39 @@ export class SohbetClient {
         for (const seen of this.seen.values()) {
           if (!seen.provisional) continue; // not listed by the server: start at what was seen
           seen.provisional = false;
-          seen.high = Math.max(0, Math.min(...seen.above) - 1);
+          seen.high = Math.max(0, minOf(seen.above) - 1);
           absorb(seen);
         }
         if (done.complete) return;
+        // Incomplete, so the cursors moved: if they did not, asking again at once would loop.
+        const next = JSON.stringify(Object.entries(done.conversations).sort());
+        if (next === lastCursors) {
+          refusals += 1;
+          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), Math.min(30_000, 500 * 2 ** refusals)));
+          if (ws !== this.ws) return;
+        }
+        lastCursors = next;
       }
     } finally {
       if (ws === this.ws || this.ws === null) this.syncing = false;
     }
+  }
+
+  /** The cursors of a `sync`: every conversation known, or, when they would not fit in one
+   *  message (a user in thousands of conversations), the most recently active that do; the
+   *  others get their newest 50 from the server, like a conversation never seen. */
+  private syncCursors(): Record<string, number> {
+    const budget = (this.helloValue?.limits.max_message_bytes ?? 65_536) - SYNC_OVERHEAD;
+    const known = [...this.seen].filter(([, seen]) => !seen.provisional);
+    const cursors: Record<string, number> = {};
+    let bytes = 0;
+    for (let i = known.length - 1; i >= 0; i--) {
+      const [id, seen] = known[i]!;
+      bytes += String(id).length + String(seen.high).length + 4; // "id":seq,
+      if (bytes > budget) break;
+      cursors[String(id)] = seen.high;
+    }
+    return cursors;
   }
 
   // -- chat ------------------------------------------------------------------------------------
@@ -987,10 +1039,29 @@ export class SohbetClient {
    *  reconnect. `chat:read` handlers hear of it at once. */
   markRead(conversationId: number, seq: number): void {
     const seen = this.seen.get(conversationId);
-    if (seen !== undefined) seq = Math.min(seq, Math.max(seen.high, ...seen.above));
+    if (seen !== undefined) seq = Math.min(seq, newestOf(seen));
     if (seq <= (this.readSent.get(conversationId) ?? 0) || seq <= (this.readUnsent.get(conversationId) ?? 0)) return;
-    if (this.statusValue.state === "open") this.sendRead(conversationId, seq);
-    else this.readUnsent.set(conversationId, seq);
+    // One chat:read per conversation per `readIntervalMs`, the newest seq at the end of it: a
+    // page that marks read on every message of a busy group must not run into the server's
+    // frame limit (a 1008 and a minute away).
+    this.readUnsent.set(conversationId, seq);
+    const last = this.readSentAt.get(conversationId);
+    const wait = last === undefined ? 0 : last + (this.options.readIntervalMs ?? 1000) - this.clock.now();
+    if (wait <= 0 && this.statusValue.state === "open") {
+      this.readUnsent.delete(conversationId);
+      this.sendRead(conversationId, seq);
+    } else if (wait > 0 && !this.readTimers.has(conversationId)) {
+      this.readTimers.set(
+        conversationId,
+        this.clock.setTimeout(() => {
+          this.readTimers.delete(conversationId);
+          const upTo = this.readUnsent.get(conversationId);
+          if (upTo === undefined || this.statusValue.state !== "open") return; // sent on reconnect
+          this.readUnsent.delete(conversationId);
+          this.sendRead(conversationId, upTo);
+        }, wait),
+      );
+    }
     const user = this.userId;
     if (user !== null) {
       const payload = { conversation_id: conversationId, user_id: user, seq };
@@ -999,8 +1070,12 @@ export class SohbetClient {
   }
 
   private sendRead(conversationId: number, seq: number): void {
-    if (this.send("chat:read", { conversation_id: conversationId, seq })) this.readSent.set(conversationId, seq);
-    else this.readUnsent.set(conversationId, seq);
+    if (this.send("chat:read", { conversation_id: conversationId, seq })) {
+      this.readSent.set(conversationId, seq);
+      this.readSentAt.set(conversationId, this.clock.now());
+    } else {
+      this.readUnsent.set(conversationId, seq);
+    }
   }
 
   /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. What it
@@ -1031,12 +1106,25 @@ export class SohbetClient {
     return page;
   }
 
-  /** Which of *userIds* are online (only contacts can be seen); asks in pages of 500. */
+  /** Which of *userIds* are online (only contacts can be seen); asks in pages of at most 500
+   *  ids that each fit in a message (ids of 128 characters: 500 of them would not). */
   async presence(userIds: string[]): Promise<string[]> {
     const online: string[] = [];
-    for (let i = 0; i < userIds.length; i += 500) {
-      online.push(...(await this.request("presence:query", { user_ids: userIds.slice(i, i + 500) })).online);
+    const budget = (this.helloValue?.limits.max_message_bytes ?? 65_536) - PRESENCE_OVERHEAD;
+    let page: string[] = [];
+    let bytes = 0;
+    const ask = async (): Promise<void> => {
+      if (page.length > 0) online.push(...(await this.request("presence:query", { user_ids: page })).online);
+      page = [];
+      bytes = 0;
+    };
+    for (const user of userIds) {
+      const size = utf8Length(JSON.stringify(user)) + 1;
+      if (page.length === 500 || bytes + size > budget) await ask();
+      page.push(user);
+      bytes += size;
     }
+    await ask();
     return online;
   }
 
@@ -1073,7 +1161,7 @@ function absorb(seen: Seen): void {
     seen.above.delete(seen.high);
   }
   while (seen.above.size > MAX_SEEN_ABOVE) {
-    seen.high = Math.min(...seen.above);
+    seen.high = minOf(seen.above);
     seen.above.delete(seen.high);
     absorb(seen);
   }
@@ -1084,4 +1172,24 @@ function reportLater(error: unknown): void {
   const report = (globalThis as { reportError?: (e: unknown) => void }).reportError;
   if (typeof report === "function") report(error);
   else setTimeout(() => { throw error; }, 0);
+}
+
+function newestOf(seen: Seen): number {
+  return Math.max(seen.high, maxOf(seen.above));
+}
+
+/** Bytes of *text* in UTF-8. */
+function utf8Length(text: string): number {
+  return new TextEncoder().encode(text).length;
+}
+
+/** The type of the reply a request of *type* gets. */
+function replyTo(type: string): string | null | undefined {
+  return (REPLY_TYPES as Record<string, string | null>)[type];
+}
+
+/** A wait the server asked for, kept sane: never a hot loop (0, or past what setTimeout can
+ *  hold, which fires at once), never longer than a minute. */
+function clampWait(ms: number): number {
+  return Math.min(60_000, Math.max(50, Number.isFinite(ms) ? ms : 60_000));
 }

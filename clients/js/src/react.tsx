@@ -9,6 +9,7 @@ import { createContext, useCallback, useContext, useEffect, useMemo, useRef, use
 import type { ReactNode } from "react";
 
 import type { ConnectionStatus, SohbetClient, SohbetError } from "./client.js";
+import { maxOf, minOf } from "./util.js";
 import type { ConversationListItem, Envelope, EventPayloads, EventType, Message } from "./protocol.js";
 
 interface SohbetContextValue {
@@ -229,7 +230,7 @@ export function useConversation(conversationId: number, options: { pageSize?: nu
   // Typing states end by themselves: the next expiry prunes them.
   useEffect(() => {
     if (typing.size === 0) return;
-    const next = Math.min(...typing.values());
+    const next = minOf(typing.values());
     const timer = setTimeout(() => {
       const now = Date.now();
       setTyping((before) => new Map([...before].filter(([, until]) => until > now)));
@@ -275,7 +276,7 @@ export function useConversation(conversationId: number, options: { pageSize?: nu
     client.sendTypingIndicator(conversationId);
   }, [client, conversationId]);
 
-  const newest = stored.size === 0 ? 0 : Math.max(...stored.keys());
+  const newest = stored.size === 0 ? 0 : maxOf(stored.keys());
   const markRead = useCallback(
     (seq?: number) => {
       const upTo = seq ?? newest;
@@ -284,7 +285,7 @@ export function useConversation(conversationId: number, options: { pageSize?: nu
     [client, conversationId, newest],
   );
 
-  const oldest = stored.size === 0 ? null : Math.min(...stored.keys());
+  const oldest = stored.size === 0 ? null : minOf(stored.keys());
   const loadOlder = useCallback(async () => {
     if (oldest === null) return;
     const page = await client.history(conversationId, { beforeSeq: oldest, limit: pageSize });
@@ -337,6 +338,7 @@ export function useConversation(conversationId: number, options: { pageSize?: nu
 
 /** The server counts `unread` up to this (docs/protocol.md): show "99+" from there. */
 export const UNREAD_CAP = 100;
+const REFRESH_COALESCE_MS = 1000;
 
 export interface UseConversations {
   /** Newest activity first, each with its unread count, kept live. */
@@ -357,6 +359,22 @@ export function useConversations(options: { limit?: number } = {}): UseConversat
   const refresh = useCallback(() => setAsked((n) => n + 1), []);
   const current = useRef(list);
   current.current = list;
+  // Asked again at most once a second for what events reveal (messages in conversations the
+  // list does not hold, being added somewhere): a burst of them is one request, not one each.
+  const soon = useRef<ReturnType<typeof setTimeout> | null>(null);
+  const askSoon = useCallback(() => {
+    if (soon.current !== null) return;
+    soon.current = setTimeout(() => {
+      soon.current = null;
+      setAsked((n) => n + 1);
+    }, REFRESH_COALESCE_MS);
+  }, []);
+  useEffect(
+    () => () => {
+      if (soon.current !== null) clearTimeout(soon.current);
+    },
+    [],
+  );
 
   useOnEachConnection(() => {
     let live = true;
@@ -383,7 +401,7 @@ export function useConversations(options: { limit?: number } = {}): UseConversat
   useEffect(() => {
     const moved = (message: Message, fromOther: boolean): void => {
       if (!current.current.some((c) => c.id === message.conversation_id)) {
-        refresh(); // a conversation this list has not seen: ask for the list again
+        askSoon(); // a conversation this list has not seen: ask for the list again
         return;
       }
       setList((before) => {
@@ -410,7 +428,7 @@ export function useConversations(options: { limit?: number } = {}): UseConversat
         if (user_id === client.userId) setList((before) => before.filter((c) => c.id !== conversation_id));
       }),
       client.on("conversation:member_added", ({ user_id }) => {
-        if (user_id === client.userId) refresh();
+        if (user_id === client.userId) askSoon();
       }),
       client.on("chat:read", ({ conversation_id, user_id, seq }) => {
         if (user_id !== client.userId) return;
@@ -422,7 +440,7 @@ export function useConversations(options: { limit?: number } = {}): UseConversat
       }),
     ];
     return () => stops.forEach((stop) => stop());
-  }, [client, refresh]);
+  }, [client, askSoon]);
 
   return { conversations: list, loading, error, refresh };
 }

@@ -1,4 +1,4 @@
-// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 6940badaa1d75278a9c692b9100c75c653dd2b844fcc6ba55969c2dd04ba959e); do not edit.
+// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 9f6c8215b48cb2d4503fe692f2c4a0095876915b8a623fadbbc36dc68f312762); do not edit.
 
 // src/protocol.ts
 var REPLY_TYPES = {
@@ -14,6 +14,18 @@ var REPLY_TYPES = {
   "presence:query": "presence:state",
   "auth:refresh": "auth:refreshed"
 };
+
+// src/util.ts
+function minOf(values) {
+  let min = Infinity;
+  for (const v of values) if (v < min) min = v;
+  return min;
+}
+function maxOf(values) {
+  let max = -Infinity;
+  for (const v of values) if (v > max) max = v;
+  return max;
+}
 
 // src/client.ts
 var SUBPROTOCOL = "sohbet.v1";
@@ -46,6 +58,8 @@ var OUTBOX_IN_FLIGHT = 2;
 var BRIEF_LIMIT_MS = 250;
 var BRIEF_RETRIES = 5;
 var STABLE_MS = 1e4;
+var PRESENCE_OVERHEAD = 256;
+var SYNC_OVERHEAD = 256;
 var OPEN_STATE = 1;
 var ERROR_WITHOUT_CLOSE_MS = 200;
 var realClock = {
@@ -107,6 +121,8 @@ var SohbetClient = class {
     this.typingSentAt = /* @__PURE__ */ new Map();
     this.readSent = /* @__PURE__ */ new Map();
     this.readUnsent = /* @__PURE__ */ new Map();
+    this.readSentAt = /* @__PURE__ */ new Map();
+    this.readTimers = /* @__PURE__ */ new Map();
     this.onOnline = () => this.checkNow();
     this.onVisible = () => {
       if (this.env?.isVisible()) this.checkNow();
@@ -322,6 +338,8 @@ var SohbetClient = class {
     this.stoppedWith = code;
     this.generation++;
     for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"]) this.clearTimer(name);
+    for (const timer of this.readTimers.values()) this.clock.clearTimeout(timer);
+    this.readTimers.clear();
     this.env?.removeEventListener("online", this.onOnline);
     this.env?.removeEventListener("visibilitychange", this.onVisible);
     const ws = this.ws;
@@ -364,7 +382,8 @@ var SohbetClient = class {
     } catch {
       return;
     }
-    const payload = envelope.payload ?? {};
+    if (typeof envelope !== "object" || envelope === null || typeof envelope.type !== "string") return;
+    const payload = typeof envelope.payload === "object" && envelope.payload !== null ? envelope.payload : {};
     switch (envelope.type) {
       case "hello":
         this.opened(ws, payload);
@@ -380,7 +399,7 @@ var SohbetClient = class {
         break;
     }
     const call = envelope.ref === void 0 ? void 0 : this.calls.get(envelope.ref);
-    if (call !== void 0 && call.sentOn === ws) {
+    if (call !== void 0 && call.sentOn === ws && (envelope.type === "error" || envelope.type === replyTo(call.type))) {
       this.answered(call, envelope, payload);
     }
     this.emit(envelope.type, payload, envelope);
@@ -435,7 +454,8 @@ var SohbetClient = class {
   }
   /** Whether a message is new to this client; records it either way. */
   firstSight(message) {
-    if (message === void 0 || typeof message.seq !== "number") return true;
+    if (typeof message !== "object" || message === null || typeof message.seq !== "number") return true;
+    if (typeof message.conversation_id !== "number") return true;
     const seen = this.seen.get(message.conversation_id);
     if (seen === void 0) {
       if (this.syncing) {
@@ -448,6 +468,8 @@ var SohbetClient = class {
     if (message.seq <= seen.high || seen.above.has(message.seq)) return false;
     seen.above.add(message.seq);
     absorb(seen);
+    this.seen.delete(message.conversation_id);
+    this.seen.set(message.conversation_id, seen);
     return true;
   }
   /** A conversation this client learns of without its messages: missed messages are those
@@ -463,7 +485,7 @@ var SohbetClient = class {
       return;
     }
     const error = payload;
-    const retryAfterMs = typeof error.retry_after_ms === "number" ? error.retry_after_ms : void 0;
+    const retryAfterMs = typeof error.retry_after_ms === "number" ? clampWait(error.retry_after_ms) : void 0;
     if (call.outbox !== null && TRANSIENT.has(error.code) && this.running) {
       call.sentOn = null;
       this.outboxRefusals += 1;
@@ -586,8 +608,14 @@ var SohbetClient = class {
     }
   }
   transmit(call, ws) {
+    const frame = JSON.stringify({ type: call.type, payload: call.payload, ref: call.ref });
+    const limit = this.helloValue?.limits.max_message_bytes;
+    if (limit !== void 0 && utf8Length(frame) > limit) {
+      this.settle(call, new SohbetError("too_large", `${call.type} of ${utf8Length(frame)} bytes exceeds the server's ${limit}`));
+      return;
+    }
     call.sentOn = ws;
-    ws.send(JSON.stringify({ type: call.type, payload: call.payload, ref: call.ref }));
+    ws.send(frame);
   }
   settle(call, error, payload) {
     if (!this.calls.delete(call.ref)) return;
@@ -608,10 +636,10 @@ var SohbetClient = class {
   async sync(ws) {
     this.syncing = true;
     let refusals = 0;
+    let lastCursors = "";
     try {
       for (; ; ) {
-        const cursors = {};
-        for (const [id, seen] of this.seen) if (!seen.provisional) cursors[String(id)] = seen.high;
+        const cursors = this.syncCursors();
         let done;
         try {
           done = await this.request("sync", { cursors }, { timeoutMs: Infinity });
@@ -642,14 +670,37 @@ var SohbetClient = class {
         for (const seen of this.seen.values()) {
           if (!seen.provisional) continue;
           seen.provisional = false;
-          seen.high = Math.max(0, Math.min(...seen.above) - 1);
+          seen.high = Math.max(0, minOf(seen.above) - 1);
           absorb(seen);
         }
         if (done.complete) return;
+        const next = JSON.stringify(Object.entries(done.conversations).sort());
+        if (next === lastCursors) {
+          refusals += 1;
+          await new Promise((resolve) => this.clock.setTimeout(() => resolve(null), Math.min(3e4, 500 * 2 ** refusals)));
+          if (ws !== this.ws) return;
+        }
+        lastCursors = next;
       }
     } finally {
       if (ws === this.ws || this.ws === null) this.syncing = false;
     }
+  }
+  /** The cursors of a `sync`: every conversation known, or, when they would not fit in one
+   *  message (a user in thousands of conversations), the most recently active that do; the
+   *  others get their newest 50 from the server, like a conversation never seen. */
+  syncCursors() {
+    const budget = (this.helloValue?.limits.max_message_bytes ?? 65536) - SYNC_OVERHEAD;
+    const known = [...this.seen].filter(([, seen]) => !seen.provisional);
+    const cursors = {};
+    let bytes = 0;
+    for (let i = known.length - 1; i >= 0; i--) {
+      const [id, seen] = known[i];
+      bytes += String(id).length + String(seen.high).length + 4;
+      if (bytes > budget) break;
+      cursors[String(id)] = seen.high;
+    }
+    return cursors;
   }
   // -- chat ------------------------------------------------------------------------------------
   /** A new idempotency key for `sendChatMessage` (to show a message as pending before it is sent). */
@@ -700,10 +751,26 @@ var SohbetClient = class {
    *  reconnect. `chat:read` handlers hear of it at once. */
   markRead(conversationId, seq) {
     const seen = this.seen.get(conversationId);
-    if (seen !== void 0) seq = Math.min(seq, Math.max(seen.high, ...seen.above));
+    if (seen !== void 0) seq = Math.min(seq, newestOf(seen));
     if (seq <= (this.readSent.get(conversationId) ?? 0) || seq <= (this.readUnsent.get(conversationId) ?? 0)) return;
-    if (this.statusValue.state === "open") this.sendRead(conversationId, seq);
-    else this.readUnsent.set(conversationId, seq);
+    this.readUnsent.set(conversationId, seq);
+    const last = this.readSentAt.get(conversationId);
+    const wait = last === void 0 ? 0 : last + (this.options.readIntervalMs ?? 1e3) - this.clock.now();
+    if (wait <= 0 && this.statusValue.state === "open") {
+      this.readUnsent.delete(conversationId);
+      this.sendRead(conversationId, seq);
+    } else if (wait > 0 && !this.readTimers.has(conversationId)) {
+      this.readTimers.set(
+        conversationId,
+        this.clock.setTimeout(() => {
+          this.readTimers.delete(conversationId);
+          const upTo = this.readUnsent.get(conversationId);
+          if (upTo === void 0 || this.statusValue.state !== "open") return;
+          this.readUnsent.delete(conversationId);
+          this.sendRead(conversationId, upTo);
+        }, wait)
+      );
+    }
     const user = this.userId;
     if (user !== null) {
       const payload = { conversation_id: conversationId, user_id: user, seq };
@@ -711,8 +778,12 @@ var SohbetClient = class {
     }
   }
   sendRead(conversationId, seq) {
-    if (this.send("chat:read", { conversation_id: conversationId, seq })) this.readSent.set(conversationId, seq);
-    else this.readUnsent.set(conversationId, seq);
+    if (this.send("chat:read", { conversation_id: conversationId, seq })) {
+      this.readSent.set(conversationId, seq);
+      this.readSentAt.set(conversationId, this.clock.now());
+    } else {
+      this.readUnsent.set(conversationId, seq);
+    }
   }
   /** The newest messages before *beforeSeq* (all, when absent), in ascending seq. What it
    *  returns counts as seen: a later `sync` starts after it, and `chat:message` will not repeat it. */
@@ -739,12 +810,25 @@ var SohbetClient = class {
     for (const conversation of page.conversations) this.startAt(conversation);
     return page;
   }
-  /** Which of *userIds* are online (only contacts can be seen); asks in pages of 500. */
+  /** Which of *userIds* are online (only contacts can be seen); asks in pages of at most 500
+   *  ids that each fit in a message (ids of 128 characters: 500 of them would not). */
   async presence(userIds) {
     const online = [];
-    for (let i = 0; i < userIds.length; i += 500) {
-      online.push(...(await this.request("presence:query", { user_ids: userIds.slice(i, i + 500) })).online);
+    const budget = (this.helloValue?.limits.max_message_bytes ?? 65536) - PRESENCE_OVERHEAD;
+    let page = [];
+    let bytes = 0;
+    const ask = async () => {
+      if (page.length > 0) online.push(...(await this.request("presence:query", { user_ids: page })).online);
+      page = [];
+      bytes = 0;
+    };
+    for (const user of userIds) {
+      const size = utf8Length(JSON.stringify(user)) + 1;
+      if (page.length === 500 || bytes + size > budget) await ask();
+      page.push(user);
+      bytes += size;
     }
+    await ask();
     return online;
   }
   /** Leave a conversation. */
@@ -775,7 +859,7 @@ function absorb(seen) {
     seen.above.delete(seen.high);
   }
   while (seen.above.size > MAX_SEEN_ABOVE) {
-    seen.high = Math.min(...seen.above);
+    seen.high = minOf(seen.above);
     seen.above.delete(seen.high);
     absorb(seen);
   }
@@ -786,6 +870,18 @@ function reportLater(error) {
   else setTimeout(() => {
     throw error;
   }, 0);
+}
+function newestOf(seen) {
+  return Math.max(seen.high, maxOf(seen.above));
+}
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
+}
+function replyTo(type) {
+  return REPLY_TYPES[type];
+}
+function clampWait(ms) {
+  return Math.min(6e4, Math.max(50, Number.isFinite(ms) ? ms : 6e4));
 }
 export {
   BEARER_PREFIX,
