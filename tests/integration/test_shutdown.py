@@ -28,6 +28,8 @@ WRITERS = 4
 #: Each writer sends until its connection closes, up to this many: far more than the seconds of
 #: the shutdown can take, so sends are in flight at every step of it.
 PER_WRITER = 200_000
+#: Sends a writer has unanswered at most: plenty in flight at every step of the shutdown.
+IN_FLIGHT = 200
 
 
 def token(user: str) -> str:
@@ -49,9 +51,15 @@ async def writer(
     ) as ws:
         await ws.recv()  # hello
 
+        # At most IN_FLIGHT unanswered: a client that reads its answers, so that the server's
+        # close frame is not stuck behind a backlog the client has not read (under coverage the
+        # server is several times slower, and an unpaced flood filled its buffers).
+        window = asyncio.Semaphore(IN_FLIGHT)
+
         async def send() -> None:
             nonlocal sent
             for i in range(PER_WRITER):
+                await window.acquire()
                 payload = {"conversation_id": conversation, "content": f"{user} {i}", "client_id": f"{user}-{i}"}
                 await ws.send(orjson.dumps({"type": "chat:send", "payload": payload}).decode())
                 sent += 1
@@ -66,9 +74,11 @@ async def writer(
                 event = orjson.loads(raw)
                 if event["type"] == "chat:ack":
                     acked[event["payload"]["client_id"]] = event["payload"]["message"]
+                    window.release()
                 elif event["type"] == "error":
                     assert event["payload"]["code"] == "unavailable", event
                     unavailable += 1
+                    window.release()
         except websockets.ConnectionClosed:
             pass
         finally:
