@@ -10,7 +10,9 @@ const dom = new JSDOM("<!doctype html><html><body></body></html>", { url: "http:
 for (const name of ["window", "document", "navigator", "HTMLElement", "Node", "MutationObserver", "getComputedStyle"]) {
   Object.defineProperty(globalThis, name, { value: name === "getComputedStyle" ? dom.window.getComputedStyle.bind(dom.window) : dom.window[name], configurable: true, writable: true });
 }
-globalThis.IS_REACT_ACT_ENVIRONMENT = true;
+// Updates come from the server at any time, not from test code in act(): the tests wait for
+// their effect (waitFor), so React's act() warnings would only be noise.
+globalThis.IS_REACT_ACT_ENVIRONMENT = false;
 
 const React = await import("react");
 const { act, render, renderHook, screen, waitFor } = await import("@testing-library/react");
