@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Generator, Iterator
@@ -18,6 +19,18 @@ from hypothesis import HealthCheck, settings
 from .pgcluster import ClusterUnavailable, PrivatePostgres
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+def required_program(name: str, needed_for: str) -> str:
+    """The path of program *name*; missing, it fails the test under CI (which must run it:
+    *needed_for*) and skips it loudly elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"{name} is missing: CI must run {needed_for}")
+        pytest.skip(f"SKIPPING {needed_for.upper()}: {name} is missing")
+    return found
+
 
 # Deadlines fail runs on a loaded 2-core machine for no fault of the code; speed is measured in
 # benchmarks/, never here.

@@ -7,17 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sohbet.api.webhook import signature
 
-from .conftest import IN_CI
+from .conftest import required_program
 
 ROOT = Path(__file__).parent.parent
 OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
@@ -71,11 +68,7 @@ def test_the_python_check_accepts_what_the_server_signs_and_nothing_else() -> No
 
 
 def test_the_node_check_accepts_what_the_server_signs_and_nothing_else() -> None:
-    node = shutil.which("node")
-    if node is None:
-        if IN_CI:
-            pytest.fail("node is missing: CI must run the documented Node check")
-        pytest.skip("node is missing")
+    node = required_program("node", "the documented Node check")
     script = snippet("js") + (
         "\nconst cases = JSON.parse(process.argv[1]);"
         "\nconsole.log(JSON.stringify(cases.map(([h, b]) => verify(process.argv[2], h, Buffer.from(b, 'latin1')))));"

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ..conftest import IN_CI
+from ..conftest import required_program
 
 ROOT = Path(__file__).parent.parent.parent
 PACKAGE = ROOT / "clients" / "js"
@@ -51,15 +50,6 @@ def test_the_shipped_modules_are_built_from_the_sources_beside_them(shipped: str
     )
 
 
-def npm() -> str:
-    found = shutil.which("npm")
-    if found is None:
-        if IN_CI:
-            pytest.fail("npm is missing: CI must run the browser client's tests (install node >= 20)")
-        pytest.skip("SKIPPING THE BROWSER CLIENT'S TESTS: npm is missing (install node >= 20)")
-    return found
-
-
 def installed() -> bool:
     """Whether node_modules holds what package-lock.json says (npm writes its own copy there)."""
     copy = PACKAGE / "node_modules" / ".package-lock.json"
@@ -67,7 +57,7 @@ def installed() -> bool:
 
 
 def test_the_js_client_suite_against_real_servers() -> None:
-    command = npm()
+    command = required_program("npm", "the browser client's tests (install node >= 20)")
     if not installed():  # a fresh clone: the lockfile's packages, exactly
         subprocess.run([command, "ci", "--no-audit", "--no-fund"], cwd=PACKAGE, check=True, timeout=NPM_TIMEOUT_S)
     server = Path(sys.executable).parent / "sohbet-server"

@@ -14,7 +14,6 @@ seen.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -34,7 +33,7 @@ from sohbet.chat import wire
 from sohbet.errors import ErrorCode
 
 from ..chatkit import API_KEY, Harness, WsChat, chat_server, token, with_chat
-from ..conftest import IN_CI
+from ..conftest import required_program
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -419,11 +418,7 @@ def test_the_schemas_objects_are_the_http_apis(ours: str, theirs: str) -> None:
 
 def test_the_typescript_types_are_generated_from_the_schema() -> None:
     """clients/js/src/protocol.ts is what scripts/gen-protocol.mjs writes from the schema now."""
-    node = shutil.which("node")
-    if node is None:
-        if IN_CI:
-            pytest.fail("node is missing: CI must check that the client's protocol types are not stale")
-        pytest.skip("SKIPPING THE CHECK OF THE CLIENT'S PROTOCOL TYPES: node is missing")
+    node = required_program("node", "the check that the client's protocol types are not stale")
     script = ROOT / "clients" / "js" / "scripts" / "gen-protocol.mjs"
     done = subprocess.run(
         [node, str(script), "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
