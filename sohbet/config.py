@@ -53,11 +53,11 @@ MIN_TOKEN_BYTES: Final = 16  # the metrics token: it guards counters, not messag
 #: The longest `kid` configured: kids are named in error messages and log lines.
 MAX_KID_CHARS: Final = 256
 MAX_PORT: Final = 65535
-#: Why `--redis-url` stops the process instead of being accepted and ignored.
-REDIS_NOT_SUPPORTED: Final = (
-    "--redis-url (SOHBET_REDIS_URL) is not yet supported: instances cannot yet tell each other of "
-    "membership changes (roadmap step 8), so run one sohbet-server per database"
-)
+#: URL schemes of `--redis-url` the `redis` library's client connects to.
+REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+#: What an instance id (and a Redis key prefix) may hold: it names keys, channels and metrics.
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_INSTANCE_ID_CHARS: Final = 64
 _HOUR_S: Final = 3600.0
 #: Logged at start with `--demo`.
 DEMO_WARNING: Final = (
@@ -279,6 +279,41 @@ class ChatConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several instances sharing one Postgres, linked through Redis (docs/cluster.md)."""
+
+    #: redis://, rediss:// or unix:// URL; None: a single process, no Redis.
+    redis_url: str | None = field(default=None, repr=False)
+    #: This instance's name in logs, metrics and the Redis registry; unique per deployment.
+    instance_id: str = "sohbet"
+    #: Of every Redis key and channel: deployments sharing one Redis need different ones.
+    prefix: str = "sohbet"
+    #: How often an instance renews its heartbeat, and how long one lives: an instance killed
+    #: is found dead within `heartbeat_ttl_s` (+ `heartbeat_s`), and its users go offline after
+    #: their grace period.
+    heartbeat_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            # The URL is not quoted in the message: its userinfo may hold a password.
+            scheme, _, rest = self.redis_url.partition("://")
+            require(scheme in REDIS_SCHEMES and bool(rest), "redis URL must be redis://, rediss:// or unix://")
+        for what, name in (("instance id", self.instance_id), ("redis prefix", self.prefix)):
+            require(
+                0 < len(name) <= MAX_INSTANCE_ID_CHARS and set(name) <= _NAME_CHARS,
+                f"{what} {name[:80]!r} must be 1-{MAX_INSTANCE_ID_CHARS} of A-Z a-z 0-9 . _ -",
+            )
+        require_within("heartbeat_s", self.heartbeat_s, 0.1, 60)
+        require_within("heartbeat_ttl_s", self.heartbeat_ttl_s, self.heartbeat_s * 2, 300)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether instances link up through Redis."""
+        return self.redis_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Where and how messages for offline members are POSTed to the application
     (docs/protocol.md, "HTTP API", the webhook); `sohbet.api.webhook.WebhookSender` takes it."""
@@ -382,7 +417,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "storage_timeout", float, 5.0, "seconds one Postgres call may take before it is unavailable (a hung database)"
     ),
-    Setting("redis_url", str, None, "redis://... to fan out across several instances (not yet supported)"),
+    Setting(
+        "redis_url",
+        str,
+        None,
+        "redis://, rediss:// or unix:// URL: several instances on one Postgres, linked through Redis",
+    ),
+    Setting("instance_id", str, None, "this instance's name in logs, metrics and Redis (default: generated)"),
+    Setting("redis_prefix", str, "sohbet", "prefix of every Redis key and channel (one per deployment)"),
+    Setting("heartbeat", float, 2.0, "seconds between an instance's heartbeats in Redis"),
+    Setting("heartbeat_ttl", float, 10.0, "seconds a heartbeat lives: an instance silent this long is dead"),
     Setting(
         "api_key",
         str,
@@ -577,7 +621,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
-    redis_url: str | None = field(default=None, repr=False)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     log_level: str = "info"
     log_format: str = "text"
     #: Bearer token `GET /metrics` requires; None: the endpoint is open.
@@ -601,7 +645,8 @@ class Config:
             self.drain_delay_s < self.shutdown_timeout_s,
             f"drain_delay_s of {self.drain_delay_s} must be below shutdown_timeout_s of {self.shutdown_timeout_s}",
         )
-        require(self.redis_url is None, REDIS_NOT_SUPPORTED)
+        if self.cluster.enabled:
+            require(self.store.is_postgres, "--redis-url needs Postgres (--database-url): instances share one database")
         if self.demo and not self.auth.can_sign:  # refused at start, not at each visitor's first click
             held = (
                 f"{self.auth.algorithm} public keys"
@@ -718,7 +763,13 @@ class Config:
                 sender_rate_per_s=float(v["webhook_sender_rate"]),  # type: ignore[arg-type]  # coerced
                 sender_burst=int(v["webhook_sender_burst"]),  # type: ignore[call-overload]  # coerced
             ),
-            redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
+            cluster=ClusterConfig(
+                redis_url=None if v["redis_url"] is None else str(v["redis_url"]),
+                instance_id=str(v["instance_id"] or "sohbet"),
+                prefix=str(v["redis_prefix"]),
+                heartbeat_s=float(v["heartbeat"]),  # type: ignore[arg-type]  # coerced
+                heartbeat_ttl_s=float(v["heartbeat_ttl"]),  # type: ignore[arg-type]  # coerced
+            ),
             log_level=str(v["log_level"]),
             log_format=str(v["log_format"]),
             metrics_token=None if v["metrics_token"] is None else str(v["metrics_token"]),

@@ -44,18 +44,66 @@ def _histogram(name: str, documentation: str, histogram: Histogram) -> Histogram
 class ChatCollector(Collector):
     """The metric families of one chat server, built from its counters at each scrape."""
 
-    def __init__(self, server: Server, chat: ChatService, router: Router, extra: Callable[[], list[Metric]]) -> None:
+    def __init__(
+        self,
+        server: Server,
+        chat: ChatService,
+        router: Router,
+        extra: Callable[[], list[Metric]],
+        *,
+        instance_id: str = "sohbet",
+    ) -> None:
         """Args:
         server, chat, router: whose counters to read.
         extra: more families, built at each scrape (the webhook's, when there is one).
+        instance_id: named by `sohbet_instance_info`, to tell the instances of a cluster apart.
         """
+        self.instance_id = instance_id
         self.server = server
         self.chat = chat
         self.router = router
         self.extra = extra
 
+    def _cluster(self) -> Iterator[Metric]:
+        broker, cluster = self.chat.broker, self.chat.cluster
+        if broker is None or not cluster.active:
+            return
+        yield GaugeMetricFamily("sohbet_broker_up", "1 while the link to Redis is up, else 0.", int(broker.up))
+        yield GaugeMetricFamily(
+            "sohbet_cluster_remote_users",
+            "Users connected to other instances, as this one knows.",
+            cluster.remote_users,
+        )
+        yield GaugeMetricFamily(
+            "sohbet_cluster_followed", "Conversations this instance follows on the broker.", cluster.followed
+        )
+        events = CounterMetricFamily(
+            "sohbet_broker_events",
+            "Events between instances: sent, received, dropped (link down or queue full).",
+            labels=["result"],
+        )
+        counts = broker.stats()
+        for result in ("sent", "received", "dropped"):
+            events.add_metric([result], counts.get(result, 0))
+        yield events
+        yield CounterMetricFamily(
+            "sohbet_broker_reconnections", "Times the link to Redis was lost.", counts.get("reconnections", 0)
+        )
+        lines = CounterMetricFamily(
+            "sohbet_cluster_messages",
+            "Messages in delivery order: gaps seen, filled from storage, duplicates dropped.",
+            labels=["result"],
+        )
+        for result in ("gaps", "filled", "duplicates"):
+            lines.add_metric([result], cluster.counters[result])
+        yield lines
+
     def collect(self) -> Iterator[Metric]:  # prometheus-client's contract
         server, stats, chat = self.server, self.server.stats, self.chat.ctx.stats
+        info = GaugeMetricFamily("sohbet_instance_info", "This instance, by name (always 1).", labels=["instance_id"])
+        info.add_metric([self.instance_id], 1)
+        yield info
+        yield from self._cluster()
         yield GaugeMetricFamily("sohbet_connections", "Open WebSocket connections.", len(server.connections))
         yield GaugeMetricFamily(
             "sohbet_sockets", "Open sockets: WebSocket, plain HTTP and closed ones lingering.", server.socket_count

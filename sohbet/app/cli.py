@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import stat
 import sys
 import time
@@ -31,10 +32,13 @@ from sohbet.app.compose import App, AppConfig
 from sohbet.app.gateway import READY_CACHE_S, READY_TIMEOUT_S
 from sohbet.app.keys import check_keys, watch_keys
 from sohbet.auth import issue_token
+from sohbet.broker import Broker
+from sohbet.broker.local import LocalBroker
+from sohbet.broker.redis import RedisBroker
 from sohbet.config import (
     HMAC_ALGORITHMS,
-    REDIS_NOT_SUPPORTED,
     SETTINGS,
+    ClusterConfig,
     Config,
     StoreConfig,
     merge_settings,
@@ -157,8 +161,8 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
             raise ConfigError(f"cannot read config file {args['config']}: {exc}") from None
     flags = {k: v for k, v in args.items() if k not in {"config", "command", "user_id", "ttl"}}
     values = merge_settings(environ, file, flags)
-    if values["redis_url"]:
-        raise ConfigError(REDIS_NOT_SUPPORTED)  # before a secret is generated for nothing
+    if not values["instance_id"]:
+        values["instance_id"] = generated_instance_id()
     for setting in SETTINGS:
         secret_file = values.get(f"{setting.name}_file") if setting.secret else None
         if secret_file:
@@ -179,6 +183,26 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
     return config
 
 
+def generated_instance_id() -> str:
+    """A name for an instance nobody named: the host's, and a random part (a restarted
+    instance is a new one: its predecessor's registry entries are buried, not inherited)."""
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())[:48] or "sohbet"
+    return f"{host}-{secrets.token_hex(4)}"
+
+
+def make_broker(config: ClusterConfig) -> Broker:
+    """The one place that picks a broker implementation."""
+    if config.redis_url is None:
+        return LocalBroker(config.instance_id)
+    return RedisBroker(
+        config.redis_url,
+        config.instance_id,
+        prefix=config.prefix,
+        heartbeat_s=config.heartbeat_s,
+        ttl_s=config.heartbeat_ttl_s,
+    )
+
+
 def make_store(config: StoreConfig) -> MessageStore:
     """The one place that picks a storage implementation."""
     if config.is_postgres:
@@ -197,15 +221,16 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
     store = make_store(config.store)
-    try:
-        # One server per database until instances share membership changes (roadmap step 8).
-        await store.lock_instance()
-    except BaseException:
-        await store.close()
-        raise
+    if not config.cluster.enabled:
+        try:
+            # Without Redis, instances could not tell each other of anything: one per database.
+            await store.lock_instance()
+        except BaseException:
+            await store.close()
+            raise
     if config.store.is_sqlite:
         _warn_if_exposed(Path(config.store.sqlite_path))
-    await store.migrate()
+    await store.migrate()  # under an advisory lock: instances starting together migrate once
     app = App(
         AppConfig(
             config.auth,
@@ -217,8 +242,10 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             metrics_token=config.metrics_token,
             webhook=config.webhook,
             demo=config.demo,
+            instance_id=config.cluster.instance_id,
         ),
         store,
+        broker=make_broker(config.cluster) if config.cluster.enabled else None,
     )
     keys = watch_keys(config.auth, app.chat.verifier)  # the JWKS file's keys, reloaded on change or SIGHUP
     await app.start(config.host, config.port)
@@ -273,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         except ConfigError:
             logs.configure("warning", "text", held)
             raise
-        logs.configure(config.log_level, config.log_format, held)
+        instance = config.cluster.instance_id if config.cluster.enabled else None
+        logs.configure(config.log_level, config.log_format, held, instance=instance)
         command = args.get("command") or "serve"
         if command == "token":
             print(issue_token(config.auth, args["user_id"], args["ttl"], time.time()))

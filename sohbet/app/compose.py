@@ -32,6 +32,7 @@ from sohbet.app import demo
 from sohbet.app.assets import serve_client
 from sohbet.app.gateway import ChatGateway, ServerOutbox
 from sohbet.auth import Verifier
+from sohbet.broker import Broker
 from sohbet.config import AuthConfig, ChatConfig, StoreConfig, WebhookConfig
 from sohbet.service import ChatService
 from sohbet.service.backend import Backend
@@ -61,12 +62,19 @@ class AppConfig:
     metrics_reuse_s: float = RENDER_REUSE_S
     #: Serve the demo chat page and its token endpoint (`sohbet.app.demo`); `auth` must sign.
     demo: bool = False
+    #: This instance's name, in metrics (and, in a cluster, the broker's registry).
+    instance_id: str = "sohbet"
 
 
 class App:
     """A chat server on one port, over *store* (migrated and, for production, locked)."""
 
-    def __init__(self, config: AppConfig, store: MessageStore, *, write_depth: int | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, store: MessageStore, *, write_depth: int | None = None, broker: Broker | None = None
+    ) -> None:
+        """Args:
+        broker: the link to the other instances of a cluster (None: a single process).
+        """
         self.config = config
         self.store = store
         #: Tells the application of messages for members with no connection, when configured.
@@ -83,6 +91,7 @@ class App:
             writers=config.store.writers,
             depth=write_depth or config.store.write_depth,
             notifier=self.webhook,
+            broker=broker,
         )
         self.gateway = ChatGateway(self.chat)
         self.backend = Backend(self.chat, max_event_bytes=config.limits.max_message_bytes)
@@ -95,7 +104,9 @@ class App:
         ).register(self.gateway.routes)
         self.server = Server(self.gateway, limits=config.limits, websocket=config.websocket)
         extra = list if self.webhook is None else partial(webhook_metrics, self.webhook.stats)
-        self.metrics = metrics_registry(ChatCollector(self.server, self.chat, self.gateway.routes, extra))
+        self.metrics = metrics_registry(
+            ChatCollector(self.server, self.chat, self.gateway.routes, extra, instance_id=config.instance_id)
+        )
         register_metrics(self.gateway.routes, self.metrics, config.metrics_token, config.metrics_reuse_s)
         serve_client(self.gateway.routes)
         if config.demo:

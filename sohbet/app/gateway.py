@@ -163,9 +163,13 @@ class ChatGateway(Handler):
     async def _ready(self, request: Request, params: dict[str, str]) -> Response:
         if not self.accepting:  # starting, or shutting down: a load balancer sends nobody new
             return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STARTING_OR_STOPPING)
-        if await self.readiness.get():
-            return Response(HTTPStatus.OK, b'{"status":"ready"}')
-        return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
+        if not await self.readiness.get():
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, _STORE_UNREACHABLE)
+        broker = self.chat.broker
+        if broker is not None and not broker.up:
+            # It serves its own users, but what they send reaches no other instance live.
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, _BROKER_UNREACHABLE)
+        return Response(HTTPStatus.OK, b'{"status":"ready"}')
 
     async def _storage_answers(self) -> bool:
         try:
@@ -187,6 +191,9 @@ class ChatGateway(Handler):
 _ALIVE: Final = Response(HTTPStatus.OK, b'{"status":"ok"}')
 _STARTING_OR_STOPPING: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "starting or stopping")
 _STORE_UNREACHABLE: Final = error_body(HTTPStatus.SERVICE_UNAVAILABLE, "storage is unreachable")
+_BROKER_UNREACHABLE: Final = error_body(
+    HTTPStatus.SERVICE_UNAVAILABLE, "redis is unreachable: messages reach no other instance live"
+)
 _NOT_UPGRADED: Final = Response(
     HTTPStatus.UPGRADE_REQUIRED,
     error_body(HTTPStatus.UPGRADE_REQUIRED, "this endpoint speaks WebSocket; send an upgrade"),

@@ -85,10 +85,27 @@ def hold_early_records() -> logging.handlers.MemoryHandler:
     return held
 
 
-def configure(level: str, fmt: str, held: logging.handlers.MemoryHandler | None = None) -> None:
-    """Log to stderr at *level* in format *fmt* (`text` or `json`), after what was *held*."""
+class _Instance(logging.Filter):
+    """Names the instance on every line (in a cluster, several write to one log store)."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def filter(self, record: logging.LogRecord) -> bool:  # logging's contract
+        record.instance = self.instance
+        return True
+
+
+def configure(
+    level: str, fmt: str, held: logging.handlers.MemoryHandler | None = None, *, instance: str | None = None
+) -> None:
+    """Log to stderr at *level* in format *fmt* (`text` or `json`), after what was *held*; each
+    line names *instance*, if given."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(FORMATS[fmt]())
+    if instance is not None:
+        handler.addFilter(_Instance(instance))
     threshold = logging.getLevelName(level.upper())
     root = logging.getLogger()
     for old in list(root.handlers):

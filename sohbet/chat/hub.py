@@ -22,15 +22,18 @@ __all__ = ["Hub"]
 
 C = TypeVar("C")  # a connection handle; hashed by identity
 _NOBODY: frozenset[UserId] = frozenset()
+_NOBODY_SET: set[UserId] = set()  # returned, never mutated: a set, so callers get one type
 
 
 class Hub(Generic[C]):
     """Connections by user, members by conversation, presence and typing state."""
 
-    def __init__(self, max_cached_members: int = 0) -> None:
+    def __init__(self, max_cached_members: int = 0, *, track_here: bool = False) -> None:
         """Args:
         max_cached_members: member entries the cache may hold over all conversations before
             the least recently used sets are dropped; 0 means no bound.
+        track_here: record which conversations gain or lose their last member connected here
+            (`take_here_changes`): what a cluster instance follows on the broker.
         """
         self._connections: dict[UserId, set[C]] = {}
         self._remote: dict[UserId, int] = {}
@@ -43,13 +46,22 @@ class Hub(Generic[C]):
         self._conversation_changes: dict[UserId, dict[ConversationId, bool]] = {}
         self._grace: dict[UserId, float] = {}
         self._typing: dict[tuple[UserId, ConversationId], float] = {}
+        # Conversations by the members connected *here* whose conversations are loaded (a
+        # cluster instance receives a conversation's events while this is not empty).
+        self._here: dict[ConversationId, set[UserId]] = {}
+        self._here_changes: set[ConversationId] | None = set() if track_here else None
 
     # -- connections and presence -------------------------------------------------------------
 
     def attach(self, user: UserId, conn: C) -> bool:
         """Add a connection; return True if the user has just come online."""
         came_online = not self.is_online(user)
-        self._connections.setdefault(user, set()).add(conn)
+        conns = self._connections.get(user)
+        if conns is None:
+            conns = self._connections[user] = set()
+            for conversation in self._conversations.get(user, ()):
+                self._enter_here(conversation, user)
+        conns.add(conn)
         self._grace.pop(user, None)  # back within the grace period: never went offline
         return came_online
 
@@ -66,20 +78,47 @@ class Hub(Generic[C]):
         if conns:
             return False
         del self._connections[user]
+        for conversation in self._conversations.get(user, ()):
+            self._leave_here(conversation, user)
         if self._remote.get(user):
             return False
         self._grace[user] = grace_until
         return True
 
-    def set_remote(self, user: UserId, count: int) -> bool:
-        """Record how many connections *user* has on other instances; True if now online."""
+    def set_remote(self, user: UserId, count: int, grace_until: float) -> bool:
+        """Record how many connections *user* has on other instances; True if now online.
+
+        When the last remote connection goes and none is here, the user stays online until
+        *grace_until*, as after a local one (`detach`)."""
         was_online = self.is_online(user)
         if count > 0:
             self._remote[user] = count
             self._grace.pop(user, None)
-        else:
-            self._remote.pop(user, None)
+        elif self._remote.pop(user, None) is not None and user not in self._connections:
+            self._grace[user] = grace_until
         return not was_online and self.is_online(user)
+
+    def remote_users(self) -> list[UserId]:
+        """The users with connections on other instances."""
+        return list(self._remote)
+
+    def here(self, conversation: ConversationId) -> set[UserId]:
+        """The members of *conversation* connected here (of those whose conversations are
+        loaded: every admitted connection's user, in a cluster). A live view: do not mutate."""
+        return self._here.get(conversation) or _NOBODY_SET
+
+    def followed(self) -> list[ConversationId]:
+        """The conversations with a member connected here."""
+        return list(self._here)
+
+    def take_here_changes(self) -> set[ConversationId]:
+        """The conversations that gained their first or lost their last member connected here
+        since the last call (some may have done both: check `here`)."""
+        changes = self._here_changes
+        if not changes:
+            return set()
+        self._here_changes = set()
+        return changes
 
     def expired_graces(self, now: float) -> list[UserId]:
         """Users whose grace period ended by *now*: they are offline from here on.
@@ -234,6 +273,8 @@ class Hub(Generic[C]):
         if convs is not None and conversation in convs:  # a second leave of the same user: done
             convs.discard(conversation)
             self._leave_present(conversation, user)
+            if user in self._connections:
+                self._leave_here(conversation, user)
 
     def conversations(self, user: UserId) -> set[ConversationId] | None:
         """The conversations of an online user, or None when not loaded."""
@@ -261,20 +302,24 @@ class Hub(Generic[C]):
         if keep:
             self._conversations[user] = convs
             present = self._present
+            connected = user in self._connections
             for conversation in convs:
                 present.setdefault(conversation, set()).add(user)
+                if connected:
+                    self._enter_here(conversation, user)
         return convs
 
     def abandon_conversations_load(self, user: UserId) -> None:
         """The load failed: stop recording for it."""
         self._conversation_changes.pop(user, None)
 
-    def online_contacts(self, user: UserId) -> set[UserId]:
+    def online_contacts(self, user: UserId, conversations: Iterable[ConversationId] | None = None) -> set[UserId]:
         """The users, online here or in their grace period, who share a conversation with
-        *user* (not the user themself): whom to tell that *user* came or went."""
+        *user* (not the user themself): whom to tell that *user* came or went. *conversations*
+        are the user's, when they are not cached."""
         found: set[UserId] = set()
         present = self._present
-        for conversation in self._conversations.get(user, ()):
+        for conversation in self._conversations.get(user, ()) if conversations is None else conversations:
             found |= present.get(conversation, _NOBODY)
         found.discard(user)
         return found
@@ -298,6 +343,26 @@ class Hub(Generic[C]):
         if convs is not None and conversation not in convs:
             convs.add(conversation)
             self._present.setdefault(conversation, set()).add(user)
+            if user in self._connections:
+                self._enter_here(conversation, user)
+
+    def _enter_here(self, conversation: ConversationId, user: UserId) -> None:
+        if self._here_changes is None:
+            return  # one process: nothing to follow, and nothing to spend on it
+        here = self._here.get(conversation)
+        if here is None:
+            here = self._here[conversation] = set()
+            self._here_changes.add(conversation)
+        here.add(user)
+
+    def _leave_here(self, conversation: ConversationId, user: UserId) -> None:
+        here = self._here.get(conversation)
+        if here is not None:
+            here.discard(user)
+            if not here:
+                del self._here[conversation]
+                assert self._here_changes is not None  # only filled while tracking
+                self._here_changes.add(conversation)
 
     def _leave_present(self, conversation: ConversationId, user: UserId) -> None:
         # Called only for a conversation in the user's loaded set, so the user is indexed here.

@@ -18,10 +18,11 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
 
+from sohbet.broker import Kind
 from sohbet.chat import wire
 from sohbet.chat.ids import MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
 from sohbet.chat.model import Conversation, StoredMessage
-from sohbet.chat.wire import EventType, RequestType
+from sohbet.chat.wire import RequestType
 from sohbet.errors import ErrorCode, MessageRejected
 from sohbet.service.dispatch import ChatService
 from sohbet.service.session import Call
@@ -58,9 +59,7 @@ class Backend:
         request = wire.CreateRequest.parse(body, self.ctx.config.max_group_members)
         members = conversations.checked_members(request.members)
         conversation, joined = await self._whole(conversations.create(members, request.title))
-        if joined:
-            obj = {"conversation": wire.conversation_object(conversation)}
-            self.ctx.to_members(joined, wire.encode(EventType.CREATED, obj))
+        conversations.announce_created(conversation, joined)
         return conversation
 
     async def add_member(self, conversation: ConversationId, body: dict[str, Any]) -> Conversation:
@@ -137,12 +136,16 @@ class Backend:
     def publish(self, body: dict[str, Any]) -> int:
         """Push an `app:*` event to every open connection of the users named; return how many got it."""
         event = wire.AppEvent.parse(body, MAX_PUBLISH_USERS, to_users=True)
-        return self.ctx.to_members(event.user_ids, self._encoded(event))
+        data = self._encoded(event)
+        self.ctx.cluster.send({"k": Kind.PUBLISH, "us": event.user_ids}, data)
+        return self.ctx.to_members(event.user_ids, data)
 
     def broadcast(self, body: dict[str, Any]) -> int:
         """Push an `app:*` event to every open connection; return how many got it."""
         event = wire.AppEvent.parse(body, MAX_PUBLISH_USERS, to_users=False)
-        sent = self.ctx.outbox.deliver(self.ctx.hub.all_connections(), self._encoded(event))
+        data = self._encoded(event)
+        self.ctx.cluster.send({"k": Kind.BROADCAST}, data)
+        sent = self.ctx.outbox.deliver(self.ctx.hub.all_connections(), data)
         self.ctx.stats.deliveries += sent
         return sent
 
@@ -174,6 +177,7 @@ class Backend:
         """Close every open connection of *user* (default code 4501: do not reconnect); return
         how many were closed."""
         request = wire.DisconnectRequest.parse(body, CloseCode.DISCONNECTED_BY_APP)
+        self.ctx.cluster.send({"k": Kind.DISCONNECT, "u": user, "code": request.code, "reason": request.reason})
         sockets = list(self.ctx.hub.connections(user))
         for socket in sockets:
             socket.close(request.code, request.reason)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConversationId, UserId
@@ -35,6 +35,9 @@ from sohbet.service.stats import ChatStats
 from sohbet.store import InvalidCursor, MessageStore
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.rates import Rate, RateLimiter
+
+if TYPE_CHECKING:
+    from sohbet.service.cluster import Cluster
 
 __all__ = ["AsyncRequestHandler", "Context", "RequestHandler", "not_a_member"]
 
@@ -65,7 +68,14 @@ class Context:
     """The state and helpers the request families of one server process share."""
 
     def __init__(
-        self, store: MessageStore, config: ChatConfig, outbox: Outbox, clock: Clock, notifier: Notifier | None = None
+        self,
+        store: MessageStore,
+        config: ChatConfig,
+        outbox: Outbox,
+        clock: Clock,
+        notifier: Notifier | None = None,
+        *,
+        clustered: bool = False,
     ) -> None:
         self.store = store
         self.config = config
@@ -73,7 +83,9 @@ class Context:
         self.clock = clock
         #: Told of each new message's members who had no connection (the webhook), if any.
         self.notifier = notifier
-        self.hub: Hub[Socket] = Hub(config.member_cache_size)
+        self.hub: Hub[Socket] = Hub(config.member_cache_size, track_here=clustered)
+        #: The other instances, if any (`ChatService` sets it).
+        self.cluster: Cluster
         self.limiter: RateLimiter[tuple[UserId, str]] = RateLimiter()
         #: The bucket each request type spends from (the `chat:send` one is the writer's).
         self.rates: dict[str, Rate] = {
@@ -257,8 +269,9 @@ class Context:
             raise
         return hub.finish_members_load(conversation, loaded)
 
-    async def conversations_of(self, user: UserId) -> set[ConversationId]:
-        """The user's conversations, from the cache or loaded (kept while the user is online)."""
+    async def conversations_of(self, user: UserId, *, keep: bool = False) -> set[ConversationId]:
+        """The user's conversations, from the cache or loaded (kept while the user is online,
+        or when *keep*: for a connection being admitted)."""
         convs = self.hub.conversations(user)
         if convs is not None:
             return convs
@@ -266,7 +279,10 @@ class Context:
         if loading is None:
             loading = self._conversation_loads[user] = asyncio.ensure_future(self._load_conversations(user))
             loading.add_done_callback(lambda _: self._conversation_loads.pop(user, None))
-        return await asyncio.shield(loading)
+        convs = await asyncio.shield(loading)
+        if keep and self.hub.conversations(user) is None:
+            return self.hub.finish_conversations_load(user, convs, keep=True)
+        return convs
 
     async def _load_conversations(self, user: UserId) -> set[ConversationId]:
         hub = self.hub

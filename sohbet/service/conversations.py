@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from sohbet.broker import Kind
 from sohbet.chat import wire
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import DIRECT_MEMBERS, Conversation, ConversationKind
@@ -64,9 +65,17 @@ class Conversations:
             raise
         obj = {"conversation": wire.conversation_object(conversation)}
         session.answer(EventType.CREATED, obj, envelope.ref)
+        # Everyone who became a member learns of it on every connection (but the one that asked).
+        self.announce_created(conversation, joined, skip=session.socket)
+
+    def announce_created(self, conversation: Conversation, joined: list[UserId], *, skip: Socket | None = None) -> None:
+        """Tell every connection of every member who joined, here and on the other instances."""
         if joined:
-            # Everyone who became a member learns of it on every connection (but the one that asked).
-            ctx.to_members(joined, wire.encode(EventType.CREATED, obj), skip=session.socket)
+            data = wire.encode(EventType.CREATED, {"conversation": wire.conversation_object(conversation)})
+            self.ctx.to_members(joined, data, skip=skip)
+            header = {"k": Kind.CREATED, "c": conversation.id, "m": joined, "s": conversation.last_seq}
+            self.ctx.cluster.send(header, data)
+            self.ctx.cluster.reconcile_soon()
 
     def checked_members(self, users: list[UserId]) -> list[UserId]:
         """The members of a new conversation: *users* without duplicates, at least two, at most
@@ -158,7 +167,10 @@ class Conversations:
             ctx.hub.add_member(conversation, user)
             raise
         notice = {"conversation_id": conversation, "user_id": user}
-        ctx.to_members(members, wire.encode(EventType.MEMBER_REMOVED, notice), skip=skip)
+        data = wire.encode(EventType.MEMBER_REMOVED, notice)
+        ctx.to_members(members, data, skip=skip)
+        ctx.cluster.send({"k": Kind.MEMBER_REMOVED, "c": conversation, "u": user}, data)
+        ctx.cluster.reconcile_soon()
         return True
 
     async def add(self, conversation: ConversationId, user: UserId) -> Conversation:
@@ -183,7 +195,13 @@ class Conversations:
         ctx.hub.add_member(conversation, user)
         members = await ctx.member_set(conversation)
         notice = {"conversation_id": conversation, "user_id": user}
-        ctx.to_members(members, wire.encode(EventType.MEMBER_ADDED, notice))
+        data = wire.encode(EventType.MEMBER_ADDED, notice)
+        ctx.to_members(members, data)
+        if ctx.cluster.active:
+            # Where the conversation stood when they joined: the others deliver what follows.
+            since = (await ctx.store.last_seqs([conversation])).get(conversation, 0)
+            ctx.cluster.send({"k": Kind.MEMBER_ADDED, "c": conversation, "u": user, "s": since}, data)
+            ctx.cluster.reconcile_soon()
         return await self.existing(conversation)
 
     async def existing(self, conversation: ConversationId) -> Conversation:

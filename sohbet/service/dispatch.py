@@ -17,12 +17,14 @@ import logging
 from typing import Any, Final
 
 from sohbet.auth import Identity, Verifier
+from sohbet.broker import Broker
 from sohbet.chat import wire
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConnId
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
-from sohbet.errors import AuthError, ErrorCode, MessageRejected
+from sohbet.errors import AuthError, ErrorCode, MessageRejected, StoreError
+from sohbet.service.cluster import Cluster
 from sohbet.service.context import Context, RequestHandler
 from sohbet.service.conversations import Conversations
 from sohbet.service.messaging import Messaging
@@ -40,6 +42,23 @@ log = logging.getLogger("sohbet.chat")
 
 _TICK_S: Final = 0.5
 _ERROR: Final = EventType.ERROR
+#: Messages a connection may send before its `hello` (while a cluster admits it).
+MAX_EARLY: Final = 32
+
+
+class _NoBroker:
+    """No other instance (`broker=None`): what `sohbet.broker.local.LocalBroker` does, without
+    the service importing a concrete broker."""
+
+    instance_id = "single"
+    clustered = False
+    up = True
+
+    def send(self, header: dict[str, Any], data: bytes) -> None:
+        pass
+
+
+_NO_BROKER: Any = _NoBroker()
 
 
 class ChatService:
@@ -60,14 +79,18 @@ class ChatService:
         depth: int = 1,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
+        broker: Broker | None = None,
     ) -> None:
-        self.ctx = Context(store, config, outbox, clock or LoopClock(), notifier)
+        clustered = broker is not None and broker.clustered
+        self.ctx = Context(store, config, outbox, clock or LoopClock(), notifier, clustered=clustered)
         self.verifier = verifier
         self._tokens = VerifiedTokens(verifier, self.ctx.clock, leeway_s)
         self.max_message_bytes = max_message_bytes
         self.leeway_s = leeway_s
         self.writer = Writer(self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth)
         self.presence = Presence(self.ctx)
+        self.broker = broker
+        self.cluster = self.ctx.cluster = Cluster(self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere)
         self._sessions: dict[ConnId, Session] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.conversations = Conversations(self.ctx)
@@ -104,13 +127,17 @@ class ChatService:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer and the ticker."""
+        """Start the writer and the ticker, and link up with the other instances."""
         self.writer.start()
         self._ticker = asyncio.ensure_future(self._tick_loop())
+        if self.broker is not None:
+            await self.broker.start(self.cluster)
 
     async def stop(self) -> None:
         """Commit what is queued, then stop; requests still reading are cancelled."""
         await self.writer.stop()
+        if self.broker is not None:
+            await self.broker.stop()
         tasks = self.ctx.tasks
         for task in (self._ticker, *tasks):
             if task is not None:
@@ -139,6 +166,36 @@ class ChatService:
             return None
         session = Session(socket, identity)
         self._sessions[ConnId(socket.id)] = session
+        if self.cluster.active:
+            session.early = []  # hello waits until the cluster admits the connection
+            ctx.start(self._admit(session))
+        else:
+            self._welcome(session)
+        return session
+
+    async def _admit(self, session: Session) -> None:
+        limit = self.ctx.config.max_connections_per_user
+        try:
+            admitted = await self.cluster.admit(session)
+        except StoreError as exc:
+            self.ctx.storage_failed(exc)
+            session.socket.close(CloseCode.INTERNAL_ERROR, "storage is unavailable; reconnect")
+            return
+        if not admitted:
+            session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} connections for this user")
+            return
+        if session.closed:
+            return  # closed while it was admitted (`closed` released it)
+        early, session.early = session.early or [], None
+        self._welcome(session)
+        for data in early:
+            self.received(session, data)
+
+    def _welcome(self, session: Session) -> None:
+        """Attach the connection, say hello, announce the user if they came online."""
+        ctx = self.ctx
+        cfg = ctx.config
+        socket = session.socket
         came_online = ctx.hub.attach(session.user, socket)
         hello = {
             "user_id": session.user,
@@ -154,7 +211,6 @@ class ChatService:
         }
         socket.send_text(wire.encode(EventType.HELLO, hello))
         self.presence.connected(session.user, came_online)
-        return session
 
     def closed(self, session: Session) -> None:
         """The connection is gone: the user stays online for the grace period if it was their last."""
@@ -162,10 +218,19 @@ class ChatService:
         self._sessions.pop(ConnId(session.socket.id), None)
         ctx = self.ctx
         ctx.hub.detach(session.user, session.socket, ctx.clock.now() + ctx.config.presence_grace_s)
+        if session.admitted:
+            self.cluster.release(session)
+            self.cluster.reconcile_soon()
 
     def received(self, session: Session, data: bytes) -> None:
         """One text message from a client."""
         ctx = self.ctx
+        if session.early is not None:  # before hello: handled once the connection is admitted
+            if len(session.early) >= MAX_EARLY:
+                session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {MAX_EARLY} messages before hello")
+            else:
+                session.early.append(data)
+            return
         try:
             envelope = wire.decode(data)
         except MessageRejected as exc:
@@ -253,3 +318,4 @@ class ChatService:
         cfg = self.ctx.config
         hub.forget_typing(now - cfg.typing_interval_s)
         self.ctx.limiter.forget(now)
+        self.cluster.reconcile_soon()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Final
 
+from sohbet.broker import Kind
 from sohbet.chat import wire
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
@@ -129,7 +130,9 @@ class Messaging:
         if ctx.hub.allow_typing(session.user, conversation, now, cfg.typing_interval_s):
             notice = {"conversation_id": conversation, "user_id": session.user, "expires_in_ms": cfg.typing_expires_ms}
             others = (u for u in members if u != session.user)  # not the typist's own devices
-            ctx.to_members(others, wire.encode(_TYPING, notice))
+            data = wire.encode(_TYPING, notice)
+            ctx.to_members(others, data)
+            ctx.cluster.send({"k": Kind.TYPING, "c": conversation, "u": session.user}, data)
 
     async def _read(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx
@@ -140,7 +143,9 @@ class Messaging:
         if moved is not None:
             receipt = {"conversation_id": request.conversation_id, "user_id": session.user, "seq": moved}
             members = await ctx.member_set(request.conversation_id)
-            ctx.to_members(members, wire.encode(_READ, receipt), skip=session.socket)
+            data = wire.encode(_READ, receipt)
+            ctx.to_members(members, data, skip=session.socket)
+            ctx.cluster.send({"k": Kind.READ, "c": request.conversation_id}, data)
 
     async def _history(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx

@@ -52,12 +52,30 @@ class Presence:
         if announce and ctx.hub.is_online(user):
             ctx.to_members(ctx.hub.online_contacts(user), wire.encode(EventType.ONLINE, {"user_id": user}))
 
+    def came_online_elsewhere(self, user: UserId) -> None:
+        """*user* came online on another instance: tell their contacts connected here."""
+        task = self.ctx.start(self._came_online(user, announce=True))
+        task.add_done_callback(_log_failure)
+
     def end_graces(self, now: float) -> None:
         """Announce `user:offline` for everyone whose grace period ended by *now*, and forget them."""
         hub = self.ctx.hub
         for user in hub.expired_graces(now):
+            if hub.conversations(user) is None:
+                # Known only from another instance's registry, which does not say whom they
+                # know: their conversations are read first.
+                self.ctx.start(self._went_offline(user)).add_done_callback(_log_failure)
+                continue
             self.ctx.to_members(hub.online_contacts(user), wire.encode(EventType.OFFLINE, {"user_id": user}))
             hub.forget(user)
+
+    async def _went_offline(self, user: UserId) -> None:
+        ctx = self.ctx
+        conversations = await ctx.conversations_of(user)
+        if not ctx.hub.is_online(user):  # not back meanwhile
+            contacts = ctx.hub.online_contacts(user, conversations)
+            ctx.to_members(contacts, wire.encode(EventType.OFFLINE, {"user_id": user}))
+            ctx.hub.forget(user)
 
     async def _presence(self, session: Session, envelope: Envelope) -> None:
         ctx = self.ctx

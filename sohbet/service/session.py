@@ -97,7 +97,7 @@ _ACK: Final = EventType.ACK  # looked up once: an ack is sent per message
 class Session:
     """The chat state of one connection: the service answers its requests through `answer`."""
 
-    __slots__ = ("closed", "errors", "exp", "in_flight", "limited", "lock", "socket", "user")
+    __slots__ = ("admitted", "closed", "early", "errors", "exp", "in_flight", "limited", "lock", "socket", "user")
 
     def __init__(self, socket: Socket, identity: Identity) -> None:
         self.socket = socket
@@ -110,6 +110,10 @@ class Session:
         #: Requests of this connection started and not yet answered (waiting for storage).
         self.in_flight = 0
         self.closed = False
+        #: Counted by the broker against the user's limit over the cluster (`Cluster.admit`).
+        self.admitted = False
+        #: Messages that arrived before `hello`, while the cluster admits the connection.
+        self.early: list[bytes] | None = None
         #: Whether its requests spend from the user's rate buckets: not when the application's
         #: backend acts for the user with its API key (an `HTTP API` call).
         self.limited = True

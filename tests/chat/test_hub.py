@@ -29,16 +29,53 @@ def test_presence_with_grace() -> None:
 
 def test_remote_connections_count_for_presence() -> None:
     hub: Hub[str] = Hub()
-    assert hub.set_remote(B, 2) is True  # online on another instance
-    assert hub.set_remote(B, 3) is False
+    assert hub.set_remote(B, 2, grace_until=5.0) is True  # online on another instance
+    assert hub.set_remote(B, 3, grace_until=5.0) is False
     assert hub.attach(B, "b1") is False
     assert hub.detach(B, "b1", grace_until=5.0) is False  # still connected elsewhere: no grace
-    assert hub.set_remote(B, 0) is False
+    assert hub.set_remote(B, 0, grace_until=5.0) is False
+    assert hub.is_online(B)  # the last remote connection went: the grace period starts
+    assert hub.expired_graces(now=4.0) == []
+    assert hub.expired_graces(now=5.0) == [B]
     assert not hub.is_online(B)
     hub.attach(C, "c1")
     hub.detach(C, "c1", grace_until=5.0)
-    hub.set_remote(C, 1)  # reconnected elsewhere within grace
+    hub.set_remote(C, 1, grace_until=9.0)  # reconnected elsewhere within grace
     assert hub.expired_graces(now=6.0) == []
+    hub.attach(C, "c2")
+    assert hub.set_remote(C, 0, grace_until=9.0) is False
+    assert hub.expired_graces(now=10.0) == []  # still connected here: no grace at all
+    assert hub.set_remote(X2 := "x2", 0, grace_until=1.0) is False  # never seen: nothing starts
+    assert not hub.is_online(X2)
+
+
+def test_here_index_tracks_conversations_with_a_member_connected_here() -> None:
+    hub: Hub[str] = Hub(track_here=True)
+    hub.finish_conversations_load(A, [X, Y], keep=True)  # loaded, not connected: not here
+    assert hub.here(X) == set() and hub.take_here_changes() == set()
+    hub.attach(A, "a1")
+    assert hub.here(X) == {A} and hub.take_here_changes() == {X, Y}
+    hub.attach(A, "a2")  # a second connection changes nothing
+    assert hub.take_here_changes() == set()
+    hub.attach(B, "b1")
+    hub.finish_conversations_load(B, [X], keep=True)
+    assert hub.here(X) == {A, B} and hub.take_here_changes() == set()
+    hub.remove_member(Y, A)
+    assert hub.here(Y) == set() and hub.take_here_changes() == {Y}
+    hub.add_member(Y, B)
+    assert hub.here(Y) == {B} and hub.take_here_changes() == {Y}
+    hub.detach(A, "a1", grace_until=1.0)
+    hub.detach(A, "a2", grace_until=1.0)
+    assert hub.here(X) == {B} and hub.take_here_changes() == set()
+    hub.detach(B, "b1", grace_until=1.0)
+    assert hub.followed() == [] and hub.take_here_changes() == {X, Y}
+
+
+def test_one_process_keeps_no_here_index() -> None:
+    hub: Hub[str] = Hub()
+    hub.attach(A, "a1")
+    hub.finish_conversations_load(A, [X], keep=True)
+    assert hub.here(X) == set() and hub.take_here_changes() == set()
 
 
 def test_membership_cache_and_the_present_index() -> None:

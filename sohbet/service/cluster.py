@@ -1,0 +1,372 @@
+"""One instance among several: what it tells the others, what it does with what they tell it.
+
+Layer: service. Imports asyncio, the chat domain, the store and broker interfaces.
+
+Each instance delivers to its own connections only. What happens here is delivered here and
+sent through the broker (`send`, `message`); what the broker brings from the others is
+delivered here (`event`). An instance follows the conversations of its connected users (the
+hub's `here` index): the broker brings it their messages, typing and reads, and everything
+that is not about one conversation.
+
+Messages are delivered in seq order per conversation, each once, with no gap: the broker is
+at-most-once and two instances may store consecutive messages of one conversation, so each
+followed conversation has a `_Line` that remembers the last seq delivered here. A message
+past a gap waits (`GAP_WAIT_S`) for the missing ones to arrive, then reads what is still
+missing from storage, where it is already committed (seqs are given out in commit order). When
+the broker's link comes back, every line reads what it missed while it was down.
+
+A connection is admitted only after the broker has counted it against the user's limit over
+the cluster and this instance follows all of the user's conversations, and `hello` comes after
+that: whatever is stored after `hello` reaches the connection live, and whatever was stored
+before it, the client's `sync` finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from sohbet.broker import REFUSED, Broker, Header, Kind, Presence
+from sohbet.chat import wire
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.wire import EventType
+from sohbet.errors import StoreError
+from sohbet.service.context import Context
+from sohbet.service.session import Session, Socket
+from sohbet.store import Span
+
+__all__ = ["GAP_WAIT_S", "MAX_FILL", "Cluster"]
+
+log = logging.getLogger("sohbet.cluster")
+
+#: How long a message past a gap waits for the missing ones to come through the broker before
+#: they are read from storage (another instance stored them a moment earlier).
+GAP_WAIT_S: Final = 0.05
+#: The most messages of one conversation read from storage to fill one gap; an older part of a
+#: longer gap is left to the clients' `sync` (they see the gap in seqs).
+MAX_FILL: Final = 1000
+_MESSAGE: Final = EventType.MESSAGE
+_MAX_JOINED_AT: Final = 100_000  # joins waiting to be followed (consumed within a reconcile)
+_KIND_MESSAGE: Final = Kind.MESSAGE.value
+
+#: One waiting message: seq, the encoded event, the connection not to send it to.
+_Waiting = tuple[int, bytes, Socket | None]
+
+
+class _Line:
+    """One followed conversation's delivery here (see the module docstring)."""
+
+    __slots__ = ("busy", "followed", "last", "waiting")
+
+    def __init__(self) -> None:
+        self.last: int | None = None  # None: not known yet; the next message sets it
+        self.busy = True  # reading storage: messages wait
+        self.waiting: list[_Waiting] = []
+        #: Done once the broker confirmed the subscription.
+        self.followed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Cluster:
+    """The service's side of the broker (it is the broker's `Listener`)."""
+
+    def __init__(self, ctx: Context, broker: Broker, came_online: Callable[[UserId], None]) -> None:
+        """Args:
+        came_online: told when a user comes online on another instance (and nowhere else).
+        """
+        self.ctx = ctx
+        self._came_online = came_online
+        self.broker = broker
+        #: Whether other instances may exist; nothing below runs for a single process.
+        self.active = broker.clustered
+        self._lines: dict[ConversationId, _Line] = {}
+        self._remote: dict[str, dict[UserId, int]] = {}  # other instances' connections by user
+        self._totals: dict[UserId, int] = {}  # ... summed over them
+        self._reconciling: asyncio.Future[None] | None = None
+        # Where conversations a user here just joined stood when they joined (from the event
+        # that said so): what is stored after that is delivered once they are followed.
+        self._joined_at: dict[ConversationId, int] = {}
+        #: Counted for the metrics endpoint.
+        self.counters = dict.fromkeys(("gaps", "filled", "duplicates", "link_losses"), 0)
+
+    # -- what happens here --------------------------------------------------------------------
+
+    def message(self, conversation: ConversationId, seq: int, data: bytes, skip: Socket | None) -> None:
+        """A message stored here: to the other instances, and to the connections here in order."""
+        self.broker.send({"k": _KIND_MESSAGE, "c": conversation, "s": seq}, data)
+        self._deliver(conversation, seq, data, skip)
+
+    def send(self, header: Header, data: bytes = b"") -> None:
+        """Tell the other instances (a no-op for a single process)."""
+        if self.active:
+            self.broker.send(header, data)
+
+    async def admit(self, session: Session) -> bool:
+        """Count a new connection against its user's limit over the cluster and follow all of
+        the user's conversations; False when the limit refuses it.
+
+        Raises:
+            StoreError: the user's conversations could not be loaded.
+        """
+        ctx = self.ctx
+        user = session.user
+        conversations = await ctx.conversations_of(user, keep=True)
+        total = await self.broker.admit(user, ctx.config.max_connections_per_user, conversations)
+        if total == REFUSED:
+            ctx.hub.forget(user)
+            return False
+        if session.closed:  # gone while it was counted
+            self.broker.release(user, conversations)
+            return False
+        session.admitted = True
+        await self._follow(conversations)
+        return True
+
+    def release(self, session: Session) -> None:
+        """An admitted connection closed."""
+        self.broker.release(session.user, self.ctx.hub.conversations(session.user) or ())
+
+    # -- following conversations --------------------------------------------------------------
+
+    def reconcile_soon(self) -> None:
+        """Follow the conversations that gained a member here, stop following those that lost
+        their last one (after a membership change, or from the tick)."""
+        if self.active and self._reconciling is None:
+            self._reconciling = self.ctx.start(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        try:
+            hub = self.ctx.hub
+            while changes := hub.take_here_changes():
+                drop = [c for c in changes if not hub.here(c) and c in self._lines]
+                for conversation in drop:
+                    line = self._lines.pop(conversation)
+                    if not line.followed.done():
+                        line.followed.cancel()
+                self.broker.unfollow(drop)
+                await self._follow(c for c in changes if hub.here(c))
+        finally:
+            self._reconciling = None
+            self._joined_at.clear()  # joins of users whose conversations are not loaded here
+
+    async def _follow(self, conversations: Iterable[ConversationId]) -> None:
+        """Follow these conversations, if not yet, and wait until each one is followed."""
+        wanted = list(conversations)
+        lines = {c: _Line() for c in wanted if c not in self._lines}
+        waits = [self._lines[c].followed for c in wanted if c in self._lines]
+        self._lines.update(lines)
+        if lines:
+            new = list(lines)
+            try:
+                base = await self.ctx.store.last_seqs(new)
+            except StoreError as exc:
+                log.warning("could not read where %d conversations stand: %s", len(new), exc)
+            else:
+                for conversation, line in lines.items():
+                    line.last = base.get(conversation, 0)
+            for conversation, line in lines.items():
+                joined_at = self._joined_at.pop(conversation, None)
+                if joined_at is not None and (line.last is None or joined_at < line.last):
+                    line.last = joined_at
+            await self.broker.follow(new)
+            for line in lines.values():
+                if not line.followed.done():
+                    line.followed.set_result(None)
+            # What was stored between reading where they stood and the subscription.
+            await self._catch_up(lines)
+        for waiting in waits:
+            if not waiting.done():
+                await asyncio.shield(waiting)
+
+    # -- delivering in order ------------------------------------------------------------------
+
+    def _deliver(self, conversation: ConversationId, seq: int, data: bytes, skip: Socket | None) -> None:
+        line = self._lines.get(conversation)
+        if line is None:
+            self._out(conversation, data, skip)
+            return
+        if line.busy:
+            line.waiting.append((seq, data, skip))
+            return
+        last = line.last
+        if last is None or seq == last + 1:
+            line.last = seq
+            self._out(conversation, data, skip)
+        elif seq <= last:
+            self.counters["duplicates"] += 1
+        else:
+            self.counters["gaps"] += 1
+            line.busy = True
+            line.waiting.append((seq, data, skip))
+            self.ctx.start(self._fill_gap(conversation, line))
+
+    def _out(self, conversation: ConversationId, data: bytes, skip: Socket | None) -> None:
+        ctx = self.ctx
+        sent = ctx.outbox.deliver(ctx.hub.connections_of(ctx.hub.here(conversation)), data, skip=skip)
+        ctx.stats.deliveries += sent
+
+    async def _fill_gap(self, conversation: ConversationId, line: _Line) -> None:
+        await asyncio.sleep(GAP_WAIT_S)
+        self._advance(line, conversation)
+        if line.waiting and self._lines.get(conversation) is line:
+            await self._catch_up({conversation: line}, up_to={conversation: min(w[0] for w in line.waiting) - 1})
+        else:
+            line.busy = False
+
+    def _advance(self, line: _Line, conversation: ConversationId) -> None:
+        """Deliver the waiting messages that continue the line without a gap."""
+        line.waiting.sort(key=_seq)
+        while line.waiting:
+            seq, data, skip = line.waiting[0]
+            if line.last is not None and seq > line.last + 1:
+                break
+            del line.waiting[0]
+            if line.last is None or seq > line.last:
+                line.last = seq
+                self._out(conversation, data, skip)
+            else:
+                self.counters["duplicates"] += 1
+
+    async def _catch_up(
+        self, lines: dict[ConversationId, _Line], up_to: dict[ConversationId, int] | None = None
+    ) -> None:
+        """Deliver, from storage, what each line misses up to *up_to* (default: the newest),
+        then what waited; the lines are busy meanwhile."""
+        for line in lines.values():
+            line.busy = True
+        try:
+            if up_to is None:
+                up_to = await self.ctx.store.last_seqs(list(lines))
+            spans: list[Span] = []
+            for conversation, line in lines.items():
+                end = up_to.get(conversation, 0)
+                if line.last is not None and end > line.last:
+                    spans.append((conversation, max(line.last, end - MAX_FILL), end))
+            if spans:
+                for message in await self.ctx.store.messages_between(spans):
+                    line = lines[message.conversation_id]
+                    if self._lines.get(message.conversation_id) is not line:
+                        continue  # no longer followed
+                    if line.last is not None and message.seq <= line.last:
+                        continue
+                    line.last = message.seq
+                    self.counters["filled"] += 1
+                    obj = {"message": wire.message_object(message)}
+                    self._out(message.conversation_id, wire.encode(_MESSAGE, obj), None)
+        except StoreError as exc:
+            log.warning("could not read missed messages of %d conversations: %s", len(lines), exc)
+        finally:
+            for conversation, line in lines.items():
+                line.busy = False
+                if line.waiting:
+                    # Past a gap storage could not fill: deliver on, the clients' sync fills it.
+                    line.waiting.sort(key=_seq)
+                    if line.last is not None and line.waiting[0][0] > line.last + 1:
+                        line.last = line.waiting[0][0] - 1
+                    self._advance(line, conversation)
+
+    # -- what the other instances tell ---------------------------------------------------------
+
+    def event(self, header: Header, data: bytes) -> None:  # see Listener
+        ctx = self.ctx
+        hub = ctx.hub
+        kind = header["k"]
+        if kind == _KIND_MESSAGE:
+            self._deliver(header["c"], header["s"], data, None)
+        elif kind == Kind.TYPING:
+            typist = header["u"]
+            ctx.to_members([u for u in hub.here(header["c"]) if u != typist], data)
+        elif kind == Kind.READ:
+            self._out(header["c"], data, None)
+        elif kind == Kind.CREATED:
+            conversation = header["c"]
+            self._joined(conversation, header["m"], header["s"])
+            for user in header["m"]:
+                hub.add_member(conversation, user)
+            ctx.to_members(header["m"], data)
+            self.reconcile_soon()
+        elif kind == Kind.MEMBER_ADDED:
+            conversation, user = header["c"], header["u"]
+            self._joined(conversation, [user], header["s"])
+            hub.add_member(conversation, user)
+            ctx.to_members(hub.here(conversation) | {user}, data)
+            self.reconcile_soon()
+        elif kind == Kind.MEMBER_REMOVED:
+            conversation, user = header["c"], header["u"]
+            told = hub.here(conversation) | {user}
+            hub.remove_member(conversation, user)
+            ctx.to_members(told, data)
+            self.reconcile_soon()
+        elif kind == Kind.PUBLISH:
+            ctx.to_members(header["us"], data)
+        elif kind == Kind.BROADCAST:
+            ctx.stats.deliveries += ctx.outbox.deliver(hub.all_connections(), data)
+        elif kind == Kind.DISCONNECT:
+            for socket in list(hub.connections(header["u"])):
+                socket.close(header["code"], header["reason"])
+        else:
+            log.warning("unknown event kind %r from instance %s", str(kind)[:16], str(header.get("i"))[:64])
+
+    def _joined(self, conversation: ConversationId, users: list[UserId], since: int) -> None:
+        if conversation in self._lines or not any(self.ctx.hub.connections(u) for u in users):
+            return  # followed already, or nobody here to follow it for
+        if len(self._joined_at) < _MAX_JOINED_AT:
+            self._joined_at[conversation] = min(since, self._joined_at.get(conversation, since))
+
+    def presence(self, change: Presence) -> None:  # see Listener
+        user, count = change.user, change.connections
+        counts = self._remote.setdefault(change.instance, {})
+        before = counts.pop(user, 0)
+        if count > 0:
+            counts[user] = count
+        elif not counts:
+            del self._remote[change.instance]
+        total = self._totals.pop(user, 0) - before + count
+        if total > 0:
+            self._totals[user] = total
+        hub = self.ctx.hub
+        if count > 0 and change.conversations is not None and hub.conversations(user) is None:
+            hub.finish_conversations_load(user, change.conversations, keep=True)
+        now = self.ctx.clock.now()
+        if hub.set_remote(user, total, now + self.ctx.config.presence_grace_s):
+            self._came_online(user)
+
+    def instance_gone(self, instance: str) -> None:  # see Listener
+        for user in list(self._remote.get(instance, ())):
+            self.presence(Presence(instance, user, 0))
+        if instance in self._remote:
+            log.warning("instance %s is gone: its users are offline once their grace ends", instance)
+
+    def snapshot(self, counts: dict[str, dict[UserId, int]], newer: set[tuple[str, UserId]]) -> None:  # see Listener
+        for instance in list(self._remote):
+            if instance not in counts:
+                self.instance_gone(instance)
+        for instance, users in counts.items():
+            known = self._remote.get(instance, {})
+            for user in set(known) | set(users):
+                if (instance, user) not in newer and known.get(user, 0) != users.get(user, 0):
+                    self.presence(Presence(instance, user, users.get(user, 0)))
+
+    def link_changed(self, up: bool) -> None:  # see Listener
+        if up:
+            # Read what every followed conversation missed while the link was down.
+            lines = {c: line for c, line in self._lines.items() if not line.busy}
+            if lines:
+                self.ctx.start(self._catch_up(lines))
+        else:
+            self.counters["link_losses"] += 1
+
+    @property
+    def remote_users(self) -> int:
+        """Users connected to other instances, as this one knows them."""
+        return len(self._totals)
+
+    @property
+    def followed(self) -> int:
+        """Conversations followed."""
+        return len(self._lines)
+
+
+def _seq(waiting: _Waiting) -> int:
+    return waiting[0]
