@@ -53,6 +53,10 @@ MIN_TOKEN_BYTES: Final = 16  # the metrics token: it guards counters, not messag
 #: The longest `kid` configured: kids are named in error messages and log lines.
 MAX_KID_CHARS: Final = 256
 MAX_PORT: Final = 65535
+#: How a PostgreSQL URL starts.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+#: Why `--redis-url` without Postgres stops the process.
+REDIS_NEEDS_POSTGRES: Final = "--redis-url needs Postgres (--database-url): instances share one database"
 #: URL schemes of `--redis-url` the `redis` library's client connects to.
 REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 #: What an instance id (and a Redis key prefix) may hold: it names keys, channels and metrics.
@@ -165,7 +169,7 @@ class StoreConfig:
     @property
     def is_postgres(self) -> bool:
         """Whether the URL names a PostgreSQL server."""
-        return self.url.startswith(("postgresql://", "postgres://"))
+        return self.url.startswith(POSTGRES_SCHEMES)
 
     @property
     def safe_url(self) -> str:
@@ -646,7 +650,7 @@ class Config:
             f"drain_delay_s of {self.drain_delay_s} must be below shutdown_timeout_s of {self.shutdown_timeout_s}",
         )
         if self.cluster.enabled:
-            require(self.store.is_postgres, "--redis-url needs Postgres (--database-url): instances share one database")
+            require(self.store.is_postgres, REDIS_NEEDS_POSTGRES)
         if self.demo and not self.auth.can_sign:  # refused at start, not at each visitor's first click
             held = (
                 f"{self.auth.algorithm} public keys"

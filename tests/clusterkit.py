@@ -8,10 +8,10 @@ see each other. Tests that stop or pause Redis start a private `redis-server` on
 from __future__ import annotations
 
 import os
-import sys
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -120,7 +120,9 @@ def cluster(
         "--jwt-secret", SECRET, "--presence-grace", "1", "--heartbeat", "0.5", "--heartbeat-ttl", "2",
         "--log-format", "json", *extra,
     ]  # fmt: skip
-    instances = [Instance(chr(ord("a") + i), free_port(), args, tmp_path / f"{chr(ord('a') + i)}.log") for i in range(n)]
+    instances = [
+        Instance(chr(ord("a") + i), free_port(), args, tmp_path / f"{chr(ord('a') + i)}.log") for i in range(n)
+    ]
     with ExitStack() as stack:
         for instance in instances:
             stack.callback(instance.stop)

@@ -36,6 +36,8 @@ from sohbet.broker import Broker
 from sohbet.broker.local import LocalBroker
 from sohbet.broker.redis import RedisBroker
 from sohbet.config import (
+    POSTGRES_SCHEMES,
+    REDIS_NEEDS_POSTGRES,
     HMAC_ALGORITHMS,
     SETTINGS,
     ClusterConfig,
@@ -161,6 +163,8 @@ def build_config(args: dict[str, Any], environ: dict[str, str]) -> Config:
             raise ConfigError(f"cannot read config file {args['config']}: {exc}") from None
     flags = {k: v for k, v in args.items() if k not in {"config", "command", "user_id", "ttl"}}
     values = merge_settings(environ, file, flags)
+    if values["redis_url"] and not str(values["database_url"] or "").startswith(POSTGRES_SCHEMES):
+        raise ConfigError(REDIS_NEEDS_POSTGRES)  # before a secret is generated for nothing
     if not values["instance_id"]:
         values["instance_id"] = generated_instance_id()
     for setting in SETTINGS:

@@ -38,7 +38,7 @@ class Kind(enum.StrEnum):
     MESSAGE = "m"  #: `c` conversation, `s` seq: a `chat:message`, delivered in seq order
     TYPING = "t"  #: `c`, `u` the typist (not told of their own typing)
     READ = "r"  #: `c`: a `chat:read`
-    CREATED = "n"  #: `c`, `m` the members who joined, `s` its last seq: `conversation:created`
+    CREATED = "n"  #: `c`, `m` who joined (`new`: all of them), `s` its last seq: `conversation:created`
     MEMBER_ADDED = "a"  #: `c`, `u`: `conversation:member_added`
     MEMBER_REMOVED = "x"  #: `c`, `u`: `conversation:member_removed`
     PUBLISH = "p"  #: `us` the users named: an `app:*` event from `POST /api/publish`

@@ -161,9 +161,11 @@ class Backend:
     # -- users --------------------------------------------------------------------------------
 
     def presence(self, user: UserId) -> dict[str, Any]:
-        """Whether *user* is online (in the grace period counts), and their open connections here."""
+        """Whether *user* is online (in the grace period counts), and their open connections on
+        every instance."""
         hub = self.ctx.hub
-        return {"user_id": user, "online": hub.is_online(user), "connections": len(hub.connections(user))}
+        connections = len(hub.connections(user)) + self.ctx.cluster.remote_connections(user)
+        return {"user_id": user, "online": hub.is_online(user), "connections": connections}
 
     def online(self, query: dict[str, Any]) -> dict[str, Any]:
         """A page of the users online, in id order; `next_cursor` continues after the last."""

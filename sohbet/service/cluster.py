@@ -245,15 +245,20 @@ class Cluster:
                     spans.append((conversation, max(line.last, end - MAX_FILL), end))
             if spans:
                 for message in await self.ctx.store.messages_between(spans):
-                    line = lines[message.conversation_id]
-                    if self._lines.get(message.conversation_id) is not line:
+                    conversation = message.conversation_id
+                    line = lines[conversation]
+                    if self._lines.get(conversation) is not line:
                         continue  # no longer followed
                     if line.last is not None and message.seq <= line.last:
                         continue
                     line.last = message.seq
+                    held = next((w for w in line.waiting if w[0] == message.seq), None)
+                    if held is not None:  # it came meanwhile: as it came (its sender is skipped)
+                        self._out(conversation, held[1], held[2])
+                        continue
                     self.counters["filled"] += 1
                     obj = {"message": wire.message_object(message)}
-                    self._out(message.conversation_id, wire.encode(_MESSAGE, obj), None)
+                    self._out(conversation, wire.encode(_MESSAGE, obj), None)
         except StoreError as exc:
             log.warning("could not read missed messages of %d conversations: %s", len(lines), exc)
         finally:
@@ -280,10 +285,13 @@ class Cluster:
         elif kind == Kind.READ:
             self._out(header["c"], data, None)
         elif kind == Kind.CREATED:
-            conversation = header["c"]
-            self._joined(conversation, header["m"], header["s"])
-            for user in header["m"]:
-                hub.add_member(conversation, user)
+            conversation, joined = header["c"], header["m"]
+            self._joined(conversation, joined, header["s"])
+            if header.get("new") and any(hub.connections(u) for u in joined):
+                hub.set_members(conversation, joined)  # its members send at once: no load
+            else:
+                for user in joined:
+                    hub.add_member(conversation, user)
             ctx.to_members(header["m"], data)
             self.reconcile_soon()
         elif kind == Kind.MEMBER_ADDED:
@@ -356,6 +364,10 @@ class Cluster:
                 self.ctx.start(self._catch_up(lines))
         else:
             self.counters["link_losses"] += 1
+
+    def remote_connections(self, user: UserId) -> int:
+        """The user's connections on other instances, as this one knows them."""
+        return self._totals.get(user, 0)
 
     @property
     def remote_users(self) -> int:

@@ -73,7 +73,13 @@ class Conversations:
         if joined:
             data = wire.encode(EventType.CREATED, {"conversation": wire.conversation_object(conversation)})
             self.ctx.to_members(joined, data, skip=skip)
-            header = {"k": Kind.CREATED, "c": conversation.id, "m": joined, "s": conversation.last_seq}
+            header = {
+                "k": Kind.CREATED,
+                "c": conversation.id,
+                "m": joined,
+                "s": conversation.last_seq,
+                "new": len(joined) == conversation.member_count,  # `m` is every member
+            }
             self.ctx.cluster.send(header, data)
             self.ctx.cluster.reconcile_soon()
 

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import subprocess
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,9 +18,10 @@ from typing import Any
 import pytest
 import websockets
 
-from ..chatkit import WsChat, token
-from ..clusterkit import SECRET, Cluster, Instance, cluster
 from sohbet.config import AuthConfig
+
+from ..chatkit import WsChat, token
+from ..clusterkit import SECRET, SERVER, SHARED_REDIS, Cluster, Instance, cluster, free_port, private_redis, wait_port
 
 AUTH = AuthConfig(secret=SECRET)
 API_KEY = "cluster-test-api-key-of-32-bytes-at-least"
@@ -50,7 +55,7 @@ def api(instance: Instance, method: str, path: str, body: dict[str, Any] | None 
 
 @pytest.fixture
 def three(tmp_path: Path, postgres_database: str) -> Any:
-    with cluster(tmp_path, postgres_database, extra=("--api-key", API_KEY)) as c:
+    with cluster(tmp_path, postgres_database, extra=("--api-key", API_KEY, "--send-rate", "0")) as c:
         yield c
 
 
@@ -92,9 +97,7 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
             await alice.send(group, "after carol left")
             assert (await bob.expect("chat:message"))["payload"]["message"]["seq"] == 3
             # ... and her send on C is refused, though A's cache had her as a member.
-            refused = await carol.request(
-                "chat:send", {"conversation_id": group, "content": "x", "client_id": "late"}
-            )
+            refused = await carol.request("chat:send", {"conversation_id": group, "content": "x", "client_id": "late"})
             assert refused["type"] == "error" and refused["payload"]["code"] == "forbidden"
             # The backend adds her back through B's HTTP API: everyone, Carol on C too, is told.
             status, _ = api(b, "POST", f"/api/conversations/{group}/members", {"user_id": "carol"})
@@ -108,7 +111,9 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
             # Nothing of seq 3 reached her in between: the next message after the marker is 4.
             assert all(m["type"] != "chat:message" for m in carol.backlog)
             # Publish and broadcast through C reach users on A and B.
-            status, _ = api(c, "POST", "/api/publish", {"user_ids": ["alice", "bob"], "type": "app:ping", "payload": {"n": 1}})
+            status, _ = api(
+                c, "POST", "/api/publish", {"user_ids": ["alice", "bob"], "type": "app:ping", "payload": {"n": 1}}
+            )
             assert status == 200
             for other in (alice, bob):
                 assert (await other.expect("app:ping"))["payload"] == {"n": 1}
@@ -118,3 +123,271 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
                 await other.expect("app:all")
 
     asyncio.run(main())
+
+
+def test_the_connection_limit_holds_across_instances_and_presence_is_cluster_wide(three: Cluster) -> None:
+    """Ten connections of Dave over A, B and C; the eleventh, wherever it lands, is refused
+    with 1008 and the ten stay open. The HTTP API of any instance counts all ten."""
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            held = [await stack.enter_async_context(connect(three[i % 3], "dave")) for i in range(10)]
+            for i in range(3):
+                ws = await websockets.connect(f"{three[i].url}?token={tok('dave')}")
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)  # no hello: closed first
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+                assert "more than 10 connections" in closed.value.rcvd.reason
+            for instance in three.instances:
+                status, body = api(instance, "GET", "/api/users/dave/presence")
+                assert status == 200 and body == {"user_id": "dave", "online": True, "connections": 10}
+                status, body = api(instance, "GET", "/api/presence?limit=10")
+                assert "dave" in body["online"]
+            for client in held:  # every one of the ten still answers
+                await client.nothing_pending()
+            # One closes on B: a new one fits again, on C.
+            await held[1].ws.close()
+            await asyncio.sleep(0.3)
+            async with connect(three[2], "dave") as again:
+                assert again.hello["user_id"] == "dave"
+
+    asyncio.run(main())
+
+
+def test_presence_both_ways_and_an_http_disconnect_from_another_instance(three: Cluster) -> None:
+    a, b, c = three[0], three[1], three[2]
+
+    async def main() -> None:
+        async with connect(a, "alice") as alice:
+            await alice.create("bob")
+            async with connect(b, "bob") as bob:
+                assert (await alice.expect("user:online"))["payload"] == {"user_id": "bob"}
+                async with connect(c, "bob"):  # a second connection elsewhere: no second online
+                    pass
+                assert (await bob.ok("presence:query", {"user_ids": ["alice"]}))["online"] == ["alice"]
+                # The backend disconnects Bob through C: his connection on B closes with 4501.
+                status, _ = api(c, "POST", "/api/users/bob/disconnect", {})
+                assert status == 200
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await bob.recv(timeout=5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+            # Bob is gone from every instance: offline on A after the 1 s grace, once.
+            offline = await alice.expect("user:offline", timeout=5)
+            assert offline["payload"] == {"user_id": "bob"}
+            assert all(m["type"] != "user:online" for m in alice.backlog)  # B's second connection said nothing
+
+    asyncio.run(main())
+
+
+async def live_seqs(client: WsChat, conversation: int, until: int, timeout: float = 20.0) -> list[int]:
+    """The seqs of *conversation* this connection is sent live, in arrival order, until *until*."""
+    seqs: list[int] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not seqs or seqs[-1] < until:
+        item = await client.recv(timeout=max(deadline - loop.time(), 0.01))
+        if item["type"] == "chat:message" and item["payload"]["message"]["conversation_id"] == conversation:
+            seqs.append(item["payload"]["message"]["seq"])
+    return seqs
+
+
+def test_kill_9_of_the_senders_instance_loses_nothing_and_duplicates_nothing(three: Cluster) -> None:
+    """Alice sends every 10 ms on A; A is killed mid-stream. She reconnects to B and retries
+    what was not acked with the same client_id. Bob (on C) and Carol (on B) see every message
+    once, in seq order, live: what A stored but never published reaches them from storage."""
+    a, b, c = three[0], three[1], three[2]
+    total = 150
+
+    async def main() -> None:
+        async with connect(c, "bob") as bob, connect(b, "carol") as carol, connect(a, "dave") as dave:
+            group = await bob.create("alice", "carol", "dave")
+            acked: dict[str, int] = {}
+            client_ids = [f"m{i}" for i in range(total)]
+
+            async def sender() -> None:
+                instance = a
+                while len(acked) < total:
+                    try:
+                        async with connect(instance, "alice") as alice:
+                            for cid in client_ids:
+                                if cid in acked:
+                                    continue
+                                payload = {"conversation_id": group, "content": cid, "client_id": cid}
+                                reply = await alice.request("chat:send", payload)
+                                assert reply["type"] == "chat:ack", reply
+                                acked[cid] = reply["payload"]["message"]["seq"]
+                                await asyncio.sleep(0.01)
+                    except (websockets.ConnectionClosed, OSError, TimeoutError):
+                        instance = b  # the load balancer sends her elsewhere
+
+            async def killer() -> None:
+                while len(acked) < total // 3:
+                    await asyncio.sleep(0.01)
+                await asyncio.get_running_loop().run_in_executor(None, a.kill)
+
+            await asyncio.gather(sender(), killer())
+            assert sorted(acked.values()) == list(range(1, total + 1))  # dense, one seq per message
+            for watcher in (bob, carol):
+                seqs = await live_seqs(watcher, group, total)
+                assert seqs == list(range(1, total + 1)), watcher.user
+            # Dave was only on A: the others announce him offline once A's heartbeat expires
+            # (2 s here) and his grace (1 s) ends.
+            offline = await bob.expect("user:offline", timeout=15)
+            assert offline["payload"] == {"user_id": "dave"}
+            del dave
+
+    asyncio.run(main())
+
+
+def ready(instance: Instance) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+async def until(check: Any, timeout: float, what: str) -> float:
+    """Poll *check* (a sync callable run in a thread) until it is true; return the seconds it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await loop.run_in_executor(None, check):
+        assert loop.time() - start < timeout, f"{what} not within {timeout} s"
+        await asyncio.sleep(0.1)
+    return loop.time() - start
+
+
+def test_redis_restarted_mid_traffic_recovers_without_restarting_sohbet(tmp_path: Path, postgres_database: str) -> None:
+    """Redis dies (and comes back empty, as one without persistence does): each instance keeps
+    serving its own users and says so on /readyz; what was sent meanwhile is stored, and
+    reaches the other instance's users once Redis is back, within 10 s, with no restart."""
+    with (
+        private_redis(tmp_path) as redis,
+        cluster(tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0")) as two,
+    ):
+        a, b = two[0], two[1]
+
+        async def main() -> None:
+            async with connect(a, "alice") as alice, connect(b, "bob") as bob:
+                group = await alice.create("bob")
+                await alice.send(group, "before")
+                assert await live_seqs(bob, group, 1) == [1]
+                assert ready(a) == ready(b) == 200
+
+                redis.stop()
+                await until(lambda: ready(a) == 503 and ready(b) == 503, 10, "/readyz 503 on both")
+                for i in range(5):  # stored and acked; only Alice's own instance can tell anyone
+                    await alice.send(group, f"during {i}")
+                await bob.send(group, "bob during")  # B serves Bob as before
+                assert (await alice.ok("presence:query", {"user_ids": ["bob"]}))["online"] == ["bob"]
+
+                redis.start()
+                took = await until(lambda: ready(a) == 200 and ready(b) == 200, 10, "/readyz 200 again")
+                # What was sent while Redis was away reaches the other side, in order, once.
+                bob_seqs = await live_seqs(bob, group, 6, timeout=10)
+                assert bob_seqs == [2, 3, 4, 5, 6], bob_seqs  # 7 is his own (acked, not echoed)
+                alice_seqs = await live_seqs(alice, group, 7, timeout=10)
+                assert alice_seqs == [7]
+                # And live delivery is back.
+                await alice.send(group, "after")
+                assert await live_seqs(bob, group, 8) == [8]
+                assert took < 10
+                # Presence never flapped: Bob was not told Alice went offline.
+                assert all(m["type"] != "user:offline" for m in bob.backlog)
+
+        asyncio.run(main())
+
+
+def metric(instance: Instance, name: str, labels: str = "") -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{wanted} not in the metrics of {instance.name}")
+
+
+def test_concurrent_writers_on_three_instances_deliver_every_seq_once_in_order(three: Cluster) -> None:
+    """Senders on A, B and C pipeline into one group at once, so consecutive seqs are stored
+    by different instances and arrive out of order: every watcher still sees 1..N once, in
+    order. The instances' gap counters prove the race happened."""
+    per_sender, senders = 100, 6
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            watchers = [await stack.enter_async_context(connect(three[i], f"w{i}")) for i in range(3)]
+            clients = [await stack.enter_async_context(connect(three[i % 3], f"s{i}")) for i in range(senders)]
+            group = await watchers[0].create(*[f"w{i}" for i in range(1, 3)], *[f"s{i}" for i in range(senders)])
+            for client in [*watchers[1:], *clients]:
+                await client.expect("conversation:created")
+
+            async def flood(client: WsChat) -> None:
+                for i in range(per_sender):
+                    payload = {
+                        "conversation_id": group,
+                        "content": f"{client.user} {i}",
+                        "client_id": f"{client.user}-{i}",
+                    }
+                    await client.send_raw({"type": "chat:send", "payload": payload, "ref": f"r{i}"})
+                acks = 0
+                while acks < per_sender:
+                    item = await client.recv(timeout=20)
+                    assert item["type"] != "error", item
+                    acks += item["type"] == "chat:ack"
+
+            await asyncio.gather(*(flood(c) for c in clients))
+            total = per_sender * senders
+            for watcher in watchers:
+                assert await live_seqs(watcher, group, total) == list(range(1, total + 1)), watcher.user
+
+    asyncio.run(main())
+    gaps = sum(metric(i, "sohbet_cluster_messages_total", 'result="gaps"') for i in three.instances)
+    assert gaps > 0, "no instance ever saw a message out of order: the race did not happen"
+
+
+def test_instances_starting_together_on_a_fresh_database_migrate_once(tmp_path: Path) -> None:
+    """Three instances started at the same moment on an empty database: one migrates (under
+    an advisory lock), the others wait for it, and all three serve."""
+    import asyncpg  # noqa: PLC0415  # the Postgres half of the suite
+
+    from ..conftest import POSTGRES_URL, pg_admin  # noqa: PLC0415
+
+    name = f"sohbet_fresh_{uuid.uuid4().hex[:8]}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        args = ["--database-url", url, "--redis-url", SHARED_REDIS, "--redis-prefix", prefix, "--jwt-secret", SECRET]
+        instances = [Instance(n, free_port(), args, tmp_path / f"{n}.log") for n in "abc"]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+        try:
+            for instance in instances:  # all launched before any is waited for
+                with instance.log.open("ab") as out:
+                    instance.proc = subprocess.Popen(
+                        [*SERVER, "--port", str(instance.port), "--instance-id", instance.name, *args],
+                        stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=tmp_path,
+                    )  # fmt: skip
+            for instance in instances:
+                wait_port(instance.port, instance.proc)
+
+            async def check() -> list[int]:
+                async with connect(instances[0], "alice") as alice, connect(instances[2], "bob") as bob:
+                    conversation = await alice.create("bob")
+                    await bob.expect("conversation:created")
+                    await alice.send(conversation, "migrated once")
+                    assert await live_seqs(bob, conversation, 1) == [1]
+                con = await asyncpg.connect(url)
+                try:
+                    return [r["version"] for r in await con.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+                finally:
+                    await con.close()
+
+            versions = asyncio.run(check())
+            assert versions == sorted(set(versions)) and versions  # each once
+        finally:
+            for instance in instances:
+                instance.stop()
+    finally:
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

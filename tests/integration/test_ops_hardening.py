@@ -113,11 +113,12 @@ def test_the_lock_goes_with_a_killed_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_redis_url_refuses_to_start_rather_than_being_ignored(tmp_path: Path, how: str) -> None:
+def test_redis_url_on_sqlite_refuses_to_start_rather_than_being_ignored(tmp_path: Path, how: str) -> None:
+    """Instances share their messages through one Postgres: a SQLite file is one process's."""
     url = "redis://127.0.0.1:6379"
     args, env = (["--redis-url", url], {}) if how == "flag" else ([], {"SOHBET_REDIS_URL": url})
     result = start_refused("--data-dir", str(tmp_path), *args, cwd=tmp_path, env=env)
-    assert_one_clear_line(result, "not yet supported")
+    assert_one_clear_line(result, "--redis-url needs Postgres")
     assert result.returncode == 2
     assert list(tmp_path.iterdir()) == []  # refused before any file was made: no secret, no database
 

@@ -116,12 +116,12 @@ def test_generated_secret_and_token_command(tmp_path: Path) -> None:
     ("args", "env", "message"),
     [
         (["--database-url", "postgresql://x@127.0.0.1/db"], {}, "set SOHBET_JWT_SECRET"),
-        (["--redis-url", "redis://127.0.0.1"], {}, "not yet supported"),
+        (["--redis-url", "redis://127.0.0.1"], {}, "--redis-url needs Postgres"),
         ([], {"SOHBET_JWT_SECRET": "too short"}, "shorter than 32"),
         ([], {"SOHBET_PORT": "http"}, "SOHBET_PORT: 'http' is not a valid int"),
         (["--jwt-algorithm", "RS256"], {}, "at least one public key"),
     ],
-    ids=["postgres-needs-key", "redis-unsupported", "short-secret", "bad-env", "rs256-needs-key"],
+    ids=["postgres-needs-key", "redis-needs-postgres", "short-secret", "bad-env", "rs256-needs-key"],
 )
 def test_refuses_to_start(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
     result = cli("token", "alice", "--data-dir", str(tmp_path), *args, env=env)
