@@ -172,6 +172,11 @@ class Hub(Generic[C]):
         return len(self._connections.keys() | self._remote.keys() | self._grace.keys())
 
     @property
+    def has_connections(self) -> bool:
+        """Whether any connection is open here."""
+        return bool(self._connections)
+
+    @property
     def connection_count(self) -> int:
         """Local connections in all."""
         return sum(len(c) for c in self._connections.values())

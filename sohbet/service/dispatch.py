@@ -181,6 +181,10 @@ class ChatService:
             self.ctx.storage_failed(exc)
             session.socket.close(CloseCode.INTERNAL_ERROR, "storage is unavailable; reconnect")
             return
+        except Exception as exc:  # a bug: the connection must not hang without its hello
+            self.ctx.bug("admission", exc)
+            session.socket.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
         if not admitted:
             session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} connections for this user")
             return

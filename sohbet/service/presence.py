@@ -54,6 +54,8 @@ class Presence:
 
     def came_online_elsewhere(self, user: UserId) -> None:
         """*user* came online on another instance: tell their contacts connected here."""
+        if not self.ctx.hub.has_connections:
+            return  # nobody here to tell (an instance starting learns of everyone online)
         task = self.ctx.start(self._came_online(user, announce=True))
         task.add_done_callback(_log_failure)
 
