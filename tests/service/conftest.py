@@ -171,6 +171,7 @@ async def world(
     max_queue: int = 20_000,
     depth: int = 1,
     notifier: Any = None,
+    broker: Any = None,
     **changes: Any,
 ) -> AsyncIterator[World]:
     """A chat service with *changes* to the default `ChatConfig`, on *store* or a new SQLite file."""
@@ -189,6 +190,7 @@ async def world(
         depth=depth,
         clock=clock,
         notifier=notifier,
+        broker=broker,
     )
     await service.start()
     try:

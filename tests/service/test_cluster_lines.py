@@ -1,0 +1,257 @@
+"""One instance of a cluster, with the broker faked (the real one runs in
+tests/integration/test_cluster.py): what it does with what other instances tell it, step by
+step, on a real SQLite store that another instance's writes go into directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sohbet.broker import REFUSED, Header, Kind, Listener, Presence
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import NewMessage
+from sohbet.errors import StoreUnavailable
+from sohbet.service.cluster import GAP_WAIT_S
+from sohbet.store.sqlite import SqliteStore
+
+from .conftest import Device, World, run, world
+
+
+class FakeBroker:
+    """Records what the service sends and follows; the test plays the other instances."""
+
+    def __init__(self, admits: int | None = 1) -> None:
+        self.admits = admits
+        self.listener: Listener | None = None
+        self.sent: list[tuple[Header, bytes]] = []
+        self.followed: set[ConversationId] = set()
+        self.released: list[UserId] = []
+
+    instance_id = "here"
+    clustered = True
+    up = True
+
+    async def start(self, listener: Listener) -> None:
+        self.listener = listener
+
+    async def stop(self) -> None:
+        pass
+
+    def send(self, header: Header, data: bytes) -> None:
+        self.sent.append((dict(header), data))
+
+    async def follow(self, conversations: Iterable[ConversationId]) -> None:
+        self.followed.update(conversations)
+
+    def unfollow(self, conversations: Iterable[ConversationId]) -> None:
+        self.followed.difference_update(conversations)
+
+    async def admit(self, user: UserId, limit: int, conversations: Iterable[ConversationId]) -> int | None:
+        return self.admits
+
+    def release(self, user: UserId, conversations: Iterable[ConversationId]) -> None:
+        self.released.append(user)
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def message(self, conversation: int, seq: int, content: str = "") -> None:
+        """Another instance stored *seq* and published it."""
+        obj = {"message": {"conversation_id": conversation, "seq": seq, "content": content or f"m{seq}"}}
+        data = orjson.dumps({"type": "chat:message", "payload": obj})
+        assert self.listener is not None
+        self.listener.event({"k": Kind.MESSAGE.value, "i": "other", "c": conversation, "s": seq}, data)
+
+
+async def stored_elsewhere(store: SqliteStore, conversation: int, count: int) -> None:
+    """Messages another instance stores (no event: the test decides what it publishes)."""
+    for i in range(count):
+        batch = [NewMessage(ConversationId(conversation), UserId("bob"), f"else{i}-{id(store)}", f"else {i}")]
+        await store.append(batch, 0)
+
+
+def seqs(device: Device, conversation: int) -> list[int]:
+    return [
+        m["payload"]["message"]["seq"]
+        for m in device.socket.of_type("chat:message")
+        if m["payload"]["message"]["conversation_id"] == conversation
+    ]
+
+
+async def pair(w: World) -> tuple[Device, int]:
+    alice = w.connect("alice")
+    await w.settle()
+    conversation = await w.conversation(alice, "bob")
+    return alice, conversation
+
+
+def test_messages_from_elsewhere_are_delivered_in_seq_order_and_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            assert conversation in broker.followed
+            await stored_elsewhere(store, conversation, 6)
+            broker.message(conversation, 1)
+            broker.message(conversation, 3)  # past a gap: waits for 2
+            assert seqs(alice, conversation) == [1]
+            broker.message(conversation, 2)  # ... which arrives in time: no storage read
+            await asyncio.sleep(GAP_WAIT_S * 3)
+            assert seqs(alice, conversation) == [1, 2, 3]
+            cluster = w.service.cluster
+            assert cluster.counters["filled"] == 0 and cluster.counters["gaps"] == 1
+            broker.message(conversation, 5)  # 4 never comes: read from storage
+            await asyncio.sleep(GAP_WAIT_S * 3)
+            await w.settle()
+            assert seqs(alice, conversation) == [1, 2, 3, 4, 5]
+            assert cluster.counters["filled"] == 1
+            broker.message(conversation, 4)  # late, and a repeat: dropped
+            broker.message(conversation, 6)
+            assert seqs(alice, conversation) == [1, 2, 3, 4, 5, 6]
+            assert cluster.counters["duplicates"] == 1
+
+    run(main())
+
+
+def test_what_was_missed_while_the_link_was_down_is_read_when_it_is_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            await stored_elsewhere(store, conversation, 3)
+            broker.message(conversation, 1)
+            assert broker.listener is not None
+            broker.listener.link_changed(False)
+            broker.listener.link_changed(True)  # 2 and 3 were published while it was down
+            await w.settle()
+            assert seqs(alice, conversation) == [1, 2, 3]
+
+    run(main())
+
+
+def test_a_gap_storage_cannot_fill_is_skipped_not_waited_on_forever(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            broker.message(conversation, 1)
+
+            async def down(*_: Any) -> Any:
+                raise StoreUnavailable("down")
+
+            store.messages_between = down  # type: ignore[method-assign]
+            broker.message(conversation, 3)
+            await asyncio.sleep(GAP_WAIT_S * 3)
+            await w.settle()
+            assert seqs(alice, conversation) == [1, 3]  # the client's sync fills 2
+            broker.message(conversation, 4)
+            assert seqs(alice, conversation) == [1, 3, 4]
+
+    run(main())
+
+
+def test_presence_from_other_instances_is_announced_to_contacts_here(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        async with world(tmp_path, broker=broker, presence_grace_s=5.0) as w:
+            alice, conversation = await pair(w)
+            listener = broker.listener
+            assert listener is not None
+            listener.presence(Presence("x", UserId("bob"), 1, (ConversationId(conversation),)))
+            await w.settle()
+            assert alice.socket.of_type("user:online")[-1]["payload"] == {"user_id": "bob"}
+            listener.presence(Presence("y", UserId("bob"), 2))  # a second instance: nothing new
+            listener.instance_gone("x")  # still on y
+            w.service.tick(w.clock.wall(), w.clock.now() + 10)
+            assert alice.socket.of_type("user:offline") == []
+            # The registry read after a reconnection no longer has y: gone, grace, offline.
+            listener.snapshot({"z": {UserId("carol"): 1}}, set())
+            w.clock.advance(4)
+            w.service.tick(w.clock.wall(), w.clock.now())
+            assert alice.socket.of_type("user:offline") == []  # within the grace period
+            w.clock.advance(2)
+            w.service.tick(w.clock.wall(), w.clock.now())
+            await w.settle()
+            assert alice.socket.of_type("user:offline")[-1]["payload"] == {"user_id": "bob"}
+            # A newer entry than the snapshot (heard of after the link came up) stands.
+            listener.presence(Presence("z", UserId("bob"), 1, (ConversationId(conversation),)))
+            listener.snapshot({"z": {}}, {("z", UserId("bob"))})
+            assert w.service.hub.is_online(UserId("bob"))
+            assert w.service.cluster.remote_connections(UserId("bob")) == 1
+
+    run(main())
+
+
+def test_a_connection_waits_for_admission_and_the_cluster_limit_refuses_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        async with world(tmp_path, broker=broker) as w:
+            alice = w.connect("alice")
+            ref = alice.send("presence:query", {"user_ids": []})  # before hello: it waits
+            assert alice.socket.sent == []
+            await alice.socket.wait_for(ref=ref)
+            assert [m["type"] for m in alice.socket.sent] == ["hello", "presence:state"]
+            broker.admits = REFUSED
+            refused = w.connect("alice")
+            await w.settle()
+            assert refused.socket.closed_with is not None and refused.socket.closed_with[0] == 1008
+            assert refused.socket.of_type("hello") == []
+            broker.admits = 1
+            chatty = w.connect("carol")
+            for _ in range(33):
+                chatty.send("presence:query", {"user_ids": []})
+            assert chatty.socket.closed_with == (1008, "more than 32 messages before hello")
+            alice.disconnect()
+            assert broker.released == ["alice"]
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", ["typing", "read", "publish", "broadcast", "disconnect", "removed"])
+def test_events_from_elsewhere_reach_the_right_connections_here(tmp_path: Path, kind: str) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        async with world(tmp_path, broker=broker) as w:
+            alice, conversation = await pair(w)
+            bob = w.connect("bob")
+            await w.settle()
+            listener = broker.listener
+            assert listener is not None
+            data = orjson.dumps({"type": "x:marker", "payload": {}})
+            header: dict[str, Any] = {
+                "typing": {"k": "t", "c": conversation, "u": "bob"},
+                "read": {"k": "r", "c": conversation},
+                "publish": {"k": "p", "us": ["alice"]},
+                "broadcast": {"k": "b"},
+                "disconnect": {"k": "d", "u": "alice", "code": 4501, "reason": "bye"},
+                "removed": {"k": "x", "c": conversation, "u": "alice"},
+            }[kind]
+            listener.event({"i": "other", **header}, data)
+            got_alice = bool(alice.socket.of_type("x:marker"))
+            got_bob = bool(bob.socket.of_type("x:marker"))
+            expected = {
+                "typing": (True, False),  # not the typist
+                "read": (True, True),
+                "publish": (True, False),
+                "broadcast": (True, True),
+                "disconnect": (False, False),
+                "removed": (True, True),
+            }[kind]
+            assert (got_alice, got_bob) == expected
+            if kind == "disconnect":
+                assert alice.socket.closed_with == (4501, "bye") and bob.socket.closed_with is None
+            if kind == "removed":  # she no longer gets the conversation, nor may send to it
+                reply = await alice.request(
+                    "chat:send", {"conversation_id": conversation, "content": "x", "client_id": "z"}
+                )
+                assert reply["payload"]["code"] == "forbidden"
+
+    run(main())
