@@ -293,7 +293,7 @@ class RedisBroker:
                 self._since = asyncio.get_running_loop().time()
                 assert self._listener is not None
                 self._listener.snapshot(counts, set(self._touched))
-                log.warning("redis link up as instance %s", self._id)
+                log.info("redis link up as instance %s", self._id)
                 self._listener.link_changed(True)
                 await listening
             finally:

@@ -391,3 +391,28 @@ def test_instances_starting_together_on_a_fresh_database_migrate_once(tmp_path: 
                 instance.stop()
     finally:
         asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_a_paused_redis_is_noticed_and_the_link_comes_back_by_itself(tmp_path: Path, postgres_database: str) -> None:
+    """A Redis that stops answering (SIGSTOP: no error, only silence) is noticed by the
+    heartbeat's timeout; after SIGCONT the instances link up again, no restart."""
+    with private_redis(tmp_path) as redis, cluster(
+        tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0")
+    ) as two:
+        a, b = two[0], two[1]
+
+        async def main() -> None:
+            async with connect(a, "alice") as alice, connect(b, "bob") as bob:
+                group = await alice.create("bob")
+                redis.pause()
+                try:
+                    await until(lambda: ready(a) == 503, 10, "/readyz 503 while redis is silent")
+                    await alice.send(group, "while paused")
+                finally:
+                    redis.resume()
+                await until(lambda: ready(a) == 200 and ready(b) == 200, 10, "/readyz 200 after SIGCONT")
+                assert await live_seqs(bob, group, 1, timeout=10) == [1]
+                await alice.send(group, "after")
+                assert await live_seqs(bob, group, 2) == [2]
+
+        asyncio.run(main())

@@ -14,7 +14,7 @@ import pytest
 
 from sohbet.broker import REFUSED, Header, Kind, Listener, Presence
 from sohbet.chat.ids import ConversationId, UserId
-from sohbet.chat.model import NewMessage
+from sohbet.chat.model import ConversationKind, NewMessage
 from sohbet.errors import StoreUnavailable
 from sohbet.service.cluster import GAP_WAIT_S
 from sohbet.store.sqlite import SqliteStore
@@ -253,5 +253,40 @@ def test_events_from_elsewhere_reach_the_right_connections_here(tmp_path: Path, 
                     "chat:send", {"conversation_id": conversation, "content": "x", "client_id": "z"}
                 )
                 assert reply["payload"]["code"] == "forbidden"
+
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["created", "added"])
+def test_a_join_elsewhere_delivers_what_was_stored_before_this_instance_followed(tmp_path: Path, how: str) -> None:
+    """Another instance makes Alice a member and at once stores a message, published before this
+    instance follows the conversation: the join's own seq (where the conversation stood) makes
+    the message reach her from storage once it is followed."""
+
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice = w.connect("alice")
+            await w.settle()
+            # Made elsewhere: a group of bob and carol, then alice added (or created with her).
+            members = [UserId("bob"), UserId("carol")] + ([UserId("alice")] if how == "created" else [])
+            conversation, _ = await store.create_conversation(members, "g", ConversationKind.GROUP, 0)
+            if how == "added":
+                await store.add_member(conversation.id, UserId("alice"), 0)
+            await stored_elsewhere(store, conversation.id, 1)  # seq 1, its event already gone by
+            listener = broker.listener
+            assert listener is not None
+            data = orjson.dumps({"type": "x:joined", "payload": {}})
+            if how == "created":
+                header = {"k": "n", "c": conversation.id, "m": members, "s": 0, "new": True}
+            else:
+                header = {"k": "a", "c": conversation.id, "u": "alice", "s": 0}
+            listener.event({"i": "other", **header}, data)
+            await w.settle()
+            assert conversation.id in broker.followed
+            assert seqs(alice, conversation.id) == [1]
+            broker.message(conversation.id, 2)
+            assert seqs(alice, conversation.id) == [1, 2]
 
     run(main())
