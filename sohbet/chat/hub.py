@@ -111,6 +111,12 @@ class Hub(Generic[C]):
         """The conversations with a member connected here."""
         return list(self._here)
 
+    def drop_cached_members(self) -> None:
+        """Forget every cached member set (a cluster instance that may have missed membership
+        changes): they are loaded again when needed."""
+        self._members.clear()
+        self._cached_count = 0
+
     def take_here_changes(self) -> set[ConversationId]:
         """The conversations that gained their first or lost their last member connected here
         since the last call (some may have done both: check `here`)."""

@@ -48,7 +48,8 @@ GAP_WAIT_S: Final = 0.05
 #: longer gap is left to the clients' `sync` (they see the gap in seqs).
 MAX_FILL: Final = 1000
 _MESSAGE: Final = EventType.MESSAGE
-_MAX_JOINED_AT: Final = 100_000  # joins waiting to be followed (consumed within a reconcile)
+_MAX_JOINED_AT: Final = 100_000
+_RECHECK_CHUNK: Final = 1000  # conversations whose members one query reads  # joins waiting to be followed (consumed within a reconcile)
 _KIND_MESSAGE: Final = Kind.MESSAGE.value
 
 #: One waiting message: seq, the encoded event, the connection not to send it to.
@@ -87,6 +88,7 @@ class Cluster:
         # Where conversations a user here just joined stood when they joined (from the event
         # that said so): what is stored after that is delivered once they are followed.
         self._joined_at: dict[ConversationId, int] = {}
+        self._was_down = False  # the link has been lost at least once
         #: Counted for the metrics endpoint.
         self.counters = dict.fromkeys(("gaps", "filled", "duplicates", "link_losses"), 0)
 
@@ -128,6 +130,14 @@ class Cluster:
         self.broker.release(session.user, self.ctx.hub.conversations(session.user) or ())
 
     # -- following conversations --------------------------------------------------------------
+
+    async def _reconcile_now(self) -> None:
+        """Reconcile, and wait for it (the lines of conversations left here are dropped)."""
+        while self._reconciling is not None:
+            await asyncio.shield(self._reconciling)
+        self.reconcile_soon()
+        if self._reconciling is not None:
+            await asyncio.shield(self._reconciling)
 
     def reconcile_soon(self) -> None:
         """Follow the conversations that gained a member here, stop following those that lost
@@ -358,12 +368,41 @@ class Cluster:
 
     def link_changed(self, up: bool) -> None:  # see Listener
         if up:
-            # Read what every followed conversation missed while the link was down.
-            lines = {c: line for c, line in self._lines.items() if not line.busy}
-            if lines:
-                self.ctx.start(self._catch_up(lines))
+            self.ctx.start(self._relinked(recheck=self._was_down))
         else:
+            self._was_down = True
             self.counters["link_losses"] += 1
+
+    async def _relinked(self, *, recheck: bool) -> None:
+        if recheck:
+            # Membership may have changed elsewhere meanwhile, and nothing told this instance:
+            # first who is still a member, then what they missed.
+            await self._recheck_members()
+        lines = {c: line for c, line in self._lines.items() if not line.busy}
+        if lines:
+            await self._catch_up(lines)
+
+    async def _recheck_members(self) -> None:
+        """After the link was down: forget cached member sets, and take out of each followed
+        conversation the users here who left it meanwhile (they are told, as if live)."""
+        ctx = self.ctx
+        hub = ctx.hub
+        hub.drop_cached_members()
+        followed = hub.followed()
+        for i in range(0, len(followed), _RECHECK_CHUNK):
+            chunk = followed[i : i + _RECHECK_CHUNK]
+            try:
+                members = await ctx.store.members_of(chunk)
+            except StoreError as exc:
+                log.warning("could not recheck the members of %d conversations: %s", len(chunk), exc)
+                continue
+            for conversation in chunk:
+                now = set(members.get(conversation, ()))
+                for user in [u for u in hub.here(conversation) if u not in now]:
+                    hub.remove_member(conversation, user)
+                    notice = {"conversation_id": conversation, "user_id": user}
+                    ctx.to_members([user], wire.encode(EventType.MEMBER_REMOVED, notice))
+        await self._reconcile_now()
 
     def remote_connections(self, user: UserId) -> int:
         """The user's connections on other instances, as this one knows them."""

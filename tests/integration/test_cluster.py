@@ -261,18 +261,22 @@ async def until(check: Any, timeout: float, what: str) -> float:
 def test_redis_restarted_mid_traffic_recovers_without_restarting_sohbet(tmp_path: Path, postgres_database: str) -> None:
     """Redis dies (and comes back empty, as one without persistence does): each instance keeps
     serving its own users and says so on /readyz; what was sent meanwhile is stored, and
-    reaches the other instance's users once Redis is back, within 10 s, with no restart."""
+    reaches the other instance's users once Redis is back, within 10 s, with no restart. A
+    member removed meanwhile stops receiving the conversation once Redis is back."""
     with (
         private_redis(tmp_path) as redis,
-        cluster(tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0")) as two,
+        cluster(
+            tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0", "--api-key", API_KEY)
+        ) as two,
     ):
         a, b = two[0], two[1]
 
         async def main() -> None:
-            async with connect(a, "alice") as alice, connect(b, "bob") as bob:
-                group = await alice.create("bob")
+            async with connect(a, "alice") as alice, connect(b, "bob") as bob, connect(b, "carol") as carol:
+                group = await alice.create("bob", "carol")
                 await alice.send(group, "before")
                 assert await live_seqs(bob, group, 1) == [1]
+                assert await live_seqs(carol, group, 1) == [1]
                 assert ready(a) == ready(b) == 200
 
                 redis.stop()
@@ -281,6 +285,9 @@ def test_redis_restarted_mid_traffic_recovers_without_restarting_sohbet(tmp_path
                     await alice.send(group, f"during {i}")
                 await bob.send(group, "bob during")  # B serves Bob as before
                 assert (await alice.ok("presence:query", {"user_ids": ["bob"]}))["online"] == ["bob"]
+                # The backend removes Carol through A: B, where she is connected, cannot hear of it.
+                status, _ = api(a, "DELETE", f"/api/conversations/{group}/members/carol")
+                assert status == 204
 
                 redis.start()
                 took = await until(lambda: ready(a) == 200 and ready(b) == 200, 10, "/readyz 200 again")
@@ -289,9 +296,14 @@ def test_redis_restarted_mid_traffic_recovers_without_restarting_sohbet(tmp_path
                 assert bob_seqs == [2, 3, 4, 5, 6], bob_seqs  # 7 is his own (acked, not echoed)
                 alice_seqs = await live_seqs(alice, group, 7, timeout=10)
                 assert alice_seqs == [7]
+                # Carol is told she was removed, and gets nothing more of the group.
+                removed = await carol.expect("conversation:member_removed", timeout=10)
+                assert removed["payload"] == {"conversation_id": group, "user_id": "carol"}
                 # And live delivery is back.
                 await alice.send(group, "after")
                 assert await live_seqs(bob, group, 8) == [8]
+                later = [m for m in await carol.nothing_pending() if m["type"] == "chat:message"]
+                assert all(m["payload"]["message"]["seq"] <= 7 for m in later), later  # nothing after her removal
                 assert took < 10
                 # Presence never flapped: Bob was not told Alice went offline.
                 assert all(m["type"] != "user:offline" for m in bob.backlog)
@@ -396,9 +408,10 @@ def test_instances_starting_together_on_a_fresh_database_migrate_once(tmp_path: 
 def test_a_paused_redis_is_noticed_and_the_link_comes_back_by_itself(tmp_path: Path, postgres_database: str) -> None:
     """A Redis that stops answering (SIGSTOP: no error, only silence) is noticed by the
     heartbeat's timeout; after SIGCONT the instances link up again, no restart."""
-    with private_redis(tmp_path) as redis, cluster(
-        tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0")
-    ) as two:
+    with (
+        private_redis(tmp_path) as redis,
+        cluster(tmp_path, postgres_database, n=2, redis_url=redis.url, extra=("--send-rate", "0")) as two,
+    ):
         a, b = two[0], two[1]
 
         async def main() -> None:

@@ -290,3 +290,29 @@ def test_a_join_elsewhere_delivers_what_was_stored_before_this_instance_followed
             assert seqs(alice, conversation.id) == [1, 2]
 
     run(main())
+
+
+def test_a_leave_missed_while_the_link_was_down_takes_effect_when_it_is_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            listener = broker.listener
+            assert listener is not None
+            listener.link_changed(False)
+            await store.remove_member(ConversationId(conversation), UserId("alice"))  # elsewhere, unheard
+            listener.link_changed(True)
+            await w.settle()
+            removed = alice.socket.of_type("conversation:member_removed")
+            assert [m["payload"] for m in removed] == [{"conversation_id": conversation, "user_id": "alice"}]
+            await w.settle()
+            assert conversation not in broker.followed
+            broker.message(conversation, 1)
+            reply = await alice.request(
+                "chat:send", {"conversation_id": conversation, "content": "x", "client_id": "y"}
+            )
+            assert reply["payload"]["code"] == "forbidden"
+            assert seqs(alice, conversation) == []
+
+    run(main())
