@@ -228,6 +228,19 @@ def test_kill_9_of_the_senders_instance_loses_nothing_and_duplicates_nothing(thr
 
             await asyncio.gather(sender(), killer())
             assert sorted(acked.values()) == list(range(1, total + 1))  # dense, one seq per message
+            # Alice, now on B, syncs from where she stood before A died: exactly what was acked.
+            async with connect(b, "alice") as alice:
+                await alice.send_raw({"type": "sync", "payload": {"cursors": {str(group): 0}}, "ref": "s"})
+                replayed: dict[int, str] = {}
+                while True:
+                    item = await alice.recv()
+                    if item["type"] == "sync:done":
+                        assert item["payload"]["complete"] is True
+                        break
+                    message = item["payload"]["message"]
+                    assert message["seq"] not in replayed  # nothing twice
+                    replayed[message["seq"]] = message["client_id"]
+                assert {cid: seq for seq, cid in replayed.items()} == acked
             for watcher in (bob, carol):
                 seqs = await live_seqs(watcher, group, total)
                 assert seqs == list(range(1, total + 1)), watcher.user
