@@ -7,14 +7,25 @@ SQLite connections on one file), as two server processes would have.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
 import pytest
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
-from sohbet.store import NO_SEQ, UNREAD_CAP, InstanceLocked, InvalidCursor, MessageStore, decode_cursor, encode_cursor
+from sohbet.store import (
+    NO_SEQ,
+    UNREAD_CAP,
+    InstanceLocked,
+    InvalidCursor,
+    MessageStore,
+    decode_cursor,
+    encode_cursor,
+    migrations,
+)
 
 from ..chatkit import open_store
 
@@ -227,3 +238,31 @@ def test_cursors_reach_the_highest_value_every_database_stores() -> None:
     assert decode_cursor(encode_cursor(0, 7)) == (0, 7)
     with pytest.raises(InvalidCursor):
         decode_cursor(encode_cursor(NO_SEQ + 1, 7))
+
+
+def test_stores_migrating_a_fresh_postgres_database_together_apply_each_migration_once(run: Run) -> None:
+    """Instances of a cluster start together on an empty database: their migrations queue on an
+    advisory lock, so each runs once and none fails on another's half-made table."""
+    from sohbet.store.postgres import PostgresStore  # noqa: PLC0415
+
+    from ..conftest import POSTGRES_URL, pg_admin  # noqa: PLC0415
+
+    async def main() -> None:
+        name = f"sohbet_migrate_{uuid.uuid4().hex[:8]}"
+        await pg_admin(f'CREATE DATABASE "{name}"')
+        url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+        stores = [PostgresStore(url, pool_size=1) for _ in range(6)]
+        try:
+            await asyncio.gather(*(store.migrate() for store in stores))
+            con = await asyncpg.connect(url)
+            try:
+                versions = [r["version"] for r in await con.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+            finally:
+                await con.close()
+            assert versions == [v for v, _ in migrations("postgres")]
+        finally:
+            for store in stores:
+                await store.close()
+            await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    run(main())
