@@ -89,13 +89,18 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
             for other in (alice, carol):
                 read = await other.expect("chat:read")
                 assert read["payload"] == {"conversation_id": group, "user_id": "bob", "seq": 2}
+            # Each event once: not echoed back to the instance it came from.
+            await alice.send(group, "marker")
+            await bob.expect("chat:message")
+            await carol.expect("chat:message")
+            assert [m["type"] for m in bob.backlog if m["type"] in {"chat:read", "chat:typing"}] == []
             # Carol leaves on C: A and B are told, and from then on nothing of the group reaches her.
             await carol.ok("conversation:leave", {"conversation_id": group})
             for other in (alice, bob):
                 removed = await other.expect("conversation:member_removed")
                 assert removed["payload"] == {"conversation_id": group, "user_id": "carol"}
             await alice.send(group, "after carol left")
-            assert (await bob.expect("chat:message"))["payload"]["message"]["seq"] == 3
+            assert (await bob.expect("chat:message"))["payload"]["message"]["seq"] == 4
             # ... and her send on C is refused, though A's cache had her as a member.
             refused = await carol.request("chat:send", {"conversation_id": group, "content": "x", "client_id": "late"})
             assert refused["type"] == "error" and refused["payload"]["code"] == "forbidden"
@@ -107,8 +112,8 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
                 assert added["payload"] == {"conversation_id": group, "user_id": "carol"}
             await alice.send(group, "welcome back")
             got = await carol.expect("chat:message")
-            assert got["payload"]["message"]["seq"] == 4
-            # Nothing of seq 3 reached her in between: the next message after the marker is 4.
+            assert got["payload"]["message"]["seq"] == 5
+            # Nothing of seq 4 reached her in between: the next message after the marker is 5.
             assert all(m["type"] != "chat:message" for m in carol.backlog)
             # Publish and broadcast through C reach users on A and B.
             status, _ = api(
