@@ -7,6 +7,9 @@
  *   page becomes visible, and with a fresh token (`getToken`) every time.
  * - After every reconnect it sends `sync` with the last `seq` it has of every conversation, so
  *   what was missed arrives as ordinary `chat:message` events.
+ * - A live `chat:message` that leaves a gap (a seq before it never arrived: the server sends a
+ *   connection's messages in seq order, so it was lost) makes it `sync` by itself, after a short
+ *   wait (so that several gaps cost one sync), one at a time and at most one per 2 s.
  * - `sendChatMessage` goes through an outbox: a message sent while disconnected, or whose ack
  *   was lost with the connection, is sent again with the same `client_id`; the server stores it
  *   once, so every promise resolves with the stored message exactly once.
@@ -241,6 +244,12 @@ const STABLE_MS = 10_000;
 const PRESENCE_OVERHEAD = 256;
 /** Bytes of a sync besides its cursors. */
 const SYNC_OVERHEAD = 256;
+/** A live message that leaves a gap is followed by a `sync` this long after (gaps found in the
+ *  meantime share it)… */
+const GAP_SYNC_DELAY_MS = 300;
+/** …and by at most one such sync this often: a gap the server cannot fill costs one sync per
+ *  live message that finds it, not a loop. */
+const GAP_SYNC_INTERVAL_MS = 2000;
 /** WebSocket.OPEN. */
 const OPEN_STATE = 1;
 /** How long an error may go without its close event before it is taken as one. */
@@ -288,6 +297,12 @@ export class SohbetClient {
   private stableTimer: unknown = null;
   private refreshTimer: unknown = null;
   private outboxTimer: unknown = null;
+  /** The `sync` a gap in the live messages asked for, waiting (`GAP_SYNC_DELAY_MS`). */
+  private gapTimer: unknown = null;
+  /** When the last gap-triggered sync started (the clock's milliseconds). */
+  private lastGapSyncAt = -Infinity;
+  /** A live message left a gap while a sync ran: looked at again when it ends. */
+  private gapDuringSync = false;
   /** Failed attempts the backoff counts (reset once a connection has stayed up `STABLE_MS`). */
   private failures = 0;
   /** Consecutive transient refusals of the outbox's messages: its pause grows with them. */
@@ -444,7 +459,7 @@ export class SohbetClient {
     this.closed(ws, CloseCodes.ABNORMAL, why);
   }
 
-  private clearTimer(name: "retryTimer" | "helloTimer" | "stableTimer" | "refreshTimer" | "outboxTimer"): void {
+  private clearTimer(name: "retryTimer" | "helloTimer" | "stableTimer" | "refreshTimer" | "outboxTimer" | "gapTimer"): void {
     const timer = this[name];
     if (timer !== null) {
       this.clock.clearTimeout(timer);
@@ -497,7 +512,8 @@ export class SohbetClient {
   private closed(ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.ws) return;
     this.ws = null;
-    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer"] as const) this.clearTimer(name);
+    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer", "gapTimer"] as const) this.clearTimer(name);
+    this.gapDuringSync = false; // the reconnect's sync catches up on everything
     for (const call of this.calls.values()) {
       if (call.sentOn !== ws) continue;
       call.sentOn = null;
@@ -565,7 +581,9 @@ export class SohbetClient {
     this.running = false;
     this.stoppedWith = code;
     this.generation++;
-    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"] as const) this.clearTimer(name);
+    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer", "gapTimer"] as const) {
+      this.clearTimer(name);
+    }
     for (const timer of this.readTimers.values()) this.clock.clearTimeout(timer);
     this.readTimers.clear();
     this.env?.removeEventListener("online", this.onOnline);
@@ -623,9 +641,12 @@ export class SohbetClient {
       case "hello":
         this.opened(ws, payload as unknown as Hello);
         break;
-      case "chat:message":
-        if (!this.firstSight((payload as unknown as EventPayloads["chat:message"]).message)) return;
+      case "chat:message": {
+        const message = (payload as unknown as EventPayloads["chat:message"]).message;
+        if (!this.firstSight(message)) return;
+        if (this.leavesGap(message)) this.gapFound();
         break;
+      }
       case "chat:ack":
         this.firstSight((payload as unknown as EventPayloads["chat:ack"]).message);
         break;
@@ -714,6 +735,46 @@ export class SohbetClient {
     this.seen.delete(message.conversation_id); // the most recently active last (see `sync`)
     this.seen.set(message.conversation_id, seen);
     return true;
+  }
+
+  /** Whether a message just taken in has seqs missing below it in its conversation. */
+  private leavesGap(message: Message | undefined): boolean {
+    if (typeof message !== "object" || message === null || typeof message.conversation_id !== "number") return false;
+    const seen = this.seen.get(message.conversation_id);
+    return seen !== undefined && !seen.provisional && seen.above.size > 0;
+  }
+
+  /** Whether any conversation has seqs missing below ones that arrived. */
+  private hasGap(): boolean {
+    for (const seen of this.seen.values()) if (!seen.provisional && seen.above.size > 0) return true;
+    return false;
+  }
+
+  /** A live message left a gap: messages of one connection come in seq order, so the ones
+   *  before it were lost (a cluster that could not deliver them, say). `sync` fills it, after
+   *  `GAP_SYNC_DELAY_MS` (gaps found meanwhile share that sync, and a message merely overtaken,
+   *  by the ack of this client's own message, say, has arrived by then), while no other sync
+   *  runs, and at most once per `GAP_SYNC_INTERVAL_MS`. A gap found during a sync is looked at
+   *  when it ends. */
+  private gapFound(): void {
+    if (this.syncing) {
+      this.gapDuringSync = true;
+      return;
+    }
+    if (this.gapTimer !== null) return;
+    const wait = Math.max(GAP_SYNC_DELAY_MS, this.lastGapSyncAt + GAP_SYNC_INTERVAL_MS - this.clock.now());
+    this.gapTimer = this.clock.setTimeout(() => {
+      this.gapTimer = null;
+      const ws = this.ws;
+      if (ws === null || this.statusValue.state !== "open") return; // the reconnect's sync will
+      if (this.syncing) {
+        this.gapDuringSync = true;
+        return;
+      }
+      if (!this.hasGap()) return; // filled meanwhile
+      this.lastGapSyncAt = this.clock.now();
+      void this.sync(ws);
+    }, wait);
   }
 
   /** A conversation this client learns of without its messages: missed messages are those
@@ -907,8 +968,9 @@ export class SohbetClient {
     else call.reject(error);
   }
 
-  /** Catch up after a reconnect: everything after the last seq of each conversation, as
-   *  `chat:message` events (deduplicated), calling again while the server says incomplete.
+  /** Catch up after a reconnect (or a gap in the live messages, `gapFound`): everything after
+   *  the last seq of each conversation, as `chat:message` events (deduplicated), calling again
+   *  while the server says incomplete.
    *  It has no time limit (a long catch-up on a slow link is not a failure) and tries again
    *  while storage is briefly unavailable; it ends with the connection. */
   private async sync(ws: WebSocketLike): Promise<void> {
@@ -963,6 +1025,10 @@ export class SohbetClient {
       }
     } finally {
       if (ws === this.ws || this.ws === null) this.syncing = false;
+      if (ws === this.ws && this.gapDuringSync) {
+        this.gapDuringSync = false;
+        if (this.hasGap()) this.gapFound();
+      }
     }
   }
 

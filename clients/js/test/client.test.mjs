@@ -20,6 +20,95 @@ function collect(c, type) {
   return got;
 }
 
+/** One WebSocket frame at the start of *buffer* (null until all of it is there): its bytes as
+ *  they came, and its text, unmasked, when it is a whole uncompressed text frame. */
+function parseFrame(buffer) {
+  if (buffer.length < 2) return null;
+  const fin = (buffer[0] & 0x80) !== 0;
+  const rsv = buffer[0] & 0x70;
+  const opcode = buffer[0] & 0x0f;
+  const masked = (buffer[1] & 0x80) !== 0;
+  let length = buffer[1] & 0x7f;
+  let offset = 2;
+  if (length === 126) {
+    if (buffer.length < 4) return null;
+    length = buffer.readUInt16BE(2);
+    offset = 4;
+  } else if (length === 127) {
+    if (buffer.length < 10) return null;
+    length = Number(buffer.readBigUInt64BE(2));
+    offset = 10;
+  }
+  const keyAt = offset;
+  if (masked) offset += 4;
+  if (buffer.length < offset + length) return null;
+  if (rsv !== 0) throw new Error("a compressed frame: the proxy cannot read it");
+  const data = Buffer.from(buffer.subarray(offset, offset + length));
+  if (masked) for (let i = 0; i < data.length; i++) data[i] ^= buffer[keyAt + (i % 4)];
+  return { raw: buffer.subarray(0, offset + length), text: fin && opcode === 1 ? data.toString("utf8") : null };
+}
+
+/** Pass what *from* sends on to *to*: the HTTP handshake as it is, then frame by frame, each
+ *  only if *pass(text)* says so (text is null for any but a whole text frame). */
+function relayFrames(from, to, pass) {
+  let buffer = Buffer.alloc(0);
+  let handshaken = false;
+  from.on("data", (chunk) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    if (!handshaken) {
+      const end = buffer.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      to.write(buffer.subarray(0, end + 4));
+      buffer = buffer.subarray(end + 4);
+      handshaken = true;
+    }
+    for (let frame; (frame = parseFrame(buffer)) !== null; ) {
+      buffer = buffer.subarray(frame.raw.length);
+      if (pass(frame.text)) to.write(frame.raw);
+    }
+  });
+}
+
+/** A TCP proxy to the server on *port* that reads the WebSocket frames crossing it: what the
+ *  client sends is noted (`sent`: the types, in order), and a frame from the server for which
+ *  *drop(envelope)* holds is not passed on (`dropped`). */
+async function frameProxy(port, drop) {
+  const { connect, createServer } = await import("node:net");
+  const sockets = [];
+  const sent = [];
+  const dropped = [];
+  const proxy = createServer((downstream) => {
+    const upstream = connect(port, "127.0.0.1");
+    sockets.push(downstream, upstream);
+    for (const [a, b] of [
+      [downstream, upstream],
+      [upstream, downstream],
+    ]) {
+      a.on("error", () => b.destroy());
+      a.on("close", () => b.destroy());
+    }
+    relayFrames(downstream, upstream, (text) => {
+      if (text !== null) sent.push(JSON.parse(text).type);
+      return true;
+    });
+    relayFrames(upstream, downstream, (text) => {
+      if (text === null || !drop(JSON.parse(text))) return true;
+      dropped.push(JSON.parse(text));
+      return false;
+    });
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `ws://127.0.0.1:${proxy.address().port}/ws`,
+    sent,
+    dropped,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      proxy.close();
+    },
+  };
+}
+
 describe("against one server", () => {
   let server;
   before(async () => {
@@ -455,6 +544,65 @@ describe("catching up and the outbox, in detail", () => {
       got.map((p) => p.message.seq),
       [1, 2, 3, 4, 5, 6, 7],
     );
+  });
+
+  test("a live message that leaves a gap is filled by a sync of its own; no gap, no sync", async () => {
+    // alice is connected through a proxy that loses one message on its way to her, as a
+    // cluster that could not deliver it would: seq 2 of the conversation, the first time only
+    // (its replay by sync goes through).
+    let target = null;
+    const proxy = await frameProxy(server.port, (envelope) => {
+      const message = envelope.type === "chat:message" ? envelope.payload.message : null;
+      return proxy.dropped.length === 0 && message?.conversation_id === target && message.seq === 2;
+    });
+    try {
+      const clock = new ManualClock();
+      const alice = client(server, "galice", { url: proxy.url, clock, requestTimeoutMs: Infinity });
+      const bob = client(server, "gbob");
+      await Promise.all([alice.connect(), bob.connect()]);
+      target = await server.conversation("galice", "gbob", "gcarol");
+      const got = collect(alice, "chat:message");
+      const syncs = () => proxy.sent.filter((type) => type === "sync").length;
+      // Time passes on alice's clock (her timers due by then fire), then a request of hers: a
+      // sync those timers started went out before it, so the proxy has seen it by its answer.
+      const later = async (ms) => {
+        const end = clock.time + ms;
+        for (let due; (due = clock.timers.filter((t) => t.at <= end).sort((a, b) => a.at - b.at)[0]); ) clock.fire(due);
+        clock.time = end;
+        await alice.listConversations();
+      };
+
+      await bob.sendChatMessage(target, "one");
+      await until(() => got.length === 1, 5000, "the first message");
+      await later(5000);
+      assert.equal(syncs(), 0); // no gap, no sync
+
+      await bob.sendChatMessage(target, "two"); // lost on the way to alice
+      await bob.sendChatMessage(target, "three");
+      await until(() => got.length === 2, 5000, "the third message");
+      assert.equal(proxy.dropped.length, 1);
+      await later(5000); // the gap's sync is sent (after a moment)
+      await until(() => got.length === 3, 5000, "the lost message, by sync");
+      assert.equal(syncs(), 1);
+
+      await bob.sendChatMessage(target, "four");
+      await bob.sendChatMessage(target, "five");
+      await until(() => got.length === 5, 5000, "two more messages");
+      await later(5000);
+      assert.equal(syncs(), 1); // gap-free again: no other sync
+      assert.deepEqual(
+        got.map((p) => p.message.seq),
+        [1, 3, 2, 4, 5],
+      );
+      assert.deepEqual(
+        got.map((p) => p.message.content),
+        ["one", "three", "two", "four", "five"],
+      );
+      assert.equal(proxy.dropped.length, 1);
+      assert.equal(alice.cursors()[String(target)], 5);
+    } finally {
+      proxy.close();
+    }
   });
 
   test("an outbox of 60 goes out in order after a reconnect, without tripping the server's limits", async () => {

@@ -1,4 +1,4 @@
-// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 9f6c8215b48cb2d4503fe692f2c4a0095876915b8a623fadbbc36dc68f312762); do not edit.
+// sohbet client 0.7.0: built by clients/js/scripts/build.mjs from clients/js/src (sources sha256 fd5d17c8bfb3104295d9c43b3444bc35d726685e2d6b41962516e0611018f85c); do not edit.
 
 // src/protocol.ts
 var REPLY_TYPES = {
@@ -60,6 +60,8 @@ var BRIEF_RETRIES = 5;
 var STABLE_MS = 1e4;
 var PRESENCE_OVERHEAD = 256;
 var SYNC_OVERHEAD = 256;
+var GAP_SYNC_DELAY_MS = 300;
+var GAP_SYNC_INTERVAL_MS = 2e3;
 var OPEN_STATE = 1;
 var ERROR_WITHOUT_CLOSE_MS = 200;
 var realClock = {
@@ -93,6 +95,12 @@ var SohbetClient = class {
     this.stableTimer = null;
     this.refreshTimer = null;
     this.outboxTimer = null;
+    /** The `sync` a gap in the live messages asked for, waiting (`GAP_SYNC_DELAY_MS`). */
+    this.gapTimer = null;
+    /** When the last gap-triggered sync started (the clock's milliseconds). */
+    this.lastGapSyncAt = -Infinity;
+    /** A live message left a gap while a sync ran: looked at again when it ends. */
+    this.gapDuringSync = false;
     /** Failed attempts the backoff counts (reset once a connection has stayed up `STABLE_MS`). */
     this.failures = 0;
     /** Consecutive transient refusals of the outbox's messages: its pause grows with them. */
@@ -278,7 +286,8 @@ var SohbetClient = class {
   closed(ws, code, reason) {
     if (ws !== this.ws) return;
     this.ws = null;
-    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer"]) this.clearTimer(name);
+    for (const name of ["helloTimer", "stableTimer", "refreshTimer", "outboxTimer", "gapTimer"]) this.clearTimer(name);
+    this.gapDuringSync = false;
     for (const call of this.calls.values()) {
       if (call.sentOn !== ws) continue;
       call.sentOn = null;
@@ -337,7 +346,9 @@ var SohbetClient = class {
     this.running = false;
     this.stoppedWith = code;
     this.generation++;
-    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer"]) this.clearTimer(name);
+    for (const name of ["retryTimer", "helloTimer", "stableTimer", "refreshTimer", "outboxTimer", "gapTimer"]) {
+      this.clearTimer(name);
+    }
     for (const timer of this.readTimers.values()) this.clock.clearTimeout(timer);
     this.readTimers.clear();
     this.env?.removeEventListener("online", this.onOnline);
@@ -388,9 +399,12 @@ var SohbetClient = class {
       case "hello":
         this.opened(ws, payload);
         break;
-      case "chat:message":
-        if (!this.firstSight(payload.message)) return;
+      case "chat:message": {
+        const message = payload.message;
+        if (!this.firstSight(message)) return;
+        if (this.leavesGap(message)) this.gapFound();
         break;
+      }
       case "chat:ack":
         this.firstSight(payload.message);
         break;
@@ -471,6 +485,43 @@ var SohbetClient = class {
     this.seen.delete(message.conversation_id);
     this.seen.set(message.conversation_id, seen);
     return true;
+  }
+  /** Whether a message just taken in has seqs missing below it in its conversation. */
+  leavesGap(message) {
+    if (typeof message !== "object" || message === null || typeof message.conversation_id !== "number") return false;
+    const seen = this.seen.get(message.conversation_id);
+    return seen !== void 0 && !seen.provisional && seen.above.size > 0;
+  }
+  /** Whether any conversation has seqs missing below ones that arrived. */
+  hasGap() {
+    for (const seen of this.seen.values()) if (!seen.provisional && seen.above.size > 0) return true;
+    return false;
+  }
+  /** A live message left a gap: messages of one connection come in seq order, so the ones
+   *  before it were lost (a cluster that could not deliver them, say). `sync` fills it, after
+   *  `GAP_SYNC_DELAY_MS` (gaps found meanwhile share that sync, and a message merely overtaken,
+   *  by the ack of this client's own message, say, has arrived by then), while no other sync
+   *  runs, and at most once per `GAP_SYNC_INTERVAL_MS`. A gap found during a sync is looked at
+   *  when it ends. */
+  gapFound() {
+    if (this.syncing) {
+      this.gapDuringSync = true;
+      return;
+    }
+    if (this.gapTimer !== null) return;
+    const wait = Math.max(GAP_SYNC_DELAY_MS, this.lastGapSyncAt + GAP_SYNC_INTERVAL_MS - this.clock.now());
+    this.gapTimer = this.clock.setTimeout(() => {
+      this.gapTimer = null;
+      const ws = this.ws;
+      if (ws === null || this.statusValue.state !== "open") return;
+      if (this.syncing) {
+        this.gapDuringSync = true;
+        return;
+      }
+      if (!this.hasGap()) return;
+      this.lastGapSyncAt = this.clock.now();
+      void this.sync(ws);
+    }, wait);
   }
   /** A conversation this client learns of without its messages: missed messages are those
    *  after *last_seq*, what came before is history. */
@@ -629,8 +680,9 @@ var SohbetClient = class {
     if (error === null) call.resolve(payload);
     else call.reject(error);
   }
-  /** Catch up after a reconnect: everything after the last seq of each conversation, as
-   *  `chat:message` events (deduplicated), calling again while the server says incomplete.
+  /** Catch up after a reconnect (or a gap in the live messages, `gapFound`): everything after
+   *  the last seq of each conversation, as `chat:message` events (deduplicated), calling again
+   *  while the server says incomplete.
    *  It has no time limit (a long catch-up on a slow link is not a failure) and tries again
    *  while storage is briefly unavailable; it ends with the connection. */
   async sync(ws) {
@@ -684,6 +736,10 @@ var SohbetClient = class {
       }
     } finally {
       if (ws === this.ws || this.ws === null) this.syncing = false;
+      if (ws === this.ws && this.gapDuringSync) {
+        this.gapDuringSync = false;
+        if (this.hasGap()) this.gapFound();
+      }
     }
   }
   /** The cursors of a `sync`: every conversation known, or, when they would not fit in one
