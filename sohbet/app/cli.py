@@ -36,9 +36,9 @@ from sohbet.broker import Broker
 from sohbet.broker.local import LocalBroker
 from sohbet.broker.redis import RedisBroker
 from sohbet.config import (
+    HMAC_ALGORITHMS,
     POSTGRES_SCHEMES,
     REDIS_NEEDS_POSTGRES,
-    HMAC_ALGORITHMS,
     SETTINGS,
     ClusterConfig,
     Config,
@@ -225,13 +225,13 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
     store = make_store(config.store)
-    if not config.cluster.enabled:
-        try:
-            # Without Redis, instances could not tell each other of anything: one per database.
-            await store.lock_instance()
-        except BaseException:
-            await store.close()
-            raise
+    try:
+        # Without Redis, instances could not tell each other of anything: one per database;
+        # with it, any number share the database, and keep a lone server out.
+        await store.lock_instance(shared=config.cluster.enabled)
+    except BaseException:
+        await store.close()
+        raise
     if config.store.is_sqlite:
         _warn_if_exposed(Path(config.store.sqlite_path))
     await store.migrate()  # under an advisory lock: instances starting together migrate once

@@ -44,6 +44,7 @@ class Kind(enum.StrEnum):
     PUBLISH = "p"  #: `us` the users named: an `app:*` event from `POST /api/publish`
     BROADCAST = "b"  #: an `app:*` event for every connection
     DISCONNECT = "d"  #: `u`, `code`, `reason`: close every connection of a user
+    RELINKED = "l"  #: instance `i` was cut off and is back: what it did meanwhile reached nobody
     # Kept inside the broker (the listener hears of them as `presence` and `instance_gone`):
     PRESENCE = "u"  #: `u`, `n` its connections on instance `i`, `cs` its conversations if known
     GONE = "g"  #: instance `i` left or was found dead: none of its connections remain

@@ -177,6 +177,10 @@ class Hub(Generic[C]):
         """Users online, as `is_online` counts them."""
         return len(self._connections.keys() | self._remote.keys() | self._grace.keys())
 
+    def local_users(self) -> list[UserId]:
+        """The users with a connection here."""
+        return list(self._connections)
+
     @property
     def has_connections(self) -> bool:
         """Whether any connection is open here."""

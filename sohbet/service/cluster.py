@@ -48,8 +48,9 @@ GAP_WAIT_S: Final = 0.05
 #: longer gap is left to the clients' `sync` (they see the gap in seqs).
 MAX_FILL: Final = 1000
 _MESSAGE: Final = EventType.MESSAGE
-_MAX_JOINED_AT: Final = 100_000
-_RECHECK_CHUNK: Final = 1000  # conversations whose members one query reads  # joins waiting to be followed (consumed within a reconcile)
+_MAX_JOINED_AT: Final = 100_000  # joins waiting to be followed (consumed within a reconcile)
+_RECHECK_CHUNK: Final = 1000  # conversations whose members one query reads
+_RECHECK_USERS: Final = 32  # users whose conversations are read at once after a relink
 _KIND_MESSAGE: Final = Kind.MESSAGE.value
 
 #: One waiting message: seq, the encoded event, the connection not to send it to.
@@ -89,6 +90,8 @@ class Cluster:
         # that said so): what is stored after that is delivered once they are followed.
         self._joined_at: dict[ConversationId, int] = {}
         self._was_down = False  # the link has been lost at least once
+        self._relinking: asyncio.Future[None] | None = None
+        self._relink_again: str | None = None  # asked again meanwhile: "own" or "other"
         #: Counted for the metrics endpoint.
         self.counters = dict.fromkeys(("gaps", "filled", "duplicates", "link_losses"), 0)
 
@@ -320,6 +323,8 @@ class Cluster:
             ctx.to_members(header["us"], data)
         elif kind == Kind.BROADCAST:
             ctx.stats.deliveries += ctx.outbox.deliver(hub.all_connections(), data)
+        elif kind == Kind.RELINKED:
+            self._relink(own=False)
         elif kind == Kind.DISCONNECT:
             for socket in list(hub.connections(header["u"])):
                 socket.close(header["code"], header["reason"])
@@ -368,26 +373,62 @@ class Cluster:
 
     def link_changed(self, up: bool) -> None:  # see Listener
         if up:
-            self.ctx.start(self._relinked(recheck=self._was_down))
+            if self._was_down:
+                # What happened here while cut off reached no other instance: tell them to look.
+                self.broker.send({"k": Kind.RELINKED.value}, b"")
+            self._relink(own=self._was_down)
         else:
             self._was_down = True
             self.counters["link_losses"] += 1
 
-    async def _relinked(self, *, recheck: bool) -> None:
-        if recheck:
-            # Membership may have changed elsewhere meanwhile, and nothing told this instance:
-            # first who is still a member, then what they missed.
-            await self._recheck_members()
-        lines = {c: line for c, line in self._lines.items() if not line.busy}
-        if lines:
-            await self._catch_up(lines)
+    def _relink(self, *, own: bool) -> None:
+        """Catch up after this instance's link, or another's (*own* False), was down."""
+        if self._relinking is not None:
+            self._relink_again = self._relink_again or (own and "own") or "other"
+            return
+        self._relinking = self.ctx.start(self._relinked(own=own))
 
-    async def _recheck_members(self) -> None:
-        """After the link was down: forget cached member sets, and take out of each followed
-        conversation the users here who left it meanwhile (they are told, as if live)."""
+    async def _relinked(self, *, own: bool) -> None:
+        try:
+            # Membership may have changed meanwhile, and nothing told this instance: first who
+            # is still a member, then what they missed.
+            await self._recheck_members(own=own)
+            lines = {c: line for c, line in self._lines.items() if not line.busy}
+            if lines:
+                await self._catch_up(lines)
+        finally:
+            self._relinking = None
+            again, self._relink_again = self._relink_again, None
+            if again is not None:
+                self._relink(own=again == "own")
+
+    async def _recheck_joins(self) -> None:
+        """Read the conversations of the users connected here; add those they joined
+        elsewhere while nothing could say so (the clients learn of them from a list or sync)."""
+        ctx = self.ctx
+        hub = ctx.hub
+        users = hub.local_users()
+        for i in range(0, len(users), _RECHECK_USERS):
+            chunk = users[i : i + _RECHECK_USERS]
+            found = await asyncio.gather(*(ctx.store.conversation_ids(u) for u in chunk), return_exceptions=True)
+            for user, conversations in zip(chunk, found, strict=True):
+                if isinstance(conversations, BaseException):
+                    log.warning("could not recheck the conversations of a user: %s", conversations)
+                    continue
+                known = hub.conversations(user)
+                for conversation in conversations:
+                    if known is not None and conversation not in known:
+                        hub.add_member(conversation, user)
+
+    async def _recheck_members(self, *, own: bool) -> None:
+        """Forget cached member sets; take out of each followed conversation the users here
+        who left it meanwhile (they are told, as if live); and, after this instance's own link
+        was down, follow the conversations its users joined meanwhile."""
         ctx = self.ctx
         hub = ctx.hub
         hub.drop_cached_members()
+        if own:
+            await self._recheck_joins()
         followed = hub.followed()
         for i in range(0, len(followed), _RECHECK_CHUNK):
             chunk = followed[i : i + _RECHECK_CHUNK]

@@ -51,8 +51,9 @@ class InstanceLocked(StoreError):
 
 #: What a second server on the same database is told, after naming the database.
 INSTANCE_LOCKED: Final = (
-    "is already served by another sohbet-server (stop that one first): a second would keep stale memberships "
-    "(a member who left would still receive messages) until instances share them (roadmap step 8)"
+    "is already served by another sohbet-server (stop that one first, or run every instance with the same "
+    "--redis-url): servers that do not tell each other of membership changes would keep stale ones "
+    "(a member who left would still receive messages)"
 )
 
 
@@ -129,9 +130,11 @@ class MessageStore(Protocol):
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless the database answers."""
 
-    async def lock_instance(self) -> None:
-        """Hold the database for this process alone until `close`: each server caches
-        memberships, and nothing yet tells one server of another's changes.
+    async def lock_instance(self, *, shared: bool = False) -> None:
+        """Hold the database until `close`: for this process alone, since each server caches
+        memberships and nothing tells a lone server of another's changes; or, *shared*, with
+        the other instances of a cluster (they tell each other through Redis), which keeps a
+        lone server out, and is kept out by one.
 
         Raises:
             InstanceLocked: another process holds it.

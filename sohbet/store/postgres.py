@@ -80,6 +80,8 @@ _MIGRATION_LOCK: Final = 0x50_68_62_74  # advisory lock key: one migrator at a t
 #: Session advisory lock key held by a serving process (advisory locks are per database).
 _INSTANCE_LOCK: Final = 0x50_68_62_73
 _TRY_INSTANCE_LOCK: Final = "SELECT pg_try_advisory_lock($1), current_database()"
+#: The same key, shared by the instances of a cluster: it and the exclusive one exclude each other.
+_TRY_SHARED_LOCK: Final = "SELECT pg_try_advisory_lock_shared($1), current_database()"
 _MIGRATIONS: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
 )
@@ -225,6 +227,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._lock_con: asyncpg.Connection | None = None
+        self._lock_query = _TRY_INSTANCE_LOCK
         self._relocking: asyncio.Task[None] | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
@@ -325,9 +328,10 @@ class PostgresStore:
     async def ping(self) -> None:  # see MessageStore
         await self._fetch("SELECT 1")
 
-    async def lock_instance(self) -> None:  # see MessageStore
+    async def lock_instance(self, *, shared: bool = False) -> None:  # see MessageStore
         # A session-level lock on a connection of its own, outside the pool: it is held as long
         # as that connection lives, and Postgres releases it when the process dies.
+        self._lock_query = _TRY_SHARED_LOCK if shared else _TRY_INSTANCE_LOCK
         con, database = await self._try_lock()
         if con is None:
             raise InstanceLocked(f"PostgreSQL database {database!r} {INSTANCE_LOCKED}")
@@ -340,7 +344,7 @@ class PostgresStore:
         try:
             async with asyncio.timeout(self._timeout_s):  # one deadline for connecting and asking
                 con = await self._connect(command_timeout_s=self._timeout_s)
-                row = await con.fetchrow(_TRY_INSTANCE_LOCK, _INSTANCE_LOCK)
+                row = await con.fetchrow(self._lock_query, _INSTANCE_LOCK)
         except BaseException as exc:  # cancelled too (`close` during a retry): no connection may leak
             if con is not None:
                 con.terminate()

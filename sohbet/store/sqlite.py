@@ -156,7 +156,7 @@ class SqliteStore:
     async def ping(self) -> None:  # see MessageStore
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
-    async def lock_instance(self) -> None:  # see MessageStore
+    async def lock_instance(self, *, shared: bool = False) -> None:  # see MessageStore
         # flock, on a descriptor of our own: SQLite's own locks are fcntl record locks, which
         # flock does not touch, and closing SQLite's descriptors cannot release this one.
         try:
@@ -164,7 +164,7 @@ class SqliteStore:
         except OSError as exc:
             raise StoreUnavailable(f"sqlite: cannot open {self._path}: {exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise InstanceLocked(f"SQLite database {self._path} {INSTANCE_LOCKED}") from None

@@ -316,3 +316,43 @@ def test_a_leave_missed_while_the_link_was_down_takes_effect_when_it_is_back(tmp
             assert seqs(alice, conversation) == []
 
     run(main())
+
+
+def test_another_instance_back_from_a_partition_makes_this_one_catch_up(tmp_path: Path) -> None:
+    """What an instance stored while cut off from Redis reached nobody: when it is back it
+    says so, and the others read what they missed (and who left meanwhile)."""
+
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            await stored_elsewhere(store, conversation, 2)  # by the cut-off instance
+            listener = broker.listener
+            assert listener is not None
+            listener.event({"k": "l", "i": "other"}, b"")
+            await w.settle()
+            assert seqs(alice, conversation) == [1, 2]
+
+    run(main())
+
+
+def test_a_join_missed_while_the_link_was_down_is_followed_when_it_is_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, _ = await pair(w)
+            listener = broker.listener
+            assert listener is not None
+            listener.link_changed(False)
+            members = [UserId("bob"), UserId("alice"), UserId("carol")]
+            group, _ = await store.create_conversation(members, "made elsewhere", ConversationKind.GROUP, 0)
+            listener.link_changed(True)
+            await w.settle()
+            assert group.id in broker.followed
+            assert [h["k"] for h, _ in broker.sent].count("l") == 1  # it told the others it is back
+            broker.message(group.id, 1)
+            assert seqs(alice, group.id) == [1]
+
+    run(main())

@@ -233,6 +233,26 @@ def test_one_store_at_a_time_holds_the_instance_lock(run: Run, database_url: str
     run(main())
 
 
+def test_the_instances_of_a_cluster_share_the_lock_and_keep_a_lone_server_out(run: Run, database_url: str) -> None:
+    async def main() -> None:
+        a, b, lone, late = [await open_store(database_url) for _ in range(4)]
+        try:
+            await a.lock_instance(shared=True)
+            await b.lock_instance(shared=True)  # a second instance of the cluster
+            with pytest.raises(InstanceLocked):
+                await lone.lock_instance()  # a server without Redis would not hear of their changes
+            await a.close()
+            await b.close()
+            await lone.lock_instance()
+            with pytest.raises(InstanceLocked):  # and the other way round
+                await late.lock_instance(shared=True)
+        finally:
+            for store in (a, b, lone, late):
+                await store.close()
+
+    run(main())
+
+
 def test_cursors_reach_the_highest_value_every_database_stores() -> None:
     assert decode_cursor(encode_cursor(NO_SEQ, NO_SEQ)) == (NO_SEQ, NO_SEQ)
     assert decode_cursor(encode_cursor(0, 7)) == (0, 7)
