@@ -64,8 +64,8 @@ def test_defaults_are_the_protocols() -> None:
 from sohbet.config import (  # noqa: E402  # grouped with the tests that use them
     SETTINGS,
     AuthConfig,
-    ClusterConfig,
     ChatConfig,
+    ClusterConfig,
     Config,
     StoreConfig,
     WebhookConfig,

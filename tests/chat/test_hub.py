@@ -5,7 +5,7 @@ from __future__ import annotations
 from sohbet.chat.hub import Hub
 from sohbet.chat.ids import ConversationId, UserId
 
-A, B, C = UserId("alice"), UserId("bob"), UserId("carol")
+A, B, C, D = UserId("alice"), UserId("bob"), UserId("carol"), UserId("dave")
 X, Y = ConversationId(1), ConversationId(2)
 
 
@@ -45,8 +45,8 @@ def test_remote_connections_count_for_presence() -> None:
     hub.attach(C, "c2")
     assert hub.set_remote(C, 0, grace_until=9.0) is False
     assert hub.expired_graces(now=10.0) == []  # still connected here: no grace at all
-    assert hub.set_remote(X2 := "x2", 0, grace_until=1.0) is False  # never seen: nothing starts
-    assert not hub.is_online(X2)
+    assert hub.set_remote(D, 0, grace_until=1.0) is False  # never seen: nothing starts
+    assert not hub.is_online(D)
 
 
 def test_here_index_tracks_conversations_with_a_member_connected_here() -> None:
