@@ -47,6 +47,7 @@ log = logging.getLogger("sohbet.broker")
 _SEP: Final = b"\n"  # between an event's JSON header (which never holds a raw newline) and its data
 _CHUNK: Final = 1000  # channels per SUBSCRIBE, commands per pipeline
 _MAX_QUEUE: Final = 100_000  # events waiting to be sent; past it they are dropped (and counted)
+_LOGGED_BAD_EVENTS: Final = 10  # events that could not be handled, logged with their traceback
 
 #: Set one instance's connection count of a user, within the limit over the live instances, and
 #: publish the change. KEYS: conns:{user}, users:{me}. ARGV: me, count, limit (0: none), the
@@ -140,7 +141,7 @@ class RedisBroker:
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Future[None]] = set()
         self._link: asyncio.Task[None] | None = None
-        self._counters = dict.fromkeys(("sent", "received", "dropped", "reconnections", "buried"), 0)
+        self._counters = dict.fromkeys(("sent", "received", "dropped", "reconnections", "buried", "bad"), 0)
 
     # -- Broker ---------------------------------------------------------------------------------
 
@@ -225,6 +226,9 @@ class RedisBroker:
         count = self._local.get(user, 0) + 1
         self._local[user] = count
         if not self._up:
+            if limit and count > limit:  # connections waiting for hello count too
+                self._forget_one(user)
+                return REFUSED
             return None
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -341,16 +345,22 @@ class RedisBroker:
             self._counters["received"] += 1
             try:
                 self._dispatch(listener, message["data"])
-            except Exception:  # one bad event must not end the link
-                log.exception("an event from redis could not be handled")
+            except Exception as exc:  # one bad event must not end the link
+                bad = self._counters["bad"] = self._counters["bad"] + 1
+                if bad <= _LOGGED_BAD_EVENTS:  # a flood of them fills no log
+                    log.error("an event from redis could not be handled (%d so far)", bad, exc_info=exc)
 
     def _dispatch(self, listener: Listener, raw: bytes) -> None:
         head, _, data = raw.partition(_SEP)
         header = orjson.loads(head)
         instance = header["i"]
-        if instance == self._id:
-            return  # our own, echoed by a channel we follow
         kind = header["k"]
+        if instance == self._id:
+            if kind == Kind.GONE:
+                # Buried by another instance (this one was silent past its heartbeat's life):
+                # link again, which registers every connection here once more.
+                self._link_failed(ConnectionError("another instance took this one for dead"))
+            return  # our own, echoed by a channel we follow
         if kind == Kind.PRESENCE:
             user = header["u"]
             self._touched.add((instance, user))
@@ -465,7 +475,11 @@ class RedisBroker:
                 continue
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await self._client.set(self._key("alive", self._id), 1, px=int(self.ttl_s * 1000))
+                    alive = self._key("alive", self._id)
+                    if not await self._client.set(alive, 1, px=int(self.ttl_s * 1000), xx=True):
+                        # It had expired (this process stalled, or Redis came back empty): the
+                        # others may have buried this instance. Link again, registering anew.
+                        raise ConnectionError("this instance's heartbeat had expired")
                     await self._client.sadd(self._key("instances", ""), self._id)
                     # Only once linked for a whole ttl: right after Redis came back empty, the
                     # others have not yet renewed their heartbeats, and are not dead.

@@ -295,6 +295,19 @@ class Hub(Generic[C]):
         """The conversations of an online user, or None when not loaded."""
         return self._conversations.get(user)
 
+    def reload_conversations(self, user: UserId, loaded: Iterable[ConversationId]) -> set[ConversationId]:
+        """Cache the user's conversations as just read from storage: what a cached set had
+        wrong is corrected in every cache (as joins and leaves would have). Returns the set."""
+        fresh = set(loaded)
+        cached = self._conversations.get(user)
+        if cached is None:
+            return self.finish_conversations_load(user, fresh, keep=True)
+        for conversation in list(cached - fresh):
+            self.remove_member(conversation, user)
+        for conversation in fresh - cached:
+            self.add_member(conversation, user)
+        return cached
+
     def begin_conversations_load(self, user: UserId) -> None:
         """A load of the user's conversations starts: record membership changes meanwhile."""
         self._conversation_changes.setdefault(user, {})

@@ -51,6 +51,14 @@ _MESSAGE: Final = EventType.MESSAGE
 _MAX_JOINED_AT: Final = 100_000  # joins waiting to be followed (consumed within a reconcile)
 _RECHECK_CHUNK: Final = 1000  # conversations whose members one query reads
 _RECHECK_USERS: Final = 32  # users whose conversations are read at once after a relink
+#: How often the membership log is read: the longest a change nobody heard of goes unseen.
+MEMBERSHIP_POLL_S: Final = 1.0
+_LOG_BATCH: Final = 1000
+#: A missing id in the membership log is a transaction still committing, or one rolled back:
+#: after this long it is taken for the second.
+_LOG_HOLE_S: Final = 5.0
+_LOG_KEPT_S: Final = 3600.0  # logged changes older than this are pruned
+_PRUNE_EVERY: Final = 600  # polls
 _KIND_MESSAGE: Final = Kind.MESSAGE.value
 
 #: One waiting message: seq, the encoded event, the connection not to send it to.
@@ -107,6 +115,59 @@ class Cluster:
         if self.active:
             self.broker.send(header, data)
 
+    async def follow_membership_log(self) -> None:
+        """Read the membership log every `MEMBERSHIP_POLL_S` and apply what it says: a change
+        Redis did not bring (it was down, or its instance died before publishing) still reaches
+        this instance's caches within a second or so. Runs until cancelled."""
+        ctx = self.ctx
+        last = None
+        hole_since: float | None = None
+        polls = 0
+        while True:
+            await asyncio.sleep(MEMBERSHIP_POLL_S)
+            try:
+                if last is None:
+                    last = await ctx.store.membership_log_end()  # what came before, storage has
+                    continue
+                changes = await ctx.store.membership_changes(last, _LOG_BATCH)
+                polls += 1
+                if polls % _PRUNE_EVERY == 0:
+                    await ctx.store.prune_membership_log(_LOG_KEPT_S)
+            except StoreError:
+                continue  # storage down: said elsewhere; the next poll tries again
+            for change in changes:
+                self._apply_membership(change.conversation, change.user, joined=change.joined)
+            # Advance over consecutive ids only: a hole may be a transaction still committing.
+            now = ctx.clock.now()
+            for change in changes:
+                if change.id == last + 1:
+                    last = change.id
+                    hole_since = None
+                elif hole_since is None:
+                    hole_since = now
+                    break
+                elif now - hole_since >= _LOG_HOLE_S:
+                    last = change.id  # rolled back, long ago: skip it
+                    hole_since = None
+                else:
+                    break
+            if changes:
+                self.reconcile_soon()
+
+    def _apply_membership(self, conversation: ConversationId, user: UserId, *, joined: bool) -> None:
+        """Make this instance's caches say what storage says of one membership; a user here who
+        still thought themself a member is told they were removed."""
+        hub = self.ctx.hub
+        if joined:
+            hub.add_member(conversation, user)
+            return
+        mine = hub.conversations(user)
+        told = bool(hub.connections(user)) and mine is not None and conversation in mine
+        hub.remove_member(conversation, user)
+        if told:
+            notice = {"conversation_id": conversation, "user_id": user}
+            self.ctx.to_members([user], wire.encode(EventType.MEMBER_REMOVED, notice))
+
     async def admit(self, session: Session) -> bool:
         """Count a new connection against its user's limit over the cluster and follow all of
         the user's conversations; False when the limit refuses it.
@@ -116,13 +177,16 @@ class Cluster:
         """
         ctx = self.ctx
         user = session.user
-        conversations = await ctx.conversations_of(user, keep=True)
+        # Read from storage, whatever is cached: a set another instance sent with its presence
+        # may be stale, and it must never grant access.
+        conversations = ctx.hub.reload_conversations(user, await ctx.store.conversation_ids(user))
         total = await self.broker.admit(user, ctx.config.max_connections_per_user, conversations)
         if total == REFUSED:
             ctx.hub.forget(user)
             return False
         if session.closed:  # gone while it was counted
             self.broker.release(user, conversations)
+            ctx.hub.forget(user)
             return False
         session.admitted = True
         await self._follow(conversations)

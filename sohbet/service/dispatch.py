@@ -44,6 +44,8 @@ _TICK_S: Final = 0.5
 _ERROR: Final = EventType.ERROR
 #: Messages a connection may send before its `hello` (while a cluster admits it).
 MAX_EARLY: Final = 32
+#: ... and bytes (a waiting connection holds them: admission waits on storage and Redis).
+MAX_EARLY_BYTES: Final = 64 * 1024
 
 
 class _NoBroker:
@@ -93,6 +95,7 @@ class ChatService:
         self.cluster = self.ctx.cluster = Cluster(self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere)
         self._sessions: dict[ConnId, Session] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._log_reader: asyncio.Task[None] | None = None  # a cluster's (`Cluster.follow_membership_log`)
         self.conversations = Conversations(self.ctx)
         families: list[dict[RequestType, RequestHandler]] = [
             Messaging(self.ctx, self.writer).handlers(),
@@ -132,6 +135,8 @@ class ChatService:
         self._ticker = asyncio.ensure_future(self._tick_loop())
         if self.broker is not None:
             await self.broker.start(self.cluster)
+        if self.cluster.active:
+            self._log_reader = asyncio.ensure_future(self.cluster.follow_membership_log())
 
     async def stop(self) -> None:
         """Commit what is queued, then stop; requests still reading are cancelled."""
@@ -139,14 +144,14 @@ class ChatService:
         if self.broker is not None:
             await self.broker.stop()
         tasks = self.ctx.tasks
-        for task in (self._ticker, *tasks):
+        for task in (self._ticker, self._log_reader, *tasks):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *[t for t in (self._log_reader,) if t is not None], return_exceptions=True)
 
     def abandon(self) -> None:
         """Stop at once, committing nothing more: for a shutdown out of time (storage hangs)."""
-        for task in (self._ticker, *self.ctx.tasks, *self.writer.tasks):
+        for task in (self._ticker, self._log_reader, *self.ctx.tasks, *self.writer.tasks):
             if task is not None:
                 task.cancel()
 
@@ -179,10 +184,12 @@ class ChatService:
             admitted = await self.cluster.admit(session)
         except StoreError as exc:
             self.ctx.storage_failed(exc)
+            self.ctx.hub.forget(session.user)
             session.socket.close(CloseCode.INTERNAL_ERROR, "storage is unavailable; reconnect")
             return
         except Exception as exc:  # a bug: the connection must not hang without its hello
             self.ctx.bug("admission", exc)
+            self.ctx.hub.forget(session.user)
             session.socket.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if not admitted:
@@ -230,10 +237,11 @@ class ChatService:
         """One text message from a client."""
         ctx = self.ctx
         if session.early is not None:  # before hello: handled once the connection is admitted
-            if len(session.early) >= MAX_EARLY:
+            early = session.early
+            if len(early) >= MAX_EARLY or sum(map(len, early)) + len(data) > MAX_EARLY_BYTES:
                 session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {MAX_EARLY} messages before hello")
             else:
-                session.early.append(data)
+                early.append(data)
             return
         try:
             envelope = wire.decode(data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import Final, Protocol, TypeAlias, TypeVar
+from typing import Final, NamedTuple, Protocol, TypeAlias, TypeVar
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import Conversation, ConversationKind, ConversationPage, NewMessage, StoredMessage
@@ -25,6 +25,7 @@ __all__ = [
     "UNREAD_CAP",
     "InstanceLocked",
     "InvalidCursor",
+    "MembershipChange",
     "MessageStore",
     "Span",
     "decode_cursor",
@@ -39,6 +40,15 @@ __all__ = [
 
 #: Messages of one conversation after one seq, up to another (see `MessageStore.messages_between`).
 Span: TypeAlias = tuple[ConversationId, int, int]
+
+
+class MembershipChange(NamedTuple):
+    """One logged change of membership: *user* joined (or left) *conversation*."""
+
+    id: int
+    conversation: ConversationId
+    user: UserId
+    joined: bool
 
 
 class InvalidCursor(StoreError):
@@ -223,6 +233,20 @@ class MessageStore(Protocol):
 
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
         """The highest seq of each conversation."""
+        ...
+
+    async def membership_changes(self, after_id: int, limit: int) -> list[MembershipChange]:
+        """Changes of membership logged after *after_id*, oldest first, at most *limit*: what a
+        cluster instance reads to catch changes nobody told it of. Ids are given out at write
+        time, so one may appear later than a greater one (its transaction committed later)."""
+        ...
+
+    async def membership_log_end(self) -> int:
+        """The id of the last change logged (0: none): where a new reader starts."""
+        ...
+
+    async def prune_membership_log(self, older_than_s: float) -> int:
+        """Forget logged changes older than *older_than_s* seconds; return how many."""
         ...
 
     async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:

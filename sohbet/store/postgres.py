@@ -47,6 +47,7 @@ from sohbet.store import (
     INSTANCE_LOCKED,
     UNREAD_CAP,
     InstanceLocked,
+    MembershipChange,
     Span,
     decode_cursor,
     direct_key,
@@ -169,6 +170,14 @@ _REMOVE_MEMBER: Final = (
     "WITH removed AS (DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING 1) "
     "UPDATE conversations SET member_count = member_count - (SELECT count(*) FROM removed) WHERE id = $1 "
     "RETURNING (SELECT count(*) FROM removed)"
+)
+_MEMBERSHIP_CHANGES: Final = (
+    "SELECT id, conversation_id, user_id, joined FROM membership_log WHERE id > $1 ORDER BY id LIMIT $2"
+)
+_MEMBERSHIP_LOG_END: Final = "SELECT coalesce(max(id), 0) FROM membership_log"
+_PRUNE_MEMBERSHIP_LOG: Final = (
+    "WITH gone AS (DELETE FROM membership_log WHERE at < now() - make_interval(secs => $1) RETURNING 1) "
+    "SELECT count(*) FROM gone"
 )
 _HISTORY: Final = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
@@ -541,6 +550,18 @@ class PostgresStore:
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
         rows = await self._fetch(_LAST_SEQS, conversation_ids)
         return {ConversationId(r["id"]): r["last_seq"] for r in rows}
+
+    async def membership_changes(self, after_id: int, limit: int) -> list[MembershipChange]:  # see MessageStore
+        rows = await self._fetch(_MEMBERSHIP_CHANGES, after_id, limit)
+        return [MembershipChange(r[0], ConversationId(r[1]), UserId(r[2]), r[3]) for r in rows]
+
+    async def membership_log_end(self) -> int:  # see MessageStore
+        rows = await self._fetch(_MEMBERSHIP_LOG_END)
+        return int(rows[0][0])
+
+    async def prune_membership_log(self, older_than_s: float) -> int:  # see MessageStore
+        rows = await self._fetch(_PRUNE_MEMBERSHIP_LOG, older_than_s)
+        return int(rows[0][0])
 
     async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
         rows = await self._fetch(_MARK_READ, conversation_id, user, seq)

@@ -34,6 +34,7 @@ from sohbet.store import (
     INSTANCE_LOCKED,
     UNREAD_CAP,
     InstanceLocked,
+    MembershipChange,
     Span,
     decode_cursor,
     direct_key,
@@ -99,6 +100,13 @@ _RECOUNT_MEMBERS: Final = (
     "UPDATE conversations SET member_count = (SELECT count(*) FROM members WHERE conversation_id = ?) WHERE id = ?"
 )
 _DELETE_MEMBER: Final = "DELETE FROM members WHERE conversation_id = ? AND user_id = ?"
+_MEMBERSHIP_CHANGES: Final = (
+    "SELECT id, conversation_id, user_id, joined FROM membership_log WHERE id > ? ORDER BY id LIMIT ?"
+)
+_MEMBERSHIP_LOG_END: Final = "SELECT coalesce(max(id), 0) FROM membership_log"
+_PRUNE_MEMBERSHIP_LOG: Final = (
+    "DELETE FROM membership_log WHERE at_ms < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ?"
+)
 _HISTORY: Final = (
     "SELECT id, conversation_id, seq, sender_id, content, client_id, created_at_ms FROM messages "
     "WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
@@ -253,6 +261,23 @@ class SqliteStore:
 
         return await self._run(seqs)
 
+    async def membership_changes(self, after_id: int, limit: int) -> list[MembershipChange]:  # see MessageStore
+        def changes(db: sqlite3.Connection) -> list[MembershipChange]:
+            rows = db.execute(_MEMBERSHIP_CHANGES, (after_id, limit))
+            return [MembershipChange(r[0], ConversationId(r[1]), UserId(r[2]), bool(r[3])) for r in rows]
+
+        return await self._run(changes)
+
+    async def membership_log_end(self) -> int:  # see MessageStore
+        return await self._run(lambda db: int(db.execute(_MEMBERSHIP_LOG_END).fetchone()[0]))
+
+    async def prune_membership_log(self, older_than_s: float) -> int:  # see MessageStore
+        def prune(db: sqlite3.Connection) -> int:
+            with db:
+                return db.execute(_PRUNE_MEMBERSHIP_LOG, (int(older_than_s * 1000),)).rowcount
+
+        return await self._run(prune)
+
     async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
         return await self._run(_mark_read, conversation_id, user, seq)
 
@@ -268,11 +293,24 @@ def _migrate(db: sqlite3.Connection) -> None:
     for version, script in migrations("sqlite"):
         if version in applied:
             continue
-        for statement in script.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        for statement in _statements(script):
+            db.execute(statement)
         db.execute(_RECORD_MIGRATION, (version,))
     db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, one by one (`executescript` would commit the migration's
+    transaction; a split on `;` would cut a trigger's body apart)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending)
+            pending = ""
+    if pending.strip() and not all(x.strip().startswith("--") for x in pending.splitlines() if x.strip()):
+        found.append(pending)
+    return found
 
 
 def _append(db: sqlite3.Connection, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:

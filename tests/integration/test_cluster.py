@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import urllib.request
 import uuid
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import websockets
 
@@ -447,3 +449,79 @@ def test_a_paused_redis_is_noticed_and_the_link_comes_back_by_itself(tmp_path: P
                 assert await live_seqs(bob, group, 2) == [2]
 
         asyncio.run(main())
+
+
+def test_an_instance_taken_for_dead_registers_again_when_it_wakes(three: Cluster) -> None:
+    """A stalls past its heartbeat's life (SIGSTOP): the others bury it and announce Alice
+    offline. When A wakes it must not stay buried: it registers its connections again, and
+    Alice is online and counted everywhere."""
+    a, b = three[0], three[1]
+
+    async def main() -> None:
+        async with connect(a, "alice") as alice, connect(b, "bob") as bob:
+            await bob.create("alice")
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                offline = await bob.expect("user:offline", timeout=15)  # ttl 2 s + grace 1 s
+                assert offline["payload"] == {"user_id": "alice"}
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            online = await bob.expect("user:online", timeout=15)
+            assert online["payload"] == {"user_id": "alice"}
+            await until(lambda: api(b, "GET", "/api/users/alice/presence")[1]["connections"] == 1, 10, "counted on B")
+            await alice.nothing_pending()  # her connection lived through it
+
+    asyncio.run(main())
+
+
+def test_the_limit_holds_on_each_instance_while_redis_is_down_even_for_a_burst(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """With Redis away an instance can count only its own connections, and does: those still
+    waiting for their hello included, so a burst cannot slip past the limit."""
+    with private_redis(tmp_path) as redis, cluster(tmp_path, postgres_database, n=1, redis_url=redis.url) as one:
+        a = one[0]
+        redis.stop()
+        asyncio.run(until_async(lambda: ready(a) == 503, 10))
+
+        async def main() -> None:
+            async def attempt() -> int:
+                try:
+                    ws = await websockets.connect(f"{a.url}?token={tok('dave')}")
+                except (OSError, websockets.InvalidStatus):
+                    return 0
+                try:
+                    first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                    held.append(ws)
+                    return 1 if first["type"] == "hello" else 0
+                except websockets.ConnectionClosed as closed:
+                    assert closed.rcvd is not None and closed.rcvd.code == 1008
+                    return 0
+
+            held: list[Any] = []
+            results = await asyncio.gather(*(attempt() for _ in range(16)))
+            try:
+                assert sum(results) == 10
+            finally:
+                for ws in held:
+                    await ws.close()
+
+        asyncio.run(main())
+
+
+async def until_async(check: Any, timeout: float) -> None:
+    await until(check, timeout, "condition")
+
+
+def test_a_lone_server_is_refused_on_a_clustered_database(three: Cluster, tmp_path: Path) -> None:
+    """A server without --redis-url would not hear of the cluster's membership changes (nor it
+    of its): it refuses to start on the cluster's database, saying why."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}
+    result = subprocess.run(
+        [*SERVER, "--port", str(free_port()), "--database-url", three.database_url, "--jwt-secret", SECRET],
+        capture_output=True, text=True, timeout=60, check=False, env=environ, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "already served by another sohbet-server" in result.stderr
+    assert "--redis-url" in result.stderr

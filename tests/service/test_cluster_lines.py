@@ -16,7 +16,7 @@ from sohbet.broker import REFUSED, Header, Kind, Listener, Presence
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import ConversationKind, NewMessage
 from sohbet.errors import StoreUnavailable
-from sohbet.service.cluster import GAP_WAIT_S
+from sohbet.service.cluster import GAP_WAIT_S, MEMBERSHIP_POLL_S
 from sohbet.store.sqlite import SqliteStore
 
 from .conftest import Device, World, run, world
@@ -354,5 +354,59 @@ def test_a_join_missed_while_the_link_was_down_is_followed_when_it_is_back(tmp_p
             assert [h["k"] for h, _ in broker.sent].count("l") == 1  # it told the others it is back
             broker.message(group.id, 1)
             assert seqs(alice, group.id) == [1]
+
+    run(main())
+
+
+def test_a_leave_nobody_told_of_is_read_from_the_membership_log(tmp_path: Path) -> None:
+    """The instance that removed Alice died before it published: no event, no relink. The
+    membership log, read every second, still takes her out here, and tells her."""
+
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            await asyncio.sleep(MEMBERSHIP_POLL_S * 1.5)  # the reader has found where the log ends
+            await store.remove_member(ConversationId(conversation), UserId("alice"))
+            notice = await alice.socket.wait_for("conversation:member_removed", timeout=MEMBERSHIP_POLL_S * 4)
+            assert notice["payload"] == {"conversation_id": conversation, "user_id": "alice"}
+            await w.settle()
+            assert conversation not in broker.followed
+            reply = await alice.request("chat:history", {"conversation_id": conversation})
+            assert reply["payload"]["code"] == "forbidden"
+            # ... and a join nobody told of is followed.
+            group, _ = await store.create_conversation(
+                [UserId("bob"), UserId("alice"), UserId("carol")], "g", ConversationKind.GROUP, 0
+            )
+            for _ in range(40):
+                await asyncio.sleep(MEMBERSHIP_POLL_S / 4)
+                if group.id in broker.followed:
+                    break
+            assert group.id in broker.followed
+            assert len(alice.socket.of_type("conversation:member_removed")) == 1  # told once
+
+    run(main())
+
+
+def test_a_connection_is_admitted_on_what_storage_says_not_on_a_set_another_instance_sent(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            bob = w.connect("bob")
+            await w.settle()
+            conversation = await w.conversation(bob, "carol")
+            listener = broker.listener
+            assert listener is not None
+            # Another instance says Alice is online there and in Bob's conversation: stale, or a lie.
+            listener.presence(Presence("x", UserId("alice"), 1, (ConversationId(conversation),)))
+            alice = w.connect("alice")
+            await w.settle()
+            reply = await alice.request("chat:history", {"conversation_id": conversation})
+            assert reply["payload"]["code"] == "forbidden"
+            await bob.ok("chat:send", {"conversation_id": conversation, "content": "not for alice", "client_id": "n"})
+            await w.settle()
+            assert seqs(alice, conversation) == []
 
     run(main())

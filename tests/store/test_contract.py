@@ -286,3 +286,36 @@ def test_stores_migrating_a_fresh_postgres_database_together_apply_each_migratio
             await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     run(main())
+
+
+def test_every_change_of_membership_is_logged_in_order(run: Run, database_url: str) -> None:
+    """What a cluster's instances read to catch changes nobody told them of (docs/cluster.md):
+    creations, additions and removals, by whatever statement made them."""
+
+    async def body(store: MessageStore) -> None:
+        start = await store.membership_log_end()
+        group, _ = await store.create_conversation([A, B], "log", "group", 0)
+        await store.add_member(group.id, C, 0)
+        await store.remove_member(group.id, A)
+        await store.add_member(group.id, C, 0)  # already in: nothing changes, nothing logged
+        changes = await store.membership_changes(start, 100)
+        assert [(c.conversation, c.user, c.joined) for c in changes] == [
+            (group.id, A, True),
+            (group.id, B, True),
+            (group.id, C, True),
+            (group.id, A, False),
+        ] or [(c.conversation, c.user, c.joined) for c in changes] == [
+            (group.id, B, True),
+            (group.id, A, True),
+            (group.id, C, True),
+            (group.id, A, False),
+        ]
+        ids = [c.id for c in changes]
+        assert ids == sorted(ids) and ids[0] > start
+        assert await store.membership_log_end() == ids[-1]
+        assert [c.id for c in await store.membership_changes(ids[1], 2)] == ids[2:4]
+        assert await store.prune_membership_log(3600) == 0  # all younger than an hour
+        assert await store.prune_membership_log(-1) >= 4  # "older than a second from now": all
+        assert await store.membership_changes(start, 100) == []
+
+    run(with_store(database_url, body))
