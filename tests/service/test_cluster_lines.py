@@ -209,6 +209,10 @@ def test_a_connection_waits_for_admission_and_the_cluster_limit_refuses_it(tmp_p
             for _ in range(33):
                 chatty.send("presence:query", {"user_ids": []})
             assert chatty.socket.closed_with == (1008, "more than 32 messages before hello")
+            bulky = w.connect("dave")  # few messages, but large ones: bounded in bytes too
+            for _ in range(3):
+                bulky.send("presence:query", {"user_ids": ["x" * 30_000]})
+            assert bulky.socket.closed_with is not None and bulky.socket.closed_with[0] == 1008
             alice.disconnect()
             assert broker.released == ["alice"]
 
