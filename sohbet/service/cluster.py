@@ -68,12 +68,14 @@ _Waiting = tuple[int, bytes, Socket | None]
 class _Line:
     """One followed conversation's delivery here (see the module docstring)."""
 
-    __slots__ = ("busy", "followed", "last", "waiting")
+    __slots__ = ("busy", "closed", "followed", "last", "waiting")
 
     def __init__(self) -> None:
         self.last: int | None = None  # None: not known yet; the next message sets it
         self.busy = True  # reading storage: messages wait
         self.waiting: list[_Waiting] = []
+        #: Set while a gap is waited for, when the missing messages have all come.
+        self.closed: asyncio.Event | None = None
         #: Done once the broker confirmed the subscription.
         self.followed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -265,6 +267,8 @@ class Cluster:
             return
         if line.busy:
             line.waiting.append((seq, data, skip))
+            if line.closed is not None and _contiguous(line):
+                line.closed.set()  # the wait for the gap ends now, not after GAP_WAIT_S
             return
         last = line.last
         if last is None or seq == last + 1:
@@ -276,15 +280,21 @@ class Cluster:
             self.counters["gaps"] += 1
             line.busy = True
             line.waiting.append((seq, data, skip))
-            self.ctx.start(self._fill_gap(conversation, line))
+            line.closed = asyncio.Event()
+            self.ctx.start(self._fill_gap(conversation, line, line.closed))
 
     def _out(self, conversation: ConversationId, data: bytes, skip: Socket | None) -> None:
         ctx = self.ctx
         sent = ctx.outbox.deliver(ctx.hub.connections_of(ctx.hub.here(conversation)), data, skip=skip)
         ctx.stats.deliveries += sent
 
-    async def _fill_gap(self, conversation: ConversationId, line: _Line) -> None:
-        await asyncio.sleep(GAP_WAIT_S)
+    async def _fill_gap(self, conversation: ConversationId, line: _Line, closed: asyncio.Event) -> None:
+        try:
+            async with asyncio.timeout(GAP_WAIT_S):
+                await closed.wait()
+        except TimeoutError:
+            pass  # still missing: storage has them
+        line.closed = None
         self._advance(line, conversation)
         if line.waiting and self._lines.get(conversation) is line:
             await self._catch_up({conversation: line}, up_to={conversation: min(w[0] for w in line.waiting) - 1})
@@ -526,3 +536,10 @@ class Cluster:
 
 def _seq(waiting: _Waiting) -> int:
     return waiting[0]
+
+
+def _contiguous(line: _Line) -> bool:
+    """Whether the waiting messages continue the line with no seq missing."""
+    last = line.last or 0
+    ahead = {w[0] for w in line.waiting if w[0] > last}
+    return bool(ahead) and max(ahead) - last == len(ahead)
