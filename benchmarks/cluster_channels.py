@@ -144,7 +144,8 @@ async def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", directory],  # fmt: skip
             stdout=subprocess.DEVNULL,
         )
         try:
