@@ -143,11 +143,8 @@ async def main() -> None:
         sys.exit("redis-server is needed")
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", directory],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-        )
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory]
+        proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
         try:
             url = f"redis://127.0.0.1:{port}/0"
             for _ in range(100):
