@@ -107,6 +107,7 @@ async def chat_server(
     webhook: WebhookConfig | None = None,
     metrics_reuse_s: float = 0.0,
     demo: bool = False,
+    broker: Any = None,
 ) -> AsyncIterator[Harness]:
     """A chat server on a free port, composed as `sohbet-server` composes it (`App`), with the
     HTTP API's key `API_KEY`; on exit everything it held must be released.
@@ -127,7 +128,7 @@ async def chat_server(
         metrics_reuse_s=metrics_reuse_s,  # 0: each scrape sees the counters of its moment
         demo=demo,
     )
-    app = App(config, store, write_depth=depth)
+    app = App(config, store, write_depth=depth, broker=broker)
     await app.start("127.0.0.1", 0)
     harness = Harness(app.server, app.chat, store)
     harness.app = app

@@ -47,6 +47,7 @@ log = logging.getLogger("sohbet.broker")
 _SEP: Final = b"\n"  # between an event's JSON header (which never holds a raw newline) and its data
 _CHUNK: Final = 1000  # channels per SUBSCRIBE, commands per pipeline
 _MAX_QUEUE: Final = 100_000  # events waiting to be sent; past it they are dropped (and counted)
+_MAX_QUEUE_BYTES: Final = 64 * 1024 * 1024  # ... or past this many bytes of them
 _LOGGED_BAD_EVENTS: Final = 10  # events that could not be handled, logged with their traceback
 
 #: Set one instance's connection count of a user, within the limit over the live instances, and
@@ -134,7 +135,12 @@ class RedisBroker:
         self._pubsub: Any = None
         self._channels: set[str] = set()  # the conversations followed, as channels
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
-        self._touched: set[tuple[str, UserId]] = set()  # registry entries heard of on this link
+        # Registry entries heard of while the registry is read (newer than what it says).
+        self._touched: set[tuple[str, UserId]] = set()
+        self._heard: set[str] = set()  # instances heard of: looked for among the live ones
+        self._ready = False  # linked, registered and the registry read
+        self._dirty: set[UserId] = set()  # users whose count changed while not ready
+        self._queued_bytes = 0
         self._local: dict[UserId, int] = {}  # connections admitted here, by user
         self._queue: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
@@ -155,7 +161,7 @@ class RedisBroker:
 
     @property
     def up(self) -> bool:  # see Broker
-        return self._up
+        return self._up and self._ready
 
     async def start(self, listener: Listener) -> None:  # see Broker
         self._listener = listener
@@ -172,9 +178,12 @@ class RedisBroker:
                     await asyncio.sleep(0.01)
 
     async def stop(self) -> None:  # see Broker
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._running, *([self._link] if self._link is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a cancellation the redis library swallows in the middle of a SUBSCRIBE
+        # must not hold up a shutdown.
+        await asyncio.wait(tasks, timeout=self._timeout_s)
         if self._up:
             # Leave at once: the others announce this instance's users without waiting for
             # its heartbeat to expire (a deploy's restarts stay within the presence grace).
@@ -194,7 +203,7 @@ class RedisBroker:
         if not self._up:
             self._counters["dropped"] += 1
             return
-        if len(self._queue) >= _MAX_QUEUE:
+        if len(self._queue) >= _MAX_QUEUE or self._queued_bytes >= _MAX_QUEUE_BYTES:
             self._counters["dropped"] += 1
             return
         conversation = header.get("c")
@@ -203,7 +212,9 @@ class RedisBroker:
         else:
             channel = self._conversation_channel(conversation)
         header["i"] = self._id
-        self._queue.append((channel, orjson.dumps(header) + _SEP + data))
+        payload = orjson.dumps(header) + _SEP + data
+        self._queued_bytes += len(payload)
+        self._queue.append((channel, payload))
         self._wake.set()
 
     async def follow(self, conversations: Iterable[ConversationId]) -> None:  # see Broker
@@ -225,10 +236,11 @@ class RedisBroker:
     ) -> int | None:  # see Broker
         count = self._local.get(user, 0) + 1
         self._local[user] = count
-        if not self._up:
+        if not self._ready:
             if limit and count > limit:  # connections waiting for hello count too
                 self._forget_one(user)
                 return REFUSED
+            self._dirty.add(user)  # registered with the rest when the link is (back) up
             return None
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -247,8 +259,10 @@ class RedisBroker:
 
     def release(self, user: UserId, conversations: Iterable[ConversationId]) -> None:  # see Broker
         self._forget_one(user)
-        if self._up:
+        if self._ready:
             self._background(self._write_count(user, _convs(conversations)))
+        else:
+            self._dirty.add(user)
 
     def stats(self) -> dict[str, int]:  # see Broker
         return dict(self._counters)
@@ -296,7 +310,14 @@ class RedisBroker:
                     counts = await self._read_registry()
                 self._since = asyncio.get_running_loop().time()
                 assert self._listener is not None
-                self._listener.snapshot(counts, set(self._touched))
+                self._listener.snapshot(counts, self._touched)
+                self._touched = set()  # only what came before the registry was read matters
+                self._heard.update(counts)
+                self._ready = True
+                # Counts that changed while the registration was being written: write them again.
+                dirty, self._dirty = self._dirty, set()
+                for user in dirty:
+                    self._background(self._write_count(user, None))
                 log.info("redis link up as instance %s", self._id)
                 self._listener.link_changed(True)
                 await listening
@@ -308,7 +329,7 @@ class RedisBroker:
 
     def _down(self) -> None:
         was_up = self._up
-        self._up = False
+        self._up = self._ready = False
         self._pubsub = None
         for future in self._confirming.values():
             if not future.done():
@@ -316,6 +337,7 @@ class RedisBroker:
         self._confirming.clear()
         self._counters["dropped"] += len(self._queue)
         self._queue.clear()
+        self._queued_bytes = 0
         if was_up:
             self._counters["reconnections"] += 1
             assert self._listener is not None
@@ -361,9 +383,11 @@ class RedisBroker:
                 # link again, which registers every connection here once more.
                 self._link_failed(ConnectionError("another instance took this one for dead"))
             return  # our own, echoed by a channel we follow
+        self._heard.add(instance)
         if kind == Kind.PRESENCE:
             user = header["u"]
-            self._touched.add((instance, user))
+            if not self._ready:  # the registry is being read: what comes now is newer
+                self._touched.add((instance, user))
             cs = header.get("cs")
             listener.presence(Presence(instance, user, header["n"], None if cs is None else tuple(cs)))
         elif kind == Kind.GONE:
@@ -494,7 +518,9 @@ class RedisBroker:
     def _known_gone(self, live: set[str]) -> list[str]:
         """Instances the listener may still count that are not live (buried by someone else
         while this one was not listening)."""
-        return [i for i, _ in self._touched if i not in live and i != self._id]
+        gone = [i for i in self._heard if i not in live and i != self._id]
+        self._heard.difference_update(gone)
+        return gone
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -511,6 +537,7 @@ class RedisBroker:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), _CHUNK))]
+            self._queued_bytes -= sum(len(p) for _, p in batch)
             try:
                 async with asyncio.timeout(self._timeout_s):
                     async with self._client.pipeline(transaction=False) as pipe:

@@ -137,6 +137,7 @@ class Backend:
         """Push an `app:*` event to every open connection of the users named; return how many got it."""
         event = wire.AppEvent.parse(body, MAX_PUBLISH_USERS, to_users=True)
         data = self._encoded(event)
+        self._reaching_every_instance()
         self.ctx.cluster.send({"k": Kind.PUBLISH, "us": event.user_ids}, data)
         return self.ctx.to_members(event.user_ids, data)
 
@@ -144,10 +145,24 @@ class Backend:
         """Push an `app:*` event to every open connection; return how many got it."""
         event = wire.AppEvent.parse(body, MAX_PUBLISH_USERS, to_users=False)
         data = self._encoded(event)
+        self._reaching_every_instance()
         self.ctx.cluster.send({"k": Kind.BROADCAST}, data)
         sent = self.ctx.outbox.deliver(self.ctx.hub.all_connections(), data)
         self.ctx.stats.deliveries += sent
         return sent
+
+    def _reaching_every_instance(self) -> None:
+        """Refuse, before doing anything, what must reach every instance while the link to
+        them is down: an event or a ban that only this instance's connections got would be
+        half done, and the caller would not know (retrying after the answer is safe).
+
+        Raises:
+            MessageRejected: `unavailable`.
+        """
+        if not self.ctx.cluster.reachable:
+            raise MessageRejected(
+                ErrorCode.UNAVAILABLE, "redis is unreachable: the other instances cannot be told; retry"
+            )
 
     def _encoded(self, event: wire.AppEvent) -> bytes:
         data = wire.encode_app(event.type, event.payload)
@@ -179,8 +194,6 @@ class Backend:
         """Close every open connection of *user* (default code 4501: do not reconnect); return
         how many were closed."""
         request = wire.DisconnectRequest.parse(body, CloseCode.DISCONNECTED_BY_APP)
+        self._reaching_every_instance()
         self.ctx.cluster.send({"k": Kind.DISCONNECT, "u": user, "code": request.code, "reason": request.reason})
-        sockets = list(self.ctx.hub.connections(user))
-        for socket in sockets:
-            socket.close(request.code, request.reason)
-        return len(sockets)
+        return self.chat.close_user(user, request.code, request.reason)

@@ -24,8 +24,9 @@ before it, the client's `sync` finds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
 from sohbet.broker import REFUSED, Broker, Header, Kind, Presence
@@ -83,12 +84,20 @@ class _Line:
 class Cluster:
     """The service's side of the broker (it is the broker's `Listener`)."""
 
-    def __init__(self, ctx: Context, broker: Broker, came_online: Callable[[UserId], None]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        broker: Broker,
+        came_online: Callable[[UserId], None],
+        close_user: Callable[[UserId, int, str], int],
+    ) -> None:
         """Args:
         came_online: told when a user comes online on another instance (and nowhere else).
+        close_user: closes every connection of a user here, those being admitted too.
         """
         self.ctx = ctx
         self._came_online = came_online
+        self._close_user = close_user
         self.broker = broker
         #: Whether other instances may exist; nothing below runs for a single process.
         self.active = broker.clustered
@@ -99,6 +108,8 @@ class Cluster:
         # Where conversations a user here just joined stood when they joined (from the event
         # that said so): what is stored after that is delivered once they are followed.
         self._joined_at: dict[ConversationId, int] = {}
+        # Conversations of connections being admitted (followed before their user is `here`).
+        self._pending: dict[ConversationId, int] = {}
         self._was_down = False  # the link has been lost at least once
         self._relinking: asyncio.Future[None] | None = None
         self._relink_again: str | None = None  # asked again meanwhile: "own" or "other"
@@ -170,9 +181,34 @@ class Cluster:
             notice = {"conversation_id": conversation, "user_id": user}
             self.ctx.to_members([user], wire.encode(EventType.MEMBER_REMOVED, notice))
 
-    async def admit(self, session: Session) -> bool:
+    @contextlib.asynccontextmanager
+    async def admitting(self, session: Session) -> AsyncIterator[bool]:
+        """Admit a connection (`admit`) and keep its conversations followed until the body,
+        which welcomes it, is done: until then its user is not in the hub's `here` index, and
+        nothing else keeps them followed. Yields False when the limit refused it.
+
+        Raises:
+            StoreError: the user's conversations could not be loaded.
+        """
+        pending = self._pending
+        held: list[ConversationId] = []
+        try:
+            yield await self.admit(session, held)
+        finally:
+            for conversation in held:
+                left = pending[conversation] - 1
+                if left:
+                    pending[conversation] = left
+                else:
+                    del pending[conversation]
+                    if not self.ctx.hub.here(conversation):  # it was closed meanwhile
+                        self._unfollow(conversation)
+            if session.closed and not session.admitted:
+                self.ctx.hub.forget(session.user)
+
+    async def admit(self, session: Session, held: list[ConversationId]) -> bool:
         """Count a new connection against its user's limit over the cluster and follow all of
-        the user's conversations; False when the limit refuses it.
+        the user's conversations (held in *held* meanwhile); False when the limit refuses it.
 
         Raises:
             StoreError: the user's conversations could not be loaded.
@@ -191,7 +227,10 @@ class Cluster:
             ctx.hub.forget(user)
             return False
         session.admitted = True
-        await self._follow(conversations)
+        held.extend(conversations)
+        for conversation in held:
+            self._pending[conversation] = self._pending.get(conversation, 0) + 1
+        await self._follow(held)
         return True
 
     def release(self, session: Session) -> None:
@@ -218,22 +257,26 @@ class Cluster:
         try:
             hub = self.ctx.hub
             while changes := hub.take_here_changes():
-                drop = [c for c in changes if not hub.here(c) and c in self._lines]
-                for conversation in drop:
-                    line = self._lines.pop(conversation)
-                    if not line.followed.done():
-                        line.followed.cancel()
-                self.broker.unfollow(drop)
+                for conversation in changes:
+                    if not hub.here(conversation) and conversation not in self._pending:
+                        self._unfollow(conversation)
                 await self._follow(c for c in changes if hub.here(c))
         finally:
             self._reconciling = None
             self._joined_at.clear()  # joins of users whose conversations are not loaded here
 
+    def _unfollow(self, conversation: ConversationId) -> None:
+        line = self._lines.pop(conversation, None)
+        if line is not None:
+            if not line.followed.done():
+                line.followed.cancel()
+            self.broker.unfollow([conversation])
+
     async def _follow(self, conversations: Iterable[ConversationId]) -> None:
         """Follow these conversations, if not yet, and wait until each one is followed."""
         wanted = list(conversations)
         lines = {c: _Line() for c in wanted if c not in self._lines}
-        waits = [self._lines[c].followed for c in wanted if c in self._lines]
+        waits = [(c, self._lines[c].followed) for c in wanted if c in self._lines]
         self._lines.update(lines)
         if lines:
             new = list(lines)
@@ -254,9 +297,14 @@ class Cluster:
                     line.followed.set_result(None)
             # What was stored between reading where they stood and the subscription.
             await self._catch_up(lines)
-        for waiting in waits:
+        for conversation, waiting in waits:
             if not waiting.done():
-                await asyncio.shield(waiting)
+                try:
+                    await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    if not waiting.cancelled():
+                        raise  # this task is cancelled
+                    await self._follow([conversation])  # it was dropped meanwhile: again
 
     # -- delivering in order ------------------------------------------------------------------
 
@@ -400,8 +448,7 @@ class Cluster:
         elif kind == Kind.RELINKED:
             self._relink(own=False)
         elif kind == Kind.DISCONNECT:
-            for socket in list(hub.connections(header["u"])):
-                socket.close(header["code"], header["reason"])
+            self._close_user(header["u"], header["code"], header["reason"])
         else:
             log.warning("unknown event kind %r from instance %s", str(kind)[:16], str(header.get("i"))[:64])
 
@@ -430,10 +477,11 @@ class Cluster:
             self._came_online(user)
 
     def instance_gone(self, instance: str) -> None:  # see Listener
-        for user in list(self._remote.get(instance, ())):
+        users = list(self._remote.get(instance, ()))
+        if users:
+            log.warning("instance %s is gone: its %d users go offline once their grace ends", instance, len(users))
+        for user in users:
             self.presence(Presence(instance, user, 0))
-        if instance in self._remote:
-            log.warning("instance %s is gone: its users are offline once their grace ends", instance)
 
     def snapshot(self, counts: dict[str, dict[UserId, int]], newer: set[tuple[str, UserId]]) -> None:  # see Listener
         for instance in list(self._remote):
@@ -518,6 +566,11 @@ class Cluster:
                     notice = {"conversation_id": conversation, "user_id": user}
                     ctx.to_members([user], wire.encode(EventType.MEMBER_REMOVED, notice))
         await self._reconcile_now()
+
+    @property
+    def reachable(self) -> bool:
+        """Whether what is sent now reaches every other instance (always, for a single process)."""
+        return not self.active or self.broker.up
 
     def remote_connections(self, user: UserId) -> int:
         """The user's connections on other instances, as this one knows them."""

@@ -20,7 +20,7 @@ from sohbet.auth import Identity, Verifier
 from sohbet.broker import Broker
 from sohbet.chat import wire
 from sohbet.chat.hub import Hub
-from sohbet.chat.ids import ConnId
+from sohbet.chat.ids import ConnId, UserId
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.config import ChatConfig
 from sohbet.errors import AuthError, ErrorCode, MessageRejected, StoreError
@@ -92,7 +92,9 @@ class ChatService:
         self.writer = Writer(self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth)
         self.presence = Presence(self.ctx)
         self.broker = broker
-        self.cluster = self.ctx.cluster = Cluster(self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere)
+        self.cluster = self.ctx.cluster = Cluster(
+            self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere, self.close_user
+        )
         self._sessions: dict[ConnId, Session] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._log_reader: asyncio.Task[None] | None = None  # a cluster's (`Cluster.follow_membership_log`)
@@ -181,7 +183,14 @@ class ChatService:
     async def _admit(self, session: Session) -> None:
         limit = self.ctx.config.max_connections_per_user
         try:
-            admitted = await self.cluster.admit(session)
+            async with self.cluster.admitting(session) as admitted:
+                if not admitted:
+                    session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} connections for this user")
+                    return
+                if session.closed:
+                    return  # closed while it was admitted (`closed` released it)
+                early, session.early = session.early or [], None
+                self._welcome(session)
         except StoreError as exc:
             self.ctx.storage_failed(exc)
             self.ctx.hub.forget(session.user)
@@ -192,15 +201,17 @@ class ChatService:
             self.ctx.hub.forget(session.user)
             session.socket.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if not admitted:
-            session.socket.close(CloseCode.POLICY_VIOLATION, f"more than {limit} connections for this user")
-            return
-        if session.closed:
-            return  # closed while it was admitted (`closed` released it)
-        early, session.early = session.early or [], None
-        self._welcome(session)
         for data in early:
             self.received(session, data)
+
+    def close_user(self, user: UserId, code: int, reason: str) -> int:
+        """Close every connection of *user* on this instance, those still being admitted too;
+        return how many."""
+        sockets = list(self.ctx.hub.connections(user))
+        sockets += [s.socket for s in self._sessions.values() if s.user == user and s.early is not None]
+        for socket in sockets:
+            socket.close(code, reason)
+        return len(sockets)
 
     def _welcome(self, session: Session) -> None:
         """Attach the connection, say hello, announce the user if they came online."""

@@ -39,6 +39,7 @@ from referencing.jsonschema import DRAFT202012
 
 from sohbet.api import openapi
 from sohbet.api.router import Router
+from sohbet.broker.redis import RedisBroker
 from sohbet.chat.model import ConversationKind
 from sohbet.errors import StoreUnavailable
 from sohbet.store import MessageStore
@@ -46,6 +47,7 @@ from sohbet.ws.config import Limits
 from sohbet.ws.http11 import Request, Response
 
 from ..chatkit import API_KEY, Harness, chat_server, open_store, token, with_chat
+from ..clusterkit import free_port
 from ..integration.test_processes import SECRET as PROCESS_SECRET
 from ..integration.test_processes import server_process
 
@@ -548,6 +550,16 @@ async def faults(url: str, contract: Contract) -> None:
             await api.call("GET", "/healthz", 200, NOBODY)
             await api.call("GET", "/readyz", 503, NOBODY)
             h.app.gateway.accepting = True  # type: ignore[union-attr]  # the harness shuts down itself
+        # A cluster instance whose Redis does not answer (a real client, to a port nobody
+        # listens on): what must reach every instance is refused, not half done.
+        nowhere = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", "lonely", timeout_s=0.2, retry_s=0.1)
+        async with chat_server(url, broker=nowhere) as h, client_of(h, contract) as api:
+            await api.call(
+                "POST", "/api/publish", 503, BACKEND, json={"user_ids": ["a"], "type": "app:x", "payload": {}}
+            )
+            await api.call("POST", "/api/broadcast", 503, BACKEND, json={"type": "app:x", "payload": {}})
+            await api.call("POST", "/api/users/a/disconnect", 503, BACKEND, json={})
+            await api.call("GET", "/readyz", 503, NOBODY)
     finally:
         await real.close()
 
