@@ -7,11 +7,14 @@ see each other. Tests that stop or pause Redis start a private `redis-server` on
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,8 +115,10 @@ def cluster(
     n: int = 3,
     redis_url: str = SHARED_REDIS,
     extra: tuple[str, ...] = (),
+    redis_urls: dict[int, str] | None = None,
 ) -> Iterator[Cluster]:
-    """*n* instances named a, b, c... on one database and one Redis, started together."""
+    """*n* instances named a, b, c... on one database and one Redis, started together
+    (*redis_urls* may give instance *i* another way to the same Redis: a proxy)."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     args = [
         "--database-url", database_url, "--redis-url", redis_url, "--redis-prefix", prefix,
@@ -181,3 +186,74 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 __all__ = ["IN_CI", "SECRET", "Cluster", "Instance", "PrivateRedis", "cluster", "private_redis"]
+
+
+class DelayingProxy:
+    """A TCP proxy to Redis that holds what one instance sends for `delay_s` (in order): that
+    instance's publishes reach the others late, so the others store the next seqs of a shared
+    conversation and see them before the ones it stored. A race made to happen, not hoped for."""
+
+    def __init__(self, target_port: int, delay_s: float) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._delay = delay_s
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def pump_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def later() -> None:
+                while True:
+                    due, data = await queue.get()
+                    if not data:
+                        break
+                    await asyncio.sleep(max(0.0, due - self._loop.time()))
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+
+            sender = asyncio.ensure_future(later())
+            while data := await reader.read(65536):
+                queue.put_nowait((self._loop.time() + self._delay, data))
+            queue.put_nowait((0.0, b""))
+            await sender
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            try:
+                server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target)
+                await asyncio.gather(pump_late(client_r, server_w), pump(server_r, client_w))
+            except OSError:
+                client_w.close()
+
+        async def main() -> None:
+            self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            self._ready.set()
+            await self._server.serve_forever()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(main())
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def close(self) -> None:
+        def stop() -> None:
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(5)

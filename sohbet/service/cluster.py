@@ -137,7 +137,8 @@ class Cluster:
         hole_since: float | None = None
         polls = 0
         while True:
-            await asyncio.sleep(MEMBERSHIP_POLL_S)
+            if last is not None:
+                await asyncio.sleep(MEMBERSHIP_POLL_S)
             try:
                 if last is None:
                     last = await ctx.store.membership_log_end()  # what came before, storage has
@@ -148,8 +149,10 @@ class Cluster:
                     await ctx.store.prune_membership_log(_LOG_KEPT_S)
             except StoreError:
                 continue  # storage down: said elsewhere; the next poll tries again
-            for change in changes:
-                self._apply_membership(change.conversation, change.user, joined=change.joined)
+            # The last change of each membership is its state (a leave then a rejoin is a member).
+            latest = {(c.conversation, c.user): c.joined for c in changes}
+            for (conversation, user), joined in latest.items():
+                self._apply_membership(conversation, user, joined=joined)
             # Advance over consecutive ids only: a hole may be a transaction still committing.
             now = ctx.clock.now()
             for change in changes:

@@ -199,15 +199,17 @@ class Conversations:
         if not await ctx.store.add_member(conversation, user, ctx.wall_ms()):
             return found
         ctx.hub.add_member(conversation, user)
-        members = await ctx.member_set(conversation)
         notice = {"conversation_id": conversation, "user_id": user}
         data = wire.encode(EventType.MEMBER_ADDED, notice)
+        # Told before anything that could fail after the commit; `s` is where the conversation
+        # stood just before the join (read before it): the others deliver what follows.
+        ctx.cluster.send({"k": Kind.MEMBER_ADDED, "c": conversation, "u": user, "s": found.last_seq}, data)
+        ctx.cluster.reconcile_soon()
+        try:
+            members = await ctx.member_set(conversation)
+        except StoreError:
+            members = ctx.hub.members(conversation) or {user}  # the change is made: tell whom we know
         ctx.to_members(members, data)
-        if ctx.cluster.active:
-            # Where the conversation stood when they joined: the others deliver what follows.
-            since = (await ctx.store.last_seqs([conversation])).get(conversation, 0)
-            ctx.cluster.send({"k": Kind.MEMBER_ADDED, "c": conversation, "u": user, "s": since}, data)
-            ctx.cluster.reconcile_soon()
         return await self.existing(conversation)
 
     async def existing(self, conversation: ConversationId) -> Conversation:

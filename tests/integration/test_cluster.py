@@ -23,7 +23,18 @@ import websockets
 from sohbet.config import AuthConfig
 
 from ..chatkit import WsChat, token
-from ..clusterkit import SECRET, SERVER, SHARED_REDIS, Cluster, Instance, cluster, free_port, private_redis, wait_port
+from ..clusterkit import (
+    SECRET,
+    SERVER,
+    SHARED_REDIS,
+    Cluster,
+    DelayingProxy,
+    Instance,
+    cluster,
+    free_port,
+    private_redis,
+    wait_port,
+)
 
 AUTH = AuthConfig(secret=SECRET)
 API_KEY = "cluster-test-api-key-of-32-bytes-at-least"
@@ -345,10 +356,24 @@ def metric(instance: Instance, name: str, labels: str = "") -> float:
     raise AssertionError(f"{wanted} not in the metrics of {instance.name}")
 
 
-def test_concurrent_writers_on_three_instances_deliver_every_seq_once_in_order(three: Cluster) -> None:
+@pytest.fixture
+def three_one_slow(tmp_path: Path, postgres_database: str) -> Any:
+    """Three instances, A's way to Redis 30 ms slow: what A stores reaches B and C after what
+    they store next."""
+    slow = DelayingProxy(6379 if SHARED_REDIS.startswith("redis://127.0.0.1:6379") else 0, 0.03)
+    try:
+        extra = ("--send-rate", "0", "--frame-rate", "0")
+        with cluster(tmp_path, postgres_database, extra=extra, redis_urls={0: slow.url}) as c:
+            yield c
+    finally:
+        slow.close()
+
+
+def test_concurrent_writers_on_three_instances_deliver_every_seq_once_in_order(three_one_slow: Cluster) -> None:
     """Senders on A, B and C pipeline into one group at once, so consecutive seqs are stored
-    by different instances and arrive out of order: every watcher still sees 1..N once, in
-    order. The instances' gap counters prove the race happened."""
+    by different instances and, A being slow to Redis, arrive out of order: every watcher
+    still sees 1..N once, in order. The instances' gap counters prove the race happened."""
+    three = three_one_slow
     per_sender, senders = 100, 6
 
     async def main() -> None:
@@ -376,15 +401,13 @@ def test_concurrent_writers_on_three_instances_deliver_every_seq_once_in_order(t
             def gaps() -> float:
                 return sum(metric(i, "sohbet_cluster_messages_total", 'result="gaps"') for i in three.instances)
 
-            # Until the race has happened (an instance saw a message past a gap), at most 5 rounds.
-            total = 0
-            for _ in range(5):
-                await asyncio.gather(*(flood(c, total // senders) for c in clients))
-                total += per_sender * senders
-                if await asyncio.get_running_loop().run_in_executor(None, gaps) > 0:
-                    break
-            else:
-                raise AssertionError("no instance ever saw a message out of order: the race did not happen")
+            # A stores one, then B the next at once: B has it before A's (30 ms late) arrives.
+            for k in range(3):
+                await clients[0].send(group, f"a{k}", f"pre-a{k}")
+                await clients[1].send(group, f"b{k}", f"pre-b{k}")
+            await asyncio.gather(*(flood(c, 0) for c in clients))
+            total = per_sender * senders + 6
+            assert await asyncio.get_running_loop().run_in_executor(None, gaps) > 0, "the race did not happen"
             for watcher in watchers:
                 assert await live_seqs(watcher, group, total) == list(range(1, total + 1)), watcher.user
 
