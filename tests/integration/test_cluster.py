@@ -560,3 +560,54 @@ def test_a_lone_server_is_refused_on_a_clustered_database(three: Cluster, tmp_pa
     assert result.returncode == 2
     assert "already served by another sohbet-server" in result.stderr
     assert "--redis-url" in result.stderr
+
+
+def test_own_devices_http_sends_names_and_only_what_an_instance_needs(three: Cluster) -> None:
+    """Alice on A and on B, Bob on C. Her other device gets what she creates and sends (not her
+    typing); a send through another instance's HTTP API reaches every device; B, with no member
+    of Erin and Frank's conversation, receives none of its traffic; each instance names itself
+    in its logs and metrics; a stopped instance leaves the registry at once."""
+    a, b, c = three[0], three[1], three[2]
+
+    async def main() -> None:
+        async with connect(a, "alice") as alice, connect(b, "alice") as alice2, connect(c, "bob") as bob:
+            group = await alice.create("bob")
+            assert (await alice2.expect("conversation:created"))["payload"]["conversation"]["id"] == group
+            await alice.send(group, "from A")
+            for device in (alice2, bob):
+                assert (await device.expect("chat:message"))["payload"]["message"]["content"] == "from A"
+            await alice.send_raw({"type": "chat:typing", "payload": {"conversation_id": group}})
+            assert (await bob.expect("chat:typing"))["payload"]["user_id"] == "alice"
+            body = {"content": "over HTTP", "client_id": "h1", "sender_id": "alice"}
+            status, _ = api(b, "POST", f"/api/conversations/{group}/messages", body)
+            assert status == 201
+            for device in (alice, alice2, bob):
+                assert (await device.expect("chat:message"))["payload"]["message"]["content"] == "over HTTP"
+            assert [m["type"] for m in alice2.backlog if m["type"] == "chat:typing"] == []  # not her own
+
+            async with connect(a, "erin") as erin, connect(c, "frank") as frank:
+                direct = await erin.create("frank")
+                await frank.expect("conversation:created")
+                loop = asyncio.get_running_loop()
+                before = await loop.run_in_executor(None, metric, b, "sohbet_broker_events_total", 'result="received"')
+                for i in range(20):
+                    await erin.send(direct, f"n{i}")
+                assert await live_seqs(frank, direct, 20) == list(range(1, 21))
+                after = await loop.run_in_executor(None, metric, b, "sohbet_broker_events_total", 'result="received"')
+                assert after - before < 5, (before, after)  # none of the 20: B follows no member of it
+
+        assert metric(a, "sohbet_instance_info", 'instance_id="a"') == 1
+        lines = [orjson.loads(line) for line in a.output().splitlines() if line.startswith("{")]
+        assert lines and all(line.get("instance") == "a" for line in lines)
+
+    asyncio.run(main())
+    import redis as redis_lib  # noqa: PLC0415  # the registry itself, read as an operator would
+
+    registry = redis_lib.Redis.from_url(three.redis_url)
+    try:
+        assert registry.sismember(f"{three.prefix}:instances:", "c")
+        c.stop()  # SIGTERM: a graceful stop leaves the registry, not waiting for its heartbeat to expire
+        assert not registry.sismember(f"{three.prefix}:instances:", "c")
+        assert registry.hgetall(f"{three.prefix}:users:c") == {}
+    finally:
+        registry.close()
