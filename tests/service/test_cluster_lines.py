@@ -415,3 +415,60 @@ def test_a_connection_is_admitted_on_what_storage_says_not_on_a_set_another_inst
             assert seqs(alice, conversation) == []
 
     run(main())
+
+
+class GatedBroker(FakeBroker):
+    """Admission waits at `follow` until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+
+    async def follow(self, conversations: Iterable[ConversationId]) -> None:
+        wanted = list(conversations)
+        if self.gate is not None:
+            await self.gate.wait()
+        await super().follow(wanted)
+
+
+def test_a_connection_being_admitted_keeps_its_conversations_and_can_be_disconnected(tmp_path: Path) -> None:
+    async def main() -> None:
+        broker = GatedBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            bob, conversation = await pair_of(w, "bob", "alice")
+            broker.gate = asyncio.Event()
+            # Alice connects; her admission waits. Meanwhile Bob, the conversation's only member
+            # here, leaves: a reconcile must not drop what her admission is following.
+            alice = w.connect("alice")
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await bob.ok("conversation:leave", {"conversation_id": conversation})
+            for _ in range(5):
+                await asyncio.sleep(0)
+            broker.gate.set()
+            await alice.socket.wait_for("hello")
+            await w.settle()
+            assert conversation in broker.followed
+            broker.message(conversation, 1)
+            assert seqs(alice, conversation) == [1]
+            # A ban while a connection is being admitted closes it too, and it never says hello.
+            broker.gate = asyncio.Event()
+            waiting = w.connect("alice")
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert w.service.close_user(UserId("alice"), 4501, "banned") == 2
+            assert waiting.socket.closed_with == (4501, "banned")
+            waiting.disconnect()  # what the transport does once the close is done
+            broker.gate.set()
+            await w.settle()
+            assert waiting.socket.of_type("hello") == []
+
+    run(main())
+
+
+async def pair_of(w: World, user: str, other: str) -> tuple[Device, int]:
+    device = w.connect(user)
+    await w.settle()
+    conversation = await w.conversation(device, other)
+    return device, conversation
