@@ -74,6 +74,7 @@ RESULTS = HERE / "results"
 MESSAGE = b'{"type":"chat:message"'
 ACK = b'{"type":"chat:ack"'
 CREATED = b'{"type":"conversation:created"'
+METRICS = ("sohbet_broker_events", "sohbet_cluster_messages", "sohbet_deliveries", "sohbet_messages_acked")
 
 
 # --- processes: Redis, the instances -------------------------------------------------------------
@@ -125,11 +126,10 @@ class Instance:
     def cpu(self) -> float:
         return cpu_s(self.proc.pid)
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, wanted: tuple[str, ...] = METRICS) -> dict[str, float]:
         """The counters of /metrics this benchmark reads (broker events, ordering, deliveries)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
             text = r.read().decode()
-        wanted = ("sohbet_broker_events", "sohbet_cluster_messages", "sohbet_deliveries", "sohbet_messages_acked")
         found: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith(wanted):
@@ -281,7 +281,10 @@ class Worker:
         self.records: list[tuple[float, int, bytes]] | None = None  # (time, receiver's instance, payload)
         self.watching: asyncio.Event | None = None
         self.watch_target = 0
-        self.watch_times: list[float] = []
+        # Every chat:message's arrival outside cmd_latency/cmd_mixed, never reset: a watch is a
+        # range of it. (Resetting it when the watch task started lost the arrivals read in the
+        # same loop iteration as the command, when the message beat the worker to it.)
+        self.message_times: list[float] = []
         self.created = 0
         self.calls = 0
         self.done: asyncio.Future[None] | None = None
@@ -320,8 +323,8 @@ class Worker:
             if self.records is not None:
                 self.records.append((time.perf_counter(), instance, payload))
             elif payload.startswith(MESSAGE):
-                self.watch_times.append(time.perf_counter())
-                if len(self.watch_times) >= self.watch_target and self.watching is not None:
+                self.message_times.append(time.perf_counter())
+                if len(self.message_times) >= self.watch_target and self.watching is not None:
                     self.watching.set()
             elif payload.startswith(CREATED):
                 self.created += 1
@@ -352,16 +355,21 @@ class Worker:
         send_chat(self.clients[user], conversation, content)
         return t
 
-    async def cmd_watch(self, target: int, timeout: float) -> list[float]:
-        """Wait until *target* chat:messages arrived (one message to every member here); the
-        time each arrived."""
-        self.watch_times = []
-        self.watch_target = target
+    async def cmd_watch(self, start: int, count: int, timeout: float) -> list[float]:
+        """Wait until chat:messages number *start* to *start* + *count* have arrived (one
+        message to every member here); the time each arrived (fewer if *timeout* ran out)."""
+        self.watch_target = start + count
         self.watching = asyncio.Event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.watching.wait(), timeout)
+        if len(self.message_times) < self.watch_target:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.watching.wait(), timeout)
         self.watching = None
-        return self.watch_times
+        return self.message_times[start : start + count]
+
+    async def cmd_status(self) -> tuple[int, int]:
+        """chat:messages counted so far; connections the server has closed."""
+        closed = sum(1 for c in self.clients.values() if c.transport is None or c.transport.is_closing())
+        return len(self.message_times), closed
 
     async def cmd_latency(self, sender: str, conversation: int, count: int, rate: float) -> dict[str, Any]:
         """Paced sends from *sender*; the receive - send time of each delivery, by whether the
@@ -637,12 +645,19 @@ def bench_big_group(n: int, args: argparse.Namespace, redis_server: PrivateRedis
         times: list[dict[str, float]] = []
         cpu0 = (setup.sohbet_cpu(), setup.redis_cpu())
         for i in range(args.big_messages + 1):
-            rids = [pool.ask(w, "watch", targets[w], 60.0) for w in range(procs)]
+            rids = [pool.ask(w, "watch", i * targets[w], targets[w], 60.0) for w in range(procs)]
             sent_at = pool.call(0, "send", "sender", cid, f"B{i}")
             arrived = [pool.answer(w, rid, timeout=120) for w, rid in enumerate(rids)]
             everyone = sorted(x for got in arrived for x in got)
             if len(everyone) < len(receivers):
-                raise RuntimeError(f"message {i}: {len(everyone)} of {len(receivers)} members got it in 60 s")
+                time.sleep(5)
+                status = pool.call_all("status", [() for _ in range(procs)])
+                closes = [inst.metrics(("sohbet_slow_consumers", "sohbet_closes")) for inst in setup.instances]
+                raise RuntimeError(
+                    f"message {i}: {len(everyone)} of {len(receivers)} members got it in 60 s; 5 s later, "
+                    f"(messages counted, connections closed) by client process: {status} against "
+                    f"{[(i + 1) * t for t in targets]} expected; closes by instance: {closes}"
+                )
             middle = everyone[len(everyone) // 2]
             times.append({"last_ms": (everyone[-1] - sent_at) * 1e3, "median_ms": (middle - sent_at) * 1e3,
                           "first_ms": (everyone[0] - sent_at) * 1e3})  # fmt: skip
