@@ -98,10 +98,6 @@ class Hub(Generic[C]):
             self._grace[user] = grace_until
         return not was_online and self.is_online(user)
 
-    def remote_users(self) -> list[UserId]:
-        """The users with connections on other instances."""
-        return list(self._remote)
-
     def here(self, conversation: ConversationId) -> set[UserId]:
         """The members of *conversation* connected here (of those whose conversations are
         loaded: every admitted connection's user, in a cluster). A live view: do not mutate."""

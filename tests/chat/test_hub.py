@@ -199,3 +199,18 @@ def test_a_no_comes_only_from_the_askers_own_set() -> None:
     hub.attach(B, "b1")
     hub.finish_conversations_load(B, [X], keep=True)
     assert hub.is_member(B, Y) is False and hub.is_member(B, ConversationId(99)) is False
+
+
+def test_reloading_a_users_conversations_corrects_every_cache() -> None:
+    """What storage says wins over a cached set (one another instance sent, or one that missed
+    a change): a conversation left is gone from every index, one joined is in them."""
+    hub: Hub[str] = Hub(track_here=True)
+    hub.attach(A, "a1")
+    hub.finish_conversations_load(A, [X], keep=True)
+    hub.set_members(X, [A, B])
+    hub.take_here_changes()
+    assert hub.reload_conversations(A, [Y]) == {Y}
+    assert hub.is_member(A, X) is False and not hub.members(X)  # nobody present: dropped
+    assert hub.here(Y) == {A} and hub.here(X) == set()
+    assert hub.take_here_changes() == {X, Y}
+    assert hub.reload_conversations(B, [X]) == {X}  # nothing cached: cached now

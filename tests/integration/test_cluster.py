@@ -471,7 +471,7 @@ def test_a_paused_redis_is_noticed_and_the_link_comes_back_by_itself(tmp_path: P
 
         async def main() -> None:
             async with connect(a, "alice") as alice, connect(b, "bob") as bob:
-                group = await alice.create("bob")
+                group = await alice.create("bob", "pat")  # a group: new whatever the database holds
                 redis.pause()
                 try:
                     await until(lambda: ready(a) == 503, 10, "/readyz 503 while redis is silent")
@@ -571,7 +571,7 @@ def test_own_devices_http_sends_names_and_only_what_an_instance_needs(three: Clu
 
     async def main() -> None:
         async with connect(a, "alice") as alice, connect(b, "alice") as alice2, connect(c, "bob") as bob:
-            group = await alice.create("bob")
+            group = await alice.create("bob", "pat")  # a group: new whatever the database holds
             assert (await alice2.expect("conversation:created"))["payload"]["conversation"]["id"] == group
             await alice.send(group, "from A")
             for device in (alice2, bob):

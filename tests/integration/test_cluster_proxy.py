@@ -344,7 +344,7 @@ def test_haproxy_still_lets_clients_in_while_redis_is_down(tmp_path: Path, postg
             await until(lambda: states("sohbet") == ["UP", "UP"], "both instances UP")
             async with through(port, c, "alice") as (alice, on_alice), through(port, c, "bob") as (bob, on_bob):
                 assert {on_alice, on_bob} == {"a", "b"}
-                group = await alice.create("bob")
+                group = await alice.create("bob", "pat")  # a group: new whatever the database holds
                 await bob.expect("conversation:created")
 
                 redis.stop()

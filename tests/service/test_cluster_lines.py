@@ -423,12 +423,18 @@ class GatedBroker(FakeBroker):
     def __init__(self) -> None:
         super().__init__()
         self.gate: asyncio.Event | None = None
+        self.gate_admit = False  # also hold admissions whose conversations are all followed
 
     async def follow(self, conversations: Iterable[ConversationId]) -> None:
         wanted = list(conversations)
         if self.gate is not None:
             await self.gate.wait()
         await super().follow(wanted)
+
+    async def admit(self, user: UserId, limit: int, conversations: Iterable[ConversationId]) -> int | None:
+        if self.gate is not None and self.gate_admit:
+            await self.gate.wait()
+        return await super().admit(user, limit, conversations)
 
 
 def test_a_connection_being_admitted_keeps_its_conversations_and_can_be_disconnected(tmp_path: Path) -> None:
@@ -454,6 +460,7 @@ def test_a_connection_being_admitted_keeps_its_conversations_and_can_be_disconne
             assert seqs(alice, conversation) == [1]
             # A ban while a connection is being admitted closes it too, and it never says hello.
             broker.gate = asyncio.Event()
+            broker.gate_admit = True
             waiting = w.connect("alice")
             for _ in range(5):
                 await asyncio.sleep(0)
