@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -93,6 +95,15 @@ class Instance:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def ready(instance: Instance) -> int:
+    """The status `/readyz` of *instance* answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 @dataclass

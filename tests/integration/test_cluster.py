@@ -33,6 +33,7 @@ from ..clusterkit import (
     cluster,
     free_port,
     private_redis,
+    ready,
     wait_port,
 )
 
@@ -273,14 +274,6 @@ def test_kill_9_of_the_senders_instance_loses_nothing_and_duplicates_nothing(thr
             del dave
 
     asyncio.run(main())
-
-
-def ready(instance: Instance) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/readyz", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 async def until(check: Any, timeout: float, what: str) -> float:

@@ -30,7 +30,7 @@ import websockets
 from sohbet.config import AuthConfig
 
 from ..chatkit import WsChat, token
-from ..clusterkit import SECRET, Cluster, Instance, cluster, free_port, private_redis, wait_port
+from ..clusterkit import SECRET, Cluster, Instance, cluster, free_port, private_redis, ready, wait_port
 from ..conftest import required_program
 
 DOC = Path(__file__).parent.parent.parent / "docs" / "cluster.md"
@@ -312,14 +312,6 @@ def test_nginx_as_documented_spreads_relays_and_fails_over(tmp_path: Path, postg
     ):
         asyncio.run(spread_relay_fail_over(c, port))
         no_token_in(tmp_path / "nginx" / "sohbet.access.log", tmp_path / "nginx" / "error.log")
-
-
-def ready(instance: Instance) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{instance.port}/readyz", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def test_haproxy_still_lets_clients_in_while_redis_is_down(tmp_path: Path, postgres_database: str) -> None:
