@@ -145,7 +145,7 @@ class Cluster:
                     continue
                 changes = await ctx.store.membership_changes(last, _LOG_BATCH)
                 polls += 1
-                if polls % _PRUNE_EVERY == 0:
+                if polls % _PRUNE_EVERY == 1:  # at the first poll, then every so often
                     await ctx.store.prune_membership_log(_LOG_KEPT_S)
             except StoreError:
                 continue  # storage down: said elsewhere; the next poll tries again
