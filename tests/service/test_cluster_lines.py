@@ -488,6 +488,7 @@ class FlakyStore(SqliteStore):
         super().__init__(path)
         self.failing: set[str] = set()
         self.log_changes: list[Any] | None = None
+        self.asked_after: list[int] = []  # where each read of the log started
 
     async def last_seqs(self, conversation_ids: list[ConversationId]) -> dict[ConversationId, int]:
         if "last_seqs" in self.failing:
@@ -505,6 +506,7 @@ class FlakyStore(SqliteStore):
         return await super().conversation_ids(user)
 
     async def membership_changes(self, after_id: int, limit: int) -> list[Any]:
+        self.asked_after.append(after_id)
         if self.log_changes is not None:
             return [c for c in self.log_changes if c.id > after_id][:limit]
         return await super().membership_changes(after_id, limit)
@@ -561,12 +563,15 @@ def test_a_hole_in_the_membership_log_waits_then_is_skipped(tmp_path: Path) -> N
             await alice.socket.wait_for("conversation:member_removed", timeout=MEMBERSHIP_POLL_S * 4)
             # Applied at once (idempotent), but the reader keeps waiting at the hole; past 5 s it
             # skips it and reads on, so a later change is taken.
+            await asyncio.sleep(MEMBERSHIP_POLL_S * 1.5)
+            assert store.asked_after[-1] == start  # waiting at the hole: reading from before it
             w.clock.advance(6)
             store.log_changes.append(MembershipChange(start + 3, cid, user, True))
             for _ in range(40):
                 await asyncio.sleep(MEMBERSHIP_POLL_S / 4)
-                if w.service.hub.is_member(user, cid):
+                if w.service.hub.is_member(user, cid) and store.asked_after[-1] >= start + 2:
                     break
             assert w.service.hub.is_member(user, cid)
+            assert store.asked_after[-1] >= start + 2  # the hole was given up: the reader moved on
 
     run(main())
