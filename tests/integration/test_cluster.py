@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -353,7 +354,7 @@ def metric(instance: Instance, name: str, labels: str = "") -> float:
 def three_one_slow(tmp_path: Path, postgres_database: str) -> Any:
     """Three instances, A's way to Redis 30 ms slow: what A stores reaches B and C after what
     they store next."""
-    slow = DelayingProxy(6379 if SHARED_REDIS.startswith("redis://127.0.0.1:6379") else 0, 0.03)
+    slow = DelayingProxy(urllib.parse.urlsplit(SHARED_REDIS).port or 6379, 0.03)  # Redis on loopback
     try:
         extra = ("--send-rate", "0", "--frame-rate", "0")
         with cluster(tmp_path, postgres_database, extra=extra, redis_urls={0: slow.url}) as c:
