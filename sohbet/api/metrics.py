@@ -91,10 +91,11 @@ class ChatCollector(Collector):
         )
         lines = CounterMetricFamily(
             "sohbet_cluster_messages",
-            "Messages in delivery order: gaps seen, filled from storage, duplicates dropped.",
+            "Messages in delivery order: gaps seen, filled from storage, duplicates dropped, conversations "
+            "a sweep found behind storage.",
             labels=["result"],
         )
-        for result in ("gaps", "filled", "duplicates"):
+        for result in ("gaps", "filled", "duplicates", "swept"):
             lines.add_metric([result], cluster.counters[result])
         yield lines
 

@@ -120,6 +120,10 @@ class Broker(Protocol):
     def unfollow(self, conversations: Iterable[ConversationId]) -> None:
         """Stop receiving these conversations' events."""
 
+    async def refollow(self, conversations: Iterable[ConversationId]) -> None:
+        """Subscribe again to conversations already followed, whose events went missing
+        (harmless if the subscription was there)."""
+
     async def admit(self, user: UserId, limit: int, conversations: Iterable[ConversationId]) -> int | None:
         """Count a new connection of *user* against *limit* over all instances (0: none).
 

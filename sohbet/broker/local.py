@@ -47,6 +47,9 @@ class LocalBroker:
     def unfollow(self, conversations: Iterable[ConversationId]) -> None:  # see Broker
         pass
 
+    async def refollow(self, conversations: Iterable[ConversationId]) -> None:  # see Broker
+        pass
+
     async def admit(
         self, user: UserId, limit: int, conversations: Iterable[ConversationId]
     ) -> int | None:  # see Broker

@@ -231,6 +231,11 @@ class RedisBroker:
             for i in range(0, len(gone), _CHUNK):
                 self._background(pubsub.unsubscribe(*gone[i : i + _CHUNK]))
 
+    async def refollow(self, conversations: Iterable[ConversationId]) -> None:  # see Broker
+        channels = [c for c in map(self._conversation_channel, conversations) if c in self._channels]
+        if channels and self._up:
+            await self._subscribe(channels)
+
     async def admit(
         self, user: UserId, limit: int, conversations: Iterable[ConversationId]
     ) -> int | None:  # see Broker

@@ -52,6 +52,9 @@ _MESSAGE: Final = EventType.MESSAGE
 _MAX_JOINED_AT: Final = 100_000  # joins waiting to be followed (consumed within a reconcile)
 _RECHECK_CHUNK: Final = 1000  # conversations whose members one query reads
 _RECHECK_USERS: Final = 32  # users whose conversations are read at once after a relink
+#: How often the followed conversations are compared with storage (`Cluster.sweep_soon`).
+SWEEP_S: Final = 5.0
+_SWEEP_BATCH: Final = 5000  # conversations compared per sweep
 #: How often the membership log is read: the longest a change nobody heard of goes unseen.
 MEMBERSHIP_POLL_S: Final = 1.0
 _LOG_BATCH: Final = 1000
@@ -111,10 +114,12 @@ class Cluster:
         # Conversations of connections being admitted (followed before their user is `here`).
         self._pending: dict[ConversationId, int] = {}
         self._was_down = False  # the link has been lost at least once
+        self._sweeping: asyncio.Future[None] | None = None
+        self._next_sweep = 0.0
         self._relinking: asyncio.Future[None] | None = None
         self._relink_again: str | None = None  # asked again meanwhile: "own" or "other"
         #: Counted for the metrics endpoint.
-        self.counters = dict.fromkeys(("gaps", "filled", "duplicates", "link_losses"), 0)
+        self.counters = dict.fromkeys(("gaps", "filled", "duplicates", "link_losses", "swept"), 0)
 
     # -- what happens here --------------------------------------------------------------------
 
@@ -267,6 +272,41 @@ class Cluster:
         finally:
             self._reconciling = None
             self._joined_at.clear()  # joins of users whose conversations are not loaded here
+
+    def sweep_soon(self) -> None:
+        """Every so often (the service's tick): compare what the followed conversations hold in
+        storage with what was delivered here, deliver what is missing, and subscribe again
+        where events went missing. A safety net under pub/sub: whatever lost a message (a
+        subscription that silently went, an event dropped by Redis), it reaches the
+        connections here within `SWEEP_S`, not only at their next `sync`."""
+        if not self.active or self._sweeping is not None or not self.broker.up:
+            return
+        now = self.ctx.clock.now()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_S
+        self._sweeping = self.ctx.start(self._sweep())
+
+    async def _sweep(self) -> None:
+        try:
+            lines = {c: line for c, line in self._lines.items() if not line.busy and line.last is not None}
+            if not lines:
+                return
+            chosen = dict(list(lines.items())[:_SWEEP_BATCH])
+            if len(lines) > _SWEEP_BATCH:  # the rest next time: the first are put last
+                for conversation in chosen:
+                    self._lines[conversation] = self._lines.pop(conversation)
+            try:
+                stored = await self.ctx.store.last_seqs(list(chosen))
+            except StoreError:
+                return
+            behind = {c: line for c, line in chosen.items() if line.last is not None and stored.get(c, 0) > line.last}
+            if behind:
+                self.counters["swept"] += len(behind)
+                await self.broker.refollow(behind)
+                await self._catch_up({c: line for c, line in behind.items() if not line.busy}, up_to=stored)
+        finally:
+            self._sweeping = None
 
     def _unfollow(self, conversation: ConversationId) -> None:
         line = self._lines.pop(conversation, None)

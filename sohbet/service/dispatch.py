@@ -342,3 +342,4 @@ class ChatService:
         hub.forget_typing(now - cfg.typing_interval_s)
         self.ctx.limiter.forget(now)
         self.cluster.reconcile_soon()
+        self.cluster.sweep_soon()

@@ -63,6 +63,11 @@ def test_events_cross_bad_ones_are_counted_and_a_silent_redis_makes_admit_fall_b
                 a.send({"k": "m", "c": 7, "s": 1}, b"payload")
                 await until(lambda: heard_b.events)
                 assert heard_b.events[0] == ({"k": "m", "c": 7, "s": 1, "i": "a"}, b"payload")
+                await b.refollow([ConversationId(7), ConversationId(8)])  # again: harmless; 8 is not followed
+                a.send({"k": "m", "c": 7, "s": 2}, b"again")
+                await until(lambda: len(heard_b.events) == 2)
+                assert heard_b.events[1][1] == b"again"
+                del heard_b.events[1]
                 # Garbage published into the channel everyone follows: counted, the link lives on.
                 raw = aioredis.Redis.from_url(redis.url)
                 await raw.publish("p:all", b"not json\\n")

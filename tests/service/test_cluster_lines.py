@@ -16,7 +16,7 @@ from sohbet.broker import REFUSED, Header, Kind, Listener, Presence
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import ConversationKind, NewMessage
 from sohbet.errors import StoreUnavailable
-from sohbet.service.cluster import GAP_WAIT_S, MEMBERSHIP_POLL_S
+from sohbet.service.cluster import GAP_WAIT_S, MEMBERSHIP_POLL_S, SWEEP_S
 from sohbet.store.sqlite import SqliteStore
 
 from .conftest import Device, World, run, world
@@ -31,6 +31,7 @@ class FakeBroker:
         self.sent: list[tuple[Header, bytes]] = []
         self.followed: set[ConversationId] = set()
         self.released: list[UserId] = []
+        self.refollowed: set[ConversationId] = set()
 
     instance_id = "here"
     clustered = True
@@ -50,6 +51,9 @@ class FakeBroker:
 
     def unfollow(self, conversations: Iterable[ConversationId]) -> None:
         self.followed.difference_update(conversations)
+
+    async def refollow(self, conversations: Iterable[ConversationId]) -> None:
+        self.refollowed.update(conversations)
 
     async def admit(self, user: UserId, limit: int, conversations: Iterable[ConversationId]) -> int | None:
         return self.admits
@@ -573,5 +577,30 @@ def test_a_hole_in_the_membership_log_waits_then_is_skipped(tmp_path: Path) -> N
                     break
             assert w.service.hub.is_member(user, cid)
             assert store.asked_after[-1] >= start + 2  # the hole was given up: the reader moved on
+
+    run(main())
+
+
+def test_a_message_whose_event_never_came_is_found_by_the_sweep(tmp_path: Path) -> None:
+    """No event, no later message, no relink: the last message of a conversation simply never
+    arrived (a subscription lost without an error). The sweep compares storage with what was
+    delivered, delivers it, and subscribes again."""
+
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker) as w:
+            alice, conversation = await pair(w)
+            await stored_elsewhere(store, conversation, 1)
+            w.service.tick(w.clock.wall(), w.clock.now())
+            await w.settle()
+            w.clock.advance(SWEEP_S)
+            w.service.tick(w.clock.wall(), w.clock.now())
+            await w.settle()
+            assert seqs(alice, conversation) == [1]
+            assert conversation in broker.refollowed
+            assert w.service.cluster.counters["swept"] == 1
+            broker.message(conversation, 1)  # late after all: not twice
+            assert seqs(alice, conversation) == [1]
 
     run(main())
