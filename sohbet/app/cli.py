@@ -249,7 +249,7 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
             instance_id=config.cluster.instance_id,
         ),
         store,
-        broker=make_broker(config.cluster) if config.cluster.enabled else None,
+        broker=make_broker(config.cluster),
     )
     keys = watch_keys(config.auth, app.chat.verifier)  # the JWKS file's keys, reloaded on change or SIGHUP
     await app.start(config.host, config.port)

@@ -113,6 +113,11 @@ class Hub(Generic[C]):
         self._members.clear()
         self._cached_count = 0
 
+    @property
+    def here_changed(self) -> bool:
+        """Whether `take_here_changes` has anything to take."""
+        return bool(self._here_changes)
+
     def take_here_changes(self) -> set[ConversationId]:
         """The conversations that gained their first or lost their last member connected here
         since the last call (some may have done both: check `here`)."""

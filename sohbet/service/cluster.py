@@ -258,7 +258,7 @@ class Cluster:
     def reconcile_soon(self) -> None:
         """Follow the conversations that gained a member here, stop following those that lost
         their last one (after a membership change, or from the tick)."""
-        if self.active and self._reconciling is None:
+        if self.active and self._reconciling is None and self.ctx.hub.here_changed:
             self._reconciling = self.ctx.start(self._reconcile())
 
     async def _reconcile(self) -> None:

@@ -269,9 +269,8 @@ class Context:
             raise
         return hub.finish_members_load(conversation, loaded)
 
-    async def conversations_of(self, user: UserId, *, keep: bool = False) -> set[ConversationId]:
-        """The user's conversations, from the cache or loaded (kept while the user is online,
-        or when *keep*: for a connection being admitted)."""
+    async def conversations_of(self, user: UserId) -> set[ConversationId]:
+        """The user's conversations, from the cache or loaded (kept while the user is online)."""
         convs = self.hub.conversations(user)
         if convs is not None:
             return convs
@@ -279,10 +278,7 @@ class Context:
         if loading is None:
             loading = self._conversation_loads[user] = asyncio.ensure_future(self._load_conversations(user))
             loading.add_done_callback(lambda _: self._conversation_loads.pop(user, None))
-        convs = await asyncio.shield(loading)
-        if keep and self.hub.conversations(user) is None:
-            return self.hub.finish_conversations_load(user, convs, keep=True)
-        return convs
+        return await asyncio.shield(loading)
 
     async def _load_conversations(self, user: UserId) -> set[ConversationId]:
         hub = self.hub
