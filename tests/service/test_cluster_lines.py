@@ -604,3 +604,29 @@ def test_a_message_whose_event_never_came_is_found_by_the_sweep(tmp_path: Path) 
             assert seqs(alice, conversation) == [1]
 
     run(main())
+
+
+def test_a_user_known_only_from_the_registry_is_announced_offline_after_their_conversations_are_read(
+    tmp_path: Path,
+) -> None:
+    """An instance that had nobody connected when Bob came online elsewhere did not read his
+    conversations; when he goes, it reads them first, then tells his contacts here."""
+
+    async def main() -> None:
+        broker = FakeBroker()
+        store = SqliteStore(str(tmp_path / "c.db"))
+        async with world(tmp_path, store=store, broker=broker, presence_grace_s=1.0) as w:
+            await store.create_conversation([UserId("alice"), UserId("bob")], None, ConversationKind.DIRECT, 0)
+            listener = broker.listener
+            assert listener is not None
+            listener.presence(Presence("x", UserId("bob"), 1))  # nobody here yet: nothing read
+            assert w.service.hub.conversations(UserId("bob")) is None
+            alice = w.connect("alice")
+            await w.settle()
+            listener.presence(Presence("x", UserId("bob"), 0))
+            w.clock.advance(2)
+            w.service.tick(w.clock.wall(), w.clock.now())
+            await w.settle()
+            assert alice.socket.of_type("user:offline")[-1]["payload"] == {"user_id": "bob"}
+
+    run(main())
