@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from typing import Final
 
-from sohbet.ws import handshake, http11
+from sohbet.ws import handshake, http11, websocket
 from sohbet.ws.addresses import AddressBook
 from sohbet.ws.codes import CloseCode, Opcode
 from sohbet.ws.config import Limits, WebSocketConfig
@@ -243,32 +243,13 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     """Send one text message to many connections, framing it once; return how many got it.
 
     Connections with compression get their own compressed frame; all others share one `bytes`,
-    written straight to their transport (the common case, kept to a few attribute reads: this
-    loop runs once per recipient of every message).
+    handed straight to the kernel while their transport holds nothing (see `_send`: this loop
+    runs once per recipient of every message, compiled).
     """
     frame = build_frame(_TEXT, data)
-    limit = 0
-    sent = 0
-    apart = 0  # recipients whose frame is counted where it is written (compressed, or batched)
-    ws = None
-    for ws in connections:
-        conn = ws._conn
-        if ws is skip or conn is None or ws._phase != PHASE_WS or not conn.can_send:
-            continue
-        sent += 1
-        if conn._deflater is not None:
-            apart += 1
-            ws._write(conn.frame_text(data))
-        elif ws._batch is not None:
-            apart += 1
-            ws._batch.append(frame)
-        else:
-            transport = ws._transport
-            transport.write(frame)
-            if ws._paused_at:
-                limit = limit or ws._server.limits.max_buffered_bytes
-                if transport.get_write_buffer_size() > limit:
-                    ws._over_limit()
-    if sent > apart and ws is not None:  # one count for the whole fan-out, not one per recipient
-        ws._server.stats.bytes_sent += (sent - apart) * len(frame)
+    sent, apart = websocket.sending.broadcast(connections, frame, data, skip)
+    if sent > apart:  # one count for the whole fan-out, not one per recipient
+        for ws in connections:
+            ws._server.stats.bytes_sent += (sent - apart) * len(frame)
+            break
     return sent

@@ -20,13 +20,19 @@ from sohbet.ws import handshake, http11
 from sohbet.ws.addresses import OVER_LIMIT_ANSWERED, Swamped, client_address, is_trusted
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
+from sohbet.ws.frames import IMPLEMENTATION
 from sohbet.ws.http_phase import HttpPhase, too_many
 from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
+
+if IMPLEMENTATION == "cython":  # one switch for both compiled modules (SOHBET_NO_EXTENSIONS)
+    from sohbet.ws import _send as sending
+else:
+    from sohbet.ws import _send_py as sending  # type: ignore[no-redef]  # the same API, see _send.pyi
 
 if TYPE_CHECKING:
     from sohbet.ws.server import Server
 
-__all__ = ["PHASE_CLOSED", "PHASE_CLOSING", "PHASE_HTTP", "PHASE_LINGERING", "PHASE_WS", "WebSocket"]
+__all__ = ["PHASE_CLOSED", "PHASE_CLOSING", "PHASE_HTTP", "PHASE_LINGERING", "PHASE_WS", "WebSocket", "sending"]
 
 log = logging.getLogger("sohbet.server")
 
@@ -40,6 +46,19 @@ PHASE_CLOSED: Final = 4
 
 _ACCEPTED: Final = "accepted"  # the label of an upgrade that succeeded
 _HOST_PORT: Final = 2  # a peer address is (host, port) for IPv4, (host, port, flow, scope) for IPv6
+
+
+def _direct_fd(transport: Any) -> int:
+    """The descriptor to `send()` to directly, or -1: a plain TCP socket only (never under TLS,
+    whose bytes only the transport can produce; never a transport without a socket)."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return -1
+    fd = fileno()
+    return fd if isinstance(fd, int) else -1
 
 
 class WebSocket(asyncio.Protocol):
@@ -58,6 +77,7 @@ class WebSocket(asyncio.Protocol):
         "_conn",
         "_counted",
         "_drain",
+        "_fd",
         "_http",
         "_last_rx",
         "_linger_left",
@@ -84,6 +104,7 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_HTTP
         self._batch: list[bytes] | None = None
         self._drain: asyncio.Future[None] | None = None
+        self._fd = -1  # the socket's descriptor while writes may go straight to it (see `_send`)
         self._last_rx = server.now
         self._ping_at = 0.0
         self._paused_at = 0.0
@@ -110,6 +131,7 @@ class WebSocket(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:  # asyncio's contract
         self._transport = transport
         self.remote = transport.get_extra_info("peername")
+        self._fd = _direct_fd(transport)
         server = self._server
         transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
         limits = server.limits
@@ -194,6 +216,7 @@ class WebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:  # asyncio's contract
         server = self._server
+        self._fd = -1  # the transport closes the descriptor once this returns
         server._sockets.pop(self.id, None)
         stats = server.stats
         stats.bytes_received += self._rx
@@ -306,11 +329,10 @@ class WebSocket(asyncio.Protocol):
         if batch is not None:
             batch.append(data)  # inside data_received: one write for everything at the end
             return
-        transport = self._transport
-        transport.write(data)
         self._tx += len(data)
+        left = sending.write_now(self._fd, self._transport, data)
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
-        if self._paused_at and transport.get_write_buffer_size() > self._server.limits.max_buffered_bytes:
+        if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
             self._over_limit()
 
     def _too_slow(self) -> None:
@@ -459,6 +481,8 @@ class WebSocket(asyncio.Protocol):
             compression_mem_level=compression.mem_level,
         )
         self._http = None
+        if upgrade.deflate:
+            self._fd = -1  # each message gets its own compressed frame: the transport writes it
         self.data = data
         self.subprotocol = upgrade.subprotocol
         self._phase = PHASE_WS
