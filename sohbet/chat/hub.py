@@ -35,7 +35,10 @@ class Hub(Generic[C]):
         track_here: record which conversations gain or lose their last member connected here
             (`take_here_changes`): what a cluster instance follows on the broker.
         """
-        self._connections: dict[UserId, set[C]] = {}
+        # A tuple per user, not a set: most users have one connection, and a one-element set
+        # costs four times the memory (an idle connection's footprint is what a server has
+        # most of); a user's connections are few (`max_connections_per_user`).
+        self._connections: dict[UserId, tuple[C, ...]] = {}
         self._remote: dict[UserId, int] = {}
         self._members: OrderedDict[ConversationId, set[UserId]] = OrderedDict()
         self._cached_count = 0
@@ -58,10 +61,11 @@ class Hub(Generic[C]):
         came_online = not self.is_online(user)
         conns = self._connections.get(user)
         if conns is None:
-            conns = self._connections[user] = set()
+            self._connections[user] = (conn,)
             for conversation in self._conversations.get(user, ()):
                 self._enter_here(conversation, user)
-        conns.add(conn)
+        elif conn not in conns:
+            self._connections[user] = (*conns, conn)
         self._grace.pop(user, None)  # back within the grace period: never went offline
         return came_online
 
@@ -74,8 +78,8 @@ class Hub(Generic[C]):
         conns = self._connections.get(user)
         if conns is None or conn not in conns:
             return False
-        conns.discard(conn)
-        if conns:
+        if len(conns) > 1:
+            self._connections[user] = tuple(c for c in conns if c is not conn)
             return False
         del self._connections[user]
         for conversation in self._conversations.get(user, ()):
@@ -147,9 +151,9 @@ class Hub(Generic[C]):
         """Connected here or elsewhere, or within the grace period after the last connection."""
         return user in self._connections or user in self._remote or user in self._grace
 
-    def connections(self, user: UserId) -> set[C]:
-        """The user's connections on this instance (a live view: do not mutate)."""
-        return self._connections.get(user) or set()
+    def connections(self, user: UserId) -> tuple[C, ...]:
+        """The user's connections on this instance, oldest first."""
+        return self._connections.get(user, ())
 
     def connections_of(self, users: Iterable[UserId]) -> list[C]:
         """Every local connection of every user in *users* (a list: it is built for a fan-out,

@@ -144,6 +144,8 @@ class Context:
         if code in CLIENT_FAULTS:
             now = self.clock.now()
             errors = session.errors
+            if errors is None:
+                errors = session.errors = []
             errors.append(now)
             while errors[0] <= now - _ERROR_WINDOW_S:
                 del errors[0]
@@ -206,7 +208,10 @@ class Context:
 
         async def guarded(session: Session, envelope: Envelope) -> None:
             with self.answering_errors(session, envelope):
-                async with session.lock:
+                lock = session.lock
+                if lock is None:
+                    lock = session.lock = asyncio.Lock()
+                async with lock:
                     if not session.closed:
                         await handler(session, envelope)
 

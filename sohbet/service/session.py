@@ -103,10 +103,12 @@ class Session:
         self.socket = socket
         self.user: UserId = identity.user_id
         self.exp = identity.exp
-        #: When the latest client-fault errors happened: a sliding 10 s window.
-        self.errors: list[float] = []  # at most max_errors_per_10s + 1 long
+        #: When the latest client-fault errors happened: a sliding 10 s window (made at the
+        #: first; an idle connection's footprint is what a server has most of).
+        self.errors: list[float] | None = None  # at most max_errors_per_10s + 1 long
         #: Serialises this connection's reads (sync, history, ...): one at a time holds memory.
-        self.lock = asyncio.Lock()
+        #: Made at the first read, like `errors`.
+        self.lock: asyncio.Lock | None = None
         #: Requests of this connection started and not yet answered (waiting for storage).
         self.in_flight = 0
         self.closed = False

@@ -169,7 +169,7 @@ class Connection:
             self._inflater = Inflater(
                 getattr(deflate, f"{theirs}_max_window_bits"), getattr(deflate, f"{theirs}_no_context_takeover")
             )
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # made when something is queued (`_queue`)
         # A close frame this connection decided to send while reading (an echo of the peer's, or
         # a failure): it goes out after anything the caller sends in answer to the messages
         # that came before it, so replies to those are not lost behind it.
@@ -184,15 +184,16 @@ class Connection:
         self.messages_received = 0
         # The frame limit counts a sliding window of WINDOW_SLOTS slots: the frames of the
         # current slot, and the sum of the slots before it, whose counts wait in _slots, a ring
-        # (a list of small ints: an idle connection's footprint is what a server has most of).
+        # (a list of small ints, made at the first frame: an idle connection's footprint is
+        # what a server has most of, and its ring is all zeros).
         self._frames_in_window = 0
         self._frames_recent = 0
-        self._slots = [0] * (WINDOW_SLOTS - 1)
+        self._slots: list[int] | None = None
         self._slot = 0
         # The message being reassembled: its opcode, whether compressed, its parts and size.
         self._msg_opcode = 0
         self._msg_compressed = False
-        self._parts: list[bytes] = []
+        self._parts: list[bytes] | None = None  # made at a fragmented or compressed message's start
         self._size = 0
         self._utf8: frames.Utf8Validator | None = None
         self._masks = b""
@@ -211,9 +212,14 @@ class Connection:
     def new_window(self) -> None:
         """Start the next slot of the frame limit's sliding window (the caller owns the clock:
         the server calls this every second, so the limit counts any 10 consecutive seconds)."""
+        slots = self._slots
+        if slots is None:
+            if not self._frames_in_window:
+                return  # nothing counted yet: every slot is still zero
+            slots = self._slots = [0] * (WINDOW_SLOTS - 1)
         i = self._slot
-        self._frames_recent += self._frames_in_window - self._slots[i]  # the oldest slot slides out
-        self._slots[i] = self._frames_in_window
+        self._frames_recent += self._frames_in_window - slots[i]  # the oldest slot slides out
+        slots[i] = self._frames_in_window
         self._slot = (i + 1) % (WINDOW_SLOTS - 1)
         self._frames_in_window = 0
 
@@ -303,12 +309,14 @@ class Connection:
             data = self._inflater.inflate(data, frame.fin, self.max_message_bytes - self._size)
             if self._utf8 is not None:
                 self._utf8.feed(data)  # fail at the first bad byte of inflated text
-        self._parts.append(data)
+        parts = self._parts
+        assert parts is not None  # the message's first frame (the parser checked the order) made it
+        parts.append(data)
         self._size += len(data)
         if not frame.fin:
             return
-        payload = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        self._parts = []
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._parts = None
         if self._utf8 is not None:
             self._utf8.finish()
             self._utf8 = None
@@ -372,16 +380,16 @@ class Connection:
 
     def send_text(self, data: Buffer | str) -> None:
         """Queue a text message (`str`, or bytes the caller promises are UTF-8)."""
-        self._out.append(self.frame_text(data))
+        self._queue(self.frame_text(data))
 
     def send_binary(self, data: Buffer) -> None:
         """Queue a binary message."""
-        self._out.append(self.frame_binary(data))
+        self._queue(self.frame_binary(data))
 
     def ping(self, data: Buffer = b"") -> None:
         """Queue a ping; ignored once the connection is closing."""
         if self.state == OPEN:
-            self._out.append(self._frame(_PING, data, False))
+            self._queue(self._frame(_PING, data, False))
 
     def frame_pong(self, data: Buffer) -> bytes:
         """Return the pong answering a ping's *data* (§5.5.3), without queueing it; b"" once closed."""
@@ -391,7 +399,7 @@ class Connection:
         """Queue the pong answering a ping's *data*; ignored once closed."""
         frame = self.frame_pong(data)
         if frame:
-            self._out.append(frame)
+            self._queue(frame)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake (§7.1.2); does nothing if it has already started.
@@ -401,7 +409,7 @@ class Connection:
         """
         if self.state != OPEN:
             return
-        self._out.append(self._close_frame(code, reason))
+        self._queue(self._close_frame(code, reason))
         self.state = CLOSING
         self.can_send = False
         self.close_code, self.close_reason = int(code), reason
@@ -410,10 +418,20 @@ class Connection:
         """Return (and forget) everything queued for the peer, as one buffer; a close frame last."""
         out = self._out
         if self._close_out:
-            out.append(self._close_out)
+            close_out = self._close_out
             self._close_out = b""
             self.can_send = False
-        if not out:
+            if out is None:
+                return close_out
+            out.append(close_out)
+        if out is None:
             return b""
-        self._out = []
+        self._out = None
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _queue(self, frame: bytes) -> None:
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)

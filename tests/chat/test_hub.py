@@ -13,7 +13,7 @@ def test_presence_with_grace() -> None:
     hub: Hub[str] = Hub()
     assert hub.attach(A, "a1") is True  # came online
     assert hub.attach(A, "a2") is False  # a second device
-    assert hub.connections(A) == {"a1", "a2"}
+    assert hub.connections(A) == ("a1", "a2")
     assert hub.connection_count == 2
     assert hub.detach(A, "a1", grace_until=10.0) is False
     assert hub.detach(A, "a2", grace_until=10.0) is True  # the last one: grace starts
@@ -24,7 +24,7 @@ def test_presence_with_grace() -> None:
     hub.detach(A, "a3", grace_until=20.0)
     assert hub.expired_graces(now=20.0) == [A]
     assert not hub.is_online(A) and hub.is_empty
-    assert hub.connections(A) == set()
+    assert hub.connections(A) == ()
 
 
 def test_remote_connections_count_for_presence() -> None:

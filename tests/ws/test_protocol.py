@@ -344,3 +344,14 @@ def test_the_same_events_whatever_the_chunking(frames: list[bytes], cuts: list[i
     chunked = Connection()
     events = [e for a, b in itertools.pairwise(points) for e in chunked.feed(wire[a:b])]
     assert events == whole
+
+
+def test_an_idle_connection_keeps_no_window_yet_counts_from_its_first_frame() -> None:
+    conn = Connection(max_frames_per_window=3)
+    for _ in range(20):
+        conn.new_window()  # idle: nothing counted, nothing kept per connection
+    assert conn._slots is None
+    assert len(conn.feed(cf(1, "1") + cf(1, "2") + cf(1, "3"))) == 3
+    conn.new_window()  # the three frames now wait in the window's earlier slots
+    events = conn.feed(cf(1, "4"))
+    assert events == [ConnectionFailed(1008, "more than 3 frames in a window")]
