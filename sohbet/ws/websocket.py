@@ -93,7 +93,6 @@ class WebSocket(asyncio.Protocol):
         "client",
         "data",
         "id",
-        "remote",
         "subprotocol",
     )
 
@@ -115,7 +114,6 @@ class WebSocket(asyncio.Protocol):
         self.id = next(server._ids)
         self.data: object = None
         self.subprotocol: str | None = None
-        self.remote: object = None  # the peer address as the socket reports it
         #: The client's address: the peer's, or behind a trusted proxy the one it forwarded
         #: (known once an upgrade is asked for).
         self.client: str | None = None
@@ -130,7 +128,6 @@ class WebSocket(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # asyncio's contract
         self._transport = transport
-        self.remote = transport.get_extra_info("peername")
         self._fd = _direct_fd(transport)
         server = self._server
         transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
@@ -277,6 +274,12 @@ class WebSocket(asyncio.Protocol):
         if isinstance(remote, tuple) and len(remote) >= _HOST_PORT:
             return f"{remote[0]}:{remote[1]}"
         return str(remote)
+
+    @property
+    def remote(self) -> object:
+        """The peer's address as the socket reports it. Asked of the transport, not kept: a
+        tuple per connection is memory that idle connections add up."""
+        return None if self._transport is None else self._transport.get_extra_info("peername")
 
     def _peer_host(self) -> str:
         remote = self.remote

@@ -535,3 +535,23 @@ def test_a_handler_returning_nonsense_gets_a_500(run: Run) -> None:
             assert status == 500 and orjson.loads(body)["error"]["code"] == "internal"
 
     run(main())
+
+
+def test_the_peer_address_is_asked_of_the_socket_while_it_is_open(run: Run) -> None:
+    async def main() -> None:
+        handler = Recorder(echo=False)
+        async with running(handler) as server:
+            client = await RawClient.connect(server.port)
+            ws = await get(handler.opened)
+            host, port = client.writer.get_extra_info("sockname")[:2]
+            assert ws.remote[:2] == (host, port)  # type: ignore[index]  # an IPv4 (host, port)
+            assert ws.address == host
+            client.close()
+            await client.expect_close(1000)
+            await get(handler.closed)
+            while ws.id in server._sockets:
+                await asyncio.sleep(0.01)
+            assert ws.address == host  # the log still says who it was, the socket gone
+            client.abort()
+
+    run(main())
