@@ -243,6 +243,9 @@ def test_the_conversation_list_is_the_users(run: Run, database_url: str) -> None
         async with chat_server(database_url) as h, api_of(h) as api:
             first = await group(api, "alice", "bob", "carol", title="first")
             second = await group(api, "alice", "dave", "erin", title="second")
+            # Activity is kept in milliseconds: the message must come in a later one than the
+            # second group's creation to rank first (within one, the newer conversation does).
+            await asyncio.sleep(0.002)
             await api.ok(
                 "POST", f"/api/conversations/{first}/messages", 201, json={"sender_id": "bob", "content": "x"},
                 headers=BACKEND,
