@@ -9,6 +9,10 @@ imports the ws layer and the chat wire names, nothing of the service.
     async for event in client.events(): ...
     await client.reconnect()   # after a drop: a new connection, then `sync` from the last seen seqs
 
+An upgrade refused with 503 or 429 (the server is busy, or this address is over its rate) raises
+`HandshakeRefused` with the `Retry-After` seconds; `reconnect` (and `connect(..., retry=True)`)
+waits that long, plus jitter, and tries again until its timeout.
+
 Replies are matched to requests by `ref`. Every `chat:message` seen (live or replayed) moves the
 per-conversation cursor, and duplicates by `(conversation_id, seq)` are dropped, so a reconnect
 delivers exactly what was missed.
@@ -20,23 +24,36 @@ import asyncio
 import base64
 import itertools
 import os
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
 
 from sohbet.chat.wire import SUBPROTOCOL, EventType, RequestType
-from sohbet.errors import SohbetError
+from sohbet.errors import ErrorCode, SohbetError
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.frames import accept_key
 from sohbet.ws.handshake import WEBSOCKET_VERSION
 from sohbet.ws.protocol import Connection, TextReceived
 
-__all__ = ["ChatClient", "ChatError", "ConnectionClosed"]
+__all__ = ["RETRYABLE_STATUSES", "ChatClient", "ChatError", "ConnectionClosed", "HandshakeRefused"]
+
+#: Refusals of an upgrade that say "later", not "never": the server is busy (503) or this
+#: address is over its rate (429). Both come with `Retry-After`.
+RETRYABLE_STATUSES: Final = frozenset({HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS})
+#: Seconds to wait after a retryable refusal that named none.
+DEFAULT_RETRY_S: Final = 1.0
+#: `sync` errors that say "later": `reconnect` syncs again after them.
+_SYNC_AGAIN: Final = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED})
+#: A retry waits `Retry-After` times 1 to 1 + this, at random: the server's whole seconds spread
+#: a storm over seconds, this spreads each second's clients within it.
+RETRY_JITTER: Final = 0.5
 
 
 class ChatError(SohbetError):
@@ -55,6 +72,30 @@ class ConnectionClosed(SohbetError):
         super().__init__(f"connection closed with {code} {reason}".strip())
         self.code = int(code)
         self.reason = reason
+
+
+class HandshakeRefused(ConnectionClosed):
+    """The server answered the upgrade with an HTTP error: its `status`, and `retry_after_s`
+    (from `Retry-After`, None without one)."""
+
+    def __init__(self, status_line: str, status: int, body: str, retry_after_s: float | None) -> None:
+        super().__init__(CloseCode.ABNORMAL, f"handshake refused: {status_line} {body}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def is_retryable(self) -> bool:
+        """Whether the server said "later" (503, 429) rather than "never" (401, 403, ...)."""
+        return self.status in RETRYABLE_STATUSES
+
+
+def _refusal(status_line: str, headers: dict[str, str], body: str) -> HandshakeRefused:
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    retry = headers.get("retry-after", "")
+    # Only the delta-seconds form: sohbet sends no other, and a date would need a clock we trust.
+    retry_after_s = float(retry) if retry.isdigit() else None
+    return HandshakeRefused(status_line, status, body, retry_after_s)
 
 
 class _ClientSocket(asyncio.Protocol):
@@ -84,14 +125,14 @@ class _ClientSocket(asyncio.Protocol):
                 return
             head, data = self.head[:end].decode("latin-1"), self.head[end + 4 :]
             status = head.split("\r\n", 1)[0]
-            if f" {HTTPStatus.SWITCHING_PROTOCOLS.value} " not in status + " ":
-                body = data.decode("utf-8", "replace")
-                self.upgraded.set_exception(ConnectionClosed(CloseCode.ABNORMAL, f"handshake refused: {status} {body}"))
-                self.transport.close()
-                return
             headers = {
                 k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
             }
+            if f" {HTTPStatus.SWITCHING_PROTOCOLS.value} " not in status + " ":
+                body = data.decode("utf-8", "replace")
+                self.upgraded.set_exception(_refusal(status, headers, body))
+                self.transport.close()
+                return
             if headers.get("sec-websocket-accept") != accept_key(self.key):
                 self.upgraded.set_exception(
                     ConnectionClosed(CloseCode.ABNORMAL, "handshake answer does not match our key")
@@ -129,24 +170,57 @@ class ChatClient:
         self.url = url
         self.token = token
         self.hello: dict[str, Any] = {}
-        self.cursors: dict[int, int] = {}  # highest seq seen per conversation
+        #: Per conversation, the last seq seen with none missing before it: where `sync` resumes.
+        self.cursors: dict[int, int] = {}
         self._sock: _ClientSocket | None = None
         self._refs = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
         self._seen: set[tuple[int, int]] = set()
         self._reader: asyncio.Task[None] | None = None
+        #: Retryable refusals (503, 429) waited out by `reconnect` or `connect(retry=True)`, and
+        #: the seconds spent waiting: how much a busy server turned this client away.
+        self.refusals = 0
+        self.waited_s = 0.0
+        #: When the latest `hello` arrived (`time.monotonic()`: comparable across processes).
+        self.hello_at = 0.0
 
     @classmethod
-    async def connect(cls, url: str, token: str, *, timeout: float = 10.0) -> ChatClient:
+    async def connect(cls, url: str, token: str, *, timeout: float = 10.0, retry: bool = False) -> ChatClient:
         """Open a connection and wait for `hello`.
 
+        Args:
+            timeout: seconds for the whole of it, waits between attempts included.
+            retry: after a refusal that says "later" (503, 429), wait its `Retry-After` (plus
+                jitter) and try again, while *timeout* lasts.
+
         Raises:
-            ConnectionClosed: the handshake was refused (the message has the HTTP status).
+            HandshakeRefused: the handshake was refused (the message has the HTTP status); with
+                *retry*, only a refusal for good, or a wait that would outlast *timeout*.
+            ConnectionClosed: the connection ended before `hello`.
         """
         client = cls(url, token)
-        await client._open(timeout)
+        await (client._open_patiently(timeout) if retry else client._open(timeout))
         return client
+
+    async def _open_patiently(self, timeout: float) -> None:
+        """`_open`, again after each refusal that says "later", within *timeout* in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self._open(max(deadline - loop.time(), 0.0))
+                return
+            except HandshakeRefused as refused:
+                if not refused.is_retryable:
+                    raise
+                wait_s = refused.retry_after_s if refused.retry_after_s is not None else DEFAULT_RETRY_S
+                wait_s *= 1.0 + random.random() * RETRY_JITTER
+                if loop.time() + wait_s >= deadline:
+                    raise  # the server asks for longer than we have
+                self.refusals += 1
+                self.waited_s += wait_s
+                await asyncio.sleep(wait_s)
 
     async def _open(self, timeout: float) -> None:
         parts = urlsplit(self.url)
@@ -171,6 +245,7 @@ class ChatClient:
         if isinstance(hello, ConnectionClosed):
             raise hello
         self.hello = hello["payload"]
+        self.hello_at = time.monotonic()
 
     async def _read(self, sock: _ClientSocket) -> None:
         while True:
@@ -184,7 +259,9 @@ class ChatClient:
                 return
             ref = item.get("ref")
             if ref is not None and ref in self._waiting:
-                self._waiting.pop(ref).set_result(item)
+                waiter = self._waiting.pop(ref)
+                if not waiter.done():  # cancelled when its request timed out: the reply is late
+                    waiter.set_result(item)
                 if item["type"] == EventType.ACK:
                     self._note(item["payload"]["message"])
                 continue
@@ -197,8 +274,17 @@ class ChatClient:
         if key in self._seen:
             return False
         self._seen.add(key)
-        cid = message["conversation_id"]
-        self.cursors[cid] = max(self.cursors.get(cid, 0), message["seq"])
+        cid, seq = key
+        cursor = self.cursors.get(cid)
+        if cursor is None:
+            self.cursors[cid] = seq  # the first seen here: where this client came in
+        elif seq == cursor + 1:
+            # Seqs have no gaps, so the cursor is the last seq seen with none missing before it:
+            # a live message that overtook a replay must not move a later `sync` past the gap.
+            seen = self._seen
+            while (cid, seq + 1) in seen:
+                seq += 1
+            self.cursors[cid] = seq
         return True
 
     async def request(
@@ -217,8 +303,11 @@ class ChatClient:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = waiter
         sock.send({"type": kind, "payload": payload or {}, "ref": ref})
-        async with asyncio.timeout(timeout):
-            reply = await waiter
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await waiter
+        finally:
+            self._waiting.pop(ref, None)  # answered, or given up on: a late reply is dropped
         if reply["type"] == EventType.ERROR:
             p = reply["payload"]
             raise ChatError(p["code"], p["message"], p.get("retry_after_ms"))
@@ -261,21 +350,54 @@ class ChatClient:
             except ConnectionClosed:
                 return
 
-    async def sync(self) -> dict[str, Any]:
-        """Catch up from the cursors, calling `sync` again while the server says incomplete."""
+    async def sync(self, cursors: dict[int, int] | None = None) -> dict[str, Any]:
+        """Catch up from the cursors, calling `sync` again while the server says incomplete.
+
+        Args:
+            cursors: where to start, per conversation (default: the highest seq seen in each).
+                `reconnect` passes the ones it had when the connection ended: a live message
+                that arrives before the `sync` must not move the start past what was missed.
+        """
+        start = dict(self.cursors if cursors is None else cursors)
         while True:
-            done = await self.request(RequestType.SYNC, {"cursors": {str(c): s for c, s in self.cursors.items()}})
+            done = await self.request(RequestType.SYNC, {"cursors": {str(c): s for c, s in start.items()}})
             for cid, seq in done["conversations"].items():
+                start[int(cid)] = seq  # where the next call resumes: what this one delivered
                 self.cursors[int(cid)] = max(self.cursors.get(int(cid), 0), seq)
             if done["complete"]:
                 return done
 
     async def reconnect(self, *, timeout: float = 10.0) -> dict[str, Any]:
-        """Open a new connection and `sync` everything missed since the last seen seqs."""
+        """Open a new connection and `sync` everything missed since the last seen seqs.
+
+        A refusal that says "later" (503 or 429 with `Retry-After`: the server is busy, as
+        after a restart when every client comes back at once) is waited out, plus jitter, and
+        the upgrade tried again while *timeout* lasts; so is a `sync` answered `unavailable` or
+        `rate_limited` (each call has its own 10 s for its answer besides).
+
+        Raises:
+            HandshakeRefused: refused for good, or for longer than *timeout*.
+            ConnectionClosed: the connection ended before `hello`, or during the sync.
+            ChatError: the sync was refused for good, or for longer than *timeout*.
+        """
+        cursors = dict(self.cursors)
         await self.close()
         self._events = asyncio.Queue()
-        await self._open(timeout)
-        return await self.sync()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self._open_patiently(timeout)
+        while True:
+            try:
+                return await self.sync(cursors)
+            except ChatError as exc:
+                # The server is busy catching everyone up (storage slow: `unavailable`), or
+                # this user synced too often: wait as told, or a second, and sync again.
+                if exc.code not in _SYNC_AGAIN:
+                    raise
+                wait_s = (exc.retry_after_ms or 1000) / 1000 * (1.0 + random.random() * RETRY_JITTER)
+                if loop.time() + wait_s >= deadline:
+                    raise
+                await asyncio.sleep(wait_s)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection (the close handshake, then the TCP connection)."""

@@ -231,6 +231,10 @@ class ChatConfig:
     max_conversations_per_user: int = 10_000
     #: Requests of one connection waiting for storage at once; more get `rate_limited`.
     max_requests_in_flight: int = 8
+    #: Connections accepted whose admission is still under way (it reads storage: the user's
+    #: conversations, and in a cluster the broker's count) before an upgrade is refused with
+    #: 503 and `Retry-After`: a reconnect storm waits at the door, not in memory; 0: no limit.
+    max_admitting: int = 1000
     #: Member entries the membership cache holds over all conversations (about 100 bytes each)
     #: before the least recently used conversations are dropped; 0: unbounded.
     member_cache_size: int = 1_000_000
@@ -270,7 +274,13 @@ class ChatConfig:
             rate, burst = getattr(self, f"{name}_rate_per_s"), getattr(self, f"{name}_burst")
             require(rate >= 0, f"{name}_rate_per_s of {rate} is negative")
             require(burst >= 1, f"{name}_burst of {burst} is below 1")
-        for name in ("groups_per_hour", "max_conversations_per_user", "max_requests_in_flight", "member_cache_size"):
+        for name in (
+            "groups_per_hour",
+            "max_conversations_per_user",
+            "max_requests_in_flight",
+            "member_cache_size",
+            "max_admitting",
+        ):
             require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
         require(self.send_rate_per_s >= 0, f"send_rate_per_s of {self.send_rate_per_s} is negative")
         require(self.send_burst >= 1, f"send_burst of {self.send_burst} is below 1")
@@ -457,6 +467,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_conversations_per_user", int, 10_000, "conversations a user may be in and still create one"),
     Setting("max_requests_in_flight", int, 8, "requests per connection waiting for storage (rate_limited above)"),
     Setting("member_cache_size", int, 1_000_000, "member entries cached over all conversations (~100 B each)"),
+    Setting(
+        "max_admitting",
+        int,
+        1000,
+        "connections accepted and still being admitted (reading storage) at once; more upgrades get 503 with "
+        "Retry-After; 0 means unlimited",
+    ),
     Setting("frame_rate", int, 120, "inbound frames per 10 s per connection; 0 means unlimited"),
     Setting("presence_grace", float, 10.0, "seconds a user stays online after the last connection closes"),
     Setting(
@@ -527,6 +544,7 @@ _CHAT_SETTINGS: Final = (
     "max_conversations_per_user",
     "max_requests_in_flight",
     "member_cache_size",
+    "max_admitting",
 )
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})

@@ -117,6 +117,22 @@ def test_precedence_flags_over_environment_over_file_over_defaults() -> None:
     assert merge_settings({}, {"compression": True})["compression"] is True
 
 
+def test_the_admission_limit_is_a_setting_from_each_source() -> None:
+    assert ChatConfig().max_admitting == 1000
+    base = {"SOHBET_JWT_SECRET": SECRET}
+    assert Config.from_settings(merge_settings(base)).chat.max_admitting == 1000
+    from_file = merge_settings(base, {"max-admitting": 50})
+    assert Config.from_settings(from_file).chat.max_admitting == 50
+    from_env = merge_settings({**base, "SOHBET_MAX_ADMITTING": "0"}, {"max_admitting": 50})
+    assert Config.from_settings(from_env).chat.max_admitting == 0  # 0: unlimited
+    from_flag = merge_settings({**base, "SOHBET_MAX_ADMITTING": "0"}, None, {"max_admitting": 7})
+    assert Config.from_settings(from_flag).chat.max_admitting == 7
+    with pytest.raises(ConfigError, match="SOHBET_MAX_ADMITTING: 'many' is not a valid int for max_admitting"):
+        merge_settings({**base, "SOHBET_MAX_ADMITTING": "many"})
+    with pytest.raises(ConfigError, match="max_admitting of -3 is negative"):
+        Config.from_settings(merge_settings({**base, "SOHBET_MAX_ADMITTING": "-3"}))
+
+
 @pytest.mark.parametrize(
     ("environ", "file", "match"),
     [
@@ -236,6 +252,7 @@ def test_config_from_settings() -> None:
         (lambda: ChatConfig(signal_burst=0), "signal_burst"),
         (lambda: ChatConfig(groups_per_hour=-1), "groups_per_hour of -1"),
         (lambda: ChatConfig(max_requests_in_flight=-1), "max_requests_in_flight"),
+        (lambda: ChatConfig(max_admitting=-1), "max_admitting of -1 is negative"),
         (lambda: ChatConfig(member_cache_size=-5), "member_cache_size"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), port=70000), "port"),
         (lambda: Config(auth=AuthConfig(secret=SECRET), log_level="loud"), "log level"),

@@ -22,6 +22,7 @@ from sohbet.service import ChatService, Session, Socket
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.handshake import WEBSOCKET_VERSION, Upgrade
 from sohbet.ws.http11 import Request, error_body
+from sohbet.ws.http_phase import retry_busy
 from sohbet.ws.server import Handler, Response, WebSocket, broadcast
 
 __all__ = ["READY_CACHE_S", "READY_TIMEOUT_S", "ChatGateway", "ServerOutbox", "Shared", "token_of"]
@@ -111,9 +112,20 @@ class ChatGateway(Handler):
     # -- WebSocket ------------------------------------------------------------------------------
 
     def accept(self, request: Request, upgrade: Upgrade) -> object:  # see Handler
+        chat = self.chat
+        if chat.is_admitting_full:
+            # A reconnect storm: as many connections as allowed are reading storage to be
+            # admitted. Shed this one at the door, before its signature check (the dearest step
+            # left), with a Retry-After, rather than queue unbounded reads behind the others.
+            limit = chat.ctx.config.max_admitting
+            raise InvalidHandshake(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"{limit} connections are being admitted, the most at once; retry later",
+                retry_busy(),
+            )
         token = token_of(request, upgrade.offered_subprotocols)
         try:
-            return self.chat.verify(token)
+            return chat.verify(token)
         except AuthError as exc:
             raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, str(exc)) from None
 

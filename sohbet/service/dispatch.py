@@ -96,6 +96,11 @@ class ChatService:
             self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere, self.close_user
         )
         self._sessions: dict[ConnId, Session] = {}
+        #: Connections accepted whose admission is under way: in a cluster until the broker has
+        #: counted them and their conversations are followed (`_admit`, before `hello`); on one
+        #: instance until their user's conversations are loaded (just after `hello`). Each holds
+        #: a storage read, so the gateway sheds upgrades beyond `max_admitting` (`is_admitting_full`).
+        self.admitting = 0
         self._ticker: asyncio.Task[None] | None = None
         self._log_reader: asyncio.Task[None] | None = None  # a cluster's (`Cluster.follow_membership_log`)
         self.conversations = Conversations(self.ctx)
@@ -128,6 +133,17 @@ class ChatService:
     def session_count(self) -> int:
         """Open sessions on this instance."""
         return len(self._sessions)
+
+    @property
+    def verified_token_count(self) -> int:
+        """Tokens remembered as verified (capped: `service.tokens.MAX_REMEMBERED`)."""
+        return len(self._tokens)
+
+    @property
+    def is_admitting_full(self) -> bool:
+        """Whether `max_admitting` connections are being admitted: a new upgrade is refused."""
+        limit = self.ctx.config.max_admitting
+        return 0 < limit <= self.admitting
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -175,12 +191,32 @@ class ChatService:
         self._sessions[ConnId(socket.id)] = session
         if self.cluster.active:
             session.early = []  # hello waits until the cluster admits the connection
+            self.admitting += 1
             ctx.start(self._admit(session))
         else:
             self._welcome(session)
+            if ctx.hub.conversations(session.user) is None:  # `_welcome` started their load
+                self.admitting += 1
+                ctx.start(self._loaded(session.user))
         return session
 
+    async def _loaded(self, user: UserId) -> None:
+        """Count a connection as being admitted until its user's conversations are loaded (the
+        load `Presence.connected` started, shared: nothing more is read)."""
+        try:
+            await self.ctx.conversations_of(user)
+        except StoreError:
+            pass  # the load that failed was logged by its owner; the user's requests retry it
+        finally:
+            self.admitting -= 1
+
     async def _admit(self, session: Session) -> None:
+        try:
+            await self._admitted(session)
+        finally:
+            self.admitting -= 1
+
+    async def _admitted(self, session: Session) -> None:
         limit = self.ctx.config.max_connections_per_user
         try:
             async with self.cluster.admitting(session) as admitted:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable
 from http import HTTPStatus
@@ -27,7 +28,7 @@ from sohbet.ws import http11
 if TYPE_CHECKING:
     from sohbet.ws.server import WebSocket
 
-__all__ = ["HttpPhase", "too_many"]
+__all__ = ["BUSY_RETRY_S", "HttpPhase", "retry_busy", "too_many"]
 
 log = logging.getLogger("sohbet.server")
 
@@ -35,6 +36,22 @@ log = logging.getLogger("sohbet.server")
 _LAST_STATUS: Final = 599  # the status codes HTTP defines are 100-599 (RFC 9110 §15)
 #: A request not answered in time may be retried at once (a send with the same client_id too).
 _RETRY_SOON: Final = (("Retry-After", "1"),)
+
+
+#: Seconds a client refused for capacity (503: `max_connections`, or too many being admitted) is
+#: told to wait before it tries again ...
+BUSY_RETRY_S: Final = 1
+#: ... plus 0 to this many more, at random. Retry-After is whole seconds, so this is the only
+#: jitter it can carry: 10,000 clients refused within one second and told the same number would
+#: all come back in the same second, refused again in lockstep; spread over two, half the wave
+#: comes back at a time while the first half is admitted. (Our own client adds a fraction too.)
+BUSY_RETRY_SPREAD_S: Final = 1
+
+
+def retry_busy() -> tuple[tuple[str, str], ...]:
+    """The `Retry-After` header of a refusal for capacity: `BUSY_RETRY_S`, plus jitter."""
+    wait_s = BUSY_RETRY_S + random.randint(0, BUSY_RETRY_SPREAD_S)
+    return (("Retry-After", str(wait_s)),)
 
 
 def too_many(refused: tuple[str, int]) -> InvalidHandshake:
@@ -118,7 +135,9 @@ class HttpPhase:
     def at_capacity(self) -> InvalidHandshake:
         """The 503 for a socket accepted over `max_connections`: after the checks that come first."""
         limit = self._ws._server.limits.max_connections
-        return InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections")
+        return InvalidHandshake(
+            HTTPStatus.SERVICE_UNAVAILABLE, f"server is at its limit of {limit} connections", retry_busy()
+        )
 
     def _head(self, head: http11.Request) -> int | None:
         """See `http11.HeadCheck`: a socket over a limit refuses its first plain request before
