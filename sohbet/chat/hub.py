@@ -141,6 +141,12 @@ class Hub(Generic[C]):
             del self._grace[user]
         return gone
 
+    def extend_graces(self, users: Iterable[UserId], until: float) -> None:
+        """Give *users*, whose grace `expired_graces` just ended, one until *until*: their
+        `user:offline` waits for a later tick (the caller had done enough for this one)."""
+        for user in users:
+            self._grace[user] = until
+
     def forget(self, user: UserId) -> None:
         """Drop what is cached for a user who is offline, and member sets nobody here needs."""
         if not self.is_online(user):
@@ -195,6 +201,26 @@ class Hub(Generic[C]):
     def connection_count(self) -> int:
         """Local connections in all."""
         return sum(len(c) for c in self._connections.values())
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each of the hub's tables holds (read-only, for `/metrics`): once
+        every user has left and their grace periods have ended, all of them are back at 0, so a
+        count that stays up is an entry never removed. About a millisecond for 10,000 users."""
+        return {
+            "hub_users": len(self._connections),
+            "hub_connections": sum(len(c) for c in self._connections.values()),
+            "hub_remote_users": len(self._remote),
+            "hub_member_sets": len(self._members),
+            "hub_member_entries": self._cached_count,
+            "hub_user_conversation_sets": len(self._conversations),
+            "hub_present_conversations": len(self._present),
+            "hub_member_loads": len(self._member_changes),
+            "hub_conversation_loads": len(self._conversation_changes),
+            "hub_grace": len(self._grace),
+            "hub_typing": len(self._typing),
+            "hub_followed": len(self._here),
+            "hub_follow_changes": len(self._here_changes or ()),
+        }
 
     @property
     def is_empty(self) -> bool:

@@ -610,6 +610,18 @@ class Cluster:
                     ctx.to_members([user], wire.encode(EventType.MEMBER_REMOVED, notice))
         await self._reconcile_now()
 
+    def sizes(self) -> dict[str, int]:
+        """How many entries the cluster's tables hold (read-only, for `/metrics`; all 0 for a
+        single process): delivery lines of followed conversations, other instances' connection
+        counts, and joins and admissions under way."""
+        return {
+            "cluster_lines": len(self._lines),
+            "cluster_remote_instances": len(self._remote),
+            "cluster_remote_users": len(self._totals),
+            "cluster_joined_at": len(self._joined_at),
+            "cluster_pending": len(self._pending),
+        }
+
     @property
     def reachable(self) -> bool:
         """Whether what is sent now reaches every other instance (always, for a single process)."""

@@ -110,6 +110,18 @@ class Context:
         self.internal_errors = 0
         self._logged_bugs: set[tuple[str, str, int]] = set()
 
+    def sizes(self) -> dict[str, int]:
+        """How many entries the service's own tables hold (read-only, for `/metrics`): rate
+        buckets (dropped once full again), loads and tasks in flight, and the places whose bug
+        was logged (bounded by design: at most 1000)."""
+        return {
+            "rate_buckets": len(self.limiter),
+            "member_loads_in_flight": len(self._member_loads),
+            "conversation_loads_in_flight": len(self._conversation_loads),
+            "tasks": len(self.tasks),
+            "logged_bugs": len(self._logged_bugs),
+        }
+
     def storage_failed(self, exc: BaseException) -> None:
         """Storage did not answer: logged when it goes down, not at every failure meanwhile."""
         if self.storage_up:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Final
 
 from sohbet.chat import wire
 from sohbet.chat.ids import UserId
@@ -20,9 +21,15 @@ from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.service.context import Context, RequestHandler
 from sohbet.service.session import Session
 
-__all__ = ["Presence"]
+__all__ = ["OFFLINE_DELIVERIES_PER_TICK", "Presence"]
 
 log = logging.getLogger("sohbet.chat")
+
+#: `user:offline` deliveries one tick makes at most; the users past it are announced at the next
+#: tick (half a second later). A thousand users leaving groups of a thousand at once would
+#: otherwise hold the event loop for seconds in one callback (about 7 µs a delivery), and every
+#: other connection's replies would wait behind them (found by benchmarks/soak.py).
+OFFLINE_DELIVERIES_PER_TICK: Final = 10_000
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
@@ -62,13 +69,21 @@ class Presence:
     def end_graces(self, now: float) -> None:
         """Announce `user:offline` for everyone whose grace period ended by *now*, and forget them."""
         hub = self.ctx.hub
-        for user in hub.expired_graces(now):
+        budget = OFFLINE_DELIVERIES_PER_TICK
+        expired = hub.expired_graces(now)
+        for i, user in enumerate(expired):
+            if budget <= 0:
+                hub.extend_graces(expired[i:], now)  # still offline from now on: told at the next tick
+                return
             if hub.conversations(user) is None:
                 # Known only from another instance's registry, which does not say whom they
                 # know: their conversations are read first.
                 self.ctx.start(self._went_offline(user)).add_done_callback(_log_failure)
+                budget -= 1
                 continue
-            self.ctx.to_members(hub.online_contacts(user), wire.encode(EventType.OFFLINE, {"user_id": user}))
+            budget -= (
+                self.ctx.to_members(hub.online_contacts(user), wire.encode(EventType.OFFLINE, {"user_id": user})) or 1
+            )
             hub.forget(user)
 
     async def _went_offline(self, user: UserId) -> None:

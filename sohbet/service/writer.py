@@ -69,6 +69,11 @@ class Writer:
         return self._queued
 
     @property
+    def uncertain_count(self) -> int:
+        """Sends remembered as maybe stored (capped at `_MAX_UNCERTAIN`): for the metrics."""
+        return len(self._uncertain)
+
+    @property
     def tasks(self) -> list[asyncio.Task[None]]:
         """The writer tasks (one per shard)."""
         return self._tasks

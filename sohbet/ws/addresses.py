@@ -168,6 +168,11 @@ class AddressBook:
         return self._open.get(address_key(address), 0)
 
     @property
+    def bucket_count(self) -> int:
+        """Addresses with a rate bucket (dropped once full again): for the metrics."""
+        return len(self._buckets)
+
+    @property
     def addresses(self) -> Iterable[str]:
         """What holds connections: IPv4 addresses and IPv6 /64s."""
         return self._open.keys()

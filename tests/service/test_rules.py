@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sohbet.chat.ids import UserId
+from sohbet.service import presence
 from sohbet.store.sqlite import SqliteStore
 
 from .conftest import FakeOutbox, run, world
@@ -433,5 +435,33 @@ def test_a_request_type_with_two_handlers_is_refused(tmp_path: Path) -> None:
                                     max_message_bytes=65536, leeway_s=0.0)  # fmt: skip
             finally:
                 Sync.handlers = original  # type: ignore[method-assign]  # restored
+
+    run(main())
+
+
+def test_a_mass_departure_is_announced_over_several_ticks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tick makes a bounded number of `user:offline` deliveries; the rest come at the next
+    ticks, each user's exactly once, and every one of them is forgotten in the end."""
+    monkeypatch.setattr(presence, "OFFLINE_DELIVERIES_PER_TICK", 3)
+
+    async def main() -> None:
+        async with world(tmp_path, presence_grace_s=10.0) as w:
+            watchers = [w.connect(f"w{i}") for i in range(2)]
+            leavers = [w.connect(f"l{i}") for i in range(4)]
+            await w.conversation(leavers[0], "w0", "w1", "l1", "l2", "l3")
+            for leaver in leavers:
+                leaver.disconnect()
+            later = w.clock.now() + 10.0
+            told: list[list[str]] = []
+            for _ in range(3):
+                w.service.tick(w.clock.wall(), later)
+                told.append([m["payload"]["user_id"] for m in watchers[0].socket.of_type("user:offline")])
+            # 2 deliveries per leaver: two ticks of budget 3 announce 2 leavers each.
+            assert [len(t) for t in told] == [2, 4, 4]
+            assert sorted(told[-1]) == ["l0", "l1", "l2", "l3"]
+            assert [m["payload"]["user_id"] for m in watchers[1].socket.of_type("user:offline")] == told[-1]
+            gone = await watchers[1].ok("presence:query", {"user_ids": ["l0", "l1", "l2", "l3"]})
+            assert gone == {"online": []}
+            assert w.service.ctx.hub.conversations(UserId("l3")) is None  # forgotten
 
     run(main())
