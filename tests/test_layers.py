@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("ws.server", "ws-transport"),
     ("ws.websocket", "ws-transport"),
     ("ws.http_phase", "ws-transport"),
+    ("ws._send_py", "ws-transport"),
     ("ws", "ws"),
     ("chat", "domain"),
     ("auth", "domain"),

@@ -1,5 +1,7 @@
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
+
+PHASE_WS: Final[int]
 
 def write_now(fd: int, transport: Any, data: bytes) -> int: ...
-def broadcast(connections: Iterable[Any], frame: bytes, text: Any, skip: Any) -> tuple[int, int]: ...
+def broadcast(connections: Iterable[Any], frame: bytes, text: bytes | str, skip: Any) -> tuple[int, int]: ...

@@ -12,7 +12,10 @@ to the transport, which then keeps the order and the flow control as before.
 Why the direct `send()` is safe: it is made only while the socket is an open WebSocket (its
 `_phase`), and uvloop closes a socket's descriptor only after the protocol's `connection_lost`
 has returned, which moves the phase on first; and only when the transport's buffer is empty, so
-no byte it holds can be overtaken.
+no byte it holds can be overtaken. (A socket whose peer has hung up may still be written to until
+then, as the transport would have: the kernel drops it.) The fast path does not ask the
+connection whether it may still send: it stops only inside its own data_received (where `_batch`
+is set) or when `WebSocket.close` moves the phase on, and both are checked.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -24,7 +27,10 @@ cdef extern from "sys/socket.h" nogil:
     int MSG_NOSIGNAL
 
 cdef enum:
-    PHASE_WS = 1  # sohbet.ws.websocket.PHASE_WS: a socket is written to only while it is an open WebSocket
+    _PHASE_WS = 1  # sohbet.ws.websocket.PHASE_WS: a socket is written to only while it is an open WebSocket
+
+#: The phase this module takes for an open WebSocket (a test checks it is websocket.PHASE_WS).
+PHASE_WS = _PHASE_WS
 
 
 cdef Py_ssize_t send_some(int fd, bytes data) noexcept:
@@ -42,7 +48,7 @@ cdef Py_ssize_t send_some(int fd, bytes data) noexcept:
             return 0
 
 
-def write_now(int fd, object transport, bytes data) -> int:
+def write_now(int fd, object transport, bytes data not None) -> int:
     """Write *data* to a socket: straight to the kernel while the transport holds nothing.
 
     Args:
@@ -62,7 +68,7 @@ def write_now(int fd, object transport, bytes data) -> int:
     return transport.get_write_buffer_size()
 
 
-def broadcast(object connections, bytes frame, object text, object skip) -> tuple:
+def broadcast(object connections, bytes frame not None, object text, object skip) -> tuple:
     """Write one unmasked text *frame* to every open WebSocket in *connections* but *skip*.
 
     Connections with compression get their own frame of *text*; a connection whose
@@ -82,7 +88,7 @@ def broadcast(object connections, bytes frame, object text, object skip) -> tupl
         # `_fd` is -1 otherwise), not inside its own data_received, its transport empty. Its
         # connection cannot have stopped sending: that happens only inside data_received or
         # when the phase moves on.
-        if fd >= 0 and ws._phase == PHASE_WS and ws._batch is None:
+        if fd >= 0 and ws._phase == _PHASE_WS and ws._batch is None:
             transport = ws._transport
             if not transport.get_write_buffer_size():
                 sent += 1
@@ -94,7 +100,7 @@ def broadcast(object connections, bytes frame, object text, object skip) -> tupl
                     ws._over_limit()
                 continue
         conn = ws._conn
-        if conn is None or ws._phase != PHASE_WS or not conn.can_send:
+        if conn is None or ws._phase != _PHASE_WS or not conn.can_send:
             continue
         sent += 1
         if conn._deflater is not None:

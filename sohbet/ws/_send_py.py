@@ -1,7 +1,7 @@
 """The pure-Python twin of `_send.pyx` (same names, same results), for differential tests and
 for SOHBET_NO_EXTENSIONS=1; `os.write` stands in for `send(2)`.
 
-Layer: ws-transport.
+Layer: ws-transport (it writes to sockets); imports only the standard library, nothing of chat.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, Final
 
-PHASE_WS: Final = 1  # sohbet.ws.websocket.PHASE_WS
+#: The phase this module takes for an open WebSocket (a test checks it is websocket.PHASE_WS).
+PHASE_WS: Final = 1
 
 
 def _send_some(fd: int, data: bytes) -> int:
@@ -32,7 +33,7 @@ def write_now(fd: int, transport: Any, data: bytes) -> int:
     return int(transport.get_write_buffer_size())
 
 
-def broadcast(connections: Iterable[Any], frame: bytes, text: Any, skip: Any) -> tuple[int, int]:
+def broadcast(connections: Iterable[Any], frame: bytes, text: bytes | str, skip: Any) -> tuple[int, int]:
     """See `_send.broadcast`."""
     sent = apart = 0
     limit = None

@@ -247,9 +247,9 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     runs once per recipient of every message, compiled).
     """
     frame = build_frame(_TEXT, data)
+    if not isinstance(connections, (list, tuple)):
+        connections = list(connections)  # walked twice: a generator would be spent by the first
     sent, apart = websocket.sending.broadcast(connections, frame, data, skip)
     if sent > apart:  # one count for the whole fan-out, not one per recipient
-        for ws in connections:
-            ws._server.stats.bytes_sent += (sent - apart) * len(frame)
-            break
+        connections[0]._server.stats.bytes_sent += (sent - apart) * len(frame)
     return sent

@@ -1,0 +1,217 @@
+"""The direct writes (`_send.pyx` and its twin) on a real socket pair, with stand-ins for the
+server's WebSocket objects: every branch, the compiled module and the twin alike."""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import time
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from sohbet.ws import websocket
+
+from ..conftest import load_compiled_core
+
+LIMIT = 1 << 20
+HUGE = 64 << 20  # more than loopback TCP's send and receive buffers hold together
+
+
+@pytest.fixture(params=["cython", "python"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "python":
+        return importlib.import_module("sohbet.ws._send_py")
+    load_compiled_core()  # fails in CI when nothing is built
+    return importlib.import_module("sohbet.ws._send")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A TCP connection over loopback, both ends non-blocking (TCP takes part of a write when
+    it has some room: the partial sends below need that)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+class Transport:
+    """Holds what it is given, as a transport whose socket is not writable would."""
+
+    def __init__(self, held: bytes = b"") -> None:
+        self.held = bytearray(held)
+
+    def write(self, data: bytes) -> None:
+        self.held += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.held)
+
+
+class Limits:
+    max_buffered_bytes = LIMIT
+
+
+class Server:
+    limits = Limits()
+
+
+class Conn:
+    def __init__(self, *, can_send: bool = True, deflated: bool = False) -> None:
+        self.can_send = can_send
+        self._deflater = object() if deflated else None
+
+    def frame_text(self, text: bytes | str) -> bytes:
+        return b"deflated:" + (text.encode() if isinstance(text, str) else text)
+
+
+class Socket:
+    """What `broadcast` reads of a `WebSocket`."""
+
+    def __init__(self, fd: int = -1, *, phase: int = websocket.PHASE_WS, conn: Conn | None = None) -> None:
+        self._fd = fd
+        self._phase = phase
+        self._conn = conn if conn is not None else Conn()
+        self._batch: list[bytes] | None = None
+        self._transport = Transport()
+        self._paused_at = 0.0
+        self._server = Server()
+        self.written: list[bytes] = []
+        self.over = 0
+
+    def _write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def _over_limit(self) -> None:
+        self.over += 1
+
+
+def read_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return bytes(got)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+def fill(sock: socket.socket) -> None:
+    """Send until the kernel takes no more."""
+    while True:
+        try:
+            sock.send(b"f" * 65536)
+        except BlockingIOError:
+            return
+
+
+def test_the_phase_is_the_websockets(impl: ModuleType) -> None:
+    assert impl.PHASE_WS == websocket.PHASE_WS
+
+
+def test_write_now_sends_while_the_transport_is_empty(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, theirs = pair
+    transport = Transport()
+    assert impl.write_now(ours.fileno(), transport, b"hello") == 0
+    assert read_all(theirs) == b"hello" and transport.held == b""
+
+
+def test_write_now_queues_behind_what_the_transport_holds(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, theirs = pair
+    transport = Transport(b"earlier")
+    assert impl.write_now(ours.fileno(), transport, b"later") == len(b"earlierlater")
+    assert read_all(theirs) == b"" and transport.held == b"earlierlater"
+
+
+def test_write_now_without_a_descriptor_uses_the_transport(impl: ModuleType) -> None:
+    transport = Transport()
+    assert impl.write_now(-1, transport, b"x") == 1
+    assert transport.held == b"x"
+
+
+def test_what_the_kernel_does_not_take_goes_to_the_transport(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, _theirs = pair
+    fill(ours)
+    transport = Transport()
+    assert impl.write_now(ours.fileno(), transport, b"blocked") == len(b"blocked")  # would block: all to it
+    assert transport.held == b"blocked"
+
+
+def test_a_partial_send_leaves_the_rest_to_the_transport(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, _theirs = pair
+    data = bytes(range(256)) * (HUGE // 256)  # more than the kernel's buffers take at once
+    transport = Transport()
+    left = impl.write_now(ours.fileno(), transport, data)
+    assert 0 < left < len(data)
+    assert transport.held == data[len(data) - left :]  # the rest, in order
+
+
+def test_a_failed_send_leaves_everything_to_the_transport(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, theirs = pair
+    theirs.close()  # the peer is gone: once its reset is back, send fails (EPIPE, ECONNRESET)
+    transport = Transport()
+    for _ in range(200):
+        if impl.write_now(ours.fileno(), transport, b"lost"):
+            break
+        time.sleep(0.005)
+    assert transport.held == b"lost"  # all of it: the transport finds the error and reports it
+
+
+def test_broadcast_takes_each_recipient_its_way(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, theirs = pair
+    direct = Socket(ours.fileno())
+    no_fd = Socket()
+    closing = Socket(ours.fileno(), phase=websocket.PHASE_CLOSING)
+    stopped = Socket(conn=Conn(can_send=False))
+    gone = Socket()
+    gone._conn = None  # type: ignore[assignment]  # a socket whose connection has ended
+    deflated = Socket(conn=Conn(deflated=True))
+    reading = Socket(ours.fileno())
+    reading._batch = []  # inside its own data_received
+    skipped = Socket(ours.fileno())
+    everyone = [direct, no_fd, closing, stopped, gone, deflated, reading, skipped]
+    assert impl.broadcast(everyone, b"frame", "text", skipped) == (4, 2)
+    assert read_all(theirs) == b"frame"  # only the direct one, once
+    assert no_fd._transport.held == b"frame"
+    assert deflated.written == [b"deflated:text"]
+    assert reading._batch == [b"frame"]
+    assert closing._transport.held == stopped._transport.held == gone._transport.held == b""
+    assert skipped._transport.held == b""
+
+
+def test_broadcast_closes_the_recipients_over_their_limit(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+    ours, _theirs = pair
+    partial = Socket(ours.fileno())  # the kernel takes part of it, the rest tips it over
+    partial._paused_at = 1.0
+    frame = b"z" * HUGE
+    assert impl.broadcast([partial], frame, "text", None) == (1, 0)
+    assert partial.over == 1 and 0 < len(partial._transport.held) < len(frame)
+    queued = Socket()  # no descriptor: the transport takes it
+    queued._paused_at = 1.0
+    queued._transport = Transport(b"x" * LIMIT)
+    blocked = Socket(ours.fileno())  # its kernel buffer is full: the transport takes it
+    blocked._paused_at = 1.0
+    blocked._transport = Transport(b"y" * LIMIT)
+    assert impl.broadcast([queued, blocked], b"frame", "text", None) == (2, 0)
+    assert (queued.over, blocked.over) == (1, 1)
+    quiet = Socket()
+    quiet._paused_at = 1.0  # paused, yet under the limit: left alone
+    assert impl.broadcast([quiet], b"frame", "text", None) == (1, 0)
+    assert quiet.over == 0
+
+
+def test_the_compiled_module_refuses_none() -> None:
+    load_compiled_core()
+    compiled = importlib.import_module("sohbet.ws._send")
+    with pytest.raises(TypeError):
+        compiled.write_now(-1, Transport(), None)
+    with pytest.raises(TypeError):
+        compiled.broadcast([], None, "text", None)
