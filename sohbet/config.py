@@ -233,7 +233,7 @@ class ChatConfig:
     max_requests_in_flight: int = 8
     #: Connections accepted whose admission is still under way (it reads storage: the user's
     #: conversations, and in a cluster the broker's count) before an upgrade is refused with
-    #: 503 and `Retry-After`: a reconnect storm waits at the door, not in memory; 0: no limit.
+    #: 503 and `Retry-After`: a reconnect storm's first reads wait at the door; 0: no limit.
     max_admitting: int = 1000
     #: Member entries the membership cache holds over all conversations (about 100 bytes each)
     #: before the least recently used conversations are dropped; 0: unbounded.

@@ -113,21 +113,24 @@ class ChatGateway(Handler):
 
     def accept(self, request: Request, upgrade: Upgrade) -> object:  # see Handler
         chat = self.chat
+        token = token_of(request, upgrade.offered_subprotocols)
+        try:
+            identity = chat.verify(token)
+        except AuthError as exc:
+            raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, str(exc)) from None
         if chat.is_admitting_full:
             # A reconnect storm: as many connections as allowed are reading storage to be
-            # admitted. Shed this one at the door, before its signature check (the dearest step
-            # left), with a Retry-After, rather than queue unbounded reads behind the others.
+            # admitted. Shed this one with a Retry-After rather than queue unbounded reads behind
+            # the others. After the token, as the protocol orders the checks (401 before 503): a
+            # client with a bad token must learn that, not retry; a signature check costs
+            # microseconds, the storage reads it spares are the storm's cost.
             limit = chat.ctx.config.max_admitting
             raise InvalidHandshake(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"{limit} connections are being admitted, the most at once; retry later",
                 retry_busy(),
             )
-        token = token_of(request, upgrade.offered_subprotocols)
-        try:
-            return chat.verify(token)
-        except AuthError as exc:
-            raise InvalidHandshake(HTTPStatus.UNAUTHORIZED, str(exc)) from None
+        return identity
 
     def on_open(self, ws: WebSocket) -> None:  # see Handler
         identity = ws.data

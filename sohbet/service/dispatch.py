@@ -13,6 +13,7 @@ connection limit per user, token expiry and `auth:refresh`, and the once-per-hal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Final
 
@@ -191,32 +192,33 @@ class ChatService:
         self._sessions[ConnId(socket.id)] = session
         if self.cluster.active:
             session.early = []  # hello waits until the cluster admits the connection
-            self.admitting += 1
-            ctx.start(self._admit(session))
+            self._count_admission(ctx.start(self._admit(session)))
         else:
             self._welcome(session)
             if ctx.hub.conversations(session.user) is None:  # `_welcome` started their load
-                self.admitting += 1
-                ctx.start(self._loaded(session.user))
+                self._count_admission(ctx.start(self._loaded(session.user)))
         return session
 
+    def _count_admission(self, task: asyncio.Future[None]) -> None:
+        """Count a connection as being admitted until *task* ends, however it ends: counted at
+        once (two upgrades in one loop turn must both see it), uncounted by the task's done
+        callback, which runs even for a task cancelled before its first step."""
+        self.admitting += 1
+        task.add_done_callback(self._admission_ended)
+
+    def _admission_ended(self, task: asyncio.Future[None]) -> None:
+        self.admitting -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("an admission failed", exc_info=task.exception())
+
     async def _loaded(self, user: UserId) -> None:
-        """Count a connection as being admitted until its user's conversations are loaded (the
-        load `Presence.connected` started, shared: nothing more is read)."""
-        try:
+        """Wait until the user's conversations are loaded (the load `Presence.connected`
+        started, shared: nothing more is read): what counts a connection as being admitted."""
+        # A load that failed was logged by its owner; the user's requests retry it.
+        with contextlib.suppress(StoreError):
             await self.ctx.conversations_of(user)
-        except StoreError:
-            pass  # the load that failed was logged by its owner; the user's requests retry it
-        finally:
-            self.admitting -= 1
 
     async def _admit(self, session: Session) -> None:
-        try:
-            await self._admitted(session)
-        finally:
-            self.admitting -= 1
-
-    async def _admitted(self, session: Session) -> None:
         limit = self.ctx.config.max_connections_per_user
         try:
             async with self.cluster.admitting(session) as admitted:

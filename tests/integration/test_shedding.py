@@ -16,6 +16,7 @@ import pytest
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.client import ChatClient, HandshakeRefused
+from sohbet.errors import StoreUnavailable
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits
 from sohbet.ws.http_phase import BUSY_RETRY_S, BUSY_RETRY_SPREAD_S
@@ -44,6 +45,7 @@ class GatedAdmissions:
         self._store = store
         self.gate = asyncio.Event()
         self.waiting = 0
+        self.fail = False  # the reads let through the gate fail, as a storage outage would
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -54,6 +56,8 @@ class GatedAdmissions:
             await self.gate.wait()
         finally:
             self.waiting -= 1
+        if self.fail:
+            raise StoreUnavailable("the test's storage is down")
         return await self._store.conversation_ids(user)
 
 
@@ -78,10 +82,11 @@ def test_the_upgrade_past_max_admitting_is_shed_with_503_and_retry_after(run: Ru
             error = orjson.loads(body)["error"]
             assert error["code"] == "unavailable"
             assert "3 connections are being admitted" in error["message"]
-            # Shed before the token is checked: a bad one is told to come back later too.
-            status, _, _ = await http(h.server.port, upgrade("u4").replace(b"Bearer ", b"Bearer x"))
-            assert status == 503
-            assert h.server.stats.handshakes.get("503") == 2
+            # Shed after the token is checked, as the protocol orders them: a bad one is told 401,
+            # not to come back later.
+            status, headers, _ = await http(h.server.port, upgrade("u4").replace(b"Bearer ", b"Bearer x"))
+            assert status == 401 and "retry-after" not in headers
+            assert h.server.stats.handshakes.get("503") == 1
             # The earlier ones are admitted, and are served once their reads finish.
             store.gate.set()
             await until(lambda: h.chat.admitting == 0)
@@ -175,5 +180,33 @@ def test_the_client_does_not_retry_a_refusal_for_good(run: Run, database_url: st
             with pytest.raises(HandshakeRefused) as refused:
                 await ChatClient.connect(h.url, "not-a-jwt", retry=True, timeout=20.0)
             assert (refused.value.status, refused.value.retry_after_s, refused.value.is_retryable) == (401, None, False)
+
+    run(main())
+
+
+def test_admissions_are_uncounted_when_storage_fails_and_when_the_service_stops(run: Run, database_url: str) -> None:
+    """However an admission ends (its storage read failing, or the service stopping while it is
+    held), it stops counting: a count that only went up would shed every later upgrade."""
+
+    async def main() -> None:
+        store = GatedAdmissions(await open_store(database_url))
+        async with chat_server(database_url, chat=with_chat(max_admitting=2), store=store) as h:  # type: ignore[arg-type]  # a store by delegation
+            failing = [await ChatClient.connect(h.url, token(f"f{i}")) for i in range(2)]
+            await until(lambda: store.waiting == 2)
+            assert h.chat.is_admitting_full
+            store.fail = True  # the held reads fail when let go
+            store.gate.set()
+            await until(lambda: h.chat.admitting == 0)
+            store.fail = False
+            store.gate.clear()
+            held = [await ChatClient.connect(h.url, token(f"s{i}")) for i in range(2)]
+            await until(lambda: store.waiting == 2 and h.chat.admitting == 2)
+            for task in list(h.chat.ctx.tasks):  # as `ChatService.stop` does, before they ran
+                task.cancel()
+            await until(lambda: h.chat.admitting == 0)
+            for client in [*failing, *held]:
+                await client.close()
+            store.gate.set()
+            await store.close()
 
     run(main())
