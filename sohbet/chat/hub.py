@@ -143,9 +143,12 @@ class Hub(Generic[C]):
 
     def extend_graces(self, users: Iterable[UserId], until: float) -> None:
         """Give *users*, whose grace `expired_graces` just ended, one until *until*: their
-        `user:offline` waits for a later tick (the caller had done enough for this one)."""
-        for user in users:
-            self._grace[user] = until
+        `user:offline` waits for a later tick (the caller had done enough for this one). They
+        go back first in line, ahead of everyone whose grace ends later: behind them, a steady
+        stream of departures could keep them online forever."""
+        rest = self._grace
+        self._grace = dict.fromkeys(users, until)
+        self._grace.update(rest)
 
     def forget(self, user: UserId) -> None:
         """Drop what is cached for a user who is offline, and member sets nobody here needs."""

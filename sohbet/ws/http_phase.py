@@ -189,7 +189,9 @@ class HttpPhase:
             if not request.is_upgrade:  # "Upgrade: h2c" and friends are plain HTTP to us
                 self._answer(request)  # a socket over a limit never gets here: see `_head`
             elif server.closing:
-                ws._refuse(InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down"), upgrade=True)
+                # Another instance (or this one, restarted) will take it: say when to come back.
+                refusal = InvalidHandshake(HTTPStatus.SERVICE_UNAVAILABLE, "server is shutting down", retry_busy())
+                ws._refuse(refusal, upgrade=True)
             elif request.path not in server.websocket.paths:
                 refusal = InvalidHandshake(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {shown(request.path)}")
                 ws._refuse(refusal, upgrade=True)

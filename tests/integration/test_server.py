@@ -555,3 +555,25 @@ def test_the_peer_address_is_asked_of_the_socket_while_it_is_open(run: Run) -> N
             client.abort()
 
     run(main())
+
+
+def test_an_upgrade_while_shutting_down_is_told_when_to_come_back(run: Run) -> None:
+    async def main() -> None:
+        async with running(Recorder()) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")  # a kept-alive plain request first
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 404 ")
+            length = int(
+                next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1]
+            )
+            await reader.readexactly(length)
+            server.stop_accepting()  # shutting down: this socket is still open
+            writer.write(upgrade())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ")
+            headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            assert int(headers[b"Retry-After"]) >= 1
+            writer.close()
+
+    run(main())

@@ -5,6 +5,7 @@ presence grace, token expiry, the error window and the per-user connection limit
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -463,5 +464,50 @@ def test_a_mass_departure_is_announced_over_several_ticks(tmp_path: Path, monkey
             gone = await watchers[1].ok("presence:query", {"user_ids": ["l0", "l1", "l2", "l3"]})
             assert gone == {"online": []}
             assert w.service.ctx.hub.conversations(UserId("l3")) is None  # forgotten
+
+    run(main())
+
+
+def test_an_admission_cancelled_before_it_ran_is_uncounted(tmp_path: Path) -> None:
+    """`ChatService.stop` cancels the service's tasks, some before their first step: their
+    connections must stop counting as being admitted all the same."""
+
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            w.connect("alice")  # her conversations are not loaded: she is being admitted
+            assert w.service.admitting == 1
+            for task in list(w.service.ctx.tasks):
+                task.cancel()  # in the same loop turn: none of them has started
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert w.service.admitting == 0
+
+    run(main())
+
+
+def test_offline_announcements_put_off_keep_their_place_in_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users whose `user:offline` waited for a later tick go first at that tick, ahead of those
+    whose grace ended since: a steady stream of departures must not keep them online forever."""
+    monkeypatch.setattr(presence, "OFFLINE_DELIVERIES_PER_TICK", 3)
+
+    async def main() -> None:
+        async with world(tmp_path, presence_grace_s=10.0) as w:
+            watcher, other = w.connect("w0"), w.connect("w1")
+            leavers = [w.connect(f"l{i}") for i in range(4)]
+            late = w.connect("late")
+            await w.conversation(leavers[0], "w0", "w1", "l1", "l2", "l3", "late")
+            start = w.clock.now()
+            for leaver in leavers:
+                leaver.disconnect()
+            w.clock.advance(1.0)
+            late.disconnect()
+            w.service.tick(w.clock.wall(), start + 10.0)  # l0, l1 told; l2, l3 put off
+            w.service.tick(w.clock.wall(), start + 11.0)  # late's grace has ended too
+            w.service.tick(w.clock.wall(), start + 11.5)
+            told = [m["payload"]["user_id"] for m in watcher.socket.of_type("user:offline")]
+            assert told == ["l0", "l1", "l2", "l3", "late"]
+            assert [m["payload"]["user_id"] for m in other.socket.of_type("user:offline")] == told
 
     run(main())
