@@ -11,11 +11,15 @@ imports the ws layer and the chat wire names, nothing of the service.
 
 An upgrade refused with 503 or 429 (the server is busy, or this address is over its rate) raises
 `HandshakeRefused` with the `Retry-After` seconds; `reconnect` (and `connect(..., retry=True)`)
-waits that long, plus jitter, and tries again until its timeout.
+waits that long (at least 0.1 s), plus jitter, and tries again until its timeout. A connection
+refused at TCP or lost before `hello` (a server restarting, or past its connection limit) is
+tried again there too, after a backoff that doubles from 0.1 s to 2 s, plus jitter.
 
-Replies are matched to requests by `ref`. Every `chat:message` seen (live or replayed) moves the
-per-conversation cursor, and duplicates by `(conversation_id, seq)` are dropped, so a reconnect
-delivers exactly what was missed.
+Replies are matched to requests by `ref`; only replies carry one, so a reply that comes after its
+request gave up is dropped, not delivered as an event (a late `chat:ack` still moves the cursor).
+Every `chat:message` seen (live or replayed) is noted, the per-conversation cursor is the last seq
+seen with none missing before it, and duplicates by `(conversation_id, seq)` are dropped, so a
+reconnect delivers exactly what was missed.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ __all__ = ["RETRYABLE_STATUSES", "ChatClient", "ChatError", "ConnectionClosed", 
 RETRYABLE_STATUSES: Final = frozenset({HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS})
 #: Seconds to wait after a retryable refusal that named none.
 DEFAULT_RETRY_S: Final = 1.0
+#: The shortest wait before another attempt, whatever the server said: `Retry-After: 0` (or
+#: `retry_after_ms: 0`) must not turn a client into a busy loop against a busy server.
+MIN_RETRY_S: Final = 0.1
+#: After a connection refused at TCP or lost during the handshake (no `Retry-After` to go by),
+#: the first wait; each further failure in a row doubles it, up to `MAX_BACKOFF_S`.
+BACKOFF_S: Final = 0.1
+MAX_BACKOFF_S: Final = 2.0
 #: `sync` errors that say "later": `reconnect` syncs again after them.
 _SYNC_AGAIN: Final = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.RATE_LIMITED})
 #: A retry waits `Retry-After` times 1 to 1 + this, at random: the server's whole seconds spread
@@ -91,11 +102,25 @@ class HandshakeRefused(ConnectionClosed):
 
 def _refusal(status_line: str, headers: dict[str, str], body: str) -> HandshakeRefused:
     parts = status_line.split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 0
     retry = headers.get("retry-after", "")
     # Only the delta-seconds form: sohbet sends no other, and a date would need a clock we trust.
-    retry_after_s = float(retry) if retry.isdigit() else None
+    retry_after_s = float(retry) if retry.isascii() and retry.isdigit() else None
     return HandshakeRefused(status_line, status, body, retry_after_s)
+
+
+class _LostDuringHandshake(ConnectionClosed):
+    """The connection ended before `hello` without a close frame or an HTTP answer: the server
+    went away (restarting) or dropped the socket (past its connection limit). Worth another try,
+    unlike a refusal for good or an answer that does not match our key."""
+
+
+def _retry_wait(seconds: float | None, default: float = DEFAULT_RETRY_S) -> float:
+    """How long to wait before trying again when the server asked for *seconds* (None: it named
+    none): at least `MIN_RETRY_S`, times 1 to 1 + `RETRY_JITTER` at random."""
+    wait_s = default if seconds is None else seconds
+    return max(wait_s, MIN_RETRY_S) * (1.0 + random.random() * RETRY_JITTER)
 
 
 class _ClientSocket(asyncio.Protocol):
@@ -159,7 +184,9 @@ class _ClientSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:  # asyncio's contract
         if not self.upgraded.done():
-            self.upgraded.set_exception(ConnectionClosed(CloseCode.ABNORMAL, "connection lost during the handshake"))
+            self.upgraded.set_exception(
+                _LostDuringHandshake(CloseCode.ABNORMAL, "connection lost during the handshake")
+            )
         self.inbox.put_nowait(ConnectionClosed(self.close_code, self.close_reason))
 
 
@@ -182,6 +209,9 @@ class ChatClient:
         #: the seconds spent waiting: how much a busy server turned this client away.
         self.refusals = 0
         self.waited_s = 0.0
+        #: Attempts that were refused at TCP or lost during the handshake and tried again (their
+        #: backoffs count in `waited_s` too).
+        self.connect_failures = 0
         #: When the latest `hello` arrived (`time.monotonic()`: comparable across processes).
         self.hello_at = 0.0
 
@@ -192,21 +222,29 @@ class ChatClient:
         Args:
             timeout: seconds for the whole of it, waits between attempts included.
             retry: after a refusal that says "later" (503, 429), wait its `Retry-After` (plus
-                jitter) and try again, while *timeout* lasts.
+                jitter) and try again, while *timeout* lasts; after a connection refused at TCP
+                or lost before `hello`, back off (plus jitter) and try again likewise.
 
         Raises:
             HandshakeRefused: the handshake was refused (the message has the HTTP status); with
                 *retry*, only a refusal for good, or a wait that would outlast *timeout*.
-            ConnectionClosed: the connection ended before `hello`.
+            ConnectionClosed: the connection ended before `hello` (with *retry*: with a close
+                frame, or for longer than *timeout*).
+            ConnectionRefusedError: nothing listens there (with *retry*: for longer than *timeout*).
+            TimeoutError: *timeout* passed during an attempt.
         """
         client = cls(url, token)
         await (client._open_patiently(timeout) if retry else client._open(timeout))
         return client
 
     async def _open_patiently(self, timeout: float) -> None:
-        """`_open`, again after each refusal that says "later", within *timeout* in all."""
+        """`_open`, again after each refusal that says "later" (waiting its `Retry-After`) and
+        each connection refused or lost during the handshake (waiting a backoff), within
+        *timeout* in all. A wait that would outlast *timeout* is not begun: the last error is
+        raised instead."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        failures_in_a_row = 0
         while True:
             try:
                 await self._open(max(deadline - loop.time(), 0.0))
@@ -214,13 +252,21 @@ class ChatClient:
             except HandshakeRefused as refused:
                 if not refused.is_retryable:
                     raise
-                wait_s = refused.retry_after_s if refused.retry_after_s is not None else DEFAULT_RETRY_S
-                wait_s *= 1.0 + random.random() * RETRY_JITTER
+                wait_s = _retry_wait(refused.retry_after_s)
                 if loop.time() + wait_s >= deadline:
                     raise  # the server asks for longer than we have
                 self.refusals += 1
-                self.waited_s += wait_s
-                await asyncio.sleep(wait_s)
+            except (ConnectionError, _LostDuringHandshake):
+                # Nothing listening (a server restarting), or the socket dropped unanswered (one
+                # past its connection limit): back off, doubling, so that a crowd does not return
+                # in lockstep.
+                wait_s = _retry_wait(min(BACKOFF_S * 2**failures_in_a_row, MAX_BACKOFF_S))
+                if loop.time() + wait_s >= deadline:
+                    raise
+                failures_in_a_row += 1
+                self.connect_failures += 1
+            self.waited_s += wait_s
+            await asyncio.sleep(wait_s)
 
     async def _open(self, timeout: float) -> None:
         parts = urlsplit(self.url)
@@ -236,18 +282,33 @@ class ChatClient:
             f"Authorization: Bearer {self.token}\r\n\r\n"
         ).encode()
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            _, sock = await loop.create_connection(lambda: _ClientSocket(request, key), host, port)
-            await sock.upgraded
-            self._sock = sock
-            self._reader = asyncio.ensure_future(self._read(sock))
-            hello = await self._events.get()
-        if isinstance(hello, ConnectionClosed):
-            raise hello
+        # Each attempt has its own event queue, which its reader alone fills: the end of a
+        # failed attempt must not be taken for the `hello` of the next.
+        events: asyncio.Queue[dict[str, Any] | ConnectionClosed] = asyncio.Queue()
+        sock: _ClientSocket | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                _, sock = await loop.create_connection(lambda: _ClientSocket(request, key), host, port)
+                await sock.upgraded
+                self._sock, self._events = sock, events
+                self._reader = asyncio.ensure_future(self._read(sock, events))
+                hello = await events.get()
+            if isinstance(hello, ConnectionClosed):
+                if hello.code == CloseCode.ABNORMAL:  # no close frame: dropped, not refused
+                    raise _LostDuringHandshake(hello.code, hello.reason or "connection lost before hello")
+                raise hello
+        except BaseException:
+            # Timed out, cancelled or failed: let go of this attempt's socket now, not when it is
+            # collected (a retrying client would hold one per attempt). Its reader, if any, ends
+            # as after any drop (ConnectionClosed(1006) into this attempt's queue), so a later
+            # `close` or `next_event` sees an ended connection, not a cancelled task.
+            if sock is not None:
+                sock.transport.abort()
+            raise
         self.hello = hello["payload"]
         self.hello_at = time.monotonic()
 
-    async def _read(self, sock: _ClientSocket) -> None:
+    async def _read(self, sock: _ClientSocket, events: asyncio.Queue[dict[str, Any] | ConnectionClosed]) -> None:
         while True:
             item = await sock.inbox.get()
             if isinstance(item, ConnectionClosed):
@@ -255,19 +316,21 @@ class ChatClient:
                     if not waiter.done():
                         waiter.set_exception(item)
                 self._waiting.clear()
-                self._events.put_nowait(item)
+                events.put_nowait(item)
                 return
             ref = item.get("ref")
-            if ref is not None and ref in self._waiting:
-                waiter = self._waiting.pop(ref)
-                if not waiter.done():  # cancelled when its request timed out: the reply is late
-                    waiter.set_result(item)
+            if ref is not None:
+                # Only replies carry `ref`. One whose request is no longer waiting (it timed out)
+                # is late: dropped, not an event. An ack still names our own message's seq.
+                pending = self._waiting.pop(str(ref), None)
+                if pending is not None and not pending.done():
+                    pending.set_result(item)
                 if item["type"] == EventType.ACK:
                     self._note(item["payload"]["message"])
                 continue
             if item["type"] == EventType.MESSAGE and not self._note(item["payload"]["message"]):
                 continue  # already seen (a replay overlapping live delivery)
-            self._events.put_nowait(item)
+            events.put_nowait(item)
 
     def _note(self, message: dict[str, Any]) -> bool:
         key = (message["conversation_id"], message["seq"])
@@ -358,29 +421,42 @@ class ChatClient:
                 `reconnect` passes the ones it had when the connection ended: a live message
                 that arrives before the `sync` must not move the start past what was missed.
         """
-        start = dict(self.cursors if cursors is None else cursors)
+        return await self._sync_from(dict(self.cursors if cursors is None else cursors))
+
+    async def _sync_from(self, start: dict[int, int]) -> dict[str, Any]:
+        """`sync` from *start*, which each page's `sync:done` advances in place: a caller that
+        tries again after an error resumes where the delivered pages left off."""
         while True:
+            before = dict(start)
             done = await self.request(RequestType.SYNC, {"cursors": {str(c): s for c, s in start.items()}})
             for cid, seq in done["conversations"].items():
                 start[int(cid)] = seq  # where the next call resumes: what this one delivered
                 self.cursors[int(cid)] = max(self.cursors.get(int(cid), 0), seq)
             if done["complete"]:
                 return done
+            if start == before:  # "more to come" yet nothing came: asking again would loop forever
+                raise ChatError(ErrorCode.INTERNAL, "sync said it was incomplete but delivered nothing")
 
     async def reconnect(self, *, timeout: float = 10.0) -> dict[str, Any]:
         """Open a new connection and `sync` everything missed since the last seen seqs.
 
         A refusal that says "later" (503 or 429 with `Retry-After`: the server is busy, as
         after a restart when every client comes back at once) is waited out, plus jitter, and
-        the upgrade tried again while *timeout* lasts; so is a `sync` answered `unavailable` or
-        `rate_limited` (each call has its own 10 s for its answer besides).
+        the upgrade tried again while *timeout* lasts, as after a connection refused at TCP or
+        lost before `hello` (with a backoff); so is a `sync` answered `unavailable` or
+        `rate_limited`, from where the pages delivered so far left off (each call has its own
+        10 s for its answer besides).
 
         Raises:
             HandshakeRefused: refused for good, or for longer than *timeout*.
-            ConnectionClosed: the connection ended before `hello`, or during the sync.
-            ChatError: the sync was refused for good, or for longer than *timeout*.
+            ConnectionClosed: the connection ended before `hello` (with a close frame, or lost
+                for longer than *timeout*), or during the sync.
+            ConnectionRefusedError: nothing listened there for longer than *timeout*.
+            TimeoutError: *timeout* passed during an attempt to connect.
+            ChatError: the sync was refused for good, or for longer than *timeout* (its `code`
+                is the last answer's: `unavailable` or `rate_limited`).
         """
-        cursors = dict(self.cursors)
+        start = dict(self.cursors)  # advanced by each complete=false page, kept across retries
         await self.close()
         self._events = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -388,13 +464,13 @@ class ChatClient:
         await self._open_patiently(timeout)
         while True:
             try:
-                return await self.sync(cursors)
+                return await self._sync_from(start)
             except ChatError as exc:
                 # The server is busy catching everyone up (storage slow: `unavailable`), or
                 # this user synced too often: wait as told, or a second, and sync again.
                 if exc.code not in _SYNC_AGAIN:
                     raise
-                wait_s = (exc.retry_after_ms or 1000) / 1000 * (1.0 + random.random() * RETRY_JITTER)
+                wait_s = _retry_wait(None if exc.retry_after_ms is None else exc.retry_after_ms / 1000)
                 if loop.time() + wait_s >= deadline:
                     raise
                 await asyncio.sleep(wait_s)
