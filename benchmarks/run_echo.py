@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat each echo scenario, interleaving servers")
     parser.add_argument("--baseline", metavar="DIR", type=Path, help="the checkout the server 'baseline' runs from")
     parser.add_argument("--only-echo", action="store_true", help="skip the handshake and idle scenarios")
+    parser.add_argument("--sizes", help="echo these message sizes (bytes, comma-separated; 100 conns x 1) instead")
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write every result to FILE")
     args = parser.parse_args()
     if args.baseline is not None:
         SERVERS["baseline"] = baseline(args.baseline)
@@ -76,6 +78,10 @@ def main() -> None:
     echo_cases = [("64 B, 100 conns x 1", ["--size", "64", "--connections", "100", "--inflight", "1"]),
                   ("64 B, 16 conns x 8", ["--size", "64", "--connections", "16", "--inflight", "8"]),
                   ("4 KiB, 100 conns x 1", ["--size", "4096", "--connections", "100", "--inflight", "1"])]  # fmt: skip
+    if args.sizes:
+        echo_cases = [(f"{n} B, 100 conns x 1", ["--size", n, "--connections", "100", "--inflight", "1"])
+                      for n in args.sizes.split(",")]  # fmt: skip
+    results: list[dict[str, Any]] = []
     print(f"# {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()} · "
           f"{os.cpu_count()} CPUs · Python {platform.python_version()}\n")  # fmt: skip
     print("| scenario | server | msgs/s | p50 µs | p99 µs | server CPU s / 1M msgs | server CPU share |")
@@ -84,6 +90,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in servers:
                 r = scenario(name, "echo", ["--duration", duration, *extra])
+                results.append({"scenario": label, "server": name, "mode": "echo", **r})
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=1))
                 print(f"| {label} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
                       f"{r['server_cpu_s_per_million']:.2f} | {r['server_cpu_share']:.0%} |", flush=True)  # fmt: skip
     if args.only_echo:
@@ -91,10 +100,14 @@ def main() -> None:
     print("\n| server | handshakes/s | server CPU µs / handshake |\n|---|---|---|")
     for name in servers:
         r = scenario(name, "handshake", ["--duration", duration, "--concurrency", "8"])
+        results.append({"server": name, "mode": "handshake", **r})
         print(f"| {name} | {r['handshakes_per_s']:,.0f} | {r['server_cpu_us_per_handshake']:.0f} |", flush=True)
     print("\n| server | idle connections | RSS before → after | KiB per idle connection |\n|---|---|---|---|")
     for name in servers:
         r = scenario(name, "idle", ["--connections", "10000", "--duration", "3"])
+        results.append({"server": name, "mode": "idle", **r})
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
         before, after = r["rss_before_kib"] / 1024, r["rss_after_kib"] / 1024
         print(f"| {name} | {r['connections']:,} | {before:.1f} → {after:.1f} MiB | {r['kib_per_connection']:.2f} |")
 

@@ -6,7 +6,7 @@ the HTTP API with the API key); their connections spread over client processes (
 uvloop loop of raw WebSocket clients framed with `sohbet.ws._frames`, driven by commands over a
 pipe). Then cycles of churn, load and idle:
 
-- churn (every cycle after the first): some users disconnect, others connect (new ones and ones
+- churn (every cycle): some users disconnect, others connect (new ones and ones
   who left earlier) and `sync`;
 - load: steady rates of `chat:send`, `chat:typing`, `chat:read`, `chat:history` and
   `presence:query` (per user, and for the requests that fan out, at most so many per group, so
@@ -94,7 +94,7 @@ class SoakConfig:
     cycles: int = 8
     load_s: float = 45.0
     idle_s: float = 25.0
-    churn: float = 0.1  # the share of connected users replaced at the start of each later cycle
+    churn: float = 0.1  # the share of connected users replaced at the start of each cycle
     reserve: float = 0.2  # users beyond `users` in the groups, to churn with (new ones)
     procs: int = 0  # client processes; 0: one per 4,000 users, at least 2
     database: str = "postgres"  # or "sqlite"
@@ -883,7 +883,7 @@ def _cycles(soak: Soak, rng: random.Random, deadline: float) -> dict[str, Any]:
             soak.log("the run's time is up: no more cycles")
             break
         record: dict[str, Any] = {"cycle": cycle}
-        if cycle > 1:
+        if cfg.churn:  # every cycle, the first too: its RSS, the reference, has seen every kind of work
             soak.phase(f"churn {cycle}")
             k = round(cfg.users * cfg.churn)
             leaving = rng.sample(sorted(soak.connected), k)
