@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,8 @@ from sohbet.auth import issue_token
 from sohbet.config import AuthConfig
 from sohbet.ws import _frames
 
+from .prockit import cpu_s, free_port, rss_kib
+
 __all__ = ["BOUNDED_TABLES", "SoakConfig", "run_soak"]
 
 SECRET: Final = "soak-secret-of-at-least-32-bytes-long!!"
@@ -70,7 +71,6 @@ PG_ADMIN: Final = os.environ.get(
     "SOHBET_BENCH_POSTGRES_URL",
     os.environ.get("SOHBET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
 )
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 TOKEN_TTL_S: Final = 4 * 3600.0  # longer than any run: a 4001 would be a failure of the run
 NORMAL_CLOSE: Final = 1000
 OP_TEXT: Final = 1
@@ -154,27 +154,6 @@ def plan_groups(pool: int, rng: random.Random) -> list[list[str]]:
 
 
 # --- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def _pg(statement: str) -> None:

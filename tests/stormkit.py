@@ -4,7 +4,7 @@ that nothing was lost. Shared by `benchmarks/storm.py` (10,000 users, by hand) a
 `tests/integration/test_storm.py` (a few hundred, in CI).
 
 The coordinator (`run_storm`) owns the server and the database; the clients live in several
-worker processes (`python -m tests.stormkit worker`: one process may hold only so many sockets,
+worker processes (started by `_WORKER_BOOT`: one process may hold only so many sockets,
 and one event loop only so much work), each holding whole groups, so each checks its own groups.
 They talk in JSON lines: the coordinator writes a command to a worker's stdin, the worker answers
 with one line on stdout.
@@ -42,11 +42,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sohbet.auth import issue_token
 from sohbet.client import ChatClient, ChatError, ConnectionClosed
 from sohbet.config import AuthConfig
+
+from .prockit import cpu_s, free_port, peak_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "storm-secret-of-at-least-32-bytes-long!"
@@ -57,7 +59,6 @@ MAX_USERS = 15_000
 #: Seconds to connect and set up, to settle after the load, and to stop a worker.
 SETUP_S = 300.0
 SETTLE_S = 30.0
-CLOCK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -135,12 +136,6 @@ class StormReport:
 # -- the server -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,21 +147,6 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
         except OSError:
             time.sleep(0.01)
     raise RuntimeError(f"nothing listens on {port}")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TCK
-
-
-def peak_rss_kib(pid: int) -> int:
-    """The process's peak resident set so far (VmHWM): the kernel keeps it, so no sample misses it."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 class StormServer:
@@ -285,10 +265,14 @@ class Worker:
                 "timeout_s": cfg.timeout_s, "seed": cfg.seed * 1000 + index}  # fmt: skip
         spec_file = workdir / f"worker-{index}.json"
         spec_file.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "tests.stormkit", "worker", str(spec_file)]  # from ROOT, the cwd
+        # -P and ROOT appended, not `-m` from ROOT: the checkout's sohbet/ must not shadow the
+        # installed package (a plain `pip install .`, as CI makes, leaves the source tree with no
+        # compiled core), while `tests` is found only in the checkout.
+        command = [sys.executable, "-P", "-c", _WORKER_BOOT, str(ROOT), str(spec_file)]
         if cfg.pin:
             command = ["taskset", "-c", "1", *command]
-        self.stderr = (workdir / f"worker-{index}.log").open("wb")
+        self.log = workdir / f"worker-{index}.log"
+        self.stderr = self.log.open("wb")
         self.proc = subprocess.Popen(
             command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr
         )
@@ -302,7 +286,10 @@ class Worker:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker {self.proc.pid} exited with {self.proc.wait()}")
+            status = self.proc.wait()
+            self.stderr.flush()
+            said = self.log.read_text(errors="replace").strip().splitlines()[-5:]  # why, in its own words
+            raise RuntimeError(f"worker {self.proc.pid} exited with {status}: " + " | ".join(said))
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
             raise RuntimeError(f"worker {self.proc.pid}: {answer['error']}")
@@ -604,7 +591,8 @@ async def worker_main(spec_file: str) -> None:
             answer({"error": f"{command}: {type(exc).__name__}: {exc}"})
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
-    import uvloop
-
-    uvloop.run(worker_main(sys.argv[2]))
+#: How a worker process starts (see `Worker`): argv is the checkout's root, then the spec file.
+_WORKER_BOOT: Final = (
+    "import sys; sys.path.append(sys.argv[1]); import uvloop; from tests.stormkit import worker_main; "
+    "uvloop.run(worker_main(sys.argv[2]))"
+)
