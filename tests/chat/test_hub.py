@@ -214,3 +214,11 @@ def test_reloading_a_users_conversations_corrects_every_cache() -> None:
     assert hub.here(Y) == {A} and hub.here(X) == set()
     assert hub.take_here_changes() == {X, Y}
     assert hub.reload_conversations(B, [X]) == {X}  # nothing cached: cached now
+
+
+def test_attaching_a_connection_twice_keeps_it_once() -> None:
+    hub: Hub[str] = Hub()
+    assert hub.attach(A, "a1") is True
+    assert hub.attach(A, "a1") is False
+    assert hub.connections(A) == ("a1",) and hub.connection_count == 1
+    assert hub.detach(A, "a1", grace_until=10.0) is True  # its only connection: it is gone

@@ -215,3 +215,14 @@ def test_the_compiled_module_refuses_none() -> None:
         compiled.write_now(-1, Transport(), None)
     with pytest.raises(TypeError):
         compiled.broadcast([], None, "text", None)
+
+
+def test_a_partial_send_under_the_limit_is_left_to_the_transport(
+    impl: ModuleType, pair: tuple[socket.socket, ...]
+) -> None:
+    ours, _theirs = pair
+    reader = Socket(ours.fileno())  # reading as fast as it can: not paused, so not over any limit
+    frame = b"q" * HUGE
+    assert impl.broadcast([reader], frame, "text", None) == (1, 0)
+    assert reader.over == 0 and 0 < len(reader._transport.held) < len(frame)
+    assert frame.endswith(bytes(reader._transport.held))  # the rest, in order
