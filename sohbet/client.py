@@ -413,15 +413,9 @@ class ChatClient:
             except ConnectionClosed:
                 return
 
-    async def sync(self, cursors: dict[int, int] | None = None) -> dict[str, Any]:
-        """Catch up from the cursors, calling `sync` again while the server says incomplete.
-
-        Args:
-            cursors: where to start, per conversation (default: the highest seq seen in each).
-                `reconnect` passes the ones it had when the connection ended: a live message
-                that arrives before the `sync` must not move the start past what was missed.
-        """
-        return await self._sync_from(dict(self.cursors if cursors is None else cursors))
+    async def sync(self) -> dict[str, Any]:
+        """Catch up from the cursors, calling `sync` again while the server says incomplete."""
+        return await self._sync_from(dict(self.cursors))
 
     async def _sync_from(self, start: dict[int, int]) -> dict[str, Any]:
         """`sync` from *start*, which each page's `sync:done` advances in place: a caller that

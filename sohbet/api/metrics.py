@@ -58,7 +58,7 @@ def entry_counts(server: Server, chat: ChatService) -> dict[str, int]:
     counts["writer_uncertain"] = chat.writer.uncertain_count
     counts["sockets"] = server.socket_count
     counts["websockets"] = len(server.connections)
-    counts["addresses_open"] = sum(1 for _ in server.addresses.addresses)
+    counts["addresses_open"] = len(server.addresses.addresses)
     counts["address_buckets"] = server.addresses.bucket_count
     return counts
 

@@ -13,7 +13,6 @@ connection limit per user, token expiry and `auth:refresh`, and the once-per-hal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Final
 
@@ -194,29 +193,21 @@ class ChatService:
             session.early = []  # hello waits until the cluster admits the connection
             self._count_admission(ctx.start(self._admit(session)))
         else:
-            self._welcome(session)
-            if ctx.hub.conversations(session.user) is None:  # `_welcome` started their load
-                self._count_admission(ctx.start(self._loaded(session.user)))
+            loading = self._welcome(session)
+            if loading is not None and ctx.hub.conversations(session.user) is None:  # it reads storage
+                self._count_admission(loading)
         return session
 
     def _count_admission(self, task: asyncio.Future[None]) -> None:
-        """Count a connection as being admitted until *task* ends, however it ends: counted at
-        once (two upgrades in one loop turn must both see it), uncounted by the task's done
-        callback, which runs even for a task cancelled before its first step."""
+        """Count a connection as being admitted until *task* (its admission, or on one instance
+        its user's conversation load) ends, however it ends: counted at once (two upgrades in
+        one loop turn must both see it), uncounted by the task's done callback, which runs even
+        for a task cancelled before its first step. The task's owner logs its failures."""
         self.admitting += 1
         task.add_done_callback(self._admission_ended)
 
     def _admission_ended(self, task: asyncio.Future[None]) -> None:
         self.admitting -= 1
-        if not task.cancelled() and task.exception() is not None:
-            log.error("an admission failed", exc_info=task.exception())
-
-    async def _loaded(self, user: UserId) -> None:
-        """Wait until the user's conversations are loaded (the load `Presence.connected`
-        started, shared: nothing more is read): what counts a connection as being admitted."""
-        # A load that failed was logged by its owner; the user's requests retry it.
-        with contextlib.suppress(StoreError):
-            await self.ctx.conversations_of(user)
 
     async def _admit(self, session: Session) -> None:
         limit = self.ctx.config.max_connections_per_user
@@ -251,8 +242,12 @@ class ChatService:
             socket.close(code, reason)
         return len(sockets)
 
-    def _welcome(self, session: Session) -> None:
-        """Attach the connection, say hello, announce the user if they came online."""
+    def _welcome(self, session: Session) -> asyncio.Future[None] | None:
+        """Attach the connection, say hello, announce the user if they came online.
+
+        Returns:
+            The task loading the user's conversations and announcing them, if one was started.
+        """
         ctx = self.ctx
         cfg = ctx.config
         socket = session.socket
@@ -270,7 +265,7 @@ class ChatService:
             },
         }
         socket.send_text(wire.encode(EventType.HELLO, hello))
-        self.presence.connected(session.user, came_online)
+        return self.presence.connected(session.user, came_online)
 
     def closed(self, session: Session) -> None:
         """The connection is gone: the user stays online for the grace period if it was their last."""

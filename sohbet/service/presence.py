@@ -47,11 +47,17 @@ class Presence:
         """The requests this family answers."""
         return {RequestType.PRESENCE: self.ctx.spawn(self._presence)}
 
-    def connected(self, user: UserId, came_online: bool) -> None:
-        """A connection of *user* opened: load their conversations if needed, announce them if new."""
-        if came_online or self.ctx.hub.conversations(user) is None:
-            task = self.ctx.start(self._came_online(user, announce=came_online))
-            task.add_done_callback(_log_failure)
+    def connected(self, user: UserId, came_online: bool) -> asyncio.Future[None] | None:
+        """A connection of *user* opened: load their conversations if needed, announce them if new.
+
+        Returns:
+            The task that loads and announces, if one was needed (it logs its own failure).
+        """
+        if not came_online and self.ctx.hub.conversations(user) is not None:
+            return None
+        task = self.ctx.start(self._came_online(user, announce=came_online))
+        task.add_done_callback(_log_failure)
+        return task
 
     async def _came_online(self, user: UserId, *, announce: bool) -> None:
         ctx = self.ctx

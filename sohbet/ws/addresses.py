@@ -13,7 +13,7 @@ is the client. A peer nobody trusts cannot pick its own address by sending the h
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import KeysView
 from typing import Final
 
 from sohbet.ws.rates import Rate, RateLimiter
@@ -173,6 +173,6 @@ class AddressBook:
         return len(self._buckets)
 
     @property
-    def addresses(self) -> Iterable[str]:
+    def addresses(self) -> KeysView[str]:
         """What holds connections: IPv4 addresses and IPv6 /64s."""
         return self._open.keys()

@@ -128,7 +128,6 @@ class WebSocket(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:  # asyncio's contract
         self._transport = transport
-        self._fd = _direct_fd(transport)
         server = self._server
         transport.set_write_buffer_limits(high=server.limits.buffer_high_water_bytes)
         limits = server.limits
@@ -484,8 +483,9 @@ class WebSocket(asyncio.Protocol):
             compression_mem_level=compression.mem_level,
         )
         self._http = None
-        if upgrade.deflate:
-            self._fd = -1  # each message gets its own compressed frame: the transport writes it
+        # Each compressed message gets a frame of its own, written by the transport; a plain
+        # one may go straight to the kernel (see `_send`).
+        self._fd = -1 if upgrade.deflate else _direct_fd(self._transport)
         self.data = data
         self.subprotocol = upgrade.subprotocol
         self._phase = PHASE_WS
