@@ -231,7 +231,7 @@ class ChatConfig:
     max_conversations_per_user: int = 10_000
     #: Requests of one connection waiting for storage at once; more get `rate_limited`.
     max_requests_in_flight: int = 8
-    #: Connections accepted whose admission is still under way (it reads storage: the user's
+    #: Users with connections whose admission is still under way (it reads storage: the user's
     #: conversations, and in a cluster the broker's count) before an upgrade is refused with
     #: 503 and `Retry-After`: a reconnect storm's first reads wait at the door; 0: no limit.
     max_admitting: int = 1000
@@ -471,7 +471,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max_admitting",
         int,
         1000,
-        "connections accepted and still being admitted (reading storage) at once; more upgrades get 503 with "
+        "users with connections still being admitted (reading storage) at once; more upgrades get 503 with "
         "Retry-After; 0 means unlimited",
     ),
     Setting("frame_rate", int, 120, "inbound frames per 10 s per connection; 0 means unlimited"),

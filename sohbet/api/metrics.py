@@ -141,7 +141,7 @@ class ChatCollector(Collector):
         yield GaugeMetricFamily("sohbet_writer_queue", "chat:sends waiting for a batch.", self.chat.writer.queued)
         yield GaugeMetricFamily(
             "sohbet_admitting",
-            "Connections accepted whose admission (a storage read) is under way; upgrades beyond "
+            "Users with connections whose admission (a storage read) is under way; upgrades beyond "
             "--max-admitting get 503.",
             self.chat.admitting,
         )

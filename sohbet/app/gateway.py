@@ -127,7 +127,7 @@ class ChatGateway(Handler):
             limit = chat.ctx.config.max_admitting
             raise InvalidHandshake(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"{limit} connections are being admitted, the most at once; retry later",
+                f"{limit} users' connections are being admitted, the most at once; retry later",
                 retry_busy(),
             )
         return identity

@@ -96,11 +96,12 @@ class ChatService:
             self.ctx, broker or _NO_BROKER, self.presence.came_online_elsewhere, self.close_user
         )
         self._sessions: dict[ConnId, Session] = {}
-        #: Connections accepted whose admission is under way: in a cluster until the broker has
+        #: Users with connections whose admission is under way: in a cluster until the broker has
         #: counted them and their conversations are followed (`_admit`, before `hello`); on one
         #: instance until their user's conversations are loaded (just after `hello`). Each holds
         #: a storage read, so the gateway sheds upgrades beyond `max_admitting` (`is_admitting_full`).
         self.admitting = 0
+        self._admitting_users: dict[UserId, int] = {}  # admissions under way per user counted
         self._ticker: asyncio.Task[None] | None = None
         self._log_reader: asyncio.Task[None] | None = None  # a cluster's (`Cluster.follow_membership_log`)
         self.conversations = Conversations(self.ctx)
@@ -141,7 +142,7 @@ class ChatService:
 
     @property
     def is_admitting_full(self) -> bool:
-        """Whether `max_admitting` connections are being admitted: a new upgrade is refused."""
+        """Whether `max_admitting` users' connections are being admitted: a new upgrade is refused."""
         limit = self.ctx.config.max_admitting
         return 0 < limit <= self.admitting
 
@@ -191,23 +192,33 @@ class ChatService:
         self._sessions[ConnId(socket.id)] = session
         if self.cluster.active:
             session.early = []  # hello waits until the cluster admits the connection
-            self._count_admission(ctx.start(self._admit(session)))
+            self._count_admission(session.user, ctx.start(self._admit(session)))
         else:
             loading = self._welcome(session)
             if loading is not None and ctx.hub.conversations(session.user) is None:  # it reads storage
-                self._count_admission(loading)
+                self._count_admission(session.user, loading)
         return session
 
-    def _count_admission(self, task: asyncio.Future[None]) -> None:
-        """Count a connection as being admitted until *task* (its admission, or on one instance
-        its user's conversation load) ends, however it ends: counted at once (two upgrades in
-        one loop turn must both see it), uncounted by the task's done callback, which runs even
-        for a task cancelled before its first step. The task's owner logs its failures."""
-        self.admitting += 1
-        task.add_done_callback(self._admission_ended)
+    def _count_admission(self, user: UserId, task: asyncio.Future[None]) -> None:
+        """Count *user* as being admitted until *task* (a connection's admission, or on one
+        instance its user's conversation load) ends, however it ends: counted at once (two
+        upgrades in one loop turn must both see it), uncounted by the task's done callback,
+        which runs even for a task cancelled before its first step. A user counts once however
+        many of their connections are being admitted: their reads are shared, and one user
+        opening and closing connections during a slow read must not fill the limit for everyone
+        (an admission outlives a connection closed meanwhile). The task's owner logs its failures."""
+        pending = self._admitting_users.get(user, 0)
+        self._admitting_users[user] = pending + 1
+        if not pending:
+            self.admitting += 1
+        task.add_done_callback(lambda _: self._admission_ended(user))
 
-    def _admission_ended(self, task: asyncio.Future[None]) -> None:
-        self.admitting -= 1
+    def _admission_ended(self, user: UserId) -> None:
+        pending = self._admitting_users.pop(user) - 1
+        if pending:
+            self._admitting_users[user] = pending
+        else:
+            self.admitting -= 1
 
     async def _admit(self, session: Session) -> None:
         limit = self.ctx.config.max_connections_per_user

@@ -81,7 +81,7 @@ def test_the_upgrade_past_max_admitting_is_shed_with_503_and_retry_after(run: Ru
             assert headers["content-type"] == "application/json"
             error = orjson.loads(body)["error"]
             assert error["code"] == "unavailable"
-            assert "3 connections are being admitted" in error["message"]
+            assert "3 users' connections are being admitted" in error["message"]
             # Shed after the token is checked, as the protocol orders them: a bad one is told 401,
             # not to come back later.
             status, headers, _ = await http(h.server.port, upgrade("u4").replace(b"Bearer ", b"Bearer x"))
@@ -207,6 +207,29 @@ def test_admissions_are_uncounted_when_storage_fails_and_when_the_service_stops(
             for client in [*failing, *held]:
                 await client.close()
             store.gate.set()
+            await store.close()
+
+    run(main())
+
+
+def test_one_user_opening_and_closing_connections_holds_one_admission(run: Run, database_url: str) -> None:
+    """A user's admissions share one storage read and outlive the connections closed meanwhile:
+    churning connections during a slow read must not fill the limit and lock everyone else out."""
+
+    async def main() -> None:
+        store = GatedAdmissions(await open_store(database_url))
+        async with chat_server(database_url, chat=with_chat(max_admitting=2), store=store) as h:  # type: ignore[arg-type]  # a store by delegation
+            for _ in range(5):
+                churner = await ChatClient.connect(h.url, token("eve"))
+                await churner.close()
+            await until(lambda: store.waiting >= 1)
+            assert h.chat.admitting == 1 and not h.chat.is_admitting_full
+            other = await ChatClient.connect(h.url, token("frank"))  # room for someone else
+            assert other.hello["user_id"] == "frank"
+            assert h.chat.admitting == 2
+            store.gate.set()
+            await until(lambda: h.chat.admitting == 0)
+            await other.close()
             await store.close()
 
     run(main())
