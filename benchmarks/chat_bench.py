@@ -287,8 +287,9 @@ async def paced(clients: list[Client], conversations: list[int], rate: float, du
     return latencies
 
 
-def pgbench(admin_url: str, clients: int, seconds: int) -> float:
-    """pgbench with one single-row INSERT per transaction, in a database of its own."""
+def pgbench(admin_url: str, clients: int, seconds: int) -> dict[str, float]:
+    """pgbench with one single-row INSERT per transaction, in a database of its own: its tps, and
+    the CPU that Postgres and pgbench itself spent per transaction."""
     if shutil.which("pgbench") is None:
         raise RuntimeError("pgbench is not installed")
     name = f"pgbench_{os.getpid()}"
@@ -304,18 +305,39 @@ def pgbench(admin_url: str, clients: int, seconds: int) -> float:
     asyncio.run(setup(["CREATE TABLE rows (id BIGSERIAL PRIMARY KEY, conversation BIGINT, body TEXT)"], db))
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write("INSERT INTO rows (conversation, body) VALUES (:client_id, 'hello there');\n")
+    proc: subprocess.Popen[str] | None = None
     try:
-        out = subprocess.run(
+        own0 = os.times()
+        proc = subprocess.Popen(
             ["taskset", "-c", "1", "pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds),
              "-f", script.name, db],
-            capture_output=True, text=True, timeout=seconds + 60, check=True,
-        ).stdout  # fmt: skip
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        # Postgres's CPU over the middle of the run, while pgbench's backends live (an ended
+        # backend's CPU is no longer in /proc).
+        time.sleep(1.0)
+        db0, t0 = postgres_cpu_s(), time.perf_counter()
+        time.sleep(max(1.0, seconds - 2.0))
+        db1, t1 = postgres_cpu_s(), time.perf_counter()
+        out, err = proc.communicate(timeout=seconds + 60)
+        own1 = os.times()
+        pgbench_cpu = own1.children_user + own1.children_system - own0.children_user - own0.children_system
+        if proc.returncode != 0:
+            raise RuntimeError(err)
     finally:
+        if proc is not None and proc.poll() is None:  # interrupted: pgbench stops with us
+            proc.kill()
+            proc.wait()
         os.unlink(script.name)
         asyncio.run(setup([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], admin_url))
     for line in out.splitlines():
         if line.startswith("tps"):
-            return float(line.split("=")[1].split()[0])
+            tps = float(line.split("=")[1].split()[0])
+            return {
+                "pgbench_insert_tps": tps,
+                "pgbench_postgres_cpu_us_per_tx": (db1 - db0) / (t1 - t0) / tps * 1e6,
+                "pgbench_client_cpu_us_per_tx": pgbench_cpu / (tps * seconds) * 1e6,
+            }
     raise RuntimeError(out)
 
 
@@ -340,9 +362,9 @@ def bench_send(args: argparse.Namespace) -> dict[str, Any]:
         async def main() -> dict[str, Any]:
             clients, conversations = await senders(server.port, args.senders)
             await closed_loop(clients, conversations, 1.0)  # warm-up
-            cpu0, db0 = cpu_s(server.proc.pid), postgres_cpu_s()
+            cpu0, db0, own0 = cpu_s(server.proc.pid), postgres_cpu_s(), time.process_time()
             count, elapsed = await closed_loop(clients, conversations, args.duration)
-            cpu1, db1 = cpu_s(server.proc.pid), postgres_cpu_s()
+            cpu1, db1, own1 = cpu_s(server.proc.pid), postgres_cpu_s(), time.process_time()
             rate = count / elapsed
             latencies = sorted(await paced(clients, conversations, rate / 2, args.duration))
             for c in clients:
@@ -352,6 +374,9 @@ def bench_send(args: argparse.Namespace) -> dict[str, Any]:
                 "senders": args.senders,
                 "acked_per_s": rate,
                 "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
+                # The load generator shares the machine's two cores with the server and Postgres:
+                # what it spends bounds how many acks per second the machine can show at all.
+                "client_cpu_us_per_send": (own1 - own0) / count * 1e6,
                 # Every postgres process's CPU (the machine's one server: sohbet's backends, the
                 # WAL writer, checkpoints); backends that ended meanwhile are not counted.
                 **({"postgres_cpu_us_per_send": (db1 - db0) / count * 1e6} if args.database == "postgres" else {}),
@@ -363,7 +388,7 @@ def bench_send(args: argparse.Namespace) -> dict[str, Any]:
 
         result = uvloop.run(main())
     if args.database == "postgres":
-        result["pgbench_insert_tps"] = pgbench(PG_ADMIN, args.senders, int(args.duration))
+        result.update(pgbench(PG_ADMIN, args.senders, int(args.duration)))
         result["ratio_vs_pgbench"] = result["acked_per_s"] / result["pgbench_insert_tps"]
     return result
 
