@@ -118,6 +118,36 @@ def test_two_writers_on_one_database_never_gap_or_repeat(run: Run, database_url:
     run(with_store(database_url, body))
 
 
+def test_writers_whose_batches_cross_conversations_in_opposite_orders_never_deadlock(
+    run: Run, database_url: str
+) -> None:
+    """Each batch locks every conversation it writes to; taken in batch order, two batches
+    naming the same conversations in opposite orders would each hold what the other waits for."""
+
+    async def body(first: MessageStore) -> None:
+        second = await open_store(database_url) if database_url.startswith("sqlite") else None
+        if second is None:
+            from sohbet.store.postgres import PostgresStore  # noqa: PLC0415
+
+            second = PostgresStore(database_url)
+        try:
+            made = [await first.create_conversation([A, UserId(f"u{i}")], f"g{i}", "group", 0) for i in range(8)]
+            cids = [conversation.id for conversation, _ in made]
+
+            async def writer(store: MessageStore, tag: str, order: list[ConversationId]) -> None:
+                for i in range(15):
+                    stored = await store.append([msg(cid, A, f"{tag}-{i}-{cid}") for cid in order], i)
+                    assert all(s is not None and s.is_new for s in stored)
+
+            orders = [cids, cids[::-1]]
+            await asyncio.gather(*(writer(s, f"w{n}", orders[n % 2]) for n, s in enumerate([first, second] * 3)))
+            assert await first.last_seqs(cids) == dict.fromkeys(cids, 6 * 15)  # each stored once, no gap
+        finally:
+            await second.close()
+
+    run(with_store(database_url, body))
+
+
 def test_direct_conversations_are_unique_per_pair(run: Run, database_url: str) -> None:
     async def body(store: MessageStore) -> None:
         first, joined = await store.create_conversation([A, B], "ignored", "direct", 0)
