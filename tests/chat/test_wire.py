@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sohbet.chat import wire as m
 from sohbet.chat.ids import MAX_ID
 from sohbet.chat.model import StoredMessage
 from sohbet.errors import MessageRejected
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class _Rejects:
@@ -54,6 +59,14 @@ def test_decode_and_encode() -> None:
 def test_times_are_rfc3339_utc_milliseconds() -> None:
     assert m.format_time(1764093120123) == "2025-11-25T17:52:00.123Z"
     assert m.format_time(0) == "1970-01-01T00:00:00.000Z"
+
+
+@given(st.lists(st.integers(min_value=0, max_value=253402300799000), min_size=1, max_size=20))
+def test_times_match_the_calendar_whatever_came_before(times: list[int]) -> None:
+    """Seconds are remembered between calls: each time still reads as its own."""
+    for ms in [*times, *(t + 1 for t in times), *(t - t % 1000 + 999 for t in times)]:
+        expected = EPOCH + datetime.timedelta(milliseconds=ms)
+        assert m.format_time(ms) == expected.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def test_message_object() -> None:
