@@ -4,13 +4,15 @@ Layer: storage. Imports asyncpg, the chat domain's ids and model and the store i
 lives here as constants with `$n` parameters only.
 
 Group commit: `append` writes a whole batch in one statement (`_APPEND`: one round trip and an
-implicit transaction), whatever the batch size: it finds repeats, checks membership, locks the
-conversations, inserts and advances their `last_seq`. Seqs are allocated under `SELECT ... FOR
-UPDATE` on the conversation rows, locked in id order so two writers cannot deadlock; a second
-server process writing to the same database waits its turn and can never produce a gap or a
-duplicate. If another process inserts the same `(sender_id, client_id)` between our check and
-our insert, the unique index stops it, the statement fails as a whole and the batch is retried:
-a seq is never burnt.
+implicit transaction), whatever the batch size: it finds repeats, checks membership under a lock
+on the membership row, locks the conversations, inserts and advances their `last_seq`. Seqs are
+allocated under `SELECT ... FOR UPDATE` on the conversation rows; every lock is taken in an order
+all writers share, and all of them before the first insert, so two writers cannot deadlock; a
+second server process writing to the same database waits its turn and can never produce a gap
+or a duplicate. If another process inserts the same `(sender_id, client_id)` between our check
+and our insert, the unique index stops it, the statement fails as a whole and the batch is
+retried: a seq is never burnt. The statement runs on a small pool of its own, whose sessions
+keep its plan (`_APPEND_SETTINGS`).
 
 Outages: a call fails with `StoreUnavailable` at once when Postgres is stopped (connections are
 refused) or killed (they break), and within `timeout_s` (default `TIMEOUT_S`) when it hangs and
@@ -94,9 +96,13 @@ _FIND_ONE: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $
 # Group commit in one statement, so one round trip and an implicit transaction per batch:
 # earlier messages with the same (sender_id, client_id) are returned, not stored again; a sender
 # who is not a member stores nothing; the first of each repeated pair in the batch is numbered
-# after the conversation's last_seq, read under FOR UPDATE (rows locked in id order, so two
-# writers cannot deadlock; a row waited for is read as its committer left it). A concurrent
-# insert of the same pair makes the INSERT fail on the unique index; the caller retries.
+# after the conversation's last_seq. Locks, in an order every writer shares, so that none can
+# wait on another in a circle: first each sender's membership row (FOR KEY SHARE: a removal
+# committed while we waited is seen, and its sender stores nothing), then the conversation rows
+# in id order (FOR UPDATE; a row waited for is read as its committer left it), then the inserts
+# in (sender_id, client_id) order, after every lock is held (a repeated pair waits on the unique
+# index for the transaction that inserted it first). A concurrent insert of the same pair makes
+# the INSERT fail on the unique index; the caller retries.
 # Every table is reached by index, row by row (`_APPEND_SETTINGS`): the work grows with the batch,
 # never with the tables, and no step joins two batch-sized lists.
 _APPEND: Final = """
@@ -109,8 +115,10 @@ WITH input AS (
     JOIN messages m ON m.sender_id = k.sender AND m.client_id = k.client
 ), firsts AS (
     SELECT DISTINCT ON (i.sender, i.client) i.conv, i.sender, i.client, i.content, i.idx FROM input i
-    WHERE EXISTS (SELECT 1 FROM members mb WHERE mb.conversation_id = i.conv AND mb.user_id = i.sender)
-        AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = i.sender AND m.client_id = i.client)
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM members mb WHERE mb.conversation_id = i.conv AND mb.user_id = i.sender FOR KEY SHARE
+    ) mb
+    WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = i.sender AND m.client_id = i.client)
     ORDER BY i.sender, i.client, i.idx
 ), numbered AS (
     SELECT f.conv, f.sender, f.client, f.content,
@@ -119,7 +127,7 @@ WITH input AS (
     CROSS JOIN LATERAL (SELECT last_seq FROM conversations WHERE id = f.conv FOR UPDATE) c
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms)
-    SELECT conv, seq, sender, client, content, $5 FROM numbered
+    SELECT conv, seq, sender, client, content, $5 FROM numbered ORDER BY sender, client
     RETURNING id, conversation_id, seq, sender_id, content, client_id, created_at_ms
 ), advanced AS (
     UPDATE conversations c SET last_seq = n.top, last_activity_ms = $5
@@ -131,9 +139,10 @@ UNION ALL
 SELECT false AS is_new, * FROM existing
 """
 #: The sessions that run `_APPEND` (a pool of their own). Planning it cost ~0.25 ms a run, more
-#: than running it for a small batch, so it is planned once per connection (a generic plan); and
-#: since that plan outlives the statistics it was made from (a new database's empty tables), it
-#: may use only index lookups in nested loops, which cost the same at any table size.
+#: than running it for a small batch, so each connection keeps one generic plan (made again only
+#: when ANALYZE or a schema change invalidates it); and since that plan may be made from stale
+#: statistics (a new database's empty tables), it may use only index lookups in nested loops,
+#: which cost the same at any table size.
 _APPEND_SETTINGS: Final = {
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
@@ -206,6 +215,12 @@ _MARK_READ: Final = (
 )
 
 _RETRIES: Final = 5
+#: Connections of the pool that runs `_APPEND`: its only caller, the writer, keeps at most
+#: `StoreConfig.write_depth` (2) transactions in flight.
+_APPEND_POOL_SIZE: Final = 4
+#: The unique index whose violation means another writer stored one of our pairs first (any
+#: other violation is a bug to report, not a race to retry).
+_PAIR_KEY: Final = "messages_sender_id_client_id_key"
 # Everything asyncpg raises when the server or the connection goes away; none of it leaves this
 # module except as StoreUnavailable (a connection killed mid-query raises InternalClientError).
 _DRIVER_ERRORS: Final = (
@@ -269,7 +284,7 @@ class PostgresStore:
                 # outage, logging a traceback each time. Connections open on demand (a few ms)
                 # and idle ones stay open for reuse.
                 min_size=0,
-                max_size=self._pool_size,
+                max_size=min(self._pool_size, _APPEND_POOL_SIZE) if appends else self._pool_size,
                 reset=_keep_session,
                 timeout=self._timeout_s,  # connecting; the call's deadline bounds it too
                 # Also bounds asyncpg's own cancel request after a timeout (which `_run`
@@ -464,8 +479,12 @@ class PostgresStore:
             for _ in range(_RETRIES):
                 try:
                     return list(await con.fetch(_APPEND, *args))
-                except asyncpg.UniqueViolationError:
+                except asyncpg.UniqueViolationError as exc:
+                    if exc.constraint_name != _PAIR_KEY:
+                        raise
                     continue  # another process stored one of our pairs first: see it next time
+                except asyncpg.DeadlockDetectedError:
+                    continue  # a writer outside this order (another program); Postgres chose us
             return None
 
         rows = await self._run(write, appends=True)
@@ -590,14 +609,18 @@ class PostgresStore:
 
 
 def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage | None]:
-    """One result per input: new for the first of each stored pair, the original for repeats,
-    None for a sender who is not a member."""
+    """One result per input: the stored message for the first of each pair, as a repeat for later
+    ones; None for a sender who is not a member. Of a pair stored now, the statement stored the
+    first message whose sender is a member: those before it were refused."""
     found = {(r["sender_id"], r["client_id"]): r for r in rows}
     results: list[StoredMessage | None] = []
     seen: set[tuple[str, str]] = set()
     for m in batch:
         key = (m.sender_id, m.client_id)
         row = found.get(key)
-        results.append(None if row is None else _message(row, is_new=row["is_new"] and key not in seen))
+        if row is None or (row["is_new"] and key not in seen and row["conversation_id"] != m.conversation_id):
+            results.append(None)
+            continue
+        results.append(_message(row, is_new=row["is_new"] and key not in seen))
         seen.add(key)
     return results

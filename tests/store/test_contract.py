@@ -87,6 +87,23 @@ def test_append_refuses_a_sender_who_is_not_a_member_when_it_commits(run: Run, d
     run(with_store(database_url, body))
 
 
+def test_a_refused_send_before_a_stored_one_of_the_same_pair_is_refused(run: Run, database_url: str) -> None:
+    """One client_id sent first where its sender is not a member, then where it is: the first
+    is refused (not acked as the second), the second stored."""
+
+    async def body(store: MessageStore) -> None:
+        theirs, _ = await store.create_conversation([B, C], "not A's", "group", 0)
+        mine, _ = await store.create_conversation([A, B], "A's", "group", 0)
+        refused, stored, again = await store.append(
+            [msg(theirs.id, A, "same"), msg(mine.id, A, "same"), msg(theirs.id, A, "same")], 1
+        )
+        assert refused is None
+        assert stored is not None and stored.is_new and stored.conversation_id == mine.id and stored.seq == 1
+        assert again == stored._replace(is_new=False)  # after it: a repeat of the stored one
+
+    run(with_store(database_url, body))
+
+
 def test_two_writers_on_one_database_never_gap_or_repeat(run: Run, database_url: str) -> None:
     async def body(first: MessageStore) -> None:
         second = await open_store(database_url) if database_url.startswith("sqlite") else None

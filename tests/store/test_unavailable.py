@@ -72,7 +72,13 @@ def test_concurrent_first_calls_share_one_pool_and_close_lets_go_of_all(run: Run
         try:
             before = await watcher.fetchval(count)
             store = PostgresStore(postgres_database)
-            await asyncio.gather(*(store.ping() for _ in range(6)))  # six first calls at once
+            await store.migrate()
+            group, _ = await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0)
+            # Six first calls at once on each pool (batches have one of their own).
+            await asyncio.gather(
+                *(store.ping() for _ in range(6)),
+                *(store.append([NewMessage(group.id, UserId("a"), f"c{i}", "x")], 0) for i in range(6)),
+            )
             assert await watcher.fetchval(count) > before
             await store.close()
             for _ in range(50):  # backends end a moment after their client hangs up

@@ -1,0 +1,223 @@
+"""The group-commit statement on Postgres: its plan, its locks, its answers under races.
+
+A group commit's cost must grow with the batch, not with the tables: the plan is generic (made
+once, from whatever statistics the database had then, an empty database's included), so it may
+reach each table only through an index, and never join two batch-sized lists row by row. Its
+locks are taken in one order by every writer (server processes on one database), so no two wait
+on each other; and a removal that commits while a batch waits for its locks is obeyed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import pytest
+
+from sohbet.chat.ids import ConversationId, UserId
+from sohbet.chat.model import NewMessage
+from sohbet.errors import StoreUnavailable
+from sohbet.store import postgres
+from sohbet.store.postgres import PostgresStore
+
+from ..chatkit import open_store
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+TABLES = ("messages", "members", "conversations")
+
+
+def test_the_batch_statement_reaches_every_table_by_index_in_a_generic_plan(run: Run, postgres_database: str) -> None:
+    async def main() -> None:
+        store = PostgresStore(postgres_database)
+        await store.migrate()
+
+        async def explain(con: Any) -> list[str]:  # on a connection of the store's own for appends
+            await con.execute("PREPARE batch(bigint[], text[], text[], text[], bigint) AS " + postgres._APPEND)
+            try:
+                rows = await con.fetch(
+                    "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE batch('{1,2,3}', '{a,b,c}', '{x,y,z}', '{p,q,r}', 0)"
+                )
+            finally:
+                await con.execute("DEALLOCATE batch")
+            return [row[0].strip() for row in rows]
+
+        try:
+            lines = await store._run(explain, appends=True)
+        finally:
+            await store.close()
+        plan = "\n".join(lines)
+        # Generic: made for any arrays, not for these three rows.
+        assert "Function Call: unnest($1), unnest($2)" in plan, plan
+        scans = [line for line in lines if any(f" on public.{table}" in line for table in TABLES)]
+        assert {table for table in TABLES for scan in scans if f" on public.{table}" in scan} == set(TABLES)
+        for scan in scans:
+            assert scan.startswith(("->  Index Scan", "->  Index Only Scan", "->  Insert on", "->  Update on")), plan
+        # No scan of a whole table, and no list of the batch compared against another row by row.
+        for step in ("Seq Scan", "Hash Join", "Merge Join", "Join Filter"):
+            assert step not in plan, plan
+
+    run(main())
+
+
+def msg(cid: ConversationId, sender: str, client_id: str) -> NewMessage:
+    return NewMessage(cid, UserId(sender), client_id, "x")
+
+
+async def waiting_for_locks(con: asyncpg.Connection, count: int) -> None:
+    """Until *count* sessions of this database wait for a lock (the race is set up, not hoped
+    for). *con* must not be in a transaction: it would see the same activity throughout."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    for _ in range(500):
+        if await con.fetchval(query) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} sessions never waited for a lock")
+
+
+def test_writers_that_meet_on_a_pair_and_a_conversation_do_not_deadlock(run: Run, postgres_database: str) -> None:
+    """Two server processes on one database: Y's batch waits for conversation 2; X's batch
+    stores a pair in conversation 1 that Y's also holds, then needs conversation 2. Had X
+    inserted before taking every lock, Y (granted conversation 2 first) would wait for X's
+    insert of the pair while X waits for Y's conversation: a deadlock, which Postgres breaks
+    after a second by failing one batch."""
+
+    async def main() -> None:
+        x = await open_store(postgres_database)
+        y = PostgresStore(postgres_database)
+        holder, watcher = await asyncpg.connect(postgres_database), await asyncpg.connect(postgres_database)
+        try:
+            c1 = (await x.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
+            c2 = (await x.create_conversation([UserId("a"), UserId("b")], "two", "group", 0))[0].id
+            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            before = await watcher.fetchval(deadlocks)
+            hold = holder.transaction()
+            await hold.start()
+            await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c2)
+            second = asyncio.ensure_future(y.append([msg(c2, "a", "P")], 1))
+            await waiting_for_locks(watcher, 1)
+            first = asyncio.ensure_future(
+                x.append([msg(c1, "a", "P"), msg(c1, "a", "P2"), msg(c1, "a", "P3"), msg(c2, "b", "R")], 1)
+            )
+            await waiting_for_locks(watcher, 2)
+            await hold.commit()
+            theirs, ours = await second, await first
+            assert theirs[0] is not None and theirs[0].is_new and theirs[0].conversation_id == c2
+            assert [(s.conversation_id, s.seq, s.is_new) for s in ours if s is not None] == [
+                (c2, theirs[0].seq, False),  # the pair Y stored first: the original, as a repeat
+                (c1, 1, True),
+                (c1, 2, True),
+                (c2, theirs[0].seq + 1, True),
+            ]
+            assert await watcher.fetchval(deadlocks) == before
+        finally:
+            await watcher.close()
+            await holder.close()
+            await x.close()
+            await y.close()
+
+    run(main())
+
+
+def test_a_removal_committed_while_a_batch_waits_stores_nothing_of_the_removed(
+    run: Run, postgres_database: str
+) -> None:
+    """The batch's snapshot predates the removal; the membership row it locks does not."""
+
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        remover, watcher = await asyncpg.connect(postgres_database), await asyncpg.connect(postgres_database)
+        try:
+            group = (await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0))[0].id
+            removal = remover.transaction()
+            await removal.start()
+            await remover.fetch(postgres._REMOVE_MEMBER, group, "b")
+            pending = asyncio.ensure_future(store.append([msg(group, "b", "late"), msg(group, "a", "on time")], 1))
+            await waiting_for_locks(watcher, 1)
+            await removal.commit()
+            late, on_time = await pending
+            assert late is None
+            assert on_time is not None and on_time.seq == 1  # the refused one burnt no seq
+            assert await store.find_message(UserId("b"), "late") is None
+        finally:
+            await watcher.close()
+            await remover.close()
+            await store.close()
+
+    run(main())
+
+
+def test_batches_holding_the_same_pairs_in_opposite_orders_do_not_deadlock(run: Run, postgres_database: str) -> None:
+    """One user sends client_ids Q then P to one conversation, and P then Q to another, and the
+    two land in batches committed at once. Inserted in batch order, each batch would wait on
+    the unique index for the pair the other inserted first. A trigger holds each insert of Q for
+    a moment, so the inserts interleave that way whenever the order is the batch's."""
+
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        watcher = await asyncpg.connect(postgres_database)
+        try:
+            await watcher.execute(
+                "CREATE FUNCTION test_hold_q() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; "
+                "CREATE TRIGGER test_hold_q BEFORE INSERT ON messages FOR EACH ROW "
+                "WHEN (NEW.client_id = 'Q') EXECUTE FUNCTION test_hold_q()"
+            )
+            c1 = (await store.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
+            c2 = (await store.create_conversation([UserId("a"), UserId("c")], "two", "group", 0))[0].id
+            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            before = await watcher.fetchval(deadlocks)
+            one, two = await asyncio.gather(
+                store.append([msg(c1, "a", "Q"), msg(c1, "a", "P")], 1),
+                store.append([msg(c2, "a", "P"), msg(c2, "a", "Q")], 1),
+            )
+            assert await watcher.fetchval(deadlocks) == before
+            stored = {(s.client_id, s.conversation_id, s.seq) for s in (*one, *two) if s is not None and s.is_new}
+            assert len(stored) == 2 and {s[0] for s in stored} == {"P", "Q"}  # each pair stored once
+        finally:
+            await watcher.execute(
+                "DROP TRIGGER IF EXISTS test_hold_q ON messages; DROP FUNCTION IF EXISTS test_hold_q()"
+            )
+            await watcher.close()
+            await store.close()
+
+    run(main())
+
+
+def test_batches_run_on_their_own_sessions_with_one_generic_plan(run: Run, postgres_database: str) -> None:
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        try:
+            group = (await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0))[0].id
+            for i in range(3):
+                await store.append([msg(group, "a", f"m{i}")], 1)
+            plans = "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1"
+            assert [
+                tuple(r) for r in await store._run(lambda con: con.fetch(plans, postgres._APPEND), appends=True)
+            ] == [(3, 0)]
+            assert await store._run(lambda con: con.fetch(plans, postgres._APPEND)) == []  # not on the others'
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_violation_other_than_a_pair_stored_meanwhile_is_not_retried(run: Run, postgres_database: str) -> None:
+    """Only a pair another writer stored first is a race worth retrying; a seq taken twice is a
+    numbering fault, reported at once rather than hidden behind retries."""
+
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        admin = await asyncpg.connect(postgres_database)
+        try:
+            group = (await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0))[0].id
+            await store.append([msg(group, "a", "first")], 1)
+            await admin.execute("UPDATE conversations SET last_seq = 0 WHERE id = $1", group)  # the fault
+            with pytest.raises(StoreUnavailable, match="messages_conversation_id_seq_key"):
+                await store.append([msg(group, "a", "second")], 1)
+        finally:
+            await admin.close()
+            await store.close()
+
+    run(main())
