@@ -207,17 +207,30 @@ async def fresh_postgres() -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
 
 
+async def drop_database(name: str) -> None:
+    con = await asyncpg.connect(PG_ADMIN)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await con.close()
+
+
 @contextlib.contextmanager
 def fresh_sohbet(database: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
     """`sohbet_server` on an empty database ("sqlite" in a temporary directory, or a new Postgres
     one), stopped on the way out."""
     with tempfile.TemporaryDirectory() as data_dir:
         url = f"sqlite:///{data_dir}/bench.db" if database == "sqlite" else asyncio.run(fresh_postgres())
-        server = sohbet_server(url, data_dir, extra, env)
         try:
-            yield server
+            server = sohbet_server(url, data_dir, extra, env)
+            try:
+                yield server
+            finally:
+                server.stop()
         finally:
-            server.stop()
+            if database == "postgres":
+                name = url.rsplit("/", 1)[1]
+                asyncio.run(drop_database(name))
 
 
 # --- chat:send throughput and latency ------------------------------------------------------------

@@ -7,6 +7,7 @@ The directory holds what the tools printed, one file per run:
     fanout-<members>-<run>.json   chat_bench.py fanout (sohbet and picows in the same run)
     send-<db>-<run>.json          chat_bench.py send, 64 senders
     send-postgres-s<N>.json       chat_bench.py send --senders N
+    send-postgres-before-*.json   the same, another checkout's server (--sohbet DIR), drawn beside
 Where a point has several runs, the plot shows their median and a bar from the lowest to the
 highest, so the spread a shared machine gives is visible rather than hidden.
 """
@@ -24,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # after the backend is chosen
+import matplotlib.ticker
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 COLOURS = {"sohbet": "tab:blue", "picows": "tab:orange", "pgbench": "tab:green"}
@@ -95,29 +97,47 @@ def echo(results: Path) -> None:
 
 
 def send(results: Path) -> None:
-    points: dict[int, list[dict[str, Any]]] = {}
+    points: dict[str, dict[int, list[dict[str, Any]]]] = {"after": {}, "before": {}}
     for path in results.glob("send-postgres-*.json"):
-        m = re.fullmatch(r"send-postgres-(s(\d+)|\d+)\.json", path.name)
+        m = re.fullmatch(r"send-postgres-(before-)?(s(\d+)|\d+)\.json", path.name)
         if m:
-            points.setdefault(int(m.group(2) or 64), []).append(printed_json(path))
-    senders = sorted(points)
+            series = points["before" if m.group(1) else "after"]
+            series.setdefault(int(m.group(3) or 64), []).append(printed_json(path))
+    after, before = points["after"], points["before"]
+    senders = sorted(after)
     fig, (rate, cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
-    line(rate, senders, [[r["acked_per_s"] / 1000 for r in points[n]] for n in senders],
-         "sohbet chat:send, acked (Postgres)", COLOURS["sohbet"])  # fmt: skip
-    line(rate, senders, [[r["pgbench_insert_tps"] / 1000 for r in points[n]] for n in senders],
-         "pgbench one-row INSERT, same clients", COLOURS["pgbench"], style="--s")  # fmt: skip
-    line(cpu, senders, [[r["server_cpu_us_per_send"] for r in points[n]] for n in senders],
-         "sohbet server", COLOURS["sohbet"])  # fmt: skip
-    if all("postgres_cpu_us_per_send" in r for n in senders for r in points[n]):
-        line(cpu, senders, [[r["postgres_cpu_us_per_send"] for r in points[n]] for n in senders],
-             "Postgres (all its processes)", COLOURS["pgbench"], style="--s")  # fmt: skip
+
+    def of(series: dict[int, list[dict[str, Any]]], key: str, scale: float = 1.0) -> list[list[float]]:
+        return [[r[key] * scale for r in series[n]] for n in senders]
+
+    line(rate, senders, of(after, "acked_per_s", 1e-3), "sohbet chat:send, acked (Postgres)", COLOURS["sohbet"])
+    if before and sorted(before) == senders:
+        line(rate, senders, of(before, "acked_per_s", 1e-3), "sohbet before (each run beside it)", "lightsteelblue",
+             style=":o")  # fmt: skip
+    line(rate, senders, of(after, "pgbench_insert_tps", 1e-3), "pgbench one-row INSERT, same clients",
+         COLOURS["pgbench"], style="--s")  # fmt: skip
+    line(cpu, senders, of(after, "server_cpu_us_per_send"), "sohbet server", COLOURS["sohbet"])
+    if all("postgres_cpu_us_per_send" in r for n in senders for r in after[n]):
+        line(cpu, senders, of(after, "postgres_cpu_us_per_send"), "Postgres, per sohbet message", COLOURS["pgbench"],
+             style="-s")  # fmt: skip
+    if all("pgbench_postgres_cpu_us_per_tx" in r for n in senders for r in after[n]):
+        line(cpu, senders, of(after, "pgbench_postgres_cpu_us_per_tx"), "Postgres, per pgbench INSERT",
+             COLOURS["pgbench"], style="--^")  # fmt: skip
+    if before and sorted(before) == senders:
+        line(cpu, senders, of(before, "postgres_cpu_us_per_send"), "Postgres, per sohbet message before",
+             "darkseagreen", style=":s")  # fmt: skip
     rate.set(xscale="log", xlabel="concurrent senders (each waits for its ack)", ylabel="thousand per second",
              title="Persisted sends against pgbench")  # fmt: skip
-    cpu.set(xscale="log", xlabel="concurrent senders", ylabel="CPU µs per acked message", title="CPU per message")
+    cpu.set(xscale="log", yscale="log", xlabel="concurrent senders", ylabel="CPU µs per acked message",
+            title="CPU per message (all of Postgres's processes)")  # fmt: skip
     for ax in (rate, cpu):
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        ax.set_xticks(senders, [str(n) for n in senders])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    rate.set_ylim(bottom=0)
+    cpu.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    cpu.set_yticks([10, 20, 50, 100, 200, 500], ["10", "20", "50", "100", "200", "500"])
     fig.tight_layout()
     fig.savefig(DOCS / "send.png", dpi=110)
 
@@ -126,9 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     args = parser.parse_args()
-    fanout(args.results)
-    echo(args.results)
-    send(args.results)
+    # Each plot from the files it needs; a directory may hold one kind only.
+    if any(args.results.glob("fanout-*-*.json")):
+        fanout(args.results)
+    if (args.results / "echo-sizes.json").exists():
+        echo(args.results)
+    if any(args.results.glob("send-postgres-*.json")):
+        send(args.results)
 
 
 if __name__ == "__main__":
