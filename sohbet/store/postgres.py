@@ -93,6 +93,11 @@ _RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version) VALUES ($1)"
 
 _MESSAGE_COLUMNS: Final = "id, conversation_id, seq, sender_id, content, client_id, created_at_ms"
 _FIND_ONE: Final = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = $1 AND client_id = $2"
+_FIND_PAIRS: Final = (
+    "SELECT false AS is_new, m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.client_id, m.created_at_ms "
+    "FROM unnest($1::text[], $2::text[]) AS k(sender, client) "
+    "JOIN messages m ON m.sender_id = k.sender AND m.client_id = k.client"
+)
 # Group commit in one statement, so one round trip and an implicit transaction per batch:
 # earlier messages with the same (sender_id, client_id) are returned, not stored again; a sender
 # who is not a member stores nothing; the first of each repeated pair in the batch is numbered
@@ -144,6 +149,9 @@ SELECT false AS is_new, * FROM existing
 #: statistics (a new database's empty tables), it may use only index lookups in nested loops,
 #: which cost the same at any table size.
 _APPEND_SETTINGS: Final = {
+    # The statement relies on READ COMMITTED (a row waited for is read as its committer left
+    # it): under a stricter database default, contended batches would fail to serialize.
+    "default_transaction_isolation": "read committed",
     "plan_cache_mode": "force_generic_plan",
     "enable_seqscan": "off",
     "enable_hashjoin": "off",
@@ -478,13 +486,21 @@ class PostgresStore:
         async def write(con: Any) -> list[Any] | None:
             for _ in range(_RETRIES):
                 try:
-                    return list(await con.fetch(_APPEND, *args))
+                    rows = list(await con.fetch(_APPEND, *args))
                 except asyncpg.UniqueViolationError as exc:
                     if exc.constraint_name != _PAIR_KEY:
                         raise
                     continue  # another process stored one of our pairs first: see it next time
                 except asyncpg.DeadlockDetectedError:
                     continue  # a writer outside this order (another program); Postgres chose us
+                refused = {(m.sender_id, m.client_id) for m in batch} - {(r["sender_id"], r["client_id"]) for r in rows}
+                if refused:
+                    # Refused because the sender's membership row was gone when locked: another
+                    # writer may have stored the pair after our snapshot, before the removal. A
+                    # new statement sees it, and it is answered as the repeat it is.
+                    senders, clients = zip(*refused, strict=True)
+                    rows += await con.fetch(_FIND_PAIRS, list(senders), list(clients))
+                return rows
             return None
 
         rows = await self._run(write, appends=True)

@@ -23,6 +23,7 @@ from sohbet.store import postgres
 from sohbet.store.postgres import PostgresStore
 
 from ..chatkit import open_store
+from ..conftest import pg_admin
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 TABLES = ("messages", "members", "conversations")
@@ -219,5 +220,74 @@ def test_a_violation_other_than_a_pair_stored_meanwhile_is_not_retried(run: Run,
         finally:
             await admin.close()
             await store.close()
+
+    run(main())
+
+
+def test_a_pair_stored_by_another_writer_before_a_removal_is_a_repeat_not_a_refusal(
+    run: Run, postgres_database: str
+) -> None:
+    """X's snapshot predates W's commit of P; the removal of P's sender commits before X locks the
+    sender's membership row. P is stored: X must answer it as the repeat it is (the contract, and
+    SQLite), not refuse it."""
+
+    async def main() -> None:
+        x = await open_store(postgres_database)
+        w = PostgresStore(postgres_database)  # another server process on the same database
+        holder, watcher = await asyncpg.connect(postgres_database), await asyncpg.connect(postgres_database)
+        try:
+            users = [UserId("s"), UserId("t")]
+            a = (await x.create_conversation(users, "a", "group", 0))[0].id
+            b = (await x.create_conversation(users, "b", "group", 0))[0].id
+            held = holder.transaction()
+            await held.start()  # t's membership row in b, held: X waits there, its snapshot taken
+            await holder.execute("SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = 't' FOR UPDATE", b)
+            pending = asyncio.ensure_future(x.append([msg(b, "t", "Q"), msg(a, "s", "P")], 1))
+            await waiting_for_locks(watcher, 1)
+            (stored,) = await w.append([msg(a, "s", "P")], 2)
+            assert stored is not None and stored.is_new
+            assert await w.remove_member(a, UserId("s"))
+            await held.rollback()
+            q, p = await pending
+            assert q is not None and q.is_new
+            assert p is not None and not p.is_new and (p.id, p.seq) == (stored.id, stored.seq)
+        finally:
+            await watcher.close()
+            await holder.close()
+            await w.close()
+            await x.close()
+
+    run(main())
+
+
+def test_batches_keep_read_committed_on_a_database_whose_default_is_stricter(run: Run, postgres_database: str) -> None:
+    """Under REPEATABLE READ, a batch that waited for a conversation another writer updated would
+    fail to serialize; the statement relies on reading the row as its committer left it."""
+    name = f"{postgres_database.rsplit('/', 1)[1]}_rr"
+    url = f"{postgres_database.rsplit('/', 1)[0]}/{name}"
+
+    async def main() -> None:
+        await pg_admin(f'CREATE DATABASE "{name}"')
+        try:
+            await pg_admin(f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'")
+            store = await open_store(url)
+            other, watcher = await asyncpg.connect(url), await asyncpg.connect(url)
+            try:
+                group = (await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0))[0].id
+                await store.append([msg(group, "a", "warm")], 0)  # the batch pool's session is open
+                writer = other.transaction()
+                await writer.start()
+                await other.execute("UPDATE conversations SET last_activity_ms = 7 WHERE id = $1", group)
+                pending = asyncio.ensure_future(store.append([msg(group, "b", "after")], 1))
+                await waiting_for_locks(watcher, 1)
+                await writer.commit()
+                (stored,) = await pending
+                assert stored is not None and stored.is_new and stored.seq == 2
+            finally:
+                await watcher.close()
+                await other.close()
+                await store.close()
+        finally:
+            await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     run(main())
