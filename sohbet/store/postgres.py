@@ -103,7 +103,10 @@ _FIND_PAIRS: Final = (
 # who is not a member stores nothing; the first of each repeated pair in the batch is numbered
 # after the conversation's last_seq. Locks, in an order every writer shares, so that none can
 # wait on another in a circle: first each sender's membership row (FOR KEY SHARE: a removal
-# committed while we waited is seen, and its sender stores nothing), then the conversation rows
+# committed while we waited is seen, and its sender stores nothing; taken in batch order, which
+# is safe while two batches' KEY SHARE locks never conflict and a removal deletes one member row
+# per statement: a statement deleting several would have to take them in a shared order too),
+# then the conversation rows
 # in id order (FOR UPDATE; a row waited for is read as its committer left it), then the inserts
 # in (sender_id, client_id) order, after every lock is held (a repeated pair waits on the unique
 # index for the transaction that inserted it first). A concurrent insert of the same pair makes
@@ -489,7 +492,9 @@ class PostgresStore:
                     rows = list(await con.fetch(_APPEND, *args))
                 except asyncpg.UniqueViolationError as exc:
                     if exc.constraint_name != _PAIR_KEY:
-                        raise
+                        # A fault, not an outage: the writer reports it and stores the batch's
+                        # messages one by one, so one bad conversation fails only its own.
+                        raise StoreError(f"postgres: {exc}") from exc
                     continue  # another process stored one of our pairs first: see it next time
                 except asyncpg.DeadlockDetectedError:
                     continue  # a writer outside this order (another program); Postgres chose us

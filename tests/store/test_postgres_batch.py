@@ -18,7 +18,7 @@ import pytest
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import NewMessage
-from sohbet.errors import StoreUnavailable
+from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import postgres
 from sohbet.store.postgres import PostgresStore
 
@@ -151,37 +151,130 @@ def test_a_removal_committed_while_a_batch_waits_stores_nothing_of_the_removed(
 
 def test_batches_holding_the_same_pairs_in_opposite_orders_do_not_deadlock(run: Run, postgres_database: str) -> None:
     """One user sends client_ids Q then P to one conversation, and P then Q to another, and the
-    two land in batches committed at once. Inserted in batch order, each batch would wait on
-    the unique index for the pair the other inserted first. A trigger holds each insert of Q for
-    a moment, so the inserts interleave that way whenever the order is the batch's."""
+    two land in batches committed at once. Inserted in batch order, each batch would wait on the
+    unique index for the pair the other inserted first. A trigger holds the second insert of each
+    (in batch order) on an advisory lock until both batches are under way, so they interleave
+    that way whenever the order is the batch's."""
 
     async def main() -> None:
         store = await open_store(postgres_database)
         watcher = await asyncpg.connect(postgres_database)
         try:
-            await watcher.execute(
-                "CREATE FUNCTION test_hold_q() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$; "
-                "CREATE TRIGGER test_hold_q BEFORE INSERT ON messages FOR EACH ROW "
-                "WHEN (NEW.client_id = 'Q') EXECUTE FUNCTION test_hold_q()"
-            )
             c1 = (await store.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
             c2 = (await store.create_conversation([UserId("a"), UserId("c")], "two", "group", 0))[0].id
+            await watcher.execute(
+                "CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$; "
+                "CREATE TRIGGER test_hold BEFORE INSERT ON messages FOR EACH ROW WHEN "
+                f"((NEW.client_id = 'P' AND NEW.conversation_id = {c1}) "
+                f"OR (NEW.client_id = 'Q' AND NEW.conversation_id = {c2})) EXECUTE FUNCTION test_hold()"
+            )
             deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
             before = await watcher.fetchval(deadlocks)
-            one, two = await asyncio.gather(
-                store.append([msg(c1, "a", "Q"), msg(c1, "a", "P")], 1),
-                store.append([msg(c2, "a", "P"), msg(c2, "a", "Q")], 1),
-            )
+            await watcher.execute("SELECT pg_advisory_lock(4242)")
+            one = asyncio.ensure_future(store.append([msg(c1, "a", "Q"), msg(c1, "a", "P")], 1))
+            two = asyncio.ensure_future(store.append([msg(c2, "a", "P"), msg(c2, "a", "Q")], 1))
+            await waiting_for_locks(watcher, 2)
+            await watcher.execute("SELECT pg_advisory_unlock(4242)")
+            results = [*await one, *await two]
             assert await watcher.fetchval(deadlocks) == before
-            stored = {(s.client_id, s.conversation_id, s.seq) for s in (*one, *two) if s is not None and s.is_new}
-            assert len(stored) == 2 and {s[0] for s in stored} == {"P", "Q"}  # each pair stored once
+            new = sorted(s.client_id for s in results if s is not None and s.is_new)
+            assert new == ["P", "Q"]  # each pair stored once, the other batch answered with it
         finally:
-            await watcher.execute(
-                "DROP TRIGGER IF EXISTS test_hold_q ON messages; DROP FUNCTION IF EXISTS test_hold_q()"
-            )
+            await watcher.execute("DROP TRIGGER IF EXISTS test_hold ON messages; DROP FUNCTION IF EXISTS test_hold()")
             await watcher.close()
             await store.close()
+
+    run(main())
+
+
+def test_a_deadlock_with_a_writer_outside_the_order_is_retried_and_stores_once(
+    run: Run, postgres_database: str
+) -> None:
+    """Another program locks conversation 2, then 1; the batch holds 1 and waits for 2. Postgres
+    ends the cycle by failing the batch's statement, which is tried again, whole."""
+
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        other, watcher = await asyncpg.connect(postgres_database), await asyncpg.connect(postgres_database)
+        try:
+            c1 = (await store.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
+            c2 = (await store.create_conversation([UserId("a"), UserId("b")], "two", "group", 0))[0].id
+            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            before = await watcher.fetchval(deadlocks)
+            outside = other.transaction()
+            await outside.start()
+            await other.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c2)
+            pending = asyncio.ensure_future(store.append([msg(c1, "a", "p"), msg(c2, "a", "q")], 1))
+            await waiting_for_locks(watcher, 1)  # the batch holds 1, waits for 2
+            await other.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c1)  # the cycle
+            await outside.commit()
+            stored = await pending
+            assert await watcher.fetchval(deadlocks) == before + 1
+            assert [(s.conversation_id, s.seq, s.is_new) for s in stored if s is not None] == [
+                (c1, 1, True),
+                (c2, 1, True),
+            ]
+            assert await store.last_seqs([c1, c2]) == {c1: 1, c2: 1}  # no seq burnt by the failed try
+        finally:
+            await watcher.close()
+            await other.close()
+            await store.close()
+
+    run(main())
+
+
+def test_a_batch_takes_the_membership_row_before_the_conversation_so_a_removal_waits(
+    run: Run, postgres_database: str
+) -> None:
+    """A removal deletes the member row, then updates the conversation; a batch locking the
+    conversation first, then the member row, would close a circle with it."""
+
+    async def main() -> None:
+        store = await open_store(postgres_database)
+        holder = await asyncpg.connect(postgres_database)
+        remover = await asyncpg.connect(postgres_database)
+        watcher = await asyncpg.connect(postgres_database)
+        try:
+            group = (await store.create_conversation([UserId("a"), UserId("u")], "g", "group", 0))[0].id
+            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            before = await watcher.fetchval(deadlocks)
+            held = holder.transaction()
+            await held.start()
+            await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", group)
+            pending = asyncio.ensure_future(store.append([msg(group, "u", "m")], 1))
+            await waiting_for_locks(watcher, 1)
+            removal = asyncio.ensure_future(remover.fetch(postgres._REMOVE_MEMBER, group, "u"))
+            await waiting_for_locks(watcher, 2)
+            await held.commit()
+            (sent,) = await pending
+            assert (await removal)[0][0] == 1
+            assert await watcher.fetchval(deadlocks) == before
+            assert sent is not None and sent.seq == 1  # locked while u was a member: stored, then u left
+        finally:
+            await watcher.close()
+            await remover.close()
+            await holder.close()
+            await store.close()
+
+    run(main())
+
+
+def test_batches_use_at_most_four_connections(run: Run, postgres_database: str) -> None:
+    async def main() -> None:
+        setup = await open_store(postgres_database)
+        watcher = await asyncpg.connect(postgres_database)
+        store = PostgresStore(postgres_database, pool_size=16)
+        try:
+            groups = [(await setup.create_conversation([UserId("a")], f"g{i}", "group", 0))[0].id for i in range(10)]
+            count = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            before = await watcher.fetchval(count)
+            await asyncio.gather(*(store.append([msg(g, "a", f"m{g}")], 1) for g in groups))
+            assert await watcher.fetchval(count) - before == 4  # ten batches at once, four sessions
+        finally:
+            await store.close()
+            await watcher.close()
+            await setup.close()
 
     run(main())
 
@@ -215,8 +308,9 @@ def test_a_violation_other_than_a_pair_stored_meanwhile_is_not_retried(run: Run,
             group = (await store.create_conversation([UserId("a"), UserId("b")], "g", "group", 0))[0].id
             await store.append([msg(group, "a", "first")], 1)
             await admin.execute("UPDATE conversations SET last_seq = 0 WHERE id = $1", group)  # the fault
-            with pytest.raises(StoreUnavailable, match="messages_conversation_id_seq_key"):
+            with pytest.raises(StoreError, match="messages_conversation_id_seq_key") as raised:
                 await store.append([msg(group, "a", "second")], 1)
+            assert not isinstance(raised.value, StoreUnavailable)  # a fault, not storage down
         finally:
             await admin.close()
             await store.close()
