@@ -274,6 +274,7 @@ class Context:
         if loading is None:
             loading = self._member_loads[conversation] = asyncio.ensure_future(self._load_members(conversation))
             loading.add_done_callback(lambda _: self._member_loads.pop(conversation, None))
+            loading.add_done_callback(_seen)
         return await asyncio.shield(loading)  # one waiter cancelled must not cancel the others' load
 
     async def _load_members(self, conversation: ConversationId) -> set[UserId]:
@@ -295,6 +296,7 @@ class Context:
         if loading is None:
             loading = self._conversation_loads[user] = asyncio.ensure_future(self._load_conversations(user))
             loading.add_done_callback(lambda _: self._conversation_loads.pop(user, None))
+            loading.add_done_callback(_seen)
         return await asyncio.shield(loading)
 
     async def _load_conversations(self, user: UserId) -> set[ConversationId]:
@@ -318,6 +320,14 @@ class Context:
             known = conversation in await self.conversations_of(session.user)
         if not known:
             raise not_a_member(conversation)
+
+
+def _seen(load: asyncio.Future[Any]) -> None:
+    """Mark a shared load's failure as seen: every waiter still there gets it through its shield,
+    and one whose waiters were all cancelled (a shutdown) ended as expected, which asyncio would
+    otherwise log with a traceback as an exception never retrieved."""
+    if not load.cancelled():
+        load.exception()
 
 
 def _finished(session: Session) -> None:

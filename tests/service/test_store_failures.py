@@ -7,6 +7,7 @@ and failures the test switches on; everything above it runs for real.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class TroubledStore(SqliteStore):
         self.append_fails: Callable[[list[NewMessage]], Exception | None] = lambda batch: None
         self.writes_fail = False
         self.loads_fail = False  # loading a user's conversations
+        self.load_gate = asyncio.Event()  # loads of a user's conversations wait while it is clear
+        self.load_gate.set()
+        self.loads_started = 0
         self.in_flight = self.most_in_flight = 0  # append calls under way at once
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
@@ -47,6 +51,8 @@ class TroubledStore(SqliteStore):
             self.in_flight -= 1
 
     async def conversation_ids(self, user: UserId) -> list[ConversationId]:
+        self.loads_started += 1
+        await self.load_gate.wait()
         if self.loads_fail:
             raise StoreUnavailable("switched off by the test")
         return await super().conversation_ids(user)
@@ -291,5 +297,34 @@ def test_sync_spends_from_its_own_slower_bucket(tmp_path: Path) -> None:
             assert limited["payload"]["code"] == "rate_limited"
             assert 0 < limited["payload"]["retry_after_ms"] <= 1000
             assert (await alice.request("conversation:list", {}))["type"] != "error"  # other reads go on
+
+    run(main())
+
+
+def test_a_shared_load_that_fails_after_its_waiters_left_is_not_reported_as_unretrieved(tmp_path: Path) -> None:
+    """A user's conversations are loaded once for everyone who needs them, behind a shield: a
+    waiter cancelled (a request ended by a shutdown) leaves the load running. When it then fails
+    with nobody left waiting, that is an expected end, not asyncio's "exception was never
+    retrieved" (which the server logs with a traceback)."""
+    store = TroubledStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        reports: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reports.append(context))
+        async with world(tmp_path, store=store) as w:
+            ctx = w.service.ctx
+            store.load_gate.clear()
+            waiter = asyncio.ensure_future(ctx.conversations_of(UserId("bob")))
+            while not store.loads_started:
+                await asyncio.sleep(0)
+            waiter.cancel()
+            store.loads_fail = True
+            store.load_gate.set()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            del waiter
+            gc.collect()
+            await asyncio.sleep(0)
+        assert [r["message"] for r in reports] == []
 
     run(main())
