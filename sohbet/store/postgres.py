@@ -498,6 +498,8 @@ class PostgresStore:
                     continue  # another process stored one of our pairs first: see it next time
                 except asyncpg.DeadlockDetectedError:
                     continue  # a writer outside this order (another program); Postgres chose us
+                if len(rows) == len(batch):
+                    return rows  # a row per message: every pair answered (the usual batch)
                 refused = {(m.sender_id, m.client_id) for m in batch} - {(r["sender_id"], r["client_id"]) for r in rows}
                 if refused:
                     # Refused because the sender's membership row was gone when locked: another

@@ -27,6 +27,8 @@ from ..conftest import pg_admin
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 TABLES = ("messages", "members", "conversations")
+#: Deadlocks Postgres has broken in this database so far (read outside a transaction).
+DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
 
 
 def test_the_batch_statement_reaches_every_table_by_index_in_a_generic_plan(run: Run, postgres_database: str) -> None:
@@ -91,8 +93,7 @@ def test_writers_that_meet_on_a_pair_and_a_conversation_do_not_deadlock(run: Run
         try:
             c1 = (await x.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
             c2 = (await x.create_conversation([UserId("a"), UserId("b")], "two", "group", 0))[0].id
-            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-            before = await watcher.fetchval(deadlocks)
+            before = await watcher.fetchval(DEADLOCKS)
             hold = holder.transaction()
             await hold.start()
             await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c2)
@@ -111,7 +112,7 @@ def test_writers_that_meet_on_a_pair_and_a_conversation_do_not_deadlock(run: Run
                 (c1, 2, True),
                 (c2, theirs[0].seq + 1, True),
             ]
-            assert await watcher.fetchval(deadlocks) == before
+            assert await watcher.fetchval(DEADLOCKS) == before
         finally:
             await watcher.close()
             await holder.close()
@@ -169,15 +170,14 @@ def test_batches_holding_the_same_pairs_in_opposite_orders_do_not_deadlock(run: 
                 f"((NEW.client_id = 'P' AND NEW.conversation_id = {c1}) "
                 f"OR (NEW.client_id = 'Q' AND NEW.conversation_id = {c2})) EXECUTE FUNCTION test_hold()"
             )
-            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-            before = await watcher.fetchval(deadlocks)
+            before = await watcher.fetchval(DEADLOCKS)
             await watcher.execute("SELECT pg_advisory_lock(4242)")
             one = asyncio.ensure_future(store.append([msg(c1, "a", "Q"), msg(c1, "a", "P")], 1))
             two = asyncio.ensure_future(store.append([msg(c2, "a", "P"), msg(c2, "a", "Q")], 1))
             await waiting_for_locks(watcher, 2)
             await watcher.execute("SELECT pg_advisory_unlock(4242)")
             results = [*await one, *await two]
-            assert await watcher.fetchval(deadlocks) == before
+            assert await watcher.fetchval(DEADLOCKS) == before
             new = sorted(s.client_id for s in results if s is not None and s.is_new)
             assert new == ["P", "Q"]  # each pair stored once, the other batch answered with it
         finally:
@@ -200,8 +200,7 @@ def test_a_deadlock_with_a_writer_outside_the_order_is_retried_and_stores_once(
         try:
             c1 = (await store.create_conversation([UserId("a"), UserId("b")], "one", "group", 0))[0].id
             c2 = (await store.create_conversation([UserId("a"), UserId("b")], "two", "group", 0))[0].id
-            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-            before = await watcher.fetchval(deadlocks)
+            before = await watcher.fetchval(DEADLOCKS)
             outside = other.transaction()
             await outside.start()
             await other.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c2)
@@ -210,7 +209,7 @@ def test_a_deadlock_with_a_writer_outside_the_order_is_retried_and_stores_once(
             await other.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c1)  # the cycle
             await outside.commit()
             stored = await pending
-            assert await watcher.fetchval(deadlocks) == before + 1
+            assert await watcher.fetchval(DEADLOCKS) == before + 1
             assert [(s.conversation_id, s.seq, s.is_new) for s in stored if s is not None] == [
                 (c1, 1, True),
                 (c2, 1, True),
@@ -237,8 +236,7 @@ def test_a_batch_takes_the_membership_row_before_the_conversation_so_a_removal_w
         watcher = await asyncpg.connect(postgres_database)
         try:
             group = (await store.create_conversation([UserId("a"), UserId("u")], "g", "group", 0))[0].id
-            deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-            before = await watcher.fetchval(deadlocks)
+            before = await watcher.fetchval(DEADLOCKS)
             held = holder.transaction()
             await held.start()
             await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", group)
@@ -249,7 +247,7 @@ def test_a_batch_takes_the_membership_row_before_the_conversation_so_a_removal_w
             await held.commit()
             (sent,) = await pending
             assert (await removal)[0][0] == 1
-            assert await watcher.fetchval(deadlocks) == before
+            assert await watcher.fetchval(DEADLOCKS) == before
             assert sent is not None and sent.seq == 1  # locked while u was a member: stored, then u left
         finally:
             await watcher.close()
