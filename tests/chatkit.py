@@ -103,6 +103,7 @@ async def chat_server(
     auth: AuthConfig = AUTH,
     store: MessageStore | None = None,
     depth: int | None = None,
+    gather_s: float = 0.0,
     metrics_token: str | None = None,
     webhook: WebhookConfig | None = None,
     metrics_reuse_s: float = 0.0,
@@ -122,7 +123,7 @@ async def chat_server(
         chat=chat or ChatConfig(),
         limits=limits or Limits(),
         websocket=WebSocketConfig(subprotocols=("sohbet.v1",)),
-        store=StoreConfig(url=url),
+        store=StoreConfig(url=url, write_gather_s=gather_s),
         metrics_token=metrics_token,
         webhook=webhook or WebhookConfig(),
         metrics_reuse_s=metrics_reuse_s,  # 0: each scrape sees the counters of its moment

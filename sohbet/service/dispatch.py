@@ -79,6 +79,7 @@ class ChatService:
         max_queue: int = 20_000,
         writers: int = 1,
         depth: int = 1,
+        gather_s: float = 0.0,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         broker: Broker | None = None,
@@ -89,7 +90,9 @@ class ChatService:
         self._tokens = VerifiedTokens(verifier, self.ctx.clock, leeway_s)
         self.max_message_bytes = max_message_bytes
         self.leeway_s = leeway_s
-        self.writer = Writer(self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth)
+        self.writer = Writer(
+            self.ctx, max_batch=max_batch, max_queue=max_queue, writers=writers, depth=depth, gather_s=gather_s
+        )
         self.presence = Presence(self.ctx)
         self.broker = broker
         self.cluster = self.ctx.cluster = Cluster(

@@ -5,7 +5,10 @@ Layer: service. Imports asyncio, the chat domain and the store interface.
 One writer task per shard of conversations takes what is queued, writes it in one transaction
 (`MessageStore.append`), and once the batch has committed acks each sender and delivers each new
 message to the conversation's members, in seq order. Up to `depth` transactions are in flight
-at once: while one commits, the next one gathers and starts.
+at once: while one commits, the next one gathers and starts. With `gather_s`, a batch also waits
+that long after its oldest send for more to join it: a transaction costs the server and the
+database about the same whatever it carries, and a process that sees each send on its own would
+otherwise pay that cost per message.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ _MAX_UNCERTAIN: Final = 100_000
 class Writer:
     """The queues of accepted sends and the tasks that commit them."""
 
-    def __init__(self, ctx: Context, *, max_batch: int, max_queue: int, writers: int, depth: int) -> None:
+    def __init__(
+        self, ctx: Context, *, max_batch: int, max_queue: int, writers: int, depth: int, gather_s: float = 0.0
+    ) -> None:
         self.ctx = ctx
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.depth = depth
+        self.gather_s = gather_s
         # One queue and one writer task per shard; a conversation always maps to the same shard,
         # so its messages commit and fan out in seq order, while other conversations commit in
         # parallel (a database like Postgres then flushes their commits together).
@@ -94,9 +100,13 @@ class Writer:
         if self._queued >= self.max_queue or self._stopping:
             return False
         shard = send[2].conversation_id % len(self._queues)
-        self._queues[shard].append(send)
+        queue = self._queues[shard]
+        queue.append(send)
         self._queued += 1
-        self._wakes[shard].set()
+        # While a batch gathers, its writer waits on a timer: it needs waking only for the first
+        # send (to start the timer) and for a full batch, not for every send in between.
+        if not self.gather_s or len(queue) == 1 or len(queue) >= self.max_batch:
+            self._wakes[shard].set()
         return True
 
     async def _write_loop(self, shard: int) -> None:
@@ -121,9 +131,16 @@ class Writer:
     ) -> None:
         queue, wake = self._queues[shard], self._wakes[shard]
         store = self.ctx.store
+        gather, loop = self.gather_s, asyncio.get_running_loop()
         busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
         while True:
+            ready = 0.0  # while a batch gathers: the `perf_counter` time it is due
             while queue and len(inflight) < self.depth:
+                if gather and len(queue) < self.max_batch and not self._stopping:
+                    ready = queue[0][3] + gather
+                    if perf_counter() < ready:
+                        break
+                    ready = 0.0
                 batch = self._take(queue, busy)
                 if not batch:
                     break  # everything queued waits for a conversation already in flight
@@ -132,11 +149,14 @@ class Writer:
                     busy[cid] = busy.get(cid, 0) + 1
                 appended = store.append([send[2] for send in batch], self.ctx.wall_ms())
                 inflight.append((batch, asyncio.ensure_future(appended), perf_counter()))
+            timer = loop.call_later(ready - perf_counter(), wake.set) if ready else None
             if not inflight:
                 if self._stopping:
                     return
                 await wake.wait()
                 wake.clear()
+                if timer is not None:
+                    timer.cancel()
                 continue
             batch, oldest, began = inflight[0]
             if not oldest.done():
@@ -145,8 +165,12 @@ class Writer:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 wake.clear()
+                if timer is not None:
+                    timer.cancel()
                 if not oldest.done():
-                    continue  # more sends arrived: start another batch while this one commits
+                    continue  # more sends arrived, or a batch has gathered: start it while this one commits
+            elif timer is not None:
+                timer.cancel()
             inflight.popleft()
             stats = self.ctx.stats
             stats.commit_seconds.observe(perf_counter() - began)

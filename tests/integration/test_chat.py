@@ -21,6 +21,30 @@ from ..chatkit import chat_server, token, with_chat
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
+# --- storing ----------------------------------------------------------------------------------
+
+
+def test_sends_that_arrive_while_a_batch_gathers_share_its_transaction(run: Run, database_url: str) -> None:
+    """`--write-gather-ms`: two users' sends 20 ms apart, within a 500 ms gathering, are stored
+    by one transaction (one batch: one time, consecutive seqs) and both acked."""
+
+    async def main() -> None:
+        async with chat_server(database_url, gather_s=0.5) as h:
+            alice, bob = await h.connect("alice"), await h.connect("bob")
+            cid = await alice.create("bob")
+            payload = {"conversation_id": cid, "content": "first", "client_id": "a1"}
+            await alice.send_raw({"type": "chat:send", "payload": payload, "ref": "a"})
+            await asyncio.sleep(0.02)
+            payload = {"conversation_id": cid, "content": "second", "client_id": "b1"}
+            await bob.send_raw({"type": "chat:send", "payload": payload, "ref": "b"})
+            first = (await alice.expect("chat:ack", ref="a"))["payload"]["message"]
+            second = (await bob.expect("chat:ack", ref="b"))["payload"]["message"]
+            assert (first["seq"], second["seq"]) == (1, 2)
+            assert first["created_at"] == second["created_at"]  # one batch, one time
+
+    run(main())
+
+
 # --- connecting --------------------------------------------------------------------------------
 
 
