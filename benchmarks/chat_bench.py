@@ -160,6 +160,8 @@ class Server:
                    str(self.port), *args]  # fmt: skip
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
+        #: The database it stores in, where a caller needs to look at it.
+        self.database_url = ""
 
     def stop(self) -> list[str]:
         self.proc.terminate()
@@ -224,6 +226,7 @@ def fresh_sohbet(database: str, extra: list[str] | None = None, env: dict[str, s
         url = f"sqlite:///{data_dir}/bench.db" if database == "sqlite" else asyncio.run(fresh_postgres())
         try:
             server = sohbet_server(url, data_dir, extra, env)
+            server.database_url = url
             try:
                 yield server
             finally:
@@ -370,8 +373,72 @@ def postgres_cpu_s() -> float:
     return total
 
 
+async def commits(url: str) -> int:
+    """Transactions committed in the database of *url* so far (Postgres's statistics, which a
+    backend reports at most once a second: read them after a pause)."""
+    con = await asyncpg.connect(url)
+    try:
+        return int(await con.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+    finally:
+        await con.close()
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    """The measured server's flags the command line asked for."""
+    return ["--write-gather-ms", str(args.write_gather)] if args.write_gather is not None else []
+
+
+def bench_send_at_rate(args: argparse.Namespace) -> dict[str, Any]:
+    """An open loop at `--rate` sends a second, as a process of a cluster sees its users: what
+    each message costs the server and Postgres, how many a transaction carries, and the ack
+    latency. Unlike the closed loop, the batch size here is set by the arrival rate, not by how
+    many senders wait."""
+    with fresh_sohbet(args.database, server_flags(args)) as server:
+        url = server.database_url
+
+        async def main() -> dict[str, Any]:
+            clients, conversations = await senders(server.port, args.senders)
+            await paced(clients, conversations, args.rate, 1.0)  # warm-up
+            gc.collect()
+            gc.disable()  # see bench_send
+            try:
+                await asyncio.sleep(1.5)
+                tx0 = await commits(url) if args.database == "postgres" else 0
+                cpu0, db0 = cpu_s(server.proc.pid), postgres_cpu_s()
+                latencies = sorted(await paced(clients, conversations, args.rate, args.duration))
+                cpu1, db1 = cpu_s(server.proc.pid), postgres_cpu_s()
+                await asyncio.sleep(1.5)
+                tx1 = await commits(url) if args.database == "postgres" else 0
+            finally:
+                gc.enable()
+            for c in clients:
+                c.transport.close()
+            count = len(latencies)
+            on_postgres = {
+                "postgres_cpu_us_per_send": (db1 - db0) / count * 1e6,
+                # Every transaction of the database: the writer's, and the first of this
+                # script's two reads of the statistics (thousands against one).
+                "messages_per_transaction": count / max(1, tx1 - tx0 - 1),
+            }
+            return {
+                "database": args.database,
+                "senders": args.senders,
+                "rate": args.rate,
+                "write_gather": args.write_gather,
+                "acked": count,
+                "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
+                **(on_postgres if args.database == "postgres" else {}),
+                "ack_p50_ms": latencies[len(latencies) // 2] * 1000,
+                "ack_p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+            }
+
+        return uvloop.run(main())
+
+
 def bench_send(args: argparse.Namespace) -> dict[str, Any]:
-    with fresh_sohbet(args.database) as server:
+    if args.rate is not None:
+        return bench_send_at_rate(args)
+    with fresh_sohbet(args.database, server_flags(args)) as server:
 
         async def main() -> dict[str, Any]:
             clients, conversations = await senders(server.port, args.senders)
@@ -394,6 +461,7 @@ def bench_send(args: argparse.Namespace) -> dict[str, Any]:
             return {
                 "database": args.database,
                 "senders": args.senders,
+                "write_gather": args.write_gather,
                 "acked_per_s": rate,
                 "server_cpu_us_per_send": (cpu1 - cpu0) / count * 1e6,
                 # The load generator shares the machine's two cores with the server and Postgres:
@@ -661,6 +729,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--rate", type=float, help="send: an open loop at this many sends a second")
+    parser.add_argument("--write-gather", type=float, help="send: the server's --write-gather-ms")
     parser.add_argument("--sohbet", metavar="DIR", type=Path, help="measure this checkout's server (its .venv)")
     args = parser.parse_args()
     if args.sohbet is not None:
