@@ -8,6 +8,7 @@ The directory holds what the tools printed, one file per run:
     send-<db>-<run>.json          chat_bench.py send, 64 senders
     send-postgres-s<N>.json       chat_bench.py send --senders N
     send-postgres-before-*.json   the same, another checkout's server (--sohbet DIR), drawn beside
+    postgres-rate<R>-gather<G>-run<N>.json   chat_bench.py send --rate R --write-gather G
 Where a point has several runs, the plot shows their median and a bar from the lowest to the
 highest, so the spread a shared machine gives is visible rather than hidden.
 """
@@ -142,6 +143,32 @@ def send(results: Path) -> None:
     fig.savefig(DOCS / "send.png", dpi=110)
 
 
+def gather(results: Path) -> None:
+    runs: dict[int, dict[int, list[dict[str, Any]]]] = {}
+    for path in results.glob("postgres-rate*-gather*-run*.json"):
+        m = re.fullmatch(r"postgres-rate(\d+)-gather(\d+)-run\d+\.json", path.name)
+        if m:
+            runs.setdefault(int(m.group(2)), {}).setdefault(int(m.group(1)), []).append(printed_json(path))
+    fig, (cpu, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    shades = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for colour, ms in zip(shades, sorted(runs), strict=False):
+        rates = sorted(runs[ms])
+        of = runs[ms]
+        line(cpu, rates, [[r["server_cpu_us_per_send"] + r["postgres_cpu_us_per_send"] for r in of[n]] for n in rates],
+             f"{ms} ms", colour)  # fmt: skip
+        line(latency, rates, [[r["ack_p50_ms"] for r in of[n]] for n in rates], f"{ms} ms", colour)
+    cpu.set(xscale="log", xlabel="sends a second into one process (an open loop)",
+            ylabel="CPU µs per message, server + Postgres", title="A message, by --write-gather-ms")  # fmt: skip
+    latency.set(xscale="log", xlabel="sends a second", ylabel="ack latency, median ms", title="And in latency")
+    for ax in (cpu, latency):
+        ax.set_xticks(sorted(runs[0]), [f"{n:,}" for n in sorted(runs[0])])
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(title="gathering", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(DOCS / "send-gather.png", dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
@@ -153,6 +180,8 @@ def main() -> None:
         echo(args.results)
     if any(args.results.glob("send-postgres-*.json")):
         send(args.results)
+    if any(args.results.glob("postgres-rate*-gather*-run*.json")):
+        gather(args.results)
 
 
 if __name__ == "__main__":
