@@ -414,6 +414,8 @@ def bench_send_at_rate(args: argparse.Namespace) -> dict[str, Any]:
             for c in clients:
                 c.transport.close()
             count = len(latencies)
+            if not count:
+                raise RuntimeError("no send was acked")
             on_postgres = {
                 "postgres_cpu_us_per_send": (db1 - db0) / count * 1e6,
                 # Every transaction of the database: the writer's, and the first of this

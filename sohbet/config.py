@@ -55,7 +55,7 @@ MAX_KID_CHARS: Final = 256
 MAX_PORT: Final = 65535
 #: A batch gathers at most this long: every ack waits up to that much longer. A few
 #: milliseconds already fill the batches of a process at a few thousand sends a second.
-MAX_WRITE_GATHER_S: Final = 1.0
+MAX_WRITE_GATHER_MS: Final = 1000
 #: How a PostgreSQL URL starts.
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 #: Why `--redis-url` without Postgres stops the process.
@@ -140,11 +140,11 @@ class StoreConfig:
     #: Sends waiting for the writer before new ones are refused with `unavailable`.
     max_queue: int = 20_000
     pool_size: int = 16
-    #: Seconds the writer lets a batch gather before it commits it (0: as soon as it can). Each
-    #: transaction costs the server and the database about the same whatever it carries, so a
-    #: process that sees a few thousand sends a second spends half its CPU per message, and
-    #: Postgres half of its, with 2 ms of gathering (benchmarks/README.md, "Gathering a batch").
-    write_gather_s: float = 0.0
+    #: Milliseconds the writer lets a batch gather before it commits it (0: as soon as it can).
+    #: Each transaction costs the server and the database about the same whatever it carries,
+    #: so a process that sees a few thousand sends a second saves much of both with a couple of
+    #: milliseconds (benchmarks/README.md, "Gathering a batch").
+    write_gather_ms: float = 0.0
     #: Seconds one call to Postgres may take, from asking for a connection to the last row: a
     #: database that hangs is then `unavailable`, not a request that never ends.
     timeout_s: float = 5.0
@@ -154,7 +154,7 @@ class StoreConfig:
         require_within("max_batch", self.max_batch, 1, 10_000)
         require(self.max_queue >= self.max_batch, f"max_queue of {self.max_queue} is below max_batch")
         require_within("pool_size", self.pool_size, 1, 100)
-        require_within("write_gather_s", self.write_gather_s, 0, MAX_WRITE_GATHER_S)
+        require_within("write_gather_ms", self.write_gather_ms, 0, MAX_WRITE_GATHER_MS)
         require_within("timeout_s", self.timeout_s, 0.1, 600)
 
     @property
@@ -441,7 +441,7 @@ SETTINGS: tuple[Setting, ...] = (
         "write_gather_ms",
         float,
         0.0,
-        f"milliseconds a batch of chat:send may gather before it is committed (0-{MAX_WRITE_GATHER_S * 1000:g}): "
+        f"milliseconds a batch of chat:send may gather before it is committed (0-{MAX_WRITE_GATHER_MS}): "
         "fewer, larger transactions for a little latency",
     ),
     Setting(
@@ -785,7 +785,7 @@ class Config:
             store=StoreConfig(
                 url=str(url),
                 timeout_s=float(v["storage_timeout"]),  # type: ignore[arg-type]  # coerced
-                write_gather_s=float(v["write_gather_ms"]) / 1000,  # type: ignore[arg-type]  # coerced
+                write_gather_ms=float(v["write_gather_ms"]),  # type: ignore[arg-type]  # coerced
             ),
             chat=ChatConfig(
                 send_rate_per_s=float(v["send_rate"]),  # type: ignore[arg-type]  # coerced

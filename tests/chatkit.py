@@ -123,7 +123,7 @@ async def chat_server(
         chat=chat or ChatConfig(),
         limits=limits or Limits(),
         websocket=WebSocketConfig(subprotocols=("sohbet.v1",)),
-        store=StoreConfig(url=url, write_gather_s=gather_s),
+        store=StoreConfig(url=url, write_gather_ms=gather_s * 1000),
         metrics_token=metrics_token,
         webhook=webhook or WebhookConfig(),
         metrics_reuse_s=metrics_reuse_s,  # 0: each scrape sees the counters of its moment

@@ -311,12 +311,12 @@ def test_writer_shape_per_backend() -> None:
 
 def test_the_write_gather_is_a_setting_in_milliseconds_and_bounded() -> None:
     base = {"SOHBET_JWT_SECRET": SECRET}
-    assert Config.from_settings(merge_settings(base)).store.write_gather_s == 0  # off: commit at once
-    assert Config.from_settings(merge_settings({**base, "SOHBET_WRITE_GATHER_MS": "2"})).store.write_gather_s == 0.002
+    assert Config.from_settings(merge_settings(base)).store.write_gather_ms == 0  # off: commit at once
+    assert Config.from_settings(merge_settings({**base, "SOHBET_WRITE_GATHER_MS": "2"})).store.write_gather_ms == 2
     flag = merge_settings(base, None, {"write_gather_ms": 1000})
-    assert Config.from_settings(flag).store.write_gather_s == 1.0
-    for bad in ("-1", "1000.5"):
-        with pytest.raises(ConfigError, match=r"write_gather_s of .* is outside 0-1"):
+    assert Config.from_settings(flag).store.write_gather_ms == 1000
+    for bad in ("-1", "1000.5", "nan"):
+        with pytest.raises(ConfigError, match=r"write_gather_ms of .* is outside 0-1000"):
             Config.from_settings(merge_settings({**base, "SOHBET_WRITE_GATHER_MS": bad}))
 
 

@@ -90,7 +90,7 @@ class App:
             max_queue=config.store.max_queue,
             writers=config.store.writers,
             depth=write_depth or config.store.write_depth,
-            gather_s=config.store.write_gather_s,
+            gather_s=config.store.write_gather_ms / 1000,
             notifier=self.webhook,
             broker=broker,
         )

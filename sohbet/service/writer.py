@@ -6,9 +6,9 @@ One writer task per shard of conversations takes what is queued, writes it in on
 (`MessageStore.append`), and once the batch has committed acks each sender and delivers each new
 message to the conversation's members, in seq order. Up to `depth` transactions are in flight
 at once: while one commits, the next one gathers and starts. With `gather_s`, a batch also waits
-that long after its oldest send for more to join it: a transaction costs the server and the
-database about the same whatever it carries, and a process that sees each send on its own would
-otherwise pay that cost per message.
+that long after its oldest send (of a conversation not in flight) for more to join it: a
+transaction costs the server and the database about the same whatever it carries, and a process
+that sees each send on its own would otherwise pay that cost per message.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class Writer:
         # parallel (a database like Postgres then flushes their commits together).
         self._queues: list[Batch] = [[] for _ in range(writers)]
         self._wakes = [asyncio.Event() for _ in range(writers)]
+        # Per shard: its writer waits on a gathering timer, so a send need not wake it.
+        self._gathering = [False] * writers
         self._queued = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -103,9 +105,9 @@ class Writer:
         queue = self._queues[shard]
         queue.append(send)
         self._queued += 1
-        # While a batch gathers, its writer waits on a timer: it needs waking only for the first
-        # send (to start the timer) and for a full batch, not for every send in between.
-        if not self.gather_s or len(queue) == 1 or len(queue) >= self.max_batch:
+        # While a batch gathers, its writer waits on a timer: a send wakes it only when it fills
+        # the batch, not for every send in between.
+        if not self._gathering[shard] or len(queue) >= self.max_batch:
             self._wakes[shard].set()
         return True
 
@@ -133,14 +135,27 @@ class Writer:
         store = self.ctx.store
         gather, loop = self.gather_s, asyncio.get_running_loop()
         busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
+        due = False  # the gathering timer fired: the batch goes, whatever `perf_counter` says
+
+        def gathered() -> None:
+            # uvloop's timers count whole milliseconds and may fire a little before `ready`:
+            # rechecking the time then would arm a zero-delay timer again and again.
+            nonlocal due
+            due = True
+            wake.set()
+
         while True:
             ready = 0.0  # while a batch gathers: the `perf_counter` time it is due
             while queue and len(inflight) < self.depth:
-                if gather and len(queue) < self.max_batch and not self._stopping:
-                    ready = queue[0][3] + gather
+                if gather and not due and len(queue) < self.max_batch and not self._stopping:
+                    first = _first_free(queue, busy)
+                    if first is None:
+                        break  # everything queued waits for a conversation already in flight
+                    ready = first + gather
                     if perf_counter() < ready:
                         break
                     ready = 0.0
+                due = False
                 batch = self._take(queue, busy)
                 if not batch:
                     break  # everything queued waits for a conversation already in flight
@@ -149,28 +164,22 @@ class Writer:
                     busy[cid] = busy.get(cid, 0) + 1
                 appended = store.append([send[2] for send in batch], self.ctx.wall_ms())
                 inflight.append((batch, asyncio.ensure_future(appended), perf_counter()))
-            timer = loop.call_later(ready - perf_counter(), wake.set) if ready else None
             if not inflight:
                 if self._stopping:
                     return
-                await wake.wait()
-                wake.clear()
-                if timer is not None:
-                    timer.cancel()
+                await self._wait(shard, loop, ready, gathered)
                 continue
             batch, oldest, began = inflight[0]
             if not oldest.done():
-                waiter: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wait(shard, loop, ready, gathered))
                 pending: set[asyncio.Future[Any]] = {oldest, waiter}
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                try:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
                 wake.clear()
-                if timer is not None:
-                    timer.cancel()
                 if not oldest.done():
                     continue  # more sends arrived, or a batch has gathered: start it while this one commits
-            elif timer is not None:
-                timer.cancel()
             inflight.popleft()
             stats = self.ctx.stats
             stats.commit_seconds.observe(perf_counter() - began)
@@ -183,6 +192,19 @@ class Writer:
                 else:
                     del busy[cid]
             await self._committed(batch, oldest)
+
+    async def _wait(self, shard: int, loop: asyncio.AbstractEventLoop, ready: float, gathered: Any) -> None:
+        """Until a send wakes the writer, or with *ready* (a batch gathering) until it is due."""
+        wake = self._wakes[shard]
+        timer = loop.call_later(ready - perf_counter(), gathered) if ready else None
+        self._gathering[shard] = timer is not None
+        try:
+            await wake.wait()
+            wake.clear()
+        finally:
+            self._gathering[shard] = False
+            if timer is not None:
+                timer.cancel()
 
     def _take(self, queue: Batch, busy: dict[ConversationId, int]) -> Batch:
         """The next batch: queued sends whose conversation is not in a transaction in flight.
@@ -299,6 +321,13 @@ class Writer:
             ctx.refund(session, _SEND)  # replays are free
         ctx.stats.acked += 1
         session.acked(message, obj, ref)
+
+
+def _first_free(queue: Batch, busy: dict[ConversationId, int]) -> float | None:
+    """When the oldest queued send of a conversation not in flight was accepted (None: none is)."""
+    if not busy:
+        return queue[0][3]
+    return next((send[3] for send in queue if send[2].conversation_id not in busy), None)
 
 
 def _consume(appended: asyncio.Future[Any]) -> None:

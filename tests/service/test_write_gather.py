@@ -9,6 +9,10 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
 
 from sohbet.chat.model import NewMessage, StoredMessage
 from sohbet.store.sqlite import SqliteStore
@@ -154,5 +158,119 @@ def test_stopping_commits_a_gathering_batch_at_once(tmp_path: Path) -> None:
             await asyncio.wait_for(w.service.writer.stop(), 5.0)
             await acked(alice, refs)
             assert store.appends == [["m1"]]
+
+    run(main())
+
+
+@pytest.mark.parametrize("gather_s", [0.0, 0.02], ids=["no-gather", "gather-20ms"])
+def test_a_send_behind_one_held_for_a_busy_conversation_starts_in_its_own_time(tmp_path: Path, gather_s: float) -> None:
+    """Depth 2: x2 waits at the queue's head for x1's transaction (held open); y1, behind it,
+    starts beside x1 after its own gathering time, not after x1 commits."""
+    store = RecordingStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=2, gather_s=gather_s) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            try:
+                refs = [send(alice, x, "x1")]
+                await until(lambda: store.appends == [["x1"]])
+                refs.append(send(alice, x, "x2"))  # held: x is in flight
+                await asyncio.sleep(gather_s + 0.03)  # x2's gathering time is over; it still waits
+                refs.append(send(alice, y, "y1"))
+                await until(lambda: store.in_flight == 2)
+                assert store.appends == [["x1"], ["y1"]]
+            finally:
+                store.gate.set()
+            await acked(alice, refs)
+
+    run(main())
+
+
+def test_a_send_gathers_from_its_own_time_not_from_an_older_one_held_at_the_head(tmp_path: Path) -> None:
+    """x2 waits at the queue's head for x1's transaction long past its gathering time; y1 behind
+    it still gathers for its own time, so y2, 10 ms later, joins its batch."""
+    store = RecordingStore(tmp_path / "s.db")
+    gather_s = 0.2
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=2, gather_s=gather_s) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            try:
+                refs = [send(alice, x, "x1")]
+                await until(lambda: store.appends == [["x1"]])
+                refs.append(send(alice, x, "x2"))  # held: x is in flight
+                await asyncio.sleep(gather_s + 0.05)
+                refs.append(send(alice, y, "y1"))
+                await asyncio.sleep(0.01)
+                refs.append(send(alice, y, "y2"))
+                await until(lambda: store.in_flight == 2)
+                assert store.appends == [["x1"], ["y1", "y2"]]
+            finally:
+                store.gate.set()
+            await acked(alice, refs)
+
+    run(main())
+
+
+def test_gathering_under_uvloop_waits_on_its_timer_without_spinning(tmp_path: Path) -> None:
+    """uvloop's timers count whole milliseconds and fire up to one early: a writer that rechecked
+    the time then would arm a zero-delay timer over and over until the clock caught up."""
+    store = RecordingStore(tmp_path / "s.db")
+    waits = 0
+
+    async def main() -> None:
+        nonlocal waits
+        async with world(tmp_path, store=store, send_rate_per_s=0, gather_s=0.0105) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            writer = w.service.writer
+            wait = writer._wait
+
+            async def counted(*args: Any) -> None:
+                nonlocal waits
+                waits += 1
+                await wait(*args)
+
+            writer._wait = counted  # type: ignore[method-assign]
+            for i in range(5):
+                await acked(alice, [send(alice, x, f"m{i}")])
+            assert store.appends == [[f"m{i}"] for i in range(5)]
+
+    uvloop.run(asyncio.wait_for(main(), 30.0))
+    assert waits <= 5 * 3  # per batch: for the send, for the timer, for the commit
+
+
+def test_gathered_batches_keep_each_conversations_seq_order(tmp_path: Path) -> None:
+    """Depth 2 and gathering: sends of two conversations, interleaved while one transaction is
+    held open, are acked and delivered in each conversation's seq order."""
+    store = RecordingStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=2, gather_s=0.005) as w:
+            alice, bob, carol = w.connect("alice"), w.connect("bob"), w.connect("carol")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            refs: dict[int, list[str]] = {x: [], y: []}
+            try:
+                for i in range(8):
+                    conversation = x if i % 3 else y
+                    refs[conversation].append(send(alice, conversation, f"{conversation}-{i}"))
+                    await asyncio.sleep(0.003)  # some sends gather together, some apart
+            finally:
+                store.gate.set()
+            for conversation, member in ((x, bob), (y, carol)):
+                acks = [await alice.socket.wait_for(ref=ref) for ref in refs[conversation]]
+                seqs = [a["payload"]["message"]["seq"] for a in acks]
+                assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+                got, n = member.socket, len(seqs)
+                await until(lambda got=got, n=n: len(got.of_type("chat:message")) == n)  # type: ignore[misc]
+                assert [e["payload"]["message"]["seq"] for e in got.of_type("chat:message")] == seqs
 
     run(main())
