@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import math
 import multiprocessing as mp
 import os
@@ -621,6 +622,7 @@ class Worker:
             "connected": sorted(self.clients),
         }
         self._reset()
+        gc.collect()  # between phases: what the worker dropped, while nothing is being timed
         return report
 
 
@@ -631,6 +633,10 @@ def _worker_main(  # noqa: PLR0917  # a Process target takes its arguments by po
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
+    # The worker's own collector would pause it over thousands of clients' state, and those
+    # pauses would show as the server's ack latency (as they did in chat_bench's send): off,
+    # and run between phases instead (`cmd_report`).
+    gc.disable()
     uvloop.run(Worker(index, commands, groups, tag, seed).serve())
 
 
