@@ -150,14 +150,15 @@ class Writer:
         while True:
             ready = 0.0  # while a batch gathers: the `perf_counter` time it is due
             while queue and len(inflight) < self.depth:
-                if gather and not due and len(queue) < self.max_batch and not self._stopping:
-                    first = _first_free(queue, busy)
+                if gather and not due and not self._stopping:
+                    first, free = _first_free(queue, busy)
                     if first is None:
                         break  # everything queued waits for a conversation already in flight
-                    ready = first + gather
-                    if perf_counter() < ready:
-                        break
-                    ready = 0.0
+                    if free < self.max_batch:  # not yet a full batch of what can go now
+                        ready = first + gather
+                        if perf_counter() < ready:
+                            break
+                        ready = 0.0
                 due = False
                 batch = self._take(queue, busy)
                 if not batch:
@@ -172,9 +173,11 @@ class Writer:
                 return
             if not inflight or not inflight[0][1].done():
                 # Until a send arrives, a batch has gathered, or a transaction ends: each sets
-                # the one event (a task and `asyncio.wait` per wait cost ~20 µs a transaction).
+                # the one event (no task and `asyncio.wait` per wait).
                 await self._wait(shard, loop, ready, gathered)
-                continue  # start what can start, then answer the oldest if it has ended
+                if not inflight or not inflight[0][1].done():
+                    continue  # more sends arrived, or a batch has gathered: start it while this one commits
+                # The oldest has ended: answer it first, which frees its conversations for the next batch.
             batch, oldest, began = inflight.popleft()
             stats = self.ctx.stats
             stats.commit_seconds.observe(perf_counter() - began)
@@ -318,11 +321,13 @@ class Writer:
         session.acked(message, obj, ref)
 
 
-def _first_free(queue: Batch, busy: dict[ConversationId, int]) -> float | None:
-    """When the oldest queued send of a conversation not in flight was accepted (None: none is)."""
+def _first_free(queue: Batch, busy: dict[ConversationId, int]) -> tuple[float | None, int]:
+    """When the oldest queued send of a conversation not in flight was accepted (None: none is),
+    and how many such sends are queued (those waiting behind a transaction cannot fill a batch)."""
     if not busy:
-        return queue[0][3]
-    return next((send[3] for send in queue if send[2].conversation_id not in busy), None)
+        return queue[0][3], len(queue)
+    free = [send[3] for send in queue if send[2].conversation_id not in busy]
+    return (free[0] if free else None), len(free)
 
 
 def _consume(appended: asyncio.Future[Any]) -> None:

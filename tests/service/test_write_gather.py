@@ -43,6 +43,19 @@ class RecordingStore(SqliteStore):
             self.in_flight -= 1
 
 
+class HookStore(RecordingStore):
+    """Calls `hook` (once), synchronously, just before a transaction returns."""
+
+    hook: Callable[[], object] | None = None
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
+        result = await super().append(batch, now_ms)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return result
+
+
 def send(device: Device, conversation: int, content: str) -> str:
     return device.send("chat:send", {"conversation_id": conversation, "content": content, "client_id": content})
 
@@ -272,5 +285,76 @@ def test_gathered_batches_keep_each_conversations_seq_order(tmp_path: Path) -> N
                 got, n = member.socket, len(seqs)
                 await until(lambda got=got, n=n: len(got.of_type("chat:message")) == n)  # type: ignore[misc]
                 assert [e["payload"]["message"]["seq"] for e in got.of_type("chat:message")] == seqs
+
+    run(main())
+
+
+def test_without_gathering_an_ended_transaction_frees_its_conversations_before_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    """Depth 2, no gathering: x1 ends while x2 (held for x) and y1 wait; x1 is answered first, so
+    x2 and y1 share the next transaction instead of taking one each."""
+    store = HookStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=2) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            refs = [send(alice, x, "x1")]
+            await until(lambda: store.appends == [["x1"]])
+            refs.append(send(alice, x, "x2"))
+            await asyncio.sleep(0.005)
+            store.hook = lambda: refs.append(send(alice, y, "y1"))
+            store.gate.set()
+            await until(lambda: len(refs) == 3)
+            await acked(alice, refs)
+            assert store.appends == [["x1"], ["x2", "y1"]]
+
+    run(main())
+
+
+def test_a_batch_that_fills_cancels_its_timer_so_the_next_gathers_its_full_time(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "s.db")
+    gather_s = 0.2
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, max_batch=2, gather_s=gather_s) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            first = [send(alice, x, "a1")]
+            await asyncio.sleep(0.01)  # a1 gathers on its timer
+            await acked(alice, [*first, send(alice, x, "a2")])  # full: goes at once
+            await asyncio.sleep(gather_s / 2)  # a1's timer, had it been left, fires during b1's time
+            began = time.perf_counter()
+            await acked(alice, [send(alice, x, "b1")])
+            assert time.perf_counter() - began >= gather_s * 0.95
+            assert store.appends == [["a1", "a2"], ["b1"]]
+
+    run(main())
+
+
+def test_sends_held_for_a_busy_conversation_do_not_count_towards_a_full_batch(tmp_path: Path) -> None:
+    """max_batch 2: x2 and x3 wait behind x1's transaction; y1 still gathers, and y2 joins it."""
+    store = RecordingStore(tmp_path / "s.db")
+
+    async def main() -> None:
+        async with world(tmp_path, store=store, send_rate_per_s=0, depth=2, max_batch=2, gather_s=0.05) as w:
+            alice = w.connect("alice")
+            x = await w.conversation(alice, "bob")
+            y = await w.conversation(alice, "carol")
+            store.gate.clear()
+            try:
+                refs = [send(alice, x, "x1")]
+                await until(lambda: store.appends == [["x1"]])
+                refs += [send(alice, x, "x2"), send(alice, x, "x3"), send(alice, y, "y1")]
+                await asyncio.sleep(0.01)
+                refs.append(send(alice, y, "y2"))
+                await until(lambda: store.in_flight == 2)
+                assert store.appends == [["x1"], ["y1", "y2"]]
+            finally:
+                store.gate.set()
+            await acked(alice, refs)
 
     run(main())
