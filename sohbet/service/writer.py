@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final, TypeAlias
 
@@ -191,7 +192,9 @@ class Writer:
                     del busy[cid]
             await self._committed(batch, oldest)
 
-    async def _wait(self, shard: int, loop: asyncio.AbstractEventLoop, ready: float, gathered: Any) -> None:
+    async def _wait(
+        self, shard: int, loop: asyncio.AbstractEventLoop, ready: float, gathered: Callable[[], None]
+    ) -> None:
         """Until a send wakes the writer, or with *ready* (a batch gathering) until it is due."""
         wake = self._wakes[shard]
         timer = loop.call_later(ready - perf_counter(), gathered) if ready else None

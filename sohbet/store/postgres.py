@@ -106,11 +106,10 @@ _FIND_PAIRS: Final = (
 # committed while we waited is seen, and its sender stores nothing; taken in batch order, which
 # is safe while two batches' KEY SHARE locks never conflict and a removal deletes one member row
 # per statement: a statement deleting several would have to take them in a shared order too),
-# then the conversation rows
-# in id order (FOR UPDATE; a row waited for is read as its committer left it), then the inserts
-# in (sender_id, client_id) order, after every lock is held (a repeated pair waits on the unique
-# index for the transaction that inserted it first). A concurrent insert of the same pair makes
-# the INSERT fail on the unique index; the caller retries.
+# then the conversation rows in id order (FOR UPDATE; a row waited for is read as its committer
+# left it), then the inserts in (sender_id, client_id) order, after every lock is held (a repeated
+# pair waits on the unique index for the transaction that inserted it first). A concurrent insert
+# of the same pair makes the INSERT fail on the unique index; the caller retries.
 # Every table is reached by index, row by row (`_APPEND_SETTINGS`): the work grows with the batch,
 # never with the tables, and no step joins two batch-sized lists.
 _APPEND: Final = """

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,15 @@ class RecordingStore(SqliteStore):
         self.gate = asyncio.Event()
         self.gate.set()
         self.in_flight = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Transactions started inside wait until it is left (failing tests included)."""
+        self.gate.clear()
+        try:
+            yield
+        finally:
+            self.gate.set()
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
         self.appends.append([m.content for m in batch])
@@ -119,15 +129,12 @@ def test_while_one_transaction_commits_the_next_batch_gathers_and_starts_when_du
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            try:
+            with store.held():
                 refs = [send(alice, x, "x1")]
                 await until(lambda: store.appends == [["x1"]])  # x1 gathered; its transaction is held open
                 refs.append(send(alice, y, "y1"))
                 await until(lambda: store.in_flight == 2)  # y1 gathered too and started beside it
                 assert store.appends == [["x1"], ["y1"]]
-            finally:
-                store.gate.set()
             await acked(alice, refs)
 
     run(main())
@@ -141,8 +148,7 @@ def test_a_full_batch_starts_beside_a_transaction_in_flight(tmp_path: Path) -> N
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            try:
+            with store.held():
                 refs = [send(alice, x, "x1"), send(alice, x, "x2")]
                 await until(lambda: store.in_flight == 1)
                 refs += [send(alice, y, "y1")]
@@ -150,8 +156,6 @@ def test_a_full_batch_starts_beside_a_transaction_in_flight(tmp_path: Path) -> N
                 refs += [send(alice, y, "y2")]
                 await until(lambda: store.in_flight == 2)
                 assert store.appends == [["x1", "x2"], ["y1", "y2"]]
-            finally:
-                store.gate.set()
             await acked(alice, refs)
 
     run(main())
@@ -186,8 +190,7 @@ def test_a_send_behind_one_held_for_a_busy_conversation_starts_in_its_own_time(t
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            try:
+            with store.held():
                 refs = [send(alice, x, "x1")]
                 await until(lambda: store.appends == [["x1"]])
                 refs.append(send(alice, x, "x2"))  # held: x is in flight
@@ -195,8 +198,6 @@ def test_a_send_behind_one_held_for_a_busy_conversation_starts_in_its_own_time(t
                 refs.append(send(alice, y, "y1"))
                 await until(lambda: store.in_flight == 2)
                 assert store.appends == [["x1"], ["y1"]]
-            finally:
-                store.gate.set()
             await acked(alice, refs)
 
     run(main())
@@ -213,8 +214,7 @@ def test_a_send_gathers_from_its_own_time_not_from_an_older_one_held_at_the_head
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            try:
+            with store.held():
                 refs = [send(alice, x, "x1")]
                 await until(lambda: store.appends == [["x1"]])
                 refs.append(send(alice, x, "x2"))  # held: x is in flight
@@ -224,8 +224,6 @@ def test_a_send_gathers_from_its_own_time_not_from_an_older_one_held_at_the_head
                 refs.append(send(alice, y, "y2"))
                 await until(lambda: store.in_flight == 2)
                 assert store.appends == [["x1"], ["y1", "y2"]]
-            finally:
-                store.gate.set()
             await acked(alice, refs)
 
     run(main())
@@ -269,15 +267,12 @@ def test_gathered_batches_keep_each_conversations_seq_order(tmp_path: Path) -> N
             alice, bob, carol = w.connect("alice"), w.connect("bob"), w.connect("carol")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
             refs: dict[int, list[str]] = {x: [], y: []}
-            try:
+            with store.held():
                 for i in range(8):
                     conversation = x if i % 3 else y
                     refs[conversation].append(send(alice, conversation, f"{conversation}-{i}"))
                     await asyncio.sleep(0.003)  # some sends gather together, some apart
-            finally:
-                store.gate.set()
             for conversation, member in ((x, bob), (y, carol)):
                 acks = [await alice.socket.wait_for(ref=ref) for ref in refs[conversation]]
                 seqs = [a["payload"]["message"]["seq"] for a in acks]
@@ -301,13 +296,12 @@ def test_without_gathering_an_ended_transaction_frees_its_conversations_before_t
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            refs = [send(alice, x, "x1")]
-            await until(lambda: store.appends == [["x1"]])
-            refs.append(send(alice, x, "x2"))
-            await asyncio.sleep(0.005)
-            store.hook = lambda: refs.append(send(alice, y, "y1"))
-            store.gate.set()
+            with store.held():
+                refs = [send(alice, x, "x1")]
+                await until(lambda: store.appends == [["x1"]])
+                refs.append(send(alice, x, "x2"))
+                await asyncio.sleep(0.005)
+                store.hook = lambda: refs.append(send(alice, y, "y1"))
             await until(lambda: len(refs) == 3)
             await acked(alice, refs)
             assert store.appends == [["x1"], ["x2", "y1"]]
@@ -344,8 +338,7 @@ def test_sends_held_for_a_busy_conversation_do_not_count_towards_a_full_batch(tm
             alice = w.connect("alice")
             x = await w.conversation(alice, "bob")
             y = await w.conversation(alice, "carol")
-            store.gate.clear()
-            try:
+            with store.held():
                 refs = [send(alice, x, "x1")]
                 await until(lambda: store.appends == [["x1"]])
                 refs += [send(alice, x, "x2"), send(alice, x, "x3"), send(alice, y, "y1")]
@@ -353,8 +346,6 @@ def test_sends_held_for_a_busy_conversation_do_not_count_towards_a_full_batch(tm
                 refs.append(send(alice, y, "y2"))
                 await until(lambda: store.in_flight == 2)
                 assert store.appends == [["x1"], ["y1", "y2"]]
-            finally:
-                store.gate.set()
             await acked(alice, refs)
 
     run(main())
