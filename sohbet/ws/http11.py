@@ -151,9 +151,9 @@ class _Collector:
         "url",
     )
 
-    def __init__(self, limits: Limits, check: HeadCheck | None) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.check = check
+        self.check: HeadCheck | None = None  # these two only while a feed runs (see RequestReader.feed)
         self.parser: httptools.HttpRequestParser | None = None
         self.done: list[Request] = []
         self.room = 0  # how many requests this feed may complete (see RequestReader.feed)
@@ -204,7 +204,7 @@ class _Collector:
     def on_headers_complete(self) -> None:
         self.in_body = True
         parser = self.parser
-        assert parser is not None  # set right after the parser is built
+        assert parser is not None  # set while a feed runs, the only time callbacks do
         try:
             url = httptools.parse_url(self.url) if self.url else None
         except httptools.HttpParserInvalidURLError:
@@ -249,7 +249,7 @@ class _Collector:
 
     def on_message_complete(self) -> None:
         parser, head = self.parser, self.head
-        assert parser is not None and head is not None  # built first; the head comes before the end
+        assert parser is not None and head is not None  # set while a feed runs; the head comes first
         self.done.append(
             Request(
                 head.method,
@@ -275,11 +275,10 @@ class RequestReader:
 
     __slots__ = ("_cb", "_limits", "_parser", "_pending", "full", "rest", "upgraded")
 
-    def __init__(self, limits: Limits, check: HeadCheck | None = None) -> None:
+    def __init__(self, limits: Limits) -> None:
         self._limits = limits
-        self._cb = _Collector(limits, check)
+        self._cb = _Collector(limits)
         self._parser = httptools.HttpRequestParser(self._cb)
-        self._cb.parser = self._parser
         self._pending = 0  # bytes of the request head being read
         self.rest = b""
         self.upgraded = False
@@ -304,12 +303,13 @@ class RequestReader:
         """Whether parsing has ended (an upgrade, or a request beyond the room): no request follows."""
         return self.upgraded or self.full
 
-    def feed(self, data: bytes, room: int | None = None) -> list[Request]:
+    def feed(self, data: bytes, room: int | None = None, check: HeadCheck | None = None) -> list[Request]:
         """Consume bytes; return the requests they complete, in order, at most *room* of them.
 
         *room* is how many more requests the caller can hold unanswered (default: the limit
         `max_pipelined_requests`). A request that begins beyond it stops the reader for good
         (`full`): the caller answers what it got and closes. Once stopped, bytes are ignored.
+        *check* is asked about each request's head as soon as it is read (see `HeadCheck`).
 
         Raises:
             InvalidHandshake: 431 (a line or the headers too large), 413 (body too large),
@@ -319,6 +319,11 @@ class RequestReader:
             return []
         cb = self._cb
         cb.room = self._limits.max_pipelined_requests if room is None else room
+        # The parser holds the collector's methods; the collector holds the parser and the check
+        # (its owner's method) only while they are needed, so that a socket's HTTP state never
+        # forms a reference cycle: it is freed when the socket upgrades or closes, not by the
+        # next full garbage collection, which on a busy server may be minutes and a churn away.
+        cb.parser, cb.check = self._parser, check
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -334,6 +339,8 @@ class RequestReader:
                 raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
         except httptools.HttpParserError as exc:
             raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}") from None
+        finally:
+            cb.parser = cb.check = None
         done, cb.done = cb.done, []
         if done:
             self._pending = 0

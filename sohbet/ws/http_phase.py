@@ -83,7 +83,7 @@ class HttpPhase:
 
     def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
-        self._reader = http11.RequestReader(ws._server.limits, self._head)
+        self._reader = http11.RequestReader(ws._server.limits)
         self._queued: deque[http11.Request] = deque()
         self._task: asyncio.Task[None] | None = None
         #: Set when the socket was accepted with the server at `max_connections`: its first
@@ -157,7 +157,7 @@ class HttpPhase:
         reader = self._reader
         room = limits.max_pipelined_requests - len(self._queued) - (self._task is not None)
         try:
-            requests = reader.feed(data, room)
+            requests = reader.feed(data, room, self._head)
         except InvalidHandshake as exc:
             ws._refuse(exc, upgrade=False)  # a request the reader could not take, of whatever kind
             return

@@ -66,7 +66,7 @@ class WebSocket(asyncio.Protocol):
 
     Attributes:
         id: a number unique within the server.
-        data: what `Handler.accept` returned for this connection.
+        data: what `Handler.accept` returned for this connection (None once it is gone).
         subprotocol: the subprotocol selected in the handshake, or None.
         remote: the peer's address as the socket reports it.
     """
@@ -231,6 +231,10 @@ class WebSocket(asyncio.Protocol):
         self._phase = PHASE_CLOSED
         self._conn = None
         self._http = None
+        # The handler's data (a chat session) usually refers back to this socket: dropping it
+        # here frees the pair, and the transport they hold, as soon as the last outside
+        # reference goes, not at the next full garbage collection (minutes, on a busy server).
+        self.data = None
         self._release_drain()
 
     def pause_writing(self) -> None:  # asyncio's contract

@@ -1,0 +1,110 @@
+"""A connection that ends leaves nothing behind for the garbage collector.
+
+Its objects must go by reference counting the moment the last reference does. What only a full
+collection frees waits, on a server holding thousands of connections, for the next one: minutes
+and a churn later, after every connection that ended meanwhile has piled up, at a cost of a
+stall of tens to hundreds of milliseconds, and in memory the allocator can no longer give back.
+
+Each test runs on both backends and both event loops, with the automatic collector off, so that
+an object left in a reference cycle is still there to be found when the test collects by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import websockets
+
+from ..chatkit import Harness, chat_server, token
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+#: The modules whose objects make up a server's connection (`WebSocket`, `Session`, the HTTP
+#: phase and its reader, httptools's parser); the test's own client library makes cycles of
+#: its own, which are not the server's business.
+SERVERS_OWN = ("sohbet.", "httptools.")
+
+
+@contextmanager
+def collector_off() -> Iterator[Callable[[], list[str]]]:
+    """Automatic collection off; yields a function that collects once, by hand, and names the
+    server's objects that only the collection could free."""
+
+    def left_in_cycles() -> list[str]:
+        gc.set_debug(gc.DEBUG_SAVEALL)  # keep what it finds unreachable, to look at
+        try:
+            gc.collect()
+            found = [o for o in gc.garbage if type(o).__module__.startswith(SERVERS_OWN)]
+            return sorted(f"{type(o).__module__}.{type(o).__qualname__}" for o in found)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    gc.collect()  # what earlier tests left is not this test's
+    gc.disable()
+    try:
+        yield left_in_cycles
+    finally:
+        gc.enable()
+
+
+async def gone(h: Harness) -> None:
+    """Until the server has let go of every socket (each one's `connection_lost` has run)."""
+    while h.server._sockets:
+        await asyncio.sleep(0.01)
+
+
+def test_chat_connections_that_close_leave_nothing_in_reference_cycles(run: Run, database_url: str) -> None:
+    """Users who said hello, sent, read history and synced, then left: by their own close, or by
+    the server's (a binary frame is refused with 1003), while a read of theirs was under way."""
+
+    async def main() -> None:
+        async with chat_server(database_url) as h:
+            with collector_off() as left_in_cycles:
+                alice, bob = await h.connect("alice"), await h.connect("bob")
+                cid = await alice.create("bob", "carol")
+                await alice.send(cid, "hello")
+                await bob.ok("chat:history", {"conversation_id": cid})
+                await bob.send_raw({"type": "sync", "payload": {"cursors": {str(cid): 0}}, "ref": "s"})
+                await bob.expect("sync:done", ref="s")
+                await alice.send_raw({"type": "chat:history", "payload": {"conversation_id": cid}, "ref": "h"})
+                await alice.ws.close()  # with its history read maybe still being answered
+                await bob.ws.send(b"\x00")  # binary: the server closes with 1003
+                with pytest.raises(websockets.ConnectionClosed):
+                    await bob.ws.recv()
+                assert bob.ws.close_code == 1003
+                await gone(h)
+                assert left_in_cycles() == []
+
+    run(main())
+
+
+def test_http_sockets_and_refused_upgrades_leave_nothing_in_reference_cycles(run: Run, database_url: str) -> None:
+    """Plain HTTP (a kept-alive request, then one that closes), an upgrade refused with 401 and
+    one accepted: the HTTP phase of each socket goes with it, or with its upgrade."""
+
+    async def main() -> None:
+        async with chat_server(database_url) as h:
+            with collector_off() as left_in_cycles:
+                reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
+                writer.write(
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                answers = await reader.read()  # until the server closes, after the second answer
+                assert answers.count(b"HTTP/1.1 ") == 2 and b" 404 " in answers
+                writer.close()
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    await websockets.connect(h.url, additional_headers={"Authorization": "Bearer nonsense"})
+                assert refused.value.response.status_code == 401
+                async with websockets.connect(h.url, additional_headers={"Authorization": f"Bearer {token('dan')}"}):
+                    pass
+                await gone(h)
+                assert left_in_cycles() == []
+
+    run(main())
