@@ -320,9 +320,9 @@ class RequestReader:
         cb = self._cb
         cb.room = self._limits.max_pipelined_requests if room is None else room
         # The parser holds the collector's methods; the collector holds the parser and the check
-        # (its owner's method) only while they are needed, so that a socket's HTTP state never
-        # forms a reference cycle: it is freed when the socket upgrades or closes, not by the
-        # next full garbage collection, which on a busy server may be minutes and a churn away.
+        # (its owner's method) only while they are needed, so that a socket's HTTP state forms
+        # no reference cycle: it is freed when the socket upgrades or closes, not by the next
+        # full garbage collection, which on a busy server may be minutes and a churn away.
         cb.parser, cb.check = self._parser, check
         try:
             self._parser.feed_data(data)
@@ -330,13 +330,13 @@ class RequestReader:
             self.rest = data[exc.args[0] :]
             self.upgraded = True
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, InvalidHandshake):
-                raise cause from None
-            if isinstance(cause, _Full):
-                self.full = True
-            else:
+            # No local name for the callback's exception: its traceback leads back to this
+            # frame, and a name here would close a cycle holding the socket and what it read.
+            if isinstance(exc.__context__, InvalidHandshake):
+                raise exc.__context__ from None
+            if not isinstance(exc.__context__, _Full):
                 raise  # pragma: no cover  # only a bug in _Collector gets here, never the peer
+            self.full = True
         except httptools.HttpParserError as exc:
             raise InvalidHandshake(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}") from None
         finally:

@@ -104,8 +104,9 @@ class HttpPhase:
 
     def cancel(self) -> None:
         """The socket is gone: stop waiting for an answer nobody can receive."""
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None  # the cancelled task's traceback holds this object
+        if task is not None:
+            task.cancel()
 
     def expired(self, now: float) -> bool:
         """Whether the socket is past its idle limit or its lifetime, and should be dropped.

@@ -91,7 +91,8 @@ class Handler:
         """Decide on an upgrade request that passed the protocol checks (400, 426, 403).
 
         Returns:
-            Anything: it becomes the connection's `data` (an identity, say).
+            Anything: it becomes the connection's `data` (an identity, say), until the socket
+            is gone (then None: what refers back to the socket must not keep it alive).
 
         Raises:
             InvalidHandshake: to refuse with its status (401 for a bad token, say).
@@ -105,7 +106,8 @@ class Handler:
         """A whole message arrived; text is already validated UTF-8."""
 
     def on_close(self, ws: WebSocket, code: int, reason: str) -> None:
-        """The connection is over (called once per opened connection); 1006: no close frame."""
+        """The connection is over (called once per opened connection); 1006: no close frame.
+        `ws.data` is still set here, for the last time: take from it what outlives the socket."""
 
     def on_http(self, request: http11.Request) -> Response | Awaitable[Response]:
         """Answer a plain HTTP request (anything that is not a WebSocket upgrade)."""

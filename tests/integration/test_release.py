@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import websockets
 
+from sohbet.ws.config import Limits
+from sohbet.ws.http11 import Request, Response
+from sohbet.ws.server import Handler
+
 from ..chatkit import Harness, chat_server, token
+from .conftest import running
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -54,8 +59,9 @@ def collector_off() -> Iterator[Callable[[], list[str]]]:
 
 
 async def gone(h: Harness) -> None:
-    """Until the server has let go of every socket (each one's `connection_lost` has run)."""
-    while h.server._sockets:
+    """Until the server has let go of every socket (each one's `connection_lost` has run) and
+    every request the service was answering has ended (a read may outlive its socket)."""
+    while h.server._sockets or h.chat.ctx.tasks:
         await asyncio.sleep(0.01)
 
 
@@ -84,27 +90,70 @@ def test_chat_connections_that_close_leave_nothing_in_reference_cycles(run: Run,
     run(main())
 
 
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes over a new socket; what the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    answers = await reader.read()
+    writer.close()
+    return answers
+
+
 def test_http_sockets_and_refused_upgrades_leave_nothing_in_reference_cycles(run: Run, database_url: str) -> None:
-    """Plain HTTP (a kept-alive request, then one that closes), an upgrade refused with 401 and
-    one accepted: the HTTP phase of each socket goes with it, or with its upgrade."""
+    """Plain HTTP (a kept-alive request, then one that closes), requests refused while their head
+    is parsed (a body over the limit: 413; more pipelined requests than the limit), an upgrade
+    refused with 401 and one accepted: the HTTP phase of each socket goes with it, or with its
+    upgrade."""
 
     async def main() -> None:
         async with chat_server(database_url) as h:
+            port, limits = h.server.port, h.server.limits
             with collector_off() as left_in_cycles:
-                reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
-                writer.write(
+                answers = await exchange(
+                    port,
                     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-                    b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 )
-                answers = await reader.read()  # until the server closes, after the second answer
                 assert answers.count(b"HTTP/1.1 ") == 2 and b" 404 " in answers
-                writer.close()
+                too_large = f"Content-Length: {limits.max_body_bytes + 1}".encode()
+                answers = await exchange(
+                    port, b"POST /api/conversations HTTP/1.1\r\nHost: x\r\n" + too_large + b"\r\n\r\n"
+                )
+                assert answers.startswith(b"HTTP/1.1 413 ")
+                answers = await exchange(
+                    port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * (limits.max_pipelined_requests + 1)
+                )
+                assert answers.count(b"HTTP/1.1 200 ") == limits.max_pipelined_requests  # the rest unread
                 with pytest.raises(websockets.InvalidStatus) as refused:
                     await websockets.connect(h.url, additional_headers={"Authorization": "Bearer nonsense"})
                 assert refused.value.response.status_code == 401
                 async with websockets.connect(h.url, additional_headers={"Authorization": f"Bearer {token('dan')}"}):
                     pass
                 await gone(h)
+                assert left_in_cycles() == []
+
+    run(main())
+
+
+class NeverAnswers(Handler):
+    """Plain HTTP answered asynchronously, by an answer that never comes."""
+
+    def on_http(self, request: Request) -> Awaitable[Response]:
+        return asyncio.get_running_loop().create_future()
+
+
+def test_an_http_answer_cut_short_by_the_sockets_end_leaves_nothing_in_reference_cycles(run: Run) -> None:
+    """A request whose answer is still awaited when the socket ends (here the sweep drops it
+    past its lifetime and the close timeout): the awaiting, cancelled, goes with the socket."""
+
+    async def main() -> None:
+        limits = Limits(http_lifetime_s=0.1, close_timeout_s=0.1)
+        async with running(NeverAnswers(), limits=limits) as server:
+            with collector_off() as left_in_cycles:
+                answers = await exchange(server.port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert answers == b""  # dropped, unanswered
+                while server._sockets:
+                    await asyncio.sleep(0.01)
                 assert left_in_cycles() == []
 
     run(main())
