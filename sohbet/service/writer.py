@@ -39,6 +39,8 @@ log = logging.getLogger("sohbet.chat")
 #: those costs ~0.35 µs, per send.
 PendingSend: TypeAlias = tuple[Session, str | None, NewMessage, float]
 Batch: TypeAlias = list[PendingSend]
+#: Transactions started and not yet answered, oldest first: the batch, its append, when it began.
+InFlight: TypeAlias = deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]]
 
 # Looked up once: an enum member's attribute lookup costs ~0.1 µs, per message.
 _MESSAGE: Final = EventType.MESSAGE
@@ -119,7 +121,7 @@ class Writer:
         submission order, and a later transaction on the same conversation waits for the earlier
         one's row lock, so acks and fan-out stay in seq order.
         """
-        inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]] = deque()
+        inflight: InFlight = deque()
         try:
             await self._write_batches(shard, inflight)
         finally:
@@ -129,11 +131,8 @@ class Writer:
                 appended.cancel()
                 appended.add_done_callback(_consume)
 
-    async def _write_batches(
-        self, shard: int, inflight: deque[tuple[Batch, asyncio.Future[list[StoredMessage | None]], float]]
-    ) -> None:
+    async def _write_batches(self, shard: int, inflight: InFlight) -> None:
         queue, wake = self._queues[shard], self._wakes[shard]
-        store = self.ctx.store
         gather, loop = self.gather_s, asyncio.get_running_loop()
         busy: dict[ConversationId, int] = {}  # conversations in flight: how many batches hold them
         due = False  # the gathering timer fired: the batch goes, whatever `perf_counter` says
@@ -161,15 +160,8 @@ class Writer:
                             break
                         ready = 0.0
                 due = False
-                batch = self._take(queue, busy)
-                if not batch:
+                if not self._start(queue, busy, inflight, ended):
                     break  # everything queued waits for a conversation already in flight
-                for send in batch:
-                    cid = send[2].conversation_id
-                    busy[cid] = busy.get(cid, 0) + 1
-                appended = asyncio.ensure_future(store.append([send[2] for send in batch], self.ctx.wall_ms()))
-                appended.add_done_callback(ended)
-                inflight.append((batch, appended, perf_counter()))
             if not inflight and self._stopping:
                 return
             if not inflight or not inflight[0][1].done():
@@ -179,18 +171,48 @@ class Writer:
                 if not inflight or not inflight[0][1].done():
                     continue  # more sends arrived, or a batch has gathered: start it while this one commits
                 # The oldest has ended: answer it first, which frees its conversations for the next batch.
-            batch, oldest, began = inflight.popleft()
-            stats = self.ctx.stats
-            stats.commit_seconds.observe(perf_counter() - began)
-            stats.batch_size.observe(len(batch))
-            for send in batch:
-                cid = send[2].conversation_id
-                held = busy[cid] - 1
-                if held:
-                    busy[cid] = held
-                else:
-                    del busy[cid]
-            await self._committed(batch, oldest)
+            await self._finish(inflight, busy)
+
+    # A batch is started and answered in frames of their own: a local of the loop above would
+    # hold the last batch's sessions, and with them their closed sockets, until the next send.
+
+    def _start(
+        self,
+        queue: Batch,
+        busy: dict[ConversationId, int],
+        inflight: InFlight,
+        ended: Callable[[object], None],
+    ) -> bool:
+        """Take the next batch and start its transaction; False when nothing queued can go."""
+        batch = self._take(queue, busy)
+        if not batch:
+            return False
+        for send in batch:
+            cid = send[2].conversation_id
+            busy[cid] = busy.get(cid, 0) + 1
+        appended = asyncio.ensure_future(self.ctx.store.append([send[2] for send in batch], self.ctx.wall_ms()))
+        appended.add_done_callback(ended)
+        inflight.append((batch, appended, perf_counter()))
+        return True
+
+    async def _finish(
+        self,
+        inflight: InFlight,
+        busy: dict[ConversationId, int],
+    ) -> None:
+        """Answer the oldest transaction in flight, which has ended."""
+        batch, oldest, began = inflight.popleft()
+        stats = self.ctx.stats
+        stats.commit_seconds.observe(perf_counter() - began)
+        stats.batch_size.observe(len(batch))
+        for send in batch:
+            cid = send[2].conversation_id
+            held = busy[cid] - 1
+            if held:
+                busy[cid] = held
+            else:
+                del busy[cid]
+        await self._committed(batch, oldest)
 
     async def _wait(
         self, shard: int, loop: asyncio.AbstractEventLoop, ready: float, gathered: Callable[[], None]

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import websockets
 
+from sohbet.service.session import Session
 from sohbet.ws.config import Limits
 from sohbet.ws.http11 import Request, Response
-from sohbet.ws.server import Handler
+from sohbet.ws.server import Handler, WebSocket
 
 from ..chatkit import Harness, chat_server, token
 from .conftest import running
@@ -67,7 +68,8 @@ async def gone(h: Harness) -> None:
 
 def test_chat_connections_that_close_leave_nothing_in_reference_cycles(run: Run, database_url: str) -> None:
     """Users who said hello, sent, read history and synced, then left: by their own close, or by
-    the server's (a binary frame is refused with 1003), while a read of theirs was under way."""
+    the server's (a binary frame is refused with 1003), while a read of theirs was under way.
+    Nothing holds their sockets or sessions afterwards, in a cycle or otherwise."""
 
     async def main() -> None:
         async with chat_server(database_url) as h:
@@ -86,6 +88,9 @@ def test_chat_connections_that_close_leave_nothing_in_reference_cycles(run: Run,
                 assert bob.ws.close_code == 1003
                 await gone(h)
                 assert left_in_cycles() == []
+                # Nor held by reference: by the writer that answered their sends, say.
+                alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (WebSocket, Session))]
+                assert alive == []
 
     run(main())
 
