@@ -275,7 +275,10 @@ class Context:
             loading = self._member_loads[conversation] = asyncio.ensure_future(self._load_members(conversation))
             loading.add_done_callback(lambda _: self._member_loads.pop(conversation, None))
             loading.add_done_callback(_seen)
-        return await asyncio.shield(loading)  # one waiter cancelled must not cancel the others' load
+        try:
+            return await asyncio.shield(loading)  # one waiter cancelled must not cancel the others' load
+        finally:
+            del loading  # a failed load's error, raised through this frame, would hold it in a cycle
 
     async def _load_members(self, conversation: ConversationId) -> set[UserId]:
         hub = self.hub
@@ -297,7 +300,10 @@ class Context:
             loading = self._conversation_loads[user] = asyncio.ensure_future(self._load_conversations(user))
             loading.add_done_callback(lambda _: self._conversation_loads.pop(user, None))
             loading.add_done_callback(_seen)
-        return await asyncio.shield(loading)
+        try:
+            return await asyncio.shield(loading)
+        finally:
+            del loading  # as in member_set
 
     async def _load_conversations(self, user: UserId) -> set[ConversationId]:
         hub = self.hub

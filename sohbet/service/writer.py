@@ -255,31 +255,34 @@ class Writer:
         return batch
 
     async def _committed(self, batch: Batch, result: asyncio.Future[list[StoredMessage | None]]) -> None:
-        try:
-            stored = result.result()
-        except StoreUnavailable as exc:
-            self.ctx.storage_failed(exc)  # said once when storage goes down, not per batch
-            log.debug("could not store %d messages: %s", len(batch), exc)
+        # The error is read, not raised: raised here, its traceback would take in this frame,
+        # which holds the future that holds the error, and the batch's sessions with them
+        # would wait in that cycle for a full garbage collection.
+        error = result.exception()
+        if error is None:
+            self.ctx.storage_answered()
+            await self._answer(batch, result.result())
+            return
+        if isinstance(error, StoreUnavailable):
+            self.ctx.storage_failed(error)  # said once when storage goes down, not per batch
+            log.debug("could not store %d messages: %s", len(batch), error)
             self._unavailable(batch, uncertain=True)
             return
-        except Exception as exc:  # the writer must outlive any failure, or no send is ever stored
-            log.error("storing %d messages failed", len(batch), exc_info=exc)
-            if len(batch) == 1:
-                self._unavailable(batch)
-                return
-            # Something in the batch itself failed: store each message alone, so one bad
-            # message cannot fail the others.
-            for send in batch:
-                try:
-                    alone = await self.ctx.store.append([send[2]], self.ctx.wall_ms())
-                except Exception as failure:
-                    log.error("storing a message alone failed", exc_info=failure)
-                    self._unavailable([send], uncertain=True)
-                else:
-                    await self._answer([send], alone)
+        # Anything else: the writer must outlive any failure, or no send is ever stored.
+        log.error("storing %d messages failed", len(batch), exc_info=error)
+        if len(batch) == 1:
+            self._unavailable(batch)
             return
-        self.ctx.storage_answered()
-        await self._answer(batch, stored)
+        # Something in the batch itself failed: store each message alone, so one bad message
+        # cannot fail the others.
+        for send in batch:
+            try:
+                alone = await self.ctx.store.append([send[2]], self.ctx.wall_ms())
+            except Exception as failure:
+                log.error("storing a message alone failed", exc_info=failure)
+                self._unavailable([send], uncertain=True)
+            else:
+                await self._answer([send], alone)
 
     async def _answer(self, batch: Batch, stored: list[StoredMessage | None]) -> None:
         """Ack what was stored; refuse what the store turned away (sender no longer a member)."""

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import websockets
 
+from sohbet.errors import StoreUnavailable
 from sohbet.service.session import Session
 from sohbet.ws.config import Limits
 from sohbet.ws.http11 import Request, Response
@@ -160,5 +161,40 @@ def test_an_http_answer_cut_short_by_the_sockets_end_leaves_nothing_in_reference
                 while server._sockets:
                     await asyncio.sleep(0.01)
                 assert left_in_cycles() == []
+
+    run(main())
+
+
+def test_sends_and_loads_that_storage_fails_leave_nothing_in_reference_cycles(
+    run: Run, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage down: a send answered `unavailable`, and a `sync` by a user whose conversations
+    could not be loaded. The failures' errors hold the frames they passed through; none of those
+    frames may hold the future the error came from, or the sessions wait in that cycle."""
+
+    async def main() -> None:
+        async with chat_server(database_url) as h:
+            alice = await h.connect("alice")
+            cid = await alice.create("bob")
+            with collector_off() as left_in_cycles:
+
+                async def down(*args: object) -> None:
+                    raise StoreUnavailable("storage is down (this test)")
+
+                monkeypatch.setattr(h.store, "append", down)
+                monkeypatch.setattr(h.store, "conversation_ids", down)
+                payload = {"conversation_id": cid, "content": "lost?", "client_id": "c1"}
+                reply = await alice.request("chat:send", payload)
+                assert reply["payload"]["code"] == "unavailable"
+                erin = await h.connect("erin")  # her conversations cannot be loaded: not when she
+                reply = await erin.request("sync", {"cursors": {}})  # comes, nor when she asks
+                assert reply["payload"]["code"] == "unavailable"
+                monkeypatch.undo()
+                await alice.ws.close()
+                await erin.ws.close()
+                await gone(h)
+                assert left_in_cycles() == []
+                alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (WebSocket, Session))]
+                assert alive == []
 
     run(main())
