@@ -60,6 +60,11 @@ def collector_off() -> Iterator[Callable[[], list[str]]]:
         gc.enable()
 
 
+def alive() -> list[str]:
+    """The server's sockets and sessions still alive, by any reference (call it after a collection)."""
+    return [type(o).__name__ for o in gc.get_objects() if isinstance(o, (WebSocket, Session))]
+
+
 async def gone(h: Harness) -> None:
     """Until the server has let go of every socket (each one's `connection_lost` has run) and
     every request the service was answering has ended (a read may outlive its socket)."""
@@ -89,9 +94,7 @@ def test_chat_connections_that_close_leave_nothing_in_reference_cycles(run: Run,
                 assert bob.ws.close_code == 1003
                 await gone(h)
                 assert left_in_cycles() == []
-                # Nor held by reference: by the writer that answered their sends, say.
-                alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (WebSocket, Session))]
-                assert alive == []
+                assert alive() == []  # nor held by reference: by the writer that answered their sends, say
 
     run(main())
 
@@ -194,7 +197,6 @@ def test_sends_and_loads_that_storage_fails_leave_nothing_in_reference_cycles(
                 await erin.ws.close()
                 await gone(h)
                 assert left_in_cycles() == []
-                alive = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (WebSocket, Session))]
-                assert alive == []
+                assert alive() == []
 
     run(main())
