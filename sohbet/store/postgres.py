@@ -1,6 +1,6 @@
 """The production store: PostgreSQL through an asyncpg pool.
 
-Layer: storage. Imports asyncpg, the chat domain's ids and model and the store interface. SQL
+Layer: storage. Imports asyncpg, orjson, the chat domain's ids and model and the store interface. SQL
 lives here as constants with `$n` parameters only.
 
 Group commit: `append` writes a whole batch in one statement (`_APPEND`: one round trip and an
@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from sohbet.chat.ids import ConversationId, UserId
@@ -112,10 +113,14 @@ _FIND_PAIRS: Final = (
 # of the same pair makes the INSERT fail on the unique index; the caller retries.
 # Every table is reached by index, row by row (`_APPEND_SETTINGS`): the work grows with the batch,
 # never with the tables, and no step joins two batch-sized lists.
+# The batch arrives as one JSON array of [conversation, sender, client_id, content] arrays
+# (`_batch_json`), not as four arrays: asyncpg checks every element of an array parameter against
+# `collections.abc` in Python, which cost the server 1.8 µs a message more than orjson writing
+# the batch, and Postgres reads the JSON for less than it decodes four arrays.
 _APPEND: Final = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
-        WITH ORDINALITY AS t(conv, sender, client, content, idx)
+    SELECT (e->>0)::bigint AS conv, e->>1 AS sender, e->>2 AS client, e->>3 AS content, idx
+    FROM json_array_elements($1::json) WITH ORDINALITY AS t(e, idx)
 ), existing AS (
     SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.client_id, m.created_at_ms
     FROM (SELECT DISTINCT sender, client FROM input) k
@@ -134,10 +139,10 @@ WITH input AS (
     CROSS JOIN LATERAL (SELECT last_seq FROM conversations WHERE id = f.conv FOR UPDATE) c
 ), inserted AS (
     INSERT INTO messages (conversation_id, seq, sender_id, client_id, content, created_at_ms)
-    SELECT conv, seq, sender, client, content, $5 FROM numbered ORDER BY sender, client
+    SELECT conv, seq, sender, client, content, $2 FROM numbered ORDER BY sender, client
     RETURNING id, conversation_id, seq, sender_id, content, client_id, created_at_ms
 ), advanced AS (
-    UPDATE conversations c SET last_seq = n.top, last_activity_ms = $5
+    UPDATE conversations c SET last_seq = n.top, last_activity_ms = $2
     FROM (SELECT conv, max(seq) AS top FROM numbered GROUP BY conv) n WHERE c.id = n.conv
     RETURNING c.id
 )
@@ -477,13 +482,7 @@ class PostgresStore:
                 con.terminate()
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
-        args = (
-            [m.conversation_id for m in batch],
-            [m.sender_id for m in batch],
-            [m.client_id for m in batch],
-            [m.content for m in batch],
-            now_ms,
-        )
+        args = (_batch_json(batch), now_ms)
 
         async def write(con: Any) -> list[Any] | None:
             for _ in range(_RETRIES):
@@ -628,6 +627,11 @@ class PostgresStore:
     async def mark_read(self, conversation_id: ConversationId, user: UserId, seq: int) -> int | None:
         rows = await self._fetch(_MARK_READ, conversation_id, user, seq)
         return rows[0]["read_seq"] if rows else None
+
+
+def _batch_json(batch: list[NewMessage]) -> str:
+    """`_APPEND`'s input: each message as [conversation, sender, client_id, content]."""
+    return orjson.dumps([(m.conversation_id, m.sender_id, m.client_id, m.content) for m in batch]).decode()
 
 
 def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage | None]:

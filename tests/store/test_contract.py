@@ -7,6 +7,7 @@ SQLite connections on one file), as two server processes would have.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -161,6 +162,46 @@ def test_writers_whose_batches_cross_conversations_in_opposite_orders_never_dead
             assert await first.last_seqs(cids) == dict.fromkeys(cids, 6 * 15)  # each stored once, no gap
         finally:
             await second.close()
+
+    run(with_store(database_url, body))
+
+
+def odd_texts() -> list[str]:
+    """Texts whose characters a store's encoding could change (JSON and SQL escapes, every control
+    character U+0000 aside, the line separators JSON and JavaScript disagree on, non-BMP), and a
+    spread of code points from every plane (seeded: the same every run)."""
+    rng = random.Random(9)
+    planes = [(0x20, 0xD7FF), (0xE000, 0xFFFD), (0x10000, 0x10FFFF)]
+    spread = ["".join(chr(rng.randint(*rng.choice(planes))) for _ in range(40)) for _ in range(8)]
+    return [
+        "".join(map(chr, range(1, 32))) + "\x7f",
+        'quotes " \' ` and backslashes \\ \\\\ and a JSON escape as text: \\u0041 \\n \\"',
+        "$1 ' OR 1=1 -- ; {} [] , :: ->> \u2028 \u2029 \u200f \ufeff",
+        "emoji \U0001f600 flags \U0001f1f9\U0001f1f7 combining e\u0301 CJK \u6f22\u5b57 \U00010348",
+        "y" * 4000,
+        *spread,
+    ]
+
+
+def test_text_is_stored_exactly_as_given(run: Run, database_url: str) -> None:
+    """Content, client ids and user ids come back byte for byte: from the append, from history
+    and from the lookup of a retry."""
+    texts = odd_texts()
+    sender = UserId("\"'\\ \u2028\U0001f600 \x01")
+
+    async def body(store: MessageStore) -> None:
+        group, _ = await store.create_conversation([sender, B], "odd", "group", 1000)
+        batch = [msg(group.id, sender, text[:128], text) for text in texts]
+        stored = await store.append(batch, 5000)
+        assert [(s.sender_id, s.client_id, s.content, s.is_new) for s in stored] == [
+            (sender, m.client_id, m.content, True) for m in batch
+        ]
+        history, _ = await store.history(group.id, None, 100)
+        assert [(s.sender_id, s.client_id, s.content) for s in history] == [
+            (sender, m.client_id, m.content) for m in batch
+        ]
+        for m, s in zip(batch, stored, strict=True):
+            assert await store.find_message(sender, m.client_id) == s._replace(is_new=False)
 
     run(with_store(database_url, body))
 
