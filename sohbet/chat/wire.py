@@ -164,8 +164,13 @@ def encode_app(kind: str, payload: dict[str, Any]) -> bytes:
         raise _bad(f"payload cannot be sent on: {exc}") from None
 
 
+@functools.lru_cache(maxsize=1024)
 def format_time(ms: int) -> str:
-    """RFC 3339 UTC with milliseconds: `2026-11-25T17:52:00.123Z`."""
+    """RFC 3339 UTC with milliseconds: `2026-11-25T17:52:00.123Z`.
+
+    Remembered: a batch's messages share their time, and each is formatted for its ack and its
+    fan-out; a hit costs a C call, a miss ~0.4 µs of formatting.
+    """
     return f"{_format_second(ms // 1000)}.{ms % 1000:03d}Z"
 
 
