@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from sohbet.chat.ids import MAX_ID, MAX_USER_ID_CHARS, ConversationId, UserId, is_user_id
-from sohbet.chat.model import Conversation, StoredMessage
+from sohbet.chat.model import Conversation, StoredMessage, maker
 from sohbet.errors import ErrorCode, MessageRejected
 from sohbet.ws.codes import FIRST_APPLICATION_CLOSE_CODE, CloseCode
 
@@ -113,6 +113,9 @@ class Envelope(NamedTuple):
     ref: str | None
 
 
+_make_envelope: Final = maker(Envelope)  # per message
+
+
 def _bad(message: str) -> MessageRejected:
     return MessageRejected(ErrorCode.BAD_REQUEST, message)
 
@@ -141,7 +144,7 @@ def decode(data: bytes) -> Envelope:
         payload = {}
     if not isinstance(payload, dict):
         raise MessageRejected(ErrorCode.BAD_REQUEST, "payload must be a JSON object", ref=ref)
-    return Envelope(kind, payload, ref)
+    return _make_envelope((kind, payload, ref))
 
 
 def encode(kind: EventType, payload: dict[str, Any], ref: str | None = None) -> bytes:
@@ -291,7 +294,10 @@ class SendRequest(NamedTuple):
         if len(content) > max_chars:
             raise MessageRejected(ErrorCode.TOO_LARGE, f"content of {len(content)} characters exceeds {max_chars}")
         assert client_id is not None  # required
-        return cls(conversation_id, content, client_id)
+        return _make_send_request((conversation_id, content, client_id))
+
+
+_make_send_request: Final = maker(SendRequest)  # per message
 
 
 class ReadRequest(NamedTuple):

@@ -17,7 +17,7 @@ from typing import Final
 from sohbet.broker import Kind
 from sohbet.chat import wire
 from sohbet.chat.ids import ConversationId, UserId
-from sohbet.chat.model import NewMessage
+from sohbet.chat.model import make_new_message
 from sohbet.chat.wire import Envelope, EventType, RequestType
 from sohbet.errors import ErrorCode, MessageRejected, StoreError
 from sohbet.service.context import Context, RequestHandler, not_a_member
@@ -80,7 +80,7 @@ class Messaging:
             # spend no token. Finding out needs the database, so only this path pays for it.
             ctx.start_request(session, self._limited_or_replay(session, ref, request, wait_ms))
             return
-        message = NewMessage(request.conversation_id, session.user, request.client_id, request.content)
+        message = make_new_message((request.conversation_id, session.user, request.client_id, request.content))
         if not self.writer.submit((session, ref, message, perf_counter())):
             ctx.refund(session, _SEND)
             raise MessageRejected(ErrorCode.UNAVAILABLE, "too many messages waiting to be stored; retry")

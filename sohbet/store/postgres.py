@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
@@ -45,6 +44,7 @@ from sohbet.chat.model import (
     ConversationPage,
     NewMessage,
     StoredMessage,
+    make_stored_message,
 )
 from sohbet.errors import StoreError, StoreUnavailable
 from sohbet.store import (
@@ -253,16 +253,15 @@ async def _keep_session(con: Any) -> None:
     state (no SET, no LISTEN, only transaction-scoped locks), so there is nothing to reset."""
 
 
-#: A `StoredMessage` from its fields in order, made in C: rows are read by position, not by name
-#: (~50 ns a column), for every message a batch stores or a sync replays.
-_stored: Final[Callable[[Any], StoredMessage]] = functools.partial(tuple.__new__, StoredMessage)
+# Rows are read by position, not by name (~50 ns a column), for every message a batch stores
+# or a sync replays: a row that holds a message's fields in order is the message (`_results`).
 #: Positions in a row of `_APPEND` or `_FIND_PAIRS`: `_MESSAGE_COLUMNS`, then `is_new`.
 _CONVERSATION, _SENDER, _CLIENT, _IS_NEW = 1, 3, 5, 7
 
 
 def _message(row: Any, is_new: bool = True) -> StoredMessage:
     """A row of `_MESSAGE_COLUMNS` (`StoredMessage`'s fields but `is_new`, in its order)."""
-    return _stored((*row, is_new))
+    return make_stored_message((*row, is_new))
 
 
 class PostgresStore:
@@ -657,7 +656,7 @@ def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage | N
             if row[_CONVERSATION] != m.conversation_id:
                 results.append(None)
                 continue
-            results.append(_stored(row))
+            results.append(make_stored_message(row))
         else:
             results.append(_message(row[:_IS_NEW], is_new=False))
         seen.add(key)

@@ -52,6 +52,8 @@ def test_decode_rejects_with_the_ref_when_readable(raw: bytes, ref: str | None) 
 def test_decode_and_encode() -> None:
     assert m.decode(b'{"type":"sync","payload":null,"ref":"r"}') == m.Envelope("sync", {}, "r")
     assert m.decode(b'{"type":"sync"}') == m.Envelope("sync", {}, None)
+    envelope = m.decode(b'{"ref":"r","payload":{"a":1},"type":"t"}')  # made without its constructor
+    assert type(envelope) is m.Envelope and (envelope.type, envelope.payload, envelope.ref) == ("t", {"a": 1}, "r")
     assert orjson.loads(m.encode("hello", {"a": 1})) == {"type": "hello", "payload": {"a": 1}}
     assert orjson.loads(m.encode("x", {}, "r")) == {"type": "x", "payload": {}, "ref": "r"}
 
@@ -108,7 +110,9 @@ def test_message_object() -> None:
 )
 def test_send_request(payload: dict[str, Any], code: str | None) -> None:
     if code is None:
-        assert m.SendRequest.parse(payload, max_chars=10) == (1, "x", "c")
+        request = m.SendRequest.parse(payload, max_chars=10)
+        assert type(request) is m.SendRequest  # made without its constructor: the fields by name
+        assert (request.conversation_id, request.content, request.client_id) == (1, "x", "c")
     else:
         with _Rejects(code):
             m.SendRequest.parse(payload, max_chars=10)
