@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from sohbet.auth import Identity
@@ -84,11 +84,22 @@ class Clock(Protocol):
 class LoopClock:
     """The running event loop's clock, and the system's wall clock."""
 
-    def now(self) -> float:  # see Clock
-        return asyncio.get_running_loop().time()
+    #: See Clock. Made in a running loop, that loop's own `time`: every send reads the clock,
+    #: and a method of ours would add a Python frame and a lookup of the loop (~0.2 µs).
+    now: Callable[[], float]
+
+    def __init__(self) -> None:
+        try:
+            self.now = asyncio.get_running_loop().time
+        except RuntimeError:  # made outside a loop: the one running at each call
+            self.now = _running_loop_time
 
     def wall(self) -> float:  # see Clock
         return time.time()
+
+
+def _running_loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 _ACK: Final = EventType.ACK  # looked up once: an ack is sent per message
