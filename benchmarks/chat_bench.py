@@ -152,14 +152,21 @@ class Server:
     """A server script of benchmarks/ in its own process, pinned to CPU 0."""
 
     def __init__(
-        self, script: str, args: list[str], *, checkout: Checkout = THIS, env: dict[str, str] | None = None
+        self,
+        script: str,
+        args: list[str],
+        *,
+        checkout: Checkout = THIS,
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
+        """*wrap*: a command the server runs under (valgrind), which starts it slower."""
         self.port = free_port()
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SOHBET_")}, **(env or {})}
-        command = ["taskset", "-c", "0", str(checkout.python), str(checkout.benchmarks / script), "--port",
-                   str(self.port), *args]  # fmt: skip
+        command = ["taskset", "-c", "0", *(wrap or []), str(checkout.python), str(checkout.benchmarks / script),
+                   "--port", str(self.port), *args]  # fmt: skip
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        wait_listening(self.port, self.proc)
+        wait_listening(self.port, self.proc, timeout=300.0 if wrap else 30.0)
         #: The database it stores in, where a caller needs to look at it.
         self.database_url = ""
 
@@ -192,13 +199,17 @@ API_KEY = "benchmark-api-key-of-at-least-32-bytes!!"
 
 
 def sohbet_server(
-    database_url: str, data_dir: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+    database_url: str,
+    data_dir: str,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wrap: list[str] | None = None,
 ) -> Server:
     """`fanout_server.py`: sohbet-server, printing how long each fan-out took."""
     return Server("fanout_server.py", [
         "--database-url", database_url, "--jwt-secret", SECRET, "--send-rate", "0", "--frame-rate", "0",
         "--max-connections-per-user", "10", "--data-dir", data_dir, "--log-level", "warning", *(extra or []),
-    ], checkout=MEASURED[0], env={**NO_ADDRESS_LIMITS, **(env or {})})  # fmt: skip
+    ], checkout=MEASURED[0], env={**NO_ADDRESS_LIMITS, **(env or {})}, wrap=wrap)  # fmt: skip
 
 
 async def fresh_postgres() -> str:
@@ -219,13 +230,15 @@ async def drop_database(name: str) -> None:
 
 
 @contextlib.contextmanager
-def fresh_sohbet(database: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Server]:
+def fresh_sohbet(
+    database: str, extra: list[str] | None = None, env: dict[str, str] | None = None, wrap: list[str] | None = None
+) -> Iterator[Server]:
     """`sohbet_server` on an empty database ("sqlite" in a temporary directory, or a new Postgres
     one), stopped on the way out."""
     with tempfile.TemporaryDirectory() as data_dir:
         url = f"sqlite:///{data_dir}/bench.db" if database == "sqlite" else asyncio.run(fresh_postgres())
         try:
-            server = sohbet_server(url, data_dir, extra, env)
+            server = sohbet_server(url, data_dir, extra, env, wrap)
             server.database_url = url
             try:
                 yield server
@@ -437,7 +450,60 @@ def bench_send_at_rate(args: argparse.Namespace) -> dict[str, Any]:
         return uvloop.run(main())
 
 
+def bench_send_instructions(args: argparse.Namespace) -> dict[str, Any]:
+    """The instructions the server runs per persisted send, counted by valgrind's callgrind in user
+    space (the kernel's work is not counted): unlike CPU time, the same for the same tree whatever
+    else the machine runs, so two trees compare on a shared, noisy machine. Under valgrind the
+    server runs ~50x slower, so every sender is waiting at each commit: batches are as large as
+    the senders make them, in both trees."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        out = Path(out_dir) / "callgrind.out"
+        wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        with fresh_sohbet(args.database, server_flags(args), wrap=wrap) as server:
+            control = ["callgrind_control"]
+
+            async def main() -> int:
+                clients, conversations = await senders(server.port, args.senders)
+                await counted_loop(clients, conversations, 5)  # warm-up, not counted
+                subprocess.run([*control, "--instr=on", str(server.proc.pid)], check=True, capture_output=True)
+                subprocess.run([*control, "--zero", str(server.proc.pid)], check=True, capture_output=True)
+                count = await counted_loop(clients, conversations, args.instructions)
+                subprocess.run([*control, "--dump", str(server.proc.pid)], check=True, capture_output=True)
+                for c in clients:
+                    c.transport.close()
+                return count
+
+            count = uvloop.run(main())
+        dumps = sorted(Path(out_dir).glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        counted = [int(line.split()[1]) for line in dumps[0].read_text().splitlines() if line.startswith("summary:")]
+        if args.callgrind_out is not None:  # for callgrind_annotate
+            shutil.copyfile(dumps[0], args.callgrind_out)
+    return {
+        "database": args.database,
+        "senders": args.senders,
+        "acked": count,
+        "server_instructions_per_send": counted[0] / count,
+    }
+
+
+async def counted_loop(clients: list[Client], conversations: list[int], per_sender: int) -> int:
+    """Each sender sends *per_sender* messages, each after the ack of the one before."""
+
+    async def run(client: Client, cid: int, tag: int) -> None:
+        for i in range(per_sender):
+            ref = f"n{tag}-{i}"
+            reply = await client.request(
+                "chat:send", {"conversation_id": cid, "content": "hello there", "client_id": ref}, ref
+            )
+            assert reply["type"] == "chat:ack", reply
+
+    await asyncio.gather(*(run(c, cid, i) for i, (c, cid) in enumerate(zip(clients, conversations, strict=True))))
+    return per_sender * len(clients)
+
+
 def bench_send(args: argparse.Namespace) -> dict[str, Any]:
+    if args.instructions is not None:
+        return bench_send_instructions(args)
     if args.rate is not None:
         return bench_send_at_rate(args)
     with fresh_sohbet(args.database, server_flags(args)) as server:
@@ -733,6 +799,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--rate", type=float, help="send: an open loop at this many sends a second")
     parser.add_argument("--write-gather", type=float, help="send: the server's --write-gather-ms")
+    parser.add_argument(
+        "--instructions", type=int, help="send: count the server's instructions (callgrind) over N sends a sender"
+    )
+    parser.add_argument("--callgrind-out", metavar="FILE", help="send --instructions: keep callgrind's profile")
     parser.add_argument("--sohbet", metavar="DIR", type=Path, help="measure this checkout's server (its .venv)")
     args = parser.parse_args()
     if args.sohbet is not None:
