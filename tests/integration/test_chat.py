@@ -623,9 +623,11 @@ def test_list_newest_activity_first_with_unread(run: Run, database_url: str) -> 
         async with chat_server(database_url) as h:
             alice = await h.connect("alice")
             bob = await h.connect("bob")
+            # Created oldest first by the order expected last: a tie of milliseconds (a send
+            # stored in the millisecond another conversation was created) goes to the higher id.
+            third = await alice.create("bob", "dave")
             first = await alice.create("bob")
             second = await alice.create("bob", "carol")
-            third = await alice.create("bob", "dave")
             await alice.send(first, "newest activity")
             await alice.send(first, "again")
             await bob.send(second, "from bob")
