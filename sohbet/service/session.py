@@ -82,7 +82,8 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The running event loop's clock, and the system's wall clock."""
+    """The clock of the event loop it was made in (made outside one: of the loop running at each
+    call), and the system's wall clock."""
 
     #: See Clock. Made in a running loop, that loop's own `time`: every send reads the clock,
     #: and a method of ours would add a Python frame and a lookup of the loop (~0.2 µs).
