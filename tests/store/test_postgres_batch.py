@@ -277,6 +277,37 @@ def test_batches_use_at_most_four_connections(run: Run, postgres_database: str) 
     run(main())
 
 
+def test_a_batch_connection_its_server_ended_while_kept_is_replaced(run: Run, postgres_database: str) -> None:
+    """Batches keep their connection for the next one; a kept connection whose backend Postgres
+    ended meanwhile (an administrator, a restart) is not used: the next batch is stored."""
+
+    async def main() -> None:
+        store = PostgresStore(postgres_database)
+        watcher = await asyncpg.connect(postgres_database)
+        try:
+            await store.migrate()
+            group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+            assert [m.seq for m in await store.append([msg(group, "a", "first")], 1)] == [1]
+            kept = list(store._held)
+            assert len(kept) == 1  # kept, not given back to the pool
+            ended = await watcher.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert ended >= 1
+            for _ in range(100):  # until the client has read the end of its connection
+                if not postgres._open(kept[0]):
+                    break
+                await asyncio.sleep(0.02)
+            assert not postgres._open(kept[0])
+            assert [m.seq for m in await store.append([msg(group, "a", "second")], 2)] == [2]
+        finally:
+            await store.close()
+            await watcher.close()
+
+    run(main())
+
+
 def test_batches_run_on_their_own_sessions_with_one_generic_plan(run: Run, postgres_database: str) -> None:
     async def main() -> None:
         store = await open_store(postgres_database)
