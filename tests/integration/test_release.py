@@ -171,9 +171,10 @@ def test_an_http_answer_cut_short_by_the_sockets_end_leaves_nothing_in_reference
 def test_sends_and_loads_that_storage_fails_leave_nothing_in_reference_cycles(
     run: Run, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Storage down: a send answered `unavailable`, and a `sync` by a user whose conversations
-    could not be loaded. The failures' errors hold the frames they passed through; none of those
-    frames may hold the future the error came from, or the sessions wait in that cycle."""
+    """Storage down: a send answered `unavailable` (its batch failed, or its conversation's members
+    could not be loaded), and a `sync` by a user whose conversations could not be loaded. The
+    failures' errors hold the frames they passed through; none of those frames may hold the
+    future the error came from, or the sessions wait in that cycle."""
 
     async def main() -> None:
         async with chat_server(database_url) as h:
@@ -188,6 +189,10 @@ def test_sends_and_loads_that_storage_fails_leave_nothing_in_reference_cycles(
                 monkeypatch.setattr(h.store, "conversation_ids", down)
                 payload = {"conversation_id": cid, "content": "lost?", "client_id": "c1"}
                 reply = await alice.request("chat:send", payload)
+                assert reply["payload"]["code"] == "unavailable"
+                h.chat.hub.drop_cached_members()  # the next send must load the members, and cannot
+                monkeypatch.setattr(h.store, "members", down)
+                reply = await alice.request("chat:send", {**payload, "client_id": "c2"})
                 assert reply["payload"]["code"] == "unavailable"
                 erin = await h.connect("erin")  # her conversations cannot be loaded: not when she
                 reply = await erin.request("sync", {"cursors": {}})  # comes, nor when she asks
