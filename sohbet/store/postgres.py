@@ -12,7 +12,7 @@ second server process writing to the same database waits its turn and can never 
 or a duplicate. If another process inserts the same `(sender_id, client_id)` between our check
 and our insert, the unique index stops it, the statement fails as a whole and the batch is
 retried: a seq is never burnt. The statement runs on a small pool of its own, whose sessions
-keep its plan (`_APPEND_SETTINGS`).
+keep its plan (`_APPEND_SETTINGS`), and a batch keeps its connection for the next (`_run_held`).
 
 Outages: a call fails with `StoreUnavailable` at once when Postgres is stopped (connections are
 refused) or killed (they break), and within `timeout_s` (default `TIMEOUT_S`) when it hangs and
