@@ -9,6 +9,7 @@ The directory holds what the tools printed, one file per run:
     send-postgres-s<N>.json       chat_bench.py send --senders N
     send-postgres-before-*.json   the same, another checkout's server (--sohbet DIR), drawn beside
     postgres-rate<R>-gather<G>-run<N>.json   chat_bench.py send --rate R --write-gather G
+    instructions-<after|before>-s<N>.json   chat_bench.py send --instructions --senders N [--sohbet DIR]
 Where a point has several runs, the plot shows their median and a bar from the lowest to the
 highest, so the spread a shared machine gives is visible rather than hidden.
 """
@@ -169,6 +170,28 @@ def gather(results: Path) -> None:
     fig.savefig(DOCS / "send-gather.png", dpi=110)
 
 
+def instructions(results: Path) -> None:
+    """Counted instructions are the same every run: one point per tree and sender count."""
+    points: dict[str, dict[int, float]] = {"after": {}, "before": {}}
+    for path in results.glob("instructions-*-s*.json"):
+        m = re.fullmatch(r"instructions-(after|before)-s(\d+)\.json", path.name)
+        if m:
+            points[m.group(1)][int(m.group(2))] = printed_json(path)["server_instructions_per_send"] / 1000
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for tree, colour, style in (("before", "lightsteelblue", ":o"), ("after", COLOURS["sohbet"], "-o")):
+        senders = sorted(points[tree])
+        ax.plot(senders, [points[tree][n] for n in senders], style, color=colour, label=tree)
+    senders = sorted(points["after"])
+    ax.set(xscale="log", xlabel="concurrent senders (each waits for its ack)", ylabel="thousand instructions per send",
+           title="The server's user-space instructions per persisted send (Postgres)")  # fmt: skip
+    ax.set_xticks(senders, [str(n) for n in senders])
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(DOCS / "send-instructions.png", dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
@@ -182,6 +205,8 @@ def main() -> None:
         send(args.results)
     if any(args.results.glob("postgres-rate*-gather*-run*.json")):
         gather(args.results)
+    if any(args.results.glob("instructions-*-s*.json")):
+        instructions(args.results)
 
 
 if __name__ == "__main__":
