@@ -248,9 +248,11 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     handed straight to the kernel while their transport holds nothing (see `_send`: this loop
     runs once per recipient of every message, compiled).
     """
-    frame = build_frame(_TEXT, data)
     if not isinstance(connections, (list, tuple)):
         connections = list(connections)  # walked twice: a generator would be spent by the first
+    if not connections or (len(connections) == 1 and connections[0] is skip):
+        return 0  # nobody to frame it for: a message whose only connection is its sender's
+    frame = build_frame(_TEXT, data)
     sent, apart = websocket.sending.broadcast(connections, frame, data, skip)
     if sent > apart:  # one count for the whole fan-out, not one per recipient
         connections[0]._server.stats.bytes_sent += (sent - apart) * len(frame)

@@ -391,8 +391,12 @@ def test_broadcast_frames_once_and_skips_closed(run: Run) -> None:
             plain[2].close()
             await plain[2].expect_close(1000)
             await get(handler.closed)
+            assert broadcast([], b"nobody") == 0
+            assert broadcast([sockets[0]], b"nobody", skip=sockets[0]) == 0  # its only one is the sender
+            assert broadcast([sockets[1]], b"one", skip=sockets[0]) == 1
             assert broadcast(sockets, b'{"hello":"everyone"}' * 5) == 3
-            for client in plain[:2]:
+            assert (await plain[1].next_frame()).payload == b"one"
+            for client in plain[:2]:  # the first frame plain[0] gets: "nobody" never came
                 frame = await client.next_frame()
                 assert (frame.rsv1, frame.payload) == (False, b'{"hello":"everyone"}' * 5)
             frame = await deflated.next_frame()
