@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -234,6 +235,9 @@ _MARK_READ: Final = (
 )
 
 _RETRIES: Final = 5
+#: Seconds a batch's connection may stay kept unused before it is closed: asyncpg's own default
+#: for an idle pool connection (`max_inactive_connection_lifetime`).
+_KEPT_S: Final = 300.0
 #: Connections of the pool that runs `_APPEND`: its only caller, the writer, keeps at most
 #: `StoreConfig.write_depth` (2) transactions in flight.
 _APPEND_POOL_SIZE: Final = 4
@@ -256,8 +260,6 @@ async def _keep_session(con: Any) -> None:
     state (no SET, no LISTEN, only transaction-scoped locks), so there is nothing to reset."""
 
 
-# Rows are read by position, not by name (~50 ns a column), for every message a batch stores
-# or a sync replays: a row that holds a message's fields in order is the message (`_results`).
 def _open(con: Any) -> bool:
     """Whether a kept pool connection still has an open connection: asyncpg detaches it from one
     that closed (and takes its slot back), after which even asking raises."""
@@ -267,6 +269,8 @@ def _open(con: Any) -> bool:
         return False
 
 
+# Rows are read by position, not by name (~50 ns a column), for every message a batch stores
+# or a sync replays: a row that holds a message's fields in order is the message (`_results`).
 #: Positions in a row of `_APPEND` or `_FIND_PAIRS`: `_MESSAGE_COLUMNS`, then `is_new`.
 _CONVERSATION, _SENDER, _CLIENT, _IS_NEW = 1, 3, 5, 7
 
@@ -294,13 +298,27 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._append_pool: asyncpg.Pool | None = None
         #: Connections of the appends' pool kept between batches (`_run_held`), at most the
-        #: writer's transactions in flight.
-        self._held: list[Any] = []
+        #: writer's transactions in flight, each with when it was kept (`time.monotonic`).
+        self._held: list[tuple[Any, float]] = []
+        self._sweeping: asyncio.TimerHandle | None = None  # `_close_idle`, while any is kept
         self._acquiring = 0  # batches waiting for a connection of the appends' pool
         self._opening = asyncio.Lock()
         self._lock_con: asyncpg.Connection | None = None
         self._lock_query = _TRY_INSTANCE_LOCK
         self._relocking: asyncio.Task[None] | None = None
+
+    def _close_idle(self) -> None:
+        """Close the kept connections unused for `_KEPT_S`, as the pool closes its idle ones: an
+        idle server gives its backends back, and a connection that a firewall dropped while it
+        waited is not the next batch's (its statement would wait out the deadline)."""
+        self._sweeping = None
+        stale = time.monotonic() - _KEPT_S
+        for con, kept_at in self._held:
+            if kept_at < stale:
+                con.terminate()  # its slot goes back to the pool, which opens a fresh one when asked
+        self._held = [(con, kept_at) for con, kept_at in self._held if kept_at >= stale]
+        if self._held:
+            self._sweeping = asyncio.get_running_loop().call_later(_KEPT_S / 4, self._close_idle)
 
     async def _get_pool(self, *, appends: bool = False) -> asyncpg.Pool:
         """The pool of every call, or with *appends* the one that runs `_APPEND` (its own
@@ -372,11 +390,12 @@ class PostgresStore:
         given back: asyncpg's acquire and release cost ~100,000 instructions a batch (a task
         per release), as much as storing 20 of its messages, and a third of a one-message
         batch's cost. It goes back when another batch waits for a connection (more batches in
-        flight than the pool holds) and when the store closes. A connection that broke, timed
-        out or was cancelled goes back terminated, and one whose server ended it while it was
-        kept is found closed: either way the pool opens a fresh one when asked."""
+        flight than the pool holds) and when the store closes, and is closed once unused for
+        `_KEPT_S` (`_close_idle`). A connection that broke, timed out or was cancelled goes back
+        terminated, and one whose server ended it while it was kept is found closed: either way
+        the pool opens a fresh one when asked."""
         pool = await self._get_pool(appends=True)
-        con = self._held.pop() if self._held else None
+        con = self._held.pop()[0] if self._held else None
         if con is not None and not _open(con):
             await pool.release(con)  # if the pool has not taken it back already
             con = None
@@ -400,7 +419,9 @@ class PostgresStore:
 
     async def _keep(self, pool: asyncpg.Pool, con: Any) -> None:
         if self._append_pool is pool and not self._acquiring:
-            self._held.append(con)
+            self._held.append((con, time.monotonic()))
+            if self._sweeping is None:
+                self._sweeping = asyncio.get_running_loop().call_later(_KEPT_S / 4, self._close_idle)
         else:
             # Another batch waits for a connection (more in flight than the pool holds), or the
             # store is closing and its pool waits for every connection.
@@ -526,7 +547,10 @@ class PostgresStore:
             await asyncio.gather(self._relocking, return_exceptions=True)
             self._relocking = None
         pools = [p for p in (self._pool, self._append_pool) if p is not None]
-        append_pool, held, self._held = self._append_pool, self._held, []
+        append_pool, held, self._held = self._append_pool, [con for con, _ in self._held], []
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
         self._pool = self._append_pool = None
         con, self._lock_con = self._lock_con, None  # first: its end is no loss to repair
         try:
@@ -541,11 +565,15 @@ class PostgresStore:
                     await pool.close()
                 if con is not None:
                     await con.close()
-        except _DRIVER_ERRORS:
+        except BaseException as exc:
+            # A driver error, or cancelled (a shutdown's own deadline): everything is let go of
+            # now, kept connections too, since nothing will refer to them once this returns.
             for pool in pools:
                 pool.terminate()
             if con is not None:
                 con.terminate()
+            if not isinstance(exc, _DRIVER_ERRORS):
+                raise
 
     async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:  # see MessageStore
         args = (_batch_json(batch), [m.content for m in batch], now_ms)

@@ -288,7 +288,7 @@ def test_a_batch_connection_its_server_ended_while_kept_is_replaced(run: Run, po
             await store.migrate()
             group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
             assert [m.seq for m in await store.append([msg(group, "a", "first")], 1)] == [1]
-            kept = list(store._held)
+            kept = [con for con, _ in store._held]
             assert len(kept) == 1  # kept, not given back to the pool
             ended = await watcher.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -303,6 +303,65 @@ def test_a_batch_connection_its_server_ended_while_kept_is_replaced(run: Run, po
             assert [m.seq for m in await store.append([msg(group, "a", "second")], 2)] == [2]
         finally:
             await store.close()
+            await watcher.close()
+
+    run(main())
+
+
+BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+
+async def backends_become(watcher: asyncpg.Connection, count: int) -> None:
+    """Until this database has *count* other sessions (a backend ends a moment after its client)."""
+    for _ in range(150):
+        if await watcher.fetchval(BACKENDS) == count:
+            return
+        await asyncio.sleep(0.02)
+    assert await watcher.fetchval(BACKENDS) == count
+
+
+def test_a_kept_batch_connection_unused_for_long_is_closed(
+    run: Run, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the pool closes its idle connections, a server that stops sending gives its batch
+    connections back (here after 0.2 s instead of 300), and the next batch opens a fresh one."""
+    monkeypatch.setattr(postgres, "_KEPT_S", 0.2)
+
+    async def main() -> None:
+        store = PostgresStore(postgres_database)
+        watcher = await asyncpg.connect(postgres_database)
+        try:
+            await store.migrate()
+            group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+            await store.append([msg(group, "a", "idle-1")], 1)
+            assert len(store._held) == 1
+            others = await watcher.fetchval(BACKENDS) - 1  # the other pool's idle session stays
+            await backends_become(watcher, others)
+            assert store._held == []
+            assert [m.seq for m in await store.append([msg(group, "a", "idle-2")], 2)] == [2]
+        finally:
+            await store.close()
+            await watcher.close()
+
+    run(main())
+
+
+def test_a_close_cancelled_by_its_callers_deadline_leaves_no_session_open(run: Run, postgres_database: str) -> None:
+    async def main() -> None:
+        watcher = await asyncpg.connect(postgres_database)
+        store = PostgresStore(postgres_database)
+        try:
+            await store.migrate()
+            group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+            await asyncio.gather(*(store.append([msg(group, "a", f"cancelled-{i}")], 1) for i in range(4)))
+            assert store._held
+            closing = asyncio.ensure_future(store.close())
+            await asyncio.sleep(0)  # it waits on its first step: the deadline ends it there
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            await backends_become(watcher, 0)
+        finally:
             await watcher.close()
 
     run(main())
