@@ -187,7 +187,11 @@ class Context:
 
     def to_members(self, members: Iterable[UserId], data: bytes, *, skip: Socket | None = None) -> int:
         """Deliver an encoded event to every local connection of *members* (but *skip*)."""
-        sent = self.outbox.deliver(self.hub.connections_of(members), data, skip=skip)
+        return self.to_sockets(self.hub.connections_of(members), data, skip=skip)
+
+    def to_sockets(self, sockets: list[Socket], data: bytes, *, skip: Socket | None = None) -> int:
+        """Deliver an encoded event to *sockets* (but *skip*), counted."""
+        sent = self.outbox.deliver(sockets, data, skip=skip)
         self.stats.deliveries += sent
         return sent
 

@@ -332,12 +332,16 @@ class Writer:
         lost = bool(self._uncertain) and self._uncertain.pop((message.sender_id, message.client_id), 0) is None
         if message.is_new or lost:
             members = ctx.hub.members(message.conversation_id) or ()
-            data = wire.encode(_MESSAGE, {"message": obj})
             if ctx.cluster.active:
                 # Each instance delivers to its own connections, in seq order (`Cluster`).
+                data = wire.encode(_MESSAGE, {"message": obj})
                 ctx.cluster.message(message.conversation_id, message.seq, data, session.socket)
             else:
-                ctx.to_members(members, data, skip=session.socket)
+                sockets = ctx.hub.connections_of(members)
+                # Encoded only for someone besides the sender's own connection: in a direct
+                # conversation whose other member is offline, nobody.
+                if len(sockets) > 1 or (sockets and sockets[0] is not session.socket):
+                    ctx.to_sockets(sockets, wire.encode(_MESSAGE, {"message": obj}), skip=session.socket)
             notifier = ctx.notifier
             if notifier is not None:
                 offline = ctx.hub.unconnected(u for u in members if u != message.sender_id)
