@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sohbet.chat.ids import UserId
-from sohbet.service import presence
+from sohbet.chat.wire import RequestType
+from sohbet.service import Call, presence
 from sohbet.store.sqlite import SqliteStore
 
 from .conftest import FakeOutbox, run, world
@@ -367,6 +368,22 @@ def test_a_message_reaches_every_member_and_the_senders_other_devices_only(tmp_p
             await dave.socket.wait_for("chat:message")
             assert [m["payload"]["message"]["content"] for m in dave.socket.of_type("chat:message")] == ["marker"]
             assert phone.socket.of_type("chat:message") == []  # the sender's own connection: the ack only
+
+    run(main())
+
+
+def test_a_message_sent_without_a_socket_reaches_a_members_only_connection(tmp_path: Path) -> None:
+    """An HTTP API send has no connection of its own to skip: the one connection of the one
+    connected member gets the message (a fan-out list of a single connection, not the sender's)."""
+
+    async def main() -> None:
+        async with world(tmp_path) as w:
+            bob = w.connect("bob")
+            cid = await w.conversation(bob, "alice")  # alice has no connection
+            payload = {"conversation_id": cid, "content": "from the api", "client_id": "api-1"}
+            reply = await w.service.request(Call(UserId("alice")), RequestType.SEND, payload)
+            got = await bob.socket.wait_for("chat:message")
+            assert got["payload"]["message"] == reply["message"]
 
     run(main())
 
