@@ -416,9 +416,13 @@ def test_concurrent_readyz_share_one_storage_check_and_reuse_it(run: Run, tmp_pa
             clients = [await asyncio.open_connection("127.0.0.1", h.server.port) for _ in range(probes)]
             for _, writer in clients:
                 writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            # Every probe is inside the check before it is let go: all of them are concurrent.
+            # Every probe is inside the check before it is let go: all of them are concurrent. The
+            # check runs in a task of its own, which may not have started when the last probe waits.
             await until(
-                lambda: sum(s._http is not None and s._http.is_answering for s in h.server._sockets.values()) == probes
+                lambda: (
+                    sum(s._http is not None and s._http.is_answering for s in h.server._sockets.values()) == probes
+                    and store.pings > 0
+                )
             )
             assert store.pings == 1
             store.gate.set()
