@@ -7,6 +7,7 @@
     python benchmarks/chat_bench.py api --senders 16              # the HTTP API's sends against chat:send
     python benchmarks/chat_bench.py metrics --rounds 3            # sends with /metrics scraped, and without
     python benchmarks/chat_bench.py send --sohbet ../before        # another checkout's server
+    python benchmarks/chat_bench.py send --instructions 50         # the server's instructions a send (callgrind)
 
 The server under test runs as its own process pinned to CPU 0 (taskset); this script, the
 clients, runs on CPU 1. The sohbet server is started with `fanout_server.py`, which is
