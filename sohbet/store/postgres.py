@@ -313,10 +313,12 @@ class PostgresStore:
         waited is not the next batch's (its statement would wait out the deadline)."""
         self._sweeping = None
         stale = time.monotonic() - _KEPT_S
-        for con, kept_at in self._held:
+        held, self._held = self._held, []
+        for con, kept_at in held:
             if kept_at < stale:
                 con.terminate()  # its slot goes back to the pool, which opens a fresh one when asked
-        self._held = [(con, kept_at) for con, kept_at in self._held if kept_at >= stale]
+            else:
+                self._held.append((con, kept_at))
         if self._held:
             self._sweeping = asyncio.get_running_loop().call_later(_KEPT_S / 4, self._close_idle)
 
@@ -738,15 +740,10 @@ def _results(batch: list[NewMessage], rows: list[Any]) -> list[StoredMessage | N
     for m in batch:
         key = (m.sender_id, m.client_id)
         row = found.get(key)
-        if row is None:
+        first = row is not None and row[_IS_NEW] and key not in seen
+        if row is None or (first and row[_CONVERSATION] != m.conversation_id):
             results.append(None)
             continue
-        if row[_IS_NEW] and key not in seen:
-            if row[_CONVERSATION] != m.conversation_id:
-                results.append(None)
-                continue
-            results.append(make_stored_message(row))
-        else:
-            results.append(_message(row[:_IS_NEW], is_new=False))
+        results.append(make_stored_message(row) if first else _message(row[:_IS_NEW], is_new=False))
         seen.add(key)
     return results

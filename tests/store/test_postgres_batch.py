@@ -10,7 +10,8 @@ on each other; and a removal that commits while a batch waits for its locks is o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -277,16 +278,26 @@ def test_batches_use_at_most_four_connections(run: Run, postgres_database: str) 
     run(main())
 
 
+@contextlib.asynccontextmanager
+async def store_and_watcher(url: str) -> AsyncIterator[tuple[PostgresStore, asyncpg.Connection, ConversationId]]:
+    """A migrated store with a group of one member, and a connection of the test's own to watch
+    the database's sessions from."""
+    store = PostgresStore(url)
+    watcher = await asyncpg.connect(url)
+    try:
+        await store.migrate()
+        yield store, watcher, (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+    finally:
+        await store.close()
+        await watcher.close()
+
+
 def test_a_batch_connection_its_server_ended_while_kept_is_replaced(run: Run, postgres_database: str) -> None:
     """Batches keep their connection for the next one; a kept connection whose backend Postgres
     ended meanwhile (an administrator, a restart) is not used: the next batch is stored."""
 
     async def main() -> None:
-        store = PostgresStore(postgres_database)
-        watcher = await asyncpg.connect(postgres_database)
-        try:
-            await store.migrate()
-            group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+        async with store_and_watcher(postgres_database) as (store, watcher, group):
             assert [m.seq for m in await store.append([msg(group, "a", "first")], 1)] == [1]
             kept = [con for con, _ in store._held]
             assert len(kept) == 1  # kept, not given back to the pool
@@ -301,9 +312,6 @@ def test_a_batch_connection_its_server_ended_while_kept_is_replaced(run: Run, po
                 await asyncio.sleep(0.02)
             assert not postgres._open(kept[0])
             assert [m.seq for m in await store.append([msg(group, "a", "second")], 2)] == [2]
-        finally:
-            await store.close()
-            await watcher.close()
 
     run(main())
 
@@ -328,20 +336,13 @@ def test_a_kept_batch_connection_unused_for_long_is_closed(
     monkeypatch.setattr(postgres, "_KEPT_S", 0.2)
 
     async def main() -> None:
-        store = PostgresStore(postgres_database)
-        watcher = await asyncpg.connect(postgres_database)
-        try:
-            await store.migrate()
-            group = (await store.create_conversation([UserId("a")], "g", "group", 0))[0].id
+        async with store_and_watcher(postgres_database) as (store, watcher, group):
             await store.append([msg(group, "a", "idle-1")], 1)
             assert len(store._held) == 1
             others = await watcher.fetchval(BACKENDS) - 1  # the other pool's idle session stays
             await backends_become(watcher, others)
             assert store._held == []
             assert [m.seq for m in await store.append([msg(group, "a", "idle-2")], 2)] == [2]
-        finally:
-            await store.close()
-            await watcher.close()
 
     run(main())
 
