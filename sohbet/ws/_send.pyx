@@ -35,13 +35,16 @@ PHASE_WS = _PHASE_WS
 
 cdef Py_ssize_t send_some(int fd, bytes data) noexcept:
     """Bytes of *data* the kernel took now (0 when it would block or the send failed: the
-    transport then takes all of it and reports any error the way it always does)."""
+    transport then takes all of it and reports any error the way it always does).
+
+    The GIL is kept: the send never blocks (MSG_DONTWAIT), and giving the GIL up and taking it
+    back costs ~1,000 instructions (a mutex and a condition variable each way), more than this
+    module's own work per recipient (callgrind, `benchmarks/echo_instructions.py`)."""
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
     cdef const char *buf = PyBytes_AS_STRING(data)
     cdef ssize_t n
     while True:
-        with nogil:
-            n = send(fd, buf, <size_t>size, MSG_DONTWAIT | MSG_NOSIGNAL)
+        n = send(fd, buf, <size_t>size, MSG_DONTWAIT | MSG_NOSIGNAL)
         if n >= 0:
             return n
         if errno != EINTR:
