@@ -41,4 +41,8 @@ def extension(name: str) -> Extension:
 
 # force: the generated C depends on the directives, which cythonize does not track; regenerating
 # costs a second and rules out a debug build silently reusing release C (or the reverse).
-setup(ext_modules=cythonize([extension("_frames"), extension("_send")], compiler_directives=directives, force=True))
+setup(
+    ext_modules=cythonize(
+        [extension("_frames"), extension("_protocol"), extension("_send")], compiler_directives=directives, force=True
+    )
+)

@@ -1,13 +1,17 @@
 """Fuzz target: the sans-I/O WebSocket connection (`sohbet.ws.protocol.Connection.feed`), in the
 server and the client role, with and without permessage-deflate, on arbitrary bytes in
-arbitrary chunks, driven as the server drives it (echo each message, answer each ping).
+arbitrary chunks, driven as the server drives it (echo each message, answer each ping); the
+compiled connection (`_protocol.pyx`) against its pure-Python twin.
 
 Property: no exception escapes; events are only the documented ones; a failure carries 1002,
 1007, 1008 or 1009, a peer's close a valid code (or 1005), and nothing is reported after either;
 messages are within the size limit and text is UTF-8; and everything the connection writes is
 valid for the peer: its frames parse in the other role, the echoed messages (inflated when
 compressed) and the pongs come back exactly, and one close frame, if any, comes last with the
-code the events announced.
+code the events announced. Both implementations, driven alike, report the same events, states
+and close codes after every chunk and write the same bytes (the same frames, for the client role,
+whose masking keys are random). The compiled module is not coverage-instrumented (it is C); the
+twin is, and the compiled one follows it branch for branch, so the twin's coverage steers both.
 
 Input: two bytes of options, an actions byte, the chunking (`Reader.chunking`), then the stream.
 """
@@ -20,7 +24,7 @@ from _harness import Reader, chunks, instrumented, main
 
 with instrumented(__name__):
     from sohbet.errors import ProtocolViolation
-    from sohbet.ws import _frames, protocol
+    from sohbet.ws import _frames, _protocol, _protocol_py
     from sohbet.ws.codes import MAX_CONTROL_PAYLOAD, CloseCode, Opcode
     from sohbet.ws.deflate import DeflateParams, Inflater
     from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
@@ -30,6 +34,7 @@ _FRAGMENT_LIMITS = (0, 1, 3, 64)
 _FRAME_WINDOWS = (0, 2, 5, 120)
 _FAILURES = frozenset((CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA, CloseCode.POLICY_VIOLATION, 1009))
 _ENDINGS = (ClosedByPeer, ConnectionFailed)
+_MESSAGES = frozenset(("TextReceived", "BinaryReceived"))
 
 
 def connection_options(bits: int) -> dict[str, Any]:
@@ -102,8 +107,16 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802  # the name atheris and lib
     actions = r.byte()
     sizes = r.chunking()
     stream = r.rest()
+    twin = drive(_protocol_py, options, actions, sizes, stream)
+    compiled = drive(_protocol, options, actions, sizes, stream)
+    assert twin == compiled, (twin, compiled)
+
+
+def drive(protocol: Any, options: dict[str, Any], actions: int, sizes: list[int], stream: bytes) -> list[Any]:
+    """Run one implementation through the input, checking the property; return what it did."""
     conn = protocol.Connection(**options)
     peer = _Peer(options)
+    transcript: list[Any] = []
     sent: list[tuple[int, bytes]] = []
     pinged: list[bytes] = []
     ended: Any = None
@@ -147,7 +160,11 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802  # the name atheris and lib
                 ended = event
         if ended is not None:
             assert conn.state == protocol.CLOSED
-        peer.read(conn.take_output())
+        out = conn.take_output()
+        peer.read(out)
+        state = (conn.state, conn.can_send, conn.close_code, conn.close_reason, conn.is_mid_message)
+        transcript.append((_named(events), state, None if options["client"] else out))
+    transcript.append((peer.messages, peer.pongs, peer.close))
     assert peer.messages == sent, (peer.messages, sent)
     assert peer.pongs == pinged, (peer.pongs, pinged)
     if we_closed:
@@ -158,6 +175,12 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802  # the name atheris and lib
         assert peer.close == (ended.code, ""), (peer.close, ended)  # the echo of the peer's code
     else:
         assert peer.close is None, peer.close
+    return transcript
+
+
+def _named(events: list[Any]) -> list[Any]:
+    """Events comparable across the implementations: each has its own message event classes."""
+    return [(type(e).__name__, e.data) if type(e).__name__ in _MESSAGES else e for e in events]
 
 
 if __name__ == "__main__":
