@@ -1,3 +1,4 @@
+# cython: auto_pickle=False
 """The sans-I/O WebSocket connection, compiled: bytes in, events out, bytes to send queued.
 
 Layer: ws (sans-I/O). Its pure-Python twin is `_protocol_py.py`, which says what every method

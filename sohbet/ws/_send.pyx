@@ -1,7 +1,16 @@
-"""Writing to many sockets at once: the fan-out loop, compiled, with a direct `send()`.
+# cython: auto_pickle=False
+"""A server socket's per-message paths, compiled: reading a message, writing to one socket with a
+direct `send()`, and the fan-out loop that writes one frame to many.
 
 Layer: ws-transport (it writes to sockets; nothing of chat). Its pure-Python twin is
-`_send_py.py`; `sohbet.ws.server` picks this one unless SOHBET_NO_EXTENSIONS=1.
+`_send_py.py`; `sohbet.ws.websocket` picks this one unless SOHBET_NO_EXTENSIONS=1.
+
+`SocketCore` is the part of `websocket.WebSocket` that every message goes through: the state
+those paths read, held in C fields, and `data_received`, `send_text`/`send_binary` and the
+write. Everything rarer (HTTP, the upgrade, deadlines, closing) stays in `WebSocket`, in Python,
+which subclasses it. Why: with the connection compiled, these paths were most of the rest of an
+echo's interpreted work, and the fan-out loop read each recipient's state through Python
+attribute lookups (`PyMember_GetOne` was 4.5% of a 10,000-member fan-out's CPU).
 
 Why it exists: a fan-out to 10,000 members spends about a fifth of the server's CPU outside
 the kernel, in the interpreted loop and uvloop's write path (a buffer list, a `uv_try_write`,
@@ -18,8 +27,17 @@ connection whether it may still send: it stops only inside its own data_received
 is set) or when `WebSocket.close` moves the phase on, and both are checked.
 """
 
+import logging
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport EINTR, errno
+
+from sohbet.ws._protocol cimport BinaryReceived, Connection, TextReceived
+
+from sohbet.ws.codes import CloseCode
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
+
+log = logging.getLogger("sohbet.server")  # the WebSocket's own logger: its lines, wherever they run
 
 cdef extern from "sys/socket.h" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
@@ -51,6 +69,16 @@ cdef Py_ssize_t send_some(int fd, bytes data) noexcept:
             return 0
 
 
+cdef Py_ssize_t write_now_c(int fd, object transport, bytes data) except -1:
+    cdef Py_ssize_t sent = 0
+    if fd >= 0 and not transport.get_write_buffer_size():
+        sent = send_some(fd, data)
+        if sent == PyBytes_GET_SIZE(data):
+            return 0
+    transport.write(data[sent:] if sent else data)
+    return transport.get_write_buffer_size()
+
+
 def write_now(int fd, object transport, bytes data not None) -> int:
     """Write *data* to a socket: straight to the kernel while the transport holds nothing.
 
@@ -62,13 +90,113 @@ def write_now(int fd, object transport, bytes data not None) -> int:
     Returns:
         The bytes the transport now holds for it (0: all went out).
     """
-    cdef Py_ssize_t sent = 0
-    if fd >= 0 and not transport.get_write_buffer_size():
-        sent = send_some(fd, data)
-        if sent == PyBytes_GET_SIZE(data):
+    return write_now_c(fd, transport, data)
+
+
+cdef class SocketCore:
+    """What each message of a server socket reads and does; `websocket.WebSocket` is the rest.
+
+    The twin, `_send_py.SocketCore`, has the same attributes and methods; the attributes are
+    public so that `WebSocket`'s Python reads and sets them as before.
+    """
+
+    cdef public object _server
+    cdef public object _transport  # uvloop's transports are not asyncio.Transport subclasses
+    cdef public Connection _conn  # set at the upgrade; None while HTTP, lingering or gone
+    cdef public int _phase
+    # The replies of a data_received in progress: sends from its callbacks gather here, written
+    # as one at its end (None outside it).
+    cdef public list _batch
+    # The socket's descriptor while writes may go straight to it (see `write_now`), else -1.
+    cdef public int _fd
+    cdef public double _last_rx
+    cdef public double _paused_at  # when the transport paused writing; 0.0 while it takes them
+    # Bytes read and written: the server adds them up when asked and when the socket ends.
+    cdef public Py_ssize_t _rx
+    cdef public Py_ssize_t _tx
+
+    def data_received(self, data):  # asyncio's contract
+        cdef Connection conn = self._conn
+        cdef list events, batch
+        cdef bint broken = False
+        cdef object end = None
+        self._rx += len(data)
+        if conn is None:  # off the hot path: plain HTTP, or lingering after the close
+            http = self._http
+            if http is not None:
+                http.received(data)
+            else:
+                self._discard(len(data))  # the WebSocket is over: dropped (and counted while lingering)
+            return
+        server = self._server
+        self._last_rx = server.now
+        events = conn.feed(data)
+        batch = []
+        self._batch = batch  # sends from the callbacks below gather here: one write at the end
+        on_message = server.handler.on_message
+        try:
+            for event in events:
+                kind = type(event)
+                if kind is TextReceived:
+                    # Once we have sent a close frame (a callback may have, for an earlier
+                    # message of this read), messages are dropped: a closed session is not served.
+                    if self._phase == _PHASE_WS:
+                        on_message(self, (<TextReceived>event).data, True)
+                elif kind is BinaryReceived:
+                    if self._phase == _PHASE_WS:
+                        on_message(self, (<BinaryReceived>event).data, False)
+                elif kind is PingReceived:
+                    pong = conn.frame_pong(event.data)
+                    if pong:
+                        batch.append(pong)
+                elif kind is ClosedByPeer or kind is ConnectionFailed:
+                    end = event
+                    break
+        except Exception:
+            log.exception("handler failed on connection %d", self.id)
+            broken = True
+        self._batch = None
+        out = conn.take_output()  # a close frame, if any: last, after the replies above
+        if out:
+            batch.append(out)
+        if batch:
+            self._write_bytes(batch[0] if len(batch) == 1 else b"".join(batch))
+        if end is not None:
+            # Report why it closed: the code of whichever side closed first.
+            self._ended(conn.close_code, conn.close_reason)
+        elif broken:
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def send_text(self, data):
+        """Send a text message (`str`, or bytes that are valid UTF-8); dropped once closing."""
+        cdef Connection conn = self._conn
+        if conn is None or not conn.can_send or self._phase != _PHASE_WS:
+            return
+        self._write_bytes(conn.frame_text(data))
+
+    def send_binary(self, data):
+        """Send a binary message; dropped once closing."""
+        cdef Connection conn = self._conn
+        if conn is None or not conn.can_send or self._phase != _PHASE_WS:
+            return
+        self._write_bytes(conn.frame_binary(data))
+
+    def _write(self, bytes data not None):
+        """Write *data*: into the batch inside data_received, else to the socket at once."""
+        self._write_bytes(data)
+
+    cdef int _write_bytes(self, bytes data) except -1:
+        cdef list batch = self._batch
+        cdef Py_ssize_t left
+        if batch is not None:
+            batch.append(data)  # inside data_received: one write for everything at the end
             return 0
-    transport.write(data[sent:] if sent else data)
-    return transport.get_write_buffer_size()
+        self._tx += PyBytes_GET_SIZE(data)
+        left = write_now_c(self._fd, self._transport, data)
+        # Only a paused transport can be over the limit; checking then keeps this path cheap.
+        if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
+            self._over_limit()
+        return 0
 
 
 def broadcast(object connections, bytes frame not None, object text, object skip) -> tuple:
@@ -81,21 +209,23 @@ def broadcast(object connections, bytes frame not None, object text, object skip
     Returns:
         (recipients, recipients whose bytes are counted where they were written).
     """
-    cdef Py_ssize_t sent = 0, apart = 0, size = PyBytes_GET_SIZE(frame), got, fd
+    cdef Py_ssize_t sent = 0, apart = 0, size = PyBytes_GET_SIZE(frame), got
     cdef object limit = None
-    for ws in connections:
-        if ws is skip:
+    cdef SocketCore ws
+    cdef Connection conn
+    for item in connections:
+        if item is skip:
             continue
-        fd = ws._fd
-        # The common case in four attribute reads: an open WebSocket without compression (its
-        # `_fd` is -1 otherwise), not inside its own data_received, its transport empty. Its
-        # connection cannot have stopped sending: that happens only inside data_received or
-        # when the phase moves on.
-        if fd >= 0 and ws._phase == _PHASE_WS and ws._batch is None:
+        ws = <SocketCore?>item
+        # The common case in C field reads: an open WebSocket without compression (its `_fd` is
+        # -1 otherwise), not inside its own data_received, its transport empty. Its connection
+        # cannot have stopped sending: that happens only inside data_received or when the phase
+        # moves on.
+        if ws._fd >= 0 and ws._phase == _PHASE_WS and ws._batch is None:
             transport = ws._transport
             if not transport.get_write_buffer_size():
                 sent += 1
-                got = send_some(<int>fd, frame)
+                got = send_some(ws._fd, frame)
                 if got == size:
                     continue
                 transport.write(frame[got:] if got else frame)
@@ -108,7 +238,7 @@ def broadcast(object connections, bytes frame not None, object text, object skip
         sent += 1
         if conn._deflater is not None:
             apart += 1
-            ws._write(conn.frame_text(text))
+            ws._write_bytes(conn.frame_text(text))
             continue
         batch = ws._batch
         if batch is not None:

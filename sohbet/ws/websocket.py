@@ -19,10 +19,9 @@ from sohbet.errors import InvalidHandshake
 from sohbet.ws import handshake, http11
 from sohbet.ws.addresses import OVER_LIMIT_ANSWERED, Swamped, client_address, is_trusted
 from sohbet.ws.codes import CloseCode
-from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
 from sohbet.ws.frames import IMPLEMENTATION
 from sohbet.ws.http_phase import HttpPhase, too_many
-from sohbet.ws.protocol import OPEN, BinaryReceived, Connection, TextReceived
+from sohbet.ws.protocol import OPEN, Connection
 
 if IMPLEMENTATION == "cython":  # one switch for both compiled modules (SOHBET_NO_EXTENSIONS)
     from sohbet.ws import _send as sending
@@ -61,8 +60,11 @@ def _direct_fd(transport: Any) -> int:
     return fd if isinstance(fd, int) else -1
 
 
-class WebSocket(asyncio.Protocol):
+class WebSocket(sending.SocketCore, asyncio.Protocol):
     """One client socket: HTTP until it upgrades, then a WebSocket connection.
+
+    What every message goes through (reading, `send_text`, the write, and the state they read)
+    is `sending.SocketCore`, compiled; this class is the rest.
 
     Attributes:
         id: a number unique within the server.
@@ -72,24 +74,14 @@ class WebSocket(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_batch",
         "_close_at",
-        "_conn",
         "_counted",
         "_drain",
-        "_fd",
         "_http",
-        "_last_rx",
         "_linger_left",
         "_mid_count",
         "_mid_since",
-        "_paused_at",
-        "_phase",
         "_ping_at",
-        "_rx",
-        "_server",
-        "_transport",
-        "_tx",
         "client",
         "data",
         "id",
@@ -98,10 +90,10 @@ class WebSocket(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
-        self._conn: Connection | None = None
+        self._transport = None
+        self._conn = None
         self._phase = PHASE_HTTP
-        self._batch: list[bytes] | None = None
+        self._batch = None
         self._drain: asyncio.Future[None] | None = None
         self._fd = -1  # the socket's descriptor while writes may go straight to it (see `_send`)
         self._last_rx = server.now
@@ -158,54 +150,6 @@ class WebSocket(asyncio.Protocol):
         self._server.stats.dropped += 1
         self._phase = PHASE_CLOSED
         self._transport.abort()
-
-    def data_received(self, data: bytes) -> None:  # asyncio's contract
-        conn = self._conn
-        self._rx += len(data)
-        if conn is None:  # off the hot path: plain HTTP, or lingering after the close
-            http = self._http
-            if http is not None:
-                http.received(data)
-            elif self._phase == PHASE_LINGERING:
-                self._discard(len(data))
-            return
-        server = self._server
-        self._last_rx = server.now
-        events = conn.feed(data)
-        batch: list[bytes] = []
-        self._batch = batch  # sends from the callbacks below gather here: one write at the end
-        end: ClosedByPeer | ConnectionFailed | None = None
-        broken = False
-        on_message = server.handler.on_message
-        try:
-            for event in events:
-                kind = type(event)
-                if kind is TextReceived or kind is BinaryReceived:
-                    # Once we have sent a close frame (a callback may have, for an earlier
-                    # message of this read), messages are dropped: a closed session is not served.
-                    if self._phase == PHASE_WS:
-                        on_message(self, event.data, kind is TextReceived)  # type: ignore[union-attr]  # narrowed by kind
-                elif kind is PingReceived:
-                    pong = conn.frame_pong(event.data)  # type: ignore[union-attr]  # narrowed by kind
-                    if pong:
-                        batch.append(pong)
-                elif kind is ClosedByPeer or kind is ConnectionFailed:
-                    end = event  # type: ignore[assignment]  # narrowed by kind
-                    break
-        except Exception:
-            log.exception("handler failed on connection %d", self.id)
-            broken = True
-        self._batch = None
-        out = conn.take_output()  # a close frame, if any: last, after the replies above
-        if out:
-            batch.append(out)
-        if batch:
-            self._write(batch[0] if len(batch) == 1 else b"".join(batch))
-        if end is not None:
-            # Report why it closed: the code of whichever side closed first.
-            self._ended(conn.close_code, conn.close_reason)
-        elif broken:
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def eof_received(self) -> bool:  # asyncio's contract
         return False  # the peer hung up its side: close ours too
@@ -306,20 +250,6 @@ class WebSocket(asyncio.Protocol):
         """Bytes written but not yet taken by the kernel."""
         return int(self._transport.get_write_buffer_size()) if self._transport is not None else 0
 
-    def send_text(self, data: str | bytes) -> None:
-        """Send a text message (`str`, or bytes that are valid UTF-8); dropped once closing."""
-        conn = self._conn
-        if conn is None or not conn.can_send or self._phase != PHASE_WS:
-            return
-        self._write(conn.frame_text(data))
-
-    def send_binary(self, data: bytes) -> None:
-        """Send a binary message; dropped once closing."""
-        conn = self._conn
-        if conn is None or not conn.can_send or self._phase != PHASE_WS:
-            return
-        self._write(conn.frame_binary(data))
-
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; the socket closes when the peer answers or time runs out."""
         conn = self._conn
@@ -329,17 +259,6 @@ class WebSocket(asyncio.Protocol):
         self._close_at = self._server.now + self._server.limits.close_timeout_s
         conn.close(code, reason)
         self._write(conn.take_output())
-
-    def _write(self, data: bytes) -> None:
-        batch = self._batch
-        if batch is not None:
-            batch.append(data)  # inside data_received: one write for everything at the end
-            return
-        self._tx += len(data)
-        left = sending.write_now(self._fd, self._transport, data)
-        # Only a paused transport can be over the limit; checking then keeps this path cheap.
-        if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
-            self._over_limit()
 
     def _too_slow(self) -> None:
         self._server.stats.slow_consumers += 1
@@ -395,8 +314,9 @@ class WebSocket(asyncio.Protocol):
         transport.resume_reading()  # an HTTP socket may have paused it; eof_received then closes
 
     def _discard(self, n: int) -> None:
-        """*n* bytes arrived while lingering: dropped, and counted against `linger_bytes`."""
-        if self._linger_left:
+        """*n* bytes arrived after the WebSocket ended: dropped; while lingering, counted against
+        `linger_bytes` (once hung up, a transport still reading is not hung up again)."""
+        if self._phase == PHASE_LINGERING and self._linger_left:
             self._linger_left -= n
             if self._linger_left <= 0:
                 self._hang_up()

@@ -1,4 +1,5 @@
-"""Real sockets on 127.0.0.1, under both the asyncio and the uvloop event loop."""
+"""Real sockets on 127.0.0.1, under both the asyncio and the uvloop event loop, and on uvloop
+once more with the pure-Python twin of the sockets' per-message paths (`_send_py.SocketCore`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 import uvloop
 
+from sohbet.ws import _send_py, websocket
+from sohbet.ws import server as server_module
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.server import Handler, Server, WebSocket
 
@@ -19,16 +22,36 @@ T = TypeVar("T")
 TEST_TIMEOUT_S = 30.0
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, T]], T]:
-    """Run a coroutine to completion on the parametrized loop, within a time limit."""
+def twin_websocket() -> type[WebSocket]:
+    """`WebSocket` on the pure-Python twin of its compiled core: the same class body (its
+    methods, its slots), another base."""
+    slots = set(WebSocket.__slots__)
+    body = {k: v for k, v in vars(WebSocket).items() if k not in slots}
+    return type("WebSocket", (_send_py.SocketCore, asyncio.Protocol), body)
+
+
+TWIN_WEBSOCKET = twin_websocket()
+
+
+def use_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make servers started from here on run the twin: its sockets, its fan-out loop."""
+    monkeypatch.setattr(server_module, "WebSocket", TWIN_WEBSOCKET)
+    monkeypatch.setattr(websocket, "sending", _send_py)
+
+
+@pytest.fixture(params=["asyncio", "uvloop", "uvloop-twin"])
+def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Run a coroutine to completion on the parametrized loop, within a time limit; with
+    "uvloop-twin", servers run the pure-Python twin of the sockets' compiled core."""
+    if request.param == "uvloop-twin":
+        use_twin(monkeypatch)
 
     def runner(coro: Coroutine[Any, Any, T]) -> T:
         async def bounded() -> T:
             async with asyncio.timeout(TEST_TIMEOUT_S):
                 return await coro
 
-        if request.param == "uvloop":
+        if request.param.startswith("uvloop"):
             return uvloop.run(bounded())
         return asyncio.run(bounded())
 

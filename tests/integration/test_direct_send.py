@@ -18,7 +18,7 @@ from sohbet.ws import websocket as websocket_module
 from sohbet.ws.config import Limits
 from sohbet.ws.server import WebSocket, broadcast
 
-from .conftest import RawClient, Recorder, get, running, take_server_frames
+from .conftest import RawClient, Recorder, client_frame, get, running, take_server_frames, use_twin
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 BIG = 65536
@@ -27,24 +27,27 @@ ROOMY = Limits(max_buffered_bytes=256 * 1024 * 1024)  # a reader behind by megab
 
 @pytest.fixture(params=["cython", "python"])
 def sender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """Each implementation of the direct writes in turn, used by the server and its sockets."""
-    name = "sohbet.ws._send" if request.param == "cython" else "sohbet.ws._send_py"
-    module = importlib.import_module(name)
-    monkeypatch.setattr(websocket_module, "sending", module)
-    yield module
+    """Each implementation of the sockets' per-message paths in turn, used by the server and
+    its sockets."""
+    if request.param == "python":
+        use_twin(monkeypatch)
+    yield websocket_module.sending
 
 
 def test_the_twin_has_the_compiled_modules_names() -> None:
     compiled = importlib.import_module("sohbet.ws._send")
     twin = importlib.import_module("sohbet.ws._send_py")
-    public = {n for n in dir(compiled) if not n.startswith("_")} - {"PHASE_WS"}
-    assert public == {n for n in dir(twin) if not n.startswith("_") and callable(getattr(twin, n))} - {
-        "annotations",
-        "Any",
-        "Final",
-        "Iterable",
-    }
-    assert public == {"broadcast", "write_now"}
+    public = {"PHASE_WS", "SocketCore", "broadcast", "write_now"}
+    assert public <= set(dir(compiled)) and public <= set(dir(twin))
+    assert {
+        n
+        for n in dir(compiled)
+        if callable(getattr(compiled, n)) and getattr(compiled, n).__module__ == compiled.__name__
+    } == {"SocketCore", "broadcast", "write_now"}
+    # The same attributes and methods (a WebSocket built on either is the same class otherwise).
+    members = {n for n in dir(compiled.SocketCore) if not n.startswith("__")}
+    assert members == {n for n in dir(twin.SocketCore) if not n.startswith("__")}
+    assert {"data_received", "send_text", "send_binary", "_write", "_conn", "_batch", "_fd"} <= members
 
 
 class PlainClient:
@@ -163,8 +166,29 @@ def test_nothing_follows_our_close_frame(run: Run, sender: ModuleType) -> None:
             assert broadcast([ws], b'{"late":true}') == 0
             ws.send_text("also late")
             assert await client.expect_close(4000) == "bye"
-            client.close(4000)
-            await client.expect_eof()
+            client.send_raw(client_frame(9, "late ping") + client_frame(8, (4000).to_bytes(2, "big")))
+            assert await client.next_frame() is None  # no pong, nothing at all: the TCP connection ends
+
+    run(main())
+
+
+def test_a_ping_among_messages_of_one_read_is_answered_in_their_order(run: Run, sender: ModuleType) -> None:
+    """The replies to one read (echoes, the pong) go out in the order their frames came in."""
+
+    async def main() -> None:
+        async with running(Recorder()) as server:
+            client = await RawClient.connect(server.port)
+            client.send_raw(
+                client_frame(1, "first") + client_frame(9, "are you there") + client_frame(2, b"\x00second")
+            )
+            frames = [await client.next_frame() for _ in range(3)]
+            assert [(f.opcode, f.payload) for f in frames] == [
+                (1, b"first"),
+                (10, b"are you there"),
+                (2, b"\x00second"),
+            ]
+            client.close(1000)
+            assert await client.expect_close(1000) == ""
 
     run(main())
 

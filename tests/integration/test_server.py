@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from sohbet.errors import InvalidHandshake
+from sohbet.ws import server as server_module
 from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
 from sohbet.ws.handshake import Upgrade
 from sohbet.ws.http11 import Request
@@ -348,13 +349,14 @@ def test_a_body_read_after_its_head_is_a_body_not_a_long_head(
     not refused with 431. Found with the http11 fuzz target's chunking property
     (fuzz/corpus/http11/crash-body-after-head, crash-blank-line-split)."""
     reads: asyncio.Queue[int] = asyncio.Queue()
-    data_received = WebSocket.data_received
+    socket_class = server_module.WebSocket  # the one the server will make (`run` may have swapped it)
+    data_received = socket_class.data_received
 
     def spy(self: WebSocket, data: bytes) -> None:
         reads.put_nowait(len(data))
         data_received(self, data)
 
-    monkeypatch.setattr(WebSocket, "data_received", spy)
+    monkeypatch.setattr(socket_class, "data_received", spy)
 
     class Echo(Handler):
         def on_http(self, request: Request) -> Any:

@@ -242,6 +242,8 @@ def compressed(text: bytes, deflater: Deflater | None = None) -> bytes:
 def test_compressed_message_is_inflated() -> None:
     conn = Connection(deflate=DEFLATE)
     assert conn.feed(cf(1, compressed(b"hello " * 20), rsv1=True)) == [TextReceived(b"hello " * 20)]
+    binary = bytes(range(256)) * 2  # not UTF-8: a binary message is not checked as text
+    assert conn.feed(cf(2, compressed(binary), rsv1=True)) == [BinaryReceived(binary)]
 
 
 def test_compressed_message_across_fragments_with_context_takeover() -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from sohbet.ws import websocket
+from sohbet.ws import _protocol_py, websocket
+from sohbet.ws.deflate import DeflateParams
 
 from ..conftest import load_compiled_core
 
@@ -62,34 +64,38 @@ class Server:
     limits = Limits()
 
 
-class Conn:
-    def __init__(self, *, can_send: bool = True, deflated: bool = False) -> None:
-        self.can_send = can_send
-        self._deflater = object() if deflated else None
+def connection_class(impl: ModuleType) -> Any:
+    """The Connection the implementation's sockets hold: the compiled core's is typed to the
+    compiled connection."""
+    return (
+        _protocol_py.Connection
+        if impl.__name__.endswith("_py")
+        else importlib.import_module("sohbet.ws._protocol").Connection
+    )
 
-    def frame_text(self, text: bytes | str) -> bytes:
-        return b"deflated:" + (text.encode() if isinstance(text, str) else text)
 
+@pytest.fixture
+def make(impl: ModuleType) -> Callable[..., Any]:
+    """Stand-ins for the server's `WebSocket`: the implementation's `SocketCore` with what
+    `broadcast` reads set, a real connection, and a transport that holds what it is given."""
+    connection = connection_class(impl)
 
-class Socket:
-    """What `broadcast` reads of a `WebSocket`."""
+    class Socket(impl.SocketCore):  # type: ignore[misc,name-defined]  # a module chosen at run time
+        def __init__(self, fd: int = -1, *, phase: int = websocket.PHASE_WS, conn: Any = None) -> None:
+            self._fd = fd
+            self._phase = phase
+            self._conn = conn if conn is not None else connection()
+            self._batch = None
+            self._transport = Transport()
+            self._paused_at = 0.0
+            self._server = Server()
+            self._tx = 0
+            self.over = 0
 
-    def __init__(self, fd: int = -1, *, phase: int = websocket.PHASE_WS, conn: Conn | None = None) -> None:
-        self._fd = fd
-        self._phase = phase
-        self._conn = conn if conn is not None else Conn()
-        self._batch: list[bytes] | None = None
-        self._transport = Transport()
-        self._paused_at = 0.0
-        self._server = Server()
-        self.written: list[bytes] = []
-        self.over = 0
+        def _over_limit(self) -> None:
+            self.over += 1
 
-    def _write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def _over_limit(self) -> None:
-        self.over += 1
+    return Socket
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -165,44 +171,54 @@ def test_a_failed_send_leaves_everything_to_the_transport(impl: ModuleType, pair
     assert transport.held == b"lost"  # all of it: the transport finds the error and reports it
 
 
-def test_broadcast_takes_each_recipient_its_way(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+def test_broadcast_takes_each_recipient_its_way(
+    impl: ModuleType, make: Callable[..., Any], pair: tuple[socket.socket, ...]
+) -> None:
     ours, theirs = pair
-    direct = Socket(ours.fileno())
-    no_fd = Socket()
-    closing = Socket(ours.fileno(), phase=websocket.PHASE_CLOSING)
-    stopped = Socket(conn=Conn(can_send=False))
-    gone = Socket()
-    gone._conn = None  # type: ignore[assignment]  # a socket whose connection has ended
-    deflated = Socket(conn=Conn(deflated=True))
-    reading = Socket(ours.fileno())
+    connection = connection_class(impl)
+    direct = make(ours.fileno())
+    no_fd = make()
+    closing = make(ours.fileno(), phase=websocket.PHASE_CLOSING)
+    stopped = make()
+    stopped._conn.can_send = False
+    gone = make()
+    gone._conn = None  # a socket whose connection has ended
+    deflate = DeflateParams()
+    deflated = make(conn=connection(deflate=deflate))  # no descriptor: a compressed socket's writes go to its transport
+    reading = make(ours.fileno())
     reading._batch = []  # inside its own data_received
-    skipped = Socket(ours.fileno())
+    skipped = make(ours.fileno())
     everyone = [direct, no_fd, closing, stopped, gone, deflated, reading, skipped]
-    assert impl.broadcast(everyone, b"frame", "text", skipped) == (4, 2)
+    text = "text, long enough to be compressed " * 2
+    assert impl.broadcast(everyone, b"frame", text, skipped) == (4, 2)
     assert read_all(theirs) == b"frame"  # only the direct one, once
     assert no_fd._transport.held == b"frame"
-    assert deflated.written == [b"deflated:text"]
+    compressed = connection(deflate=deflate).frame_text(text)  # its own frame, as a fresh compressor makes it
+    assert compressed[0] & 0x40  # rsv1: compressed
+    assert deflated._transport.held == compressed and deflated._tx == len(compressed)
     assert reading._batch == [b"frame"]
     assert closing._transport.held == stopped._transport.held == gone._transport.held == b""
     assert skipped._transport.held == b""
 
 
-def test_broadcast_closes_the_recipients_over_their_limit(impl: ModuleType, pair: tuple[socket.socket, ...]) -> None:
+def test_broadcast_closes_the_recipients_over_their_limit(
+    impl: ModuleType, make: Callable[..., Any], pair: tuple[socket.socket, ...]
+) -> None:
     ours, _theirs = pair
-    partial = Socket(ours.fileno())  # the kernel takes part of it, the rest tips it over
+    partial = make(ours.fileno())  # the kernel takes part of it, the rest tips it over
     partial._paused_at = 1.0
     frame = b"z" * HUGE
     assert impl.broadcast([partial], frame, "text", None) == (1, 0)
     assert partial.over == 1 and 0 < len(partial._transport.held) < len(frame)
-    queued = Socket()  # no descriptor: the transport takes it
+    queued = make()  # no descriptor: the transport takes it
     queued._paused_at = 1.0
     queued._transport = Transport(b"x" * LIMIT)
-    blocked = Socket(ours.fileno())  # its kernel buffer is full: the transport takes it
+    blocked = make(ours.fileno())  # its kernel buffer is full: the transport takes it
     blocked._paused_at = 1.0
     blocked._transport = Transport(b"y" * LIMIT)
     assert impl.broadcast([queued, blocked], b"frame", "text", None) == (2, 0)
     assert (queued.over, blocked.over) == (1, 1)
-    quiet = Socket()
+    quiet = make()
     quiet._paused_at = 1.0  # paused, yet under the limit: left alone
     assert impl.broadcast([quiet], b"frame", "text", None) == (1, 0)
     assert quiet.over == 0
@@ -218,10 +234,10 @@ def test_the_compiled_module_refuses_none() -> None:
 
 
 def test_a_partial_send_under_the_limit_is_left_to_the_transport(
-    impl: ModuleType, pair: tuple[socket.socket, ...]
+    impl: ModuleType, make: Callable[..., Any], pair: tuple[socket.socket, ...]
 ) -> None:
     ours, _theirs = pair
-    reader = Socket(ours.fileno())  # reading as fast as it can: not paused, so not over any limit
+    reader = make(ours.fileno())  # reading as fast as it can: not paused, so not over any limit
     frame = b"q" * HUGE
     assert impl.broadcast([reader], frame, "text", None) == (1, 0)
     assert reader.over == 0 and 0 < len(reader._transport.held) < len(frame)
