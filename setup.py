@@ -33,7 +33,7 @@ def extension(name: str) -> Extension:
     return Extension(
         f"sohbet.ws.{name}",
         [f"sohbet/ws/{name}.pyx"],
-        depends=["sohbet/ws/_xor.h", "sohbet/ws/_frames.pxd"],
+        depends=["sohbet/ws/_xor.h", "sohbet/ws/_frames.pxd", "sohbet/ws/_protocol.pxd"],
         extra_compile_args=compile_args,
         define_macros=macros,
     )

@@ -162,7 +162,14 @@ def drive(protocol: Any, options: dict[str, Any], actions: int, sizes: list[int]
             assert conn.state == protocol.CLOSED
         out = conn.take_output()
         peer.read(out)
-        state = (conn.state, conn.can_send, conn.close_code, conn.close_reason, conn.is_mid_message)
+        state = (
+            conn.state,
+            conn.can_send,
+            conn.close_code,
+            conn.close_reason,
+            conn.is_mid_message,
+            conn.messages_received,
+        )
         transcript.append((_named(events), state, None if options["client"] else out))
     transcript.append((peer.messages, peer.pongs, peer.close))
     assert peer.messages == sent, (peer.messages, sent)

@@ -25,6 +25,10 @@ from sohbet.ws.config import CompressionConfig, Limits, WebSocketConfig
         ({"max_headers": 2}, "max_headers of 2 is below 8"),
         ({"max_body_bytes": -1}, "max_body_bytes of -1 is negative"),
         ({"buffer_high_water_bytes": 2 << 20}, "at most max_buffered_bytes"),
+        # the compiled connection keeps these in C: larger would fail at every upgrade instead
+        ({"max_frames_per_10s": 2**63}, "max_frames_per_10s of 9223372036854775808 is over 9223372036854775807"),
+        ({"max_fragments": 2**64}, "max_fragments of 18446744073709551616 is over"),
+        ({"max_message_bytes": 2**63}, "max_message_bytes of 9223372036854775808 is over"),
     ],
     ids=lambda v: str(v)[:30],
 )

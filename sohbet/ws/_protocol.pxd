@@ -29,7 +29,7 @@ cdef class Connection:
     cdef public int state
     # Why the connection closed: the code and reason of whichever side closed first.
     cdef public int close_code
-    cdef public str close_reason
+    cdef public object close_reason  # a str, or what close() was given (a StrEnum, say), as the twin keeps it
     cdef public Py_ssize_t messages_received
     cdef FrameParser _parser
     cdef object _inflater

@@ -29,7 +29,7 @@ is set) or when `WebSocket.close` moves the phase on, and both are checked.
 
 import logging
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from libc.errno cimport EINTR, errno
 
 from sohbet.ws._protocol cimport BinaryReceived, Connection, TextReceived
@@ -155,7 +155,8 @@ cdef class SocketCore:
         except Exception:
             log.exception("handler failed on connection %d", self.id)
             broken = True
-        self._batch = None
+        finally:
+            self._batch = None  # also when a BaseException escapes: later sends must not gather here
         out = conn.take_output()  # a close frame, if any: last, after the replies above
         if out:
             batch.append(out)
@@ -181,9 +182,11 @@ cdef class SocketCore:
             return
         self._write_bytes(conn.frame_binary(data))
 
-    def _write(self, bytes data not None):
-        """Write *data*: into the batch inside data_received, else to the socket at once."""
-        self._write_bytes(data)
+    def _write(self, data):
+        """Write *data* (bytes, or any buffer): into the batch inside data_received, else to the
+        socket at once. The paths of this class write through `_write_bytes` in C: overriding
+        `_write` in a subclass changes only the writes of its Python callers."""
+        self._write_bytes(data if PyBytes_CheckExact(data) else bytes(data))
 
     cdef int _write_bytes(self, bytes data) except -1:
         cdef list batch = self._batch

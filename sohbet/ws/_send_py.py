@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from sohbet.ws._protocol_py import BinaryReceived, Connection, TextReceived  # the twin pairs with the twin
 from sohbet.ws.codes import CloseCode
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived
-from sohbet.ws.protocol import BinaryReceived, Connection, TextReceived
 
 if TYPE_CHECKING:
     from sohbet.ws.http_phase import HttpPhase
@@ -108,7 +108,8 @@ class SocketCore:
         except Exception:
             log.exception("handler failed on connection %d", self.id)
             broken = True
-        self._batch = None
+        finally:
+            self._batch = None  # also when a BaseException escapes: later sends must not gather here
         out = conn.take_output()  # a close frame, if any: last, after the replies above
         if out:
             batch.append(out)

@@ -8,6 +8,7 @@ raises `ConfigError`, so a bad setting stops the process at startup, never later
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -32,6 +33,10 @@ __all__ = [
 #: cannot make raw deflate streams with an 8-bit window (it silently uses 9).
 MIN_WINDOW_BITS: Final = 9
 MAX_WINDOW_BITS: Final = 15
+
+#: The largest count a connection's limits may be: the compiled connection and frame core keep
+#: them in C (`Py_ssize_t`), and no larger limit means anything different from "none".
+MAX_COUNT: Final = sys.maxsize
 
 #: Requests one connection may have read but not yet answered. Pipelining clients send a few;
 #: more in one read is an amplification attempt (each answer costs far more than its request).
@@ -134,6 +139,8 @@ class Limits:
             "max_connections_per_address",
         ):
             require(getattr(self, name) >= 0, f"{name} of {getattr(self, name)} is negative")
+        for name in ("max_message_bytes", "max_fragments", "max_frames_per_10s"):
+            require(getattr(self, name) <= MAX_COUNT, f"{name} of {getattr(self, name)} is over {MAX_COUNT}")
         for name in (
             "message_timeout_s",
             "handshake_timeout_s",

@@ -1,5 +1,6 @@
 """Real sockets on 127.0.0.1, under both the asyncio and the uvloop event loop, and on uvloop
-once more with the pure-Python twin of the sockets' per-message paths (`_send_py.SocketCore`)."""
+once more with the pure-Python twins of the sockets' compiled paths (`_send_py.SocketCore`,
+`_protocol_py.Connection`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 import uvloop
 
-from sohbet.ws import _send_py, websocket
+from sohbet.ws import _protocol_py, _send_py, websocket
 from sohbet.ws import server as server_module
 from sohbet.ws.config import Limits, WebSocketConfig
 from sohbet.ws.server import Handler, Server, WebSocket
@@ -34,9 +35,11 @@ TWIN_WEBSOCKET = twin_websocket()
 
 
 def use_twin(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make servers started from here on run the twin: its sockets, its fan-out loop."""
+    """Make servers started from here on run the pure-Python twins: their sockets, their
+    connections, their fan-out loop (the frame core stays compiled)."""
     monkeypatch.setattr(server_module, "WebSocket", TWIN_WEBSOCKET)
     monkeypatch.setattr(websocket, "sending", _send_py)
+    monkeypatch.setattr(websocket, "Connection", _protocol_py.Connection)
 
 
 @pytest.fixture(params=["asyncio", "uvloop", "uvloop-twin"])

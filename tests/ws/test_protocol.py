@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sohbet.errors import InvalidState
-from sohbet.ws import _protocol_py, codes, protocol
+from sohbet.ws import _protocol_py, codes, frames, protocol
 from sohbet.ws.deflate import DeflateParams, Deflater, Inflater
 from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
-from sohbet.ws.frames import FrameParser, build_frame
+from sohbet.ws.frames import FrameParser, build_close, build_frame
 from sohbet.ws.protocol import CLOSED, CLOSING, OPEN, BinaryReceived, Connection, TextReceived
 
 from ..conftest import load_compiled_core
@@ -47,6 +47,47 @@ def test_both_implementations_agree_on_the_constants() -> None:
     for name in ("OPEN", "CLOSING", "CLOSED", "WINDOW_SLOTS"):
         assert getattr(compiled, name) == getattr(_protocol_py, name) == getattr(protocol, name)
     assert compiled.POLICY_VIOLATION == codes.CloseCode.POLICY_VIOLATION
+
+
+def test_no_extensions_selects_the_python_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOHBET_NO_EXTENSIONS", "1")
+    try:
+        importlib.reload(frames)
+        twin = importlib.reload(protocol)
+        assert twin.Connection is _protocol_py.Connection and twin.TextReceived is _protocol_py.TextReceived
+    finally:
+        monkeypatch.delenv("SOHBET_NO_EXTENSIONS")
+        importlib.reload(frames)
+        importlib.reload(protocol)
+    assert protocol.Connection is not _protocol_py.Connection
+
+
+def test_whole_messages_are_counted_on_every_path() -> None:
+    conn = Connection(deflate=DEFLATE)
+    conn.feed(cf(1, "one"))  # one message in a read: the fast path
+    conn.feed(cf(2, b"two") + cf(1, "three"))  # several in a read
+    conn.feed(cf(1, "fo", fin=False) + cf(0, "ur"))  # fragments
+    conn.feed(cf(1, compressed(b"five"), rsv1=True))  # compressed
+    assert conn.messages_received == 5
+
+
+def test_any_buffer_in_any_form_gives_the_same_frames() -> None:
+    wire = cf(1, "hello") + cf(2, b"\x00\x01")
+    want = expected([("text", b"hello"), ("binary", b"\x00\x01")])
+    assert Connection().feed(bytearray(wire)) == Connection().feed(memoryview(wire)) == want
+    for data in (b"caf\xc3\xa9", "café", bytearray(b"caf\xc3\xa9"), memoryview(b"caf\xc3\xa9")):
+        assert Connection().frame_text(data) == build_frame(1, "café")
+    assert Connection().frame_binary(bytearray(b"\x00")) == build_frame(2, b"\x00")
+
+
+def test_a_close_reason_is_kept_as_given() -> None:
+    class Reason(str):
+        pass
+
+    conn = Connection()
+    conn.close(4000, Reason("bye"))
+    assert (conn.state, conn.close_code, conn.close_reason) == (CLOSING, 4000, "bye")
+    assert conn.take_output() == build_close(4000, "bye")
 
 
 def expected(events: list[object]) -> list[object]:
@@ -82,6 +123,7 @@ def test_messages(wire: bytes, events: list[object]) -> None:
     conn = Connection()
     assert conn.feed(wire) == expected(events)
     assert conn.take_output() == b""
+    assert conn.messages_received == sum(isinstance(e, tuple) for e in events)
 
 
 def test_message_events_compare_by_type_and_data() -> None:

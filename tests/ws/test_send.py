@@ -3,6 +3,7 @@ server's WebSocket objects: every branch, the compiled module and the twin alike
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import socket
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sohbet.ws import _protocol_py, websocket
+from sohbet.ws import _protocol_py, frames, websocket
 from sohbet.ws.deflate import DeflateParams
 
 from ..conftest import load_compiled_core
@@ -89,7 +90,7 @@ def make(impl: ModuleType) -> Callable[..., Any]:
             self._transport = Transport()
             self._paused_at = 0.0
             self._server = Server()
-            self._tx = 0
+            self._rx = self._tx = 0
             self.over = 0
 
         def _over_limit(self) -> None:
@@ -242,3 +243,22 @@ def test_a_partial_send_under_the_limit_is_left_to_the_transport(
     assert impl.broadcast([reader], frame, "text", None) == (1, 0)
     assert reader.over == 0 and 0 < len(reader._transport.held) < len(frame)
     assert frame.endswith(bytes(reader._transport.held))  # the rest, in order
+
+
+def test_a_handler_escaping_with_a_base_exception_leaves_no_batch_behind(
+    impl: ModuleType, make: Callable[..., Any]
+) -> None:
+    """The loop ends such a socket (a fatal error), but until then nothing may gather unsent."""
+
+    class Cancelling:
+        def on_message(self, ws: Any, data: bytes, is_text: bool) -> None:
+            raise asyncio.CancelledError
+
+    sock = make()
+    sock._server.handler = Cancelling()
+    sock._server.now = 1.0
+    with pytest.raises(asyncio.CancelledError):
+        sock.data_received(frames.build_frame(1, b"hi", mask=b"abcd"))
+    assert sock._batch is None
+    sock.send_text("after")  # written, not gathered
+    assert sock._transport.held == frames.build_frame(1, b"after")
