@@ -43,10 +43,10 @@ cdef class Connection:
     cdef Py_ssize_t _frames_recent
     cdef readonly list _slots
     cdef Py_ssize_t _slot
-    # The message being reassembled: its opcode, whether compressed, its parts and size.
+    # The message being reassembled: its opcode, whether compressed, its bytes and their size.
     cdef int _msg_opcode
     cdef bint _msg_compressed
-    cdef list _parts
+    cdef bytearray _buf  # a fragmented message's bytes so far
     cdef Py_ssize_t _size
     cdef Utf8Validator _utf8
     # Masking keys of the client role, drawn 1024 at a time.

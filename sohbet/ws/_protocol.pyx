@@ -240,11 +240,12 @@ cdef class Connection:
         return 1
 
     cdef int _assemble(self, Frame frame, list events) except -1:
+        cdef bytearray buf
         if frame.opcode:
             self._msg_opcode = frame.opcode
             self._msg_compressed = frame.rsv1
-            self._parts = []
             self._size = 0
+            self._buf = None if frame.fin else bytearray()  # one buffer, whatever the fragments
             if frame.rsv1 and frame.opcode == OP_TEXT:
                 self._utf8 = Utf8Validator()
         data = frame.payload
@@ -252,13 +253,16 @@ cdef class Connection:
             data = self._inflater.inflate(data, frame.fin, self.max_message_bytes - self._size)
             if self._utf8 is not None:
                 self._utf8.feed(data)  # fail at the first bad byte of inflated text
-        cdef list parts = self._parts
-        parts.append(data)
-        self._size += len(data)
-        if not frame.fin:
-            return 0
-        payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._parts = None
+        buf = self._buf
+        if buf is None:  # a whole message in one frame (a compressed one): no buffer
+            payload = data
+        else:
+            buf += data
+            self._size += len(data)
+            if not frame.fin:
+                return 0
+            payload = bytes(buf)
+            self._buf = None
         if self._utf8 is not None:
             self._utf8.finish()
             self._utf8 = None

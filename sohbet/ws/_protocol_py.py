@@ -90,6 +90,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_buf",
         "_close_out",
         "_deflater",
         "_frames_in_window",
@@ -101,7 +102,6 @@ class Connection:
         "_msg_opcode",
         "_out",
         "_parser",
-        "_parts",
         "_size",
         "_slot",
         "_slots",
@@ -188,10 +188,10 @@ class Connection:
         self._frames_recent = 0
         self._slots: list[int] | None = None
         self._slot = 0
-        # The message being reassembled: its opcode, whether compressed, its parts and size.
+        # The message being reassembled: its opcode, whether compressed, its bytes and their size.
         self._msg_opcode = 0
         self._msg_compressed = False
-        self._parts: list[bytes] | None = None  # made at a fragmented or compressed message's start
+        self._buf: bytearray | None = None  # made at a fragmented message's first frame
         self._size = 0
         self._utf8: frames.Utf8Validator | None = None
         self._masks = b""
@@ -297,8 +297,10 @@ class Connection:
         if frame.opcode:
             self._msg_opcode = frame.opcode
             self._msg_compressed = frame.rsv1
-            self._parts = []
             self._size = 0
+            # The fragments go into one buffer as they come, not a list of them: its memory is
+            # the message's bytes, whatever the count of (even empty) fragments a peer sends.
+            self._buf = None if frame.fin else bytearray()
             if frame.rsv1 and frame.opcode == _TEXT:
                 self._utf8 = frames.Utf8Validator()
         data = frame.payload
@@ -307,14 +309,16 @@ class Connection:
             data = self._inflater.inflate(data, frame.fin, self.max_message_bytes - self._size)
             if self._utf8 is not None:
                 self._utf8.feed(data)  # fail at the first bad byte of inflated text
-        parts = self._parts
-        assert parts is not None  # the message's first frame (the parser checked the order) made it
-        parts.append(data)
-        self._size += len(data)
-        if not frame.fin:
-            return
-        payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._parts = None
+        buf = self._buf
+        if buf is None:  # a whole message in one frame (a compressed one): no buffer
+            payload = data
+        else:
+            buf += data
+            self._size += len(data)
+            if not frame.fin:
+                return
+            payload = bytes(buf)
+            self._buf = None
         if self._utf8 is not None:
             self._utf8.finish()
             self._utf8 = None

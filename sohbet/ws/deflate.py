@@ -9,6 +9,7 @@ is produced: a compressed message can never grow past the message limit in memor
 
 from __future__ import annotations
 
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Final
@@ -163,6 +164,8 @@ class Inflater:
         obj = self._obj
         if obj is None:
             obj = self._obj = zlib.decompressobj(self._wbits)
+        # One byte over the limit tells that it was crossed; zlib takes at most a Py_ssize_t.
+        room = min(limit + 1, sys.maxsize)
         try:
             if obj.eof:
                 if data:
@@ -171,13 +174,13 @@ class Inflater:
                     )
                 out = b""
             else:
-                out = obj.decompress(data, limit + 1)
+                out = obj.decompress(data, room)
                 if obj.eof and obj.unused_data:
                     raise ProtocolViolation(
                         CloseCode.INVALID_DATA, "compressed data continues after a final deflate block"
                     )
                 if final and not obj.eof and len(out) <= limit and not obj.unconsumed_tail:
-                    out += obj.decompress(_TAIL, limit + 1 - len(out))
+                    out += obj.decompress(_TAIL, room - len(out))
         except zlib.error as exc:
             raise ProtocolViolation(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}") from None
         if len(out) > limit or obj.unconsumed_tail:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 
 import pytest
@@ -149,6 +150,19 @@ def test_inflating_a_bomb_stops_at_the_limit() -> None:
     with pytest.raises(ProtocolViolation) as info:
         deflate.Inflater(15, False).inflate(payload[:-4], True, 64 * 1024)
     assert info.value.close_code == 1009
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "in-two"])
+def test_the_largest_limit_a_connection_can_have_inflates(split: bool) -> None:
+    """max_message_bytes may be sys.maxsize (Limits refuses more): one over it must not
+    overflow zlib's Py_ssize_t, in either call (the data, and the tail a final frame adds)."""
+    payload = deflate.Deflater(15, False).deflate(b"big enough " * 100)
+    inflater = deflate.Inflater(15, False)
+    if split:
+        got = inflater.inflate(payload[:10], False, sys.maxsize) + inflater.inflate(payload[10:], True, sys.maxsize)
+    else:
+        got = inflater.inflate(payload, True, sys.maxsize)
+    assert got == b"big enough " * 100
 
 
 def test_the_limit_is_the_room_the_message_has_left() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 
@@ -69,6 +70,25 @@ def test_whole_messages_are_counted_on_every_path() -> None:
     conn.feed(cf(1, "fo", fin=False) + cf(0, "ur"))  # fragments
     conn.feed(cf(1, compressed(b"five"), rsv1=True))  # compressed
     assert conn.messages_received == 5
+
+
+def test_a_message_of_many_tiny_fragments_holds_its_bytes_not_its_fragments() -> None:
+    """A peer allowed unlimited fragments (max_fragments=0, as the echo server is) sends a
+    message one byte a frame, or none: what the connection keeps grows with the message's bytes,
+    not with its frames (a list of them held ~50 bytes a frame: ~2 GB in 15 s of empty ones)."""
+    conn = Connection(max_fragments=0, max_message_bytes=1 << 20)
+    conn.feed(cf(1, "a", fin=False))
+    one_byte, empty = cf(0, "b", fin=False), cf(0, "", fin=False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10):
+            conn.feed((one_byte + empty) * 10_000)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 400_000  # 100,001 bytes of message (a list of 200,000 fragments: over 5 MB)
+    assert conn.feed(cf(0, "c")) == expected([("text", b"a" + b"b" * 100_000 + b"c")])
 
 
 def test_any_buffer_in_any_form_gives_the_same_frames() -> None:
