@@ -2,6 +2,7 @@
 
     python benchmarks/echo_instructions.py                          # sohbet and picows, 64 B
     python benchmarks/echo_instructions.py --servers sohbet,picows --size 4096 --connections 100
+    python benchmarks/echo_instructions.py --servers baseline,sohbet --baseline ../before
 
 Each server runs under valgrind's callgrind with counting off; C connections echo a warm-up, then
 counting is turned on and each connection sends --messages messages, one after the other's echo,
@@ -25,7 +26,7 @@ from typing import Any
 
 import uvloop
 from loadgen import Client, close_clients, free_port, open_clients, wait_listening  # benchmarks/ on sys.path
-from run_echo import SERVERS
+from run_echo import SERVERS, baseline
 
 
 class Counted:
@@ -95,7 +96,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--messages", type=int, default=200, help="counted messages a connection")
     parser.add_argument("--callgrind-out", metavar="DIR", help="keep each server's profile in DIR")
+    parser.add_argument("--baseline", metavar="DIR", type=Path, help="the checkout the server 'baseline' runs from")
     args = parser.parse_args()
+    if args.baseline is not None:
+        SERVERS["baseline"] = baseline(args.baseline)
     for name in args.servers.split(","):
         print(json.dumps(count(name, args.size, args.connections, args.messages, args.callgrind_out)), flush=True)
 
