@@ -156,7 +156,9 @@ cdef class SocketCore:
             log.exception("handler failed on connection %d", self.id)
             broken = True
         finally:
-            self._batch = None  # also when a BaseException escapes: later sends must not gather here
+            # Also when a BaseException escapes (the loop then ends the socket, and the replies
+            # gathered so far are not written): sends until then must not gather here unsent.
+            self._batch = None
         out = conn.take_output()  # a close frame, if any: last, after the replies above
         if out:
             batch.append(out)

@@ -262,3 +262,11 @@ def test_a_handler_escaping_with_a_base_exception_leaves_no_batch_behind(
     assert sock._batch is None
     sock.send_text("after")  # written, not gathered
     assert sock._transport.held == frames.build_frame(1, b"after")
+
+
+def test_a_write_takes_any_buffer(impl: ModuleType, make: Callable[..., Any]) -> None:
+    sock = make()
+    for data in (b"bytes ", bytearray(b"bytearray "), memoryview(b"memoryview")):
+        sock._write(data)
+    assert sock._transport.held == b"bytes bytearray memoryview"
+    assert sock._tx == len(b"bytes bytearray memoryview")
