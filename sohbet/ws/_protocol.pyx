@@ -54,9 +54,6 @@ cdef class TextReceived:
     def __eq__(self, other):
         return type(other) is type(self) and (<TextReceived>other).data == self.data
 
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
     __hash__ = None
 
     def __repr__(self):
@@ -71,9 +68,6 @@ cdef class BinaryReceived:
 
     def __eq__(self, other):
         return type(other) is type(self) and (<BinaryReceived>other).data == self.data
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
 
     __hash__ = None
 

@@ -7,7 +7,7 @@ twin `_protocol_py.py`, which describes the behaviour both have.
 
 from __future__ import annotations
 
-from sohbet.ws._protocol_py import Event
+from sohbet.ws.events import ClosedByPeer, ConnectionFailed, PingReceived, PongReceived
 from sohbet.ws.frames import IMPLEMENTATION
 
 if IMPLEMENTATION == "cython":
@@ -22,5 +22,8 @@ else:
         Connection,
         TextReceived,
     )
+
+#: What `Connection.feed` reports, made of the implementation's own message events.
+Event = TextReceived | BinaryReceived | PingReceived | PongReceived | ClosedByPeer | ConnectionFailed
 
 __all__ = ["CLOSED", "CLOSING", "OPEN", "WINDOW_SLOTS", "BinaryReceived", "Connection", "Event", "TextReceived"]

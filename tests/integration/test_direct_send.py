@@ -1,5 +1,6 @@
 """Writes that go straight to the kernel (`sohbet.ws._send`): never out of order, never after a
-close frame, never to a socket that is gone; the compiled module and its twin alike."""
+close frame, never to a socket that is gone; the compiled module and its twin alike (the `run`
+fixture's uvloop-twin runs the servers on the twin)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,17 @@ import base64
 import importlib
 import os
 import socket
-from collections.abc import Callable, Coroutine, Iterator
-from types import ModuleType
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import pytest
-
-from sohbet.ws import websocket as websocket_module
 from sohbet.ws.config import Limits
 from sohbet.ws.server import WebSocket, broadcast
 
-from .conftest import RawClient, Recorder, client_frame, get, running, take_server_frames, use_twin
+from .conftest import RawClient, Recorder, client_frame, get, running, take_server_frames
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 BIG = 65536
 ROOMY = Limits(max_buffered_bytes=256 * 1024 * 1024)  # a reader behind by megabytes is not closed here
-
-
-@pytest.fixture(params=["cython", "python"])
-def sender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    """Each implementation of the sockets' per-message paths in turn, used by the server and
-    its sockets."""
-    if request.param == "python":
-        use_twin(monkeypatch)
-    yield websocket_module.sending
 
 
 def test_the_twin_has_the_compiled_modules_names() -> None:
@@ -120,7 +108,7 @@ async def behind(client: PlainClient, write: Callable[[bytes], None], ws: WebSoc
     return count
 
 
-def test_a_write_to_a_reader_behind_queues_behind_what_the_transport_holds(run: Run, sender: ModuleType) -> None:
+def test_a_write_to_a_reader_behind_queues_behind_what_the_transport_holds(run: Run) -> None:
     async def main() -> None:
         handler = Recorder(echo=False)
         async with running(handler, limits=ROOMY) as server:
@@ -136,7 +124,7 @@ def test_a_write_to_a_reader_behind_queues_behind_what_the_transport_holds(run: 
     run(main())
 
 
-def test_a_fanout_to_a_reader_behind_queues_behind_what_the_transport_holds(run: Run, sender: ModuleType) -> None:
+def test_a_fanout_to_a_reader_behind_queues_behind_what_the_transport_holds(run: Run) -> None:
     async def main() -> None:
         handler = Recorder(echo=False)
         async with running(handler, limits=ROOMY) as server:
@@ -156,7 +144,7 @@ def test_a_fanout_to_a_reader_behind_queues_behind_what_the_transport_holds(run:
     run(main())
 
 
-def test_nothing_follows_our_close_frame(run: Run, sender: ModuleType) -> None:
+def test_nothing_follows_our_close_frame(run: Run) -> None:
     async def main() -> None:
         handler = Recorder(echo=False)
         async with running(handler) as server:
@@ -172,7 +160,7 @@ def test_nothing_follows_our_close_frame(run: Run, sender: ModuleType) -> None:
     run(main())
 
 
-def test_a_ping_among_messages_of_one_read_is_answered_in_their_order(run: Run, sender: ModuleType) -> None:
+def test_a_ping_among_messages_of_one_read_is_answered_in_their_order(run: Run) -> None:
     """The replies to one read (echoes, the pong) go out in the order their frames came in."""
 
     async def main() -> None:
@@ -193,7 +181,7 @@ def test_a_ping_among_messages_of_one_read_is_answered_in_their_order(run: Run, 
     run(main())
 
 
-def test_a_socket_gone_is_never_written_even_when_its_descriptor_is_reused(run: Run, sender: ModuleType) -> None:
+def test_a_socket_gone_is_never_written_even_when_its_descriptor_is_reused(run: Run) -> None:
     """The descriptor of a closed socket is soon another client's; a fan-out list that still
     names the old connection must not write to it."""
 
@@ -231,7 +219,7 @@ def test_a_socket_gone_is_never_written_even_when_its_descriptor_is_reused(run: 
     run(main())
 
 
-def test_a_fanout_from_inside_a_read_queues_behind_the_replies_of_that_read(run: Run, sender: ModuleType) -> None:
+def test_a_fanout_from_inside_a_read_queues_behind_the_replies_of_that_read(run: Run) -> None:
     class ReplyThenFanOut(Recorder):
         def on_message(self, ws: WebSocket, data: bytes, is_text: bool) -> None:
             ws.send_text(b"reply to " + data)
