@@ -337,7 +337,7 @@ class Writer:
                 data = wire.encode(_MESSAGE, {"message": obj})
                 ctx.cluster.message(message.conversation_id, message.seq, data, session.socket)
             else:
-                sockets = ctx.hub.connections_of(members)
+                sockets = ctx.hub.member_connections(message.conversation_id)
                 # Encoded only for someone besides the sender's own connection: in a direct
                 # conversation whose other member is offline, nobody.
                 if len(sockets) > 1 or (sockets and sockets[0] is not session.socket):

@@ -21,6 +21,7 @@ import aiohttp
 import jwt
 import pytest
 
+from sohbet.chat.hub import FANOUT_CACHE_MIN
 from sohbet.config import AuthConfig
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits
@@ -284,6 +285,56 @@ def test_a_user_creates_as_over_the_websocket(run: Run, database_url: str) -> No
             status, body, _ = await api.call("POST", "/api/conversations", json={"members": ["x"]}, headers=BACKEND)
             assert status == 400  # the backend adds nobody: one member is not a conversation
             assert kinds((await marker(api, bob))[0]) == []  # the repeat told bob nothing
+
+    run(main())
+
+
+def test_a_large_groups_kept_recipients_follow_every_change(run: Run, database_url: str) -> None:
+    """From `FANOUT_CACHE_MIN` connections on, a group's recipients are kept between messages
+    (`Hub.member_connections`). Every change between two messages must show in the next one:
+    a leave, a removal, an addition, a second device, a closed connection."""
+    others = [f"u{i:02}" for i in range(FANOUT_CACHE_MIN + 2)]
+
+    async def main() -> None:
+        async with chat_server(database_url) as h, api_of(h) as api:
+            cid = await group(api, "alice", *others)
+            alice = await h.connect("alice")
+            conns = {user: await h.connect(user) for user in others}
+            dave = await h.connect("dave")  # not a member yet
+            sent = 0
+
+            async def round_trip(receivers: list[WsChat], silent: list[WsChat]) -> None:
+                nonlocal sent
+                sent += 1
+                content = f"m{sent}"
+                await alice.send(cid, content)
+                for client in receivers:  # each exactly once, nothing else of the group before
+                    got = await client.expect("chat:message")
+                    assert got["payload"]["message"]["content"] == content, client.user
+                for before in await marker(api, *silent):
+                    assert "chat:message" not in kinds(before)
+
+            await round_trip(list(conns.values()), [dave])
+            assert h.app.chat.hub.sizes()["hub_fanout_lists"] == 1  # kept: the path under test
+            leaver = conns.pop("u00")
+            await leaver.ok("conversation:leave", {"conversation_id": cid})
+            await round_trip(list(conns.values()), [leaver, dave])
+            removed = conns.pop("u01")
+            await api.ok("DELETE", f"/api/conversations/{cid}/members/u01", 204, headers=BACKEND)
+            await round_trip(list(conns.values()), [removed, leaver, dave])
+            await api.ok("POST", f"/api/conversations/{cid}/members", json={"user_id": "dave"}, headers=BACKEND)
+            await round_trip([*conns.values(), dave], [removed, leaver])
+            phone = await h.connect("u02")
+            await round_trip([*conns.values(), dave, phone], [removed, leaver])
+            await conns.pop("u03").ws.close()
+            await phone.ws.close()
+            await round_trip([*conns.values(), dave], [removed, leaver])
+            for client in h.clients:
+                await client.ws.close()
+            hub = h.app.chat.hub
+            while hub.connection_count:
+                await asyncio.sleep(0.01)
+            assert hub.sizes()["hub_fanout_lists"] == 0  # no closed socket is held
 
     run(main())
 

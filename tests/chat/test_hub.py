@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from sohbet.chat.hub import Hub
+from typing import Any
+
+import pytest
+
+from sohbet.chat import hub as hub_module
+from sohbet.chat.hub import FANOUT_CACHE_MIN, Hub
 from sohbet.chat.ids import ConversationId, UserId
 
 A, B, C, D = UserId("alice"), UserId("bob"), UserId("carol"), UserId("dave")
@@ -222,3 +227,105 @@ def test_attaching_a_connection_twice_keeps_it_once() -> None:
     assert hub.attach(A, "a1") is False
     assert hub.connections(A) == ("a1",) and hub.connection_count == 1
     assert hub.detach(A, "a1", grace_until=10.0) is True  # its only connection: it is gone
+
+
+class Conn:
+    """A connection handle: hashed and ordered by identity, as the server's sockets are."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def group_hub(size: int, **options: Any) -> tuple[Hub[Conn], dict[UserId, Conn]]:
+    hub: Hub[Conn] = Hub(**options)
+    users = [UserId(f"u{i:03}") for i in range(size)]
+    conns = {user: Conn(user) for user in reversed(users)}  # made in the reverse of the set's order
+    for user, conn in conns.items():
+        hub.attach(user, conn)
+    hub.set_members(X, users)
+    return hub, conns
+
+
+def test_a_large_groups_connections_are_kept_in_the_order_they_were_made() -> None:
+    hub, conns = group_hub(FANOUT_CACHE_MIN)
+    found = hub.member_connections(X)
+    assert set(found) == set(conns.values()) and len(found) == len(conns)
+    assert found == sorted(found, key=id)
+    assert hub.member_connections(X) is found  # kept
+    assert hub.sizes()["hub_fanout_lists"] == 1
+    assert hub.member_connections(Y) == []  # members not cached: nobody
+
+
+def test_a_small_groups_connections_are_found_each_time() -> None:
+    hub, conns = group_hub(FANOUT_CACHE_MIN - 1)
+    found = hub.member_connections(X)
+    assert set(found) == set(conns.values())
+    assert hub.member_connections(X) is not found
+    assert hub.sizes()["hub_fanout_lists"] == 0
+
+
+def test_every_change_of_connections_or_members_shows_in_the_next_fanout() -> None:
+    hub, conns = group_hub(FANOUT_CACHE_MIN + 4)
+    users = list(conns)
+
+    def now() -> set[Conn]:
+        found = hub.member_connections(X)
+        assert found == sorted(found, key=id)
+        return set(found)
+
+    expected = set(conns.values())
+    assert now() == expected
+    hub.remove_member(X, users[0])  # a leave
+    expected.discard(conns[users[0]])
+    assert now() == expected
+    hub.attach(D, dave := Conn("dave"))  # a connection of someone outside: nothing changes...
+    assert now() == expected
+    hub.add_member(X, D)  # ...until they join
+    expected.add(dave)
+    assert now() == expected
+    hub.attach(users[1], phone := Conn("phone"))  # a second device
+    expected.add(phone)
+    assert now() == expected
+    hub.detach(users[1], phone, grace_until=1.0)
+    expected.discard(phone)
+    assert now() == expected
+    hub.detach(users[2], conns[users[2]], grace_until=1.0)  # a last connection
+    expected.discard(conns[users[2]])
+    assert now() == expected
+    hub.drop_cached_members()  # members must be loaded again: nobody until they are
+    assert now() == set()
+    hub.finish_members_load(X, [*users[3:], D])
+    assert now() == expected - {conns[users[1]]}
+    hub.set_members(X, users[1:])  # replaced whole
+    assert now() == {conns[u] for u in users[1:]} - {conns[users[2]]}
+
+
+def test_a_groups_kept_connections_go_with_its_members() -> None:
+    """Evicted members (least recently used first) take the kept list with them."""
+    hub, _ = group_hub(FANOUT_CACHE_MIN, max_cached_members=FANOUT_CACHE_MIN + 1)
+    assert len(hub.member_connections(X)) == FANOUT_CACHE_MIN
+    hub.set_members(Y, [A, B])  # over the bound: X's members go
+    assert hub.members(X) is None
+    assert hub.member_connections(X) == []
+    assert hub.sizes()["hub_fanout_lists"] == 0
+
+
+def test_kept_connections_are_bounded_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "FANOUT_CACHE_MAX", 2 * FANOUT_CACHE_MIN)
+    hub, conns = group_hub(2 * FANOUT_CACHE_MIN)
+    hub.set_members(Y, list(conns)[:FANOUT_CACHE_MIN])
+    assert len(hub.member_connections(Y)) == FANOUT_CACHE_MIN
+    assert len(hub.member_connections(X)) == 2 * FANOUT_CACHE_MIN  # over the bound: Y's list goes
+    assert hub.sizes()["hub_fanout_lists"] == 1
+    assert set(hub.member_connections(Y)) == {conns[u] for u in list(conns)[:FANOUT_CACHE_MIN]}
+
+
+def test_kept_connections_are_gone_once_everyone_has_left() -> None:
+    hub, conns = group_hub(FANOUT_CACHE_MIN)
+    hub.member_connections(X)
+    for user, conn in conns.items():
+        hub.detach(user, conn, grace_until=0.0)
+    assert hub.sizes()["hub_fanout_lists"] == 0
