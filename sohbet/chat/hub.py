@@ -58,10 +58,12 @@ class Hub(Generic[C]):
         # cluster instance receives a conversation's events while this is not empty).
         self._here: dict[ConversationId, set[UserId]] = {}
         self._here_changes: set[ConversationId] | None = set() if track_here else None
-        # Each conversation's local connections as the last fan-out found them. Derived from
-        # `_connections` and `_members` alone, and dropped whole at any write to either: a
-        # stale list would deliver to a leaver, and the writes are rare next to the messages.
+        # Each conversation's local connections as the last fan-out found them, from its
+        # members (one process) or from `_here` (a cluster instance). Derived from
+        # `_connections`, `_members` and `_here` alone, and dropped whole at any write to one of
+        # them: a stale list would deliver to a leaver, and writes are rare next to messages.
         self._fanout: dict[ConversationId, list[C]] = {}
+        self._fanout_here: dict[ConversationId, list[C]] = {}
         self._fanout_count = 0
 
     # -- connections and presence -------------------------------------------------------------
@@ -190,9 +192,19 @@ class Hub(Generic[C]):
 
         Why kept: finding a 10,000-member group's connections (a set walk, a dict lookup and a
         tuple per member) cost ~6% of a fan-out's CPU."""
-        found = self._fanout.get(conversation)
+        return self._kept(self._fanout, conversation, self._members.get(conversation, ()))
+
+    def here_connections(self, conversation: ConversationId) -> list[C]:
+        """`member_connections` for a cluster instance: the local connections of the members
+        connected here (`here`), whose members need not be cached. Do not mutate it."""
+        return self._kept(self._fanout_here, conversation, self._here.get(conversation, ()))
+
+    def _kept(
+        self, kept: dict[ConversationId, list[C]], conversation: ConversationId, users: Iterable[UserId]
+    ) -> list[C]:
+        found = kept.get(conversation)
         if found is None:
-            found = self.connections_of(self._members.get(conversation, ()))
+            found = self.connections_of(users)
             # In the order the connections were made (addresses are handed out in turn), not
             # the member set's hash order: the kernel then walks the descriptor table and its
             # socket objects in order. That cut a 10,000-member fan-out's kernel time a
@@ -201,7 +213,7 @@ class Hub(Generic[C]):
             if len(found) >= FANOUT_CACHE_MIN:
                 if self._fanout_count + len(found) > FANOUT_CACHE_MAX:
                     self._changed()
-                self._fanout[conversation] = found
+                kept[conversation] = found
                 self._fanout_count += len(found)
         return found
 
@@ -258,7 +270,7 @@ class Hub(Generic[C]):
             "hub_typing": len(self._typing),
             "hub_followed": len(self._here),
             "hub_follow_changes": len(self._here_changes or ()),
-            "hub_fanout_lists": len(self._fanout),
+            "hub_fanout_lists": len(self._fanout) + len(self._fanout_here),
         }
 
     @property
@@ -454,11 +466,13 @@ class Hub(Generic[C]):
             here = self._here[conversation] = set()
             self._here_changes.add(conversation)
         here.add(user)
+        self._changed()
 
     def _leave_here(self, conversation: ConversationId, user: UserId) -> None:
         here = self._here.get(conversation)
         if here is not None:
             here.discard(user)
+            self._changed()
             if not here:
                 del self._here[conversation]
                 assert self._here_changes is not None  # only filled while tracking
@@ -475,8 +489,9 @@ class Hub(Generic[C]):
 
     def _changed(self) -> None:
         """A connection or a cached membership changed: no kept fan-out list holds."""
-        if self._fanout:
+        if self._fanout_count:
             self._fanout.clear()
+            self._fanout_here.clear()
             self._fanout_count = 0
 
     def _cache_members(self, conversation: ConversationId, members: set[UserId]) -> None:

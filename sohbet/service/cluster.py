@@ -376,7 +376,7 @@ class Cluster:
 
     def _out(self, conversation: ConversationId, data: bytes, skip: Socket | None) -> None:
         ctx = self.ctx
-        sent = ctx.outbox.deliver(ctx.hub.connections_of(ctx.hub.here(conversation)), data, skip=skip)
+        sent = ctx.outbox.deliver(ctx.hub.here_connections(conversation), data, skip=skip)
         ctx.stats.deliveries += sent
 
     async def _fill_gap(self, conversation: ConversationId, line: _Line, closed: asyncio.Event) -> None:

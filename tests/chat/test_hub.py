@@ -329,3 +329,49 @@ def test_kept_connections_are_gone_once_everyone_has_left() -> None:
     for user, conn in conns.items():
         hub.detach(user, conn, grace_until=0.0)
     assert hub.sizes()["hub_fanout_lists"] == 0
+
+
+def test_a_cluster_instances_kept_connections_follow_every_change_here() -> None:
+    """`here_connections`: the members connected here, their conversations loaded (no member
+    set cached), kept from `FANOUT_CACHE_MIN` connections on."""
+    hub: Hub[Conn] = Hub(track_here=True)
+    users = [UserId(f"u{i:03}") for i in range(FANOUT_CACHE_MIN + 4)]
+    conns = {user: Conn(user) for user in reversed(users)}
+    for user, conn in conns.items():
+        hub.attach(user, conn)
+        hub.finish_conversations_load(user, [X], keep=True)
+    assert hub.members(X) is None
+
+    def now() -> set[Conn]:
+        found = hub.here_connections(X)
+        assert found == sorted(found, key=id)
+        return set(found)
+
+    expected = set(conns.values())
+    assert now() == expected
+    assert hub.here_connections(X) is hub.here_connections(X)  # kept
+    assert hub.sizes()["hub_fanout_lists"] == 1
+    hub.remove_member(X, users[0])  # a leave
+    expected.discard(conns[users[0]])
+    assert now() == expected
+    hub.attach(D, dave := Conn("dave"))  # connected, conversations not loaded yet: not here...
+    assert now() == expected
+    hub.finish_conversations_load(D, [X], keep=True)  # ...until they are
+    expected.add(dave)
+    assert now() == expected
+    hub.add_member(Y, users[1])  # another conversation: X's list is found again, the same
+    assert now() == expected
+    hub.attach(users[1], phone := Conn("phone"))  # a second device
+    expected.add(phone)
+    assert now() == expected
+    hub.detach(users[1], phone, grace_until=1.0)
+    expected.discard(phone)
+    assert now() == expected
+    hub.reload_conversations(users[2], [Y])  # storage says u002 left X
+    expected.discard(conns[users[2]])
+    assert now() == expected
+    for user in users[1:]:
+        hub.detach(user, conns[user], grace_until=1.0)
+    assert now() == {dave}
+    hub.detach(D, dave, grace_until=1.0)
+    assert hub.sizes()["hub_fanout_lists"] == 0

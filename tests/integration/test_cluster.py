@@ -21,6 +21,7 @@ import orjson
 import pytest
 import websockets
 
+from sohbet.chat.hub import FANOUT_CACHE_MIN
 from sohbet.config import AuthConfig
 
 from ..chatkit import WsChat, token
@@ -143,6 +144,50 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
             assert status == 200
             for other in (alice, bob, carol):
                 await other.expect("app:all")
+
+    asyncio.run(main())
+
+
+def test_a_large_groups_kept_recipients_on_another_instance_follow_every_change(three: Cluster) -> None:
+    """B keeps the connections of a group's members connected to it from `FANOUT_CACHE_MIN` on
+    (`Hub.here_connections`); every change on B between two messages from A shows in the next:
+    a leave, a second device, an addition, a closed connection."""
+    a, b = three[0], three[1]
+    others = [f"u{i:02}" for i in range(FANOUT_CACHE_MIN + 2)]
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            alice = await stack.enter_async_context(connect(a, "alice"))
+            on_b = {user: await stack.enter_async_context(connect(b, user)) for user in others}
+            dave = await stack.enter_async_context(connect(b, "dave"))
+            group = await alice.create(*others, title="many")
+            for client in on_b.values():
+                await client.expect("conversation:created")
+            sent = 0
+
+            async def round_trip(receivers: list[WsChat], silent: list[WsChat]) -> None:
+                nonlocal sent
+                sent += 1
+                await alice.send(group, f"m{sent}")
+                for client in receivers:
+                    got = await client.expect("chat:message")
+                    assert got["payload"]["message"]["content"] == f"m{sent}", client.user
+                for client in silent:  # B wrote to every receiver in one pass: it would be here
+                    assert "chat:message" not in [e["type"] for e in await client.nothing_pending()]
+
+            await round_trip(list(on_b.values()), [dave])
+            leaver = on_b.pop("u00")
+            await leaver.ok("conversation:leave", {"conversation_id": group})
+            await round_trip(list(on_b.values()), [leaver, dave])
+            phone = await stack.enter_async_context(connect(b, "u01"))
+            await round_trip([*on_b.values(), phone], [leaver, dave])
+            status, _ = api(a, "POST", f"/api/conversations/{group}/members", {"user_id": "dave"})
+            assert status == 200
+            await dave.expect("conversation:member_added")
+            await round_trip([*on_b.values(), phone, dave], [leaver])
+            await on_b.pop("u02").ws.close()
+            await phone.ws.close()
+            await round_trip([*on_b.values(), dave], [leaver])
 
     asyncio.run(main())
 
