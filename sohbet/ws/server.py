@@ -13,8 +13,10 @@ closes and carries their per-connection `data`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Iterable
 from typing import Final
 
@@ -175,7 +177,11 @@ class Server:
         """Listen on *host*:*port* and start the sweep timer."""
         loop = asyncio.get_running_loop()
         self.now = loop.time()
-        self._listener = await loop.create_server(lambda: WebSocket(self), host, port, backlog=backlog)
+        sock = numeric_listener(host, port)
+        if sock is None:
+            self._listener = await loop.create_server(lambda: WebSocket(self), host, port, backlog=backlog)
+        else:
+            self._listener = await loop.create_server(lambda: WebSocket(self), sock=sock, backlog=backlog)
         self._timer = loop.call_later(_SWEEP_S, self._sweep)
         log.info("listening on %s:%d (frame core: %s)", host, self.port, IMPLEMENTATION)
 
@@ -257,3 +263,30 @@ def broadcast(connections: Iterable[WebSocket], data: bytes, *, skip: WebSocket 
     if sent > apart:  # one count for the whole fan-out, not one per recipient
         connections[0]._server.stats.bytes_sent += (sent - apart) * len(frame)
     return sent
+
+
+def numeric_listener(host: str, port: int) -> socket.socket | None:
+    """A socket bound to *host*:*port* when *host* is an IP address (None for a name, which the
+    loop resolves), for the loop to listen on.
+
+    Why not let the loop bind it: uvloop resolves even a numeric host on libuv's thread pool,
+    which starts four threads that stay. In a process with more than one thread the kernel
+    counts a reference on the socket at every system call on a connection (`fdget`'s slow
+    path, `fput`): ~2% of a fan-out's CPU (`benchmarks/README.md`, "Seventh pass").
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if isinstance(address, ipaddress.IPv6Address) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the loop's own listener
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ def test_the_echo_server_echoes_both_kinds_and_stops_cleanly_on_sigterm() -> Non
 
         text, data, extensions = asyncio.run(asyncio.wait_for(talk(), 20))
         assert (text, data, extensions) == ("grüß dich", b"\x00\xff binary", None)
+        assert os.listdir(f"/proc/{proc.pid}/task") == [str(proc.pid)]  # one thread (`numeric_listener`)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         out = proc.stdout.read() if proc.stdout else ""

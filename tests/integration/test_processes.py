@@ -201,7 +201,7 @@ def test_a_second_writer_on_one_postgres_keeps_seqs_gapless(tmp_path: Path, post
     users = [f"user{i}" for i in range(10)]
     tokens = {u: token(u, auth=AuthConfig(secret=SECRET)) for u in users[1:]}
     tokens[users[0]] = env_secret_token(users[0])  # the command line's own tokens work too
-    with server_process(*args, cwd=tmp_path) as (_, port):
+    with server_process(*args, cwd=tmp_path) as (proc, port):
 
         async def main() -> list[int]:
             conversation = await create(port, tokens[users[0]], users[1:])
@@ -224,6 +224,9 @@ def test_a_second_writer_on_one_postgres_keeps_seqs_gapless(tmp_path: Path, post
                 await store.close()
 
         seqs = asyncio.run(main())
+        # One thread, after all that: a second one (libuv's resolver pool, say) would make the
+        # kernel count a reference at every socket call (`ws.server.numeric_listener`).
+        assert os.listdir(f"/proc/{proc.pid}/task") == [str(proc.pid)]
     assert sorted(seqs) == list(range(1, 201))
 
 
