@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, Generic, TypeVar
 
 from sohbet.chat.ids import ConversationId, UserId
@@ -186,17 +186,18 @@ class Hub(Generic[C]):
         table = self._connections
         return [c for user in users if (conns := table.get(user)) for c in conns]
 
-    def member_connections(self, conversation: ConversationId) -> list[C]:
+    def member_connections(self, conversation: ConversationId) -> Sequence[C]:
         """Every local connection of the conversation's cached members (none when they are not
-        cached): whom a message fans out to. Do not mutate it.
+        cached): whom a message fans out to. Read-only: it may be kept for the next message.
 
         Why kept: finding a 10,000-member group's connections (a set walk, a dict lookup and a
-        tuple per member) cost ~6% of a fan-out's CPU."""
+        tuple per member) was 5.6% of a fan-out's CPU samples (`perf`; benchmarks/README.md,
+        "Seventh pass")."""
         return self._kept(self._fanout, conversation, self._members.get(conversation, ()))
 
-    def here_connections(self, conversation: ConversationId) -> list[C]:
+    def here_connections(self, conversation: ConversationId) -> Sequence[C]:
         """`member_connections` for a cluster instance: the local connections of the members
-        connected here (`here`), whose members need not be cached. Do not mutate it."""
+        connected here (`here`), whose members need not be cached. Read-only, as there."""
         return self._kept(self._fanout_here, conversation, self._here.get(conversation, ()))
 
     def _kept(
@@ -205,12 +206,13 @@ class Hub(Generic[C]):
         found = kept.get(conversation)
         if found is None:
             found = self.connections_of(users)
-            # In the order the connections were made (addresses are handed out in turn), not
-            # the member set's hash order: the kernel then walks the descriptor table and its
-            # socket objects in order. That cut a 10,000-member fan-out's kernel time a
-            # delivery by ~14% (`benchmarks/README.md`).
-            found.sort(key=id)
             if len(found) >= FANOUT_CACHE_MIN:
+                # By address, not in the member set's hash order. In a process that accepted its
+                # connections in turn, that is the order they were made, and the kernel then
+                # walks its descriptor table and socket objects in order too: a 10,000-member
+                # fan-out cost 14% less CPU a delivery (benchmarks/README.md, "Seventh pass").
+                # After much churn addresses are reused and the order only approximates that.
+                found.sort(key=id)
                 if self._fanout_count + len(found) > FANOUT_CACHE_MAX:
                     self._changed()
                 kept[conversation] = found
@@ -271,6 +273,7 @@ class Hub(Generic[C]):
             "hub_followed": len(self._here),
             "hub_follow_changes": len(self._here_changes or ()),
             "hub_fanout_lists": len(self._fanout) + len(self._fanout_here),
+            "hub_fanout_entries": self._fanout_count,
         }
 
     @property
@@ -489,7 +492,7 @@ class Hub(Generic[C]):
 
     def _changed(self) -> None:
         """A connection or a cached membership changed: no kept fan-out list holds."""
-        if self._fanout_count:
+        if self._fanout or self._fanout_here:
             self._fanout.clear()
             self._fanout_here.clear()
             self._fanout_count = 0

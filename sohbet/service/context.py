@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from sohbet.chat.hub import Hub
@@ -189,7 +189,7 @@ class Context:
         """Deliver an encoded event to every local connection of *members* (but *skip*)."""
         return self.to_sockets(self.hub.connections_of(members), data, skip=skip)
 
-    def to_sockets(self, sockets: list[Socket], data: bytes, *, skip: Socket | None = None) -> int:
+    def to_sockets(self, sockets: Sequence[Socket], data: bytes, *, skip: Socket | None = None) -> int:
         """Deliver an encoded event to *sockets* (but *skip*), counted."""
         sent = self.outbox.deliver(sockets, data, skip=skip)
         self.stats.deliveries += sent

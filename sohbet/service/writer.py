@@ -331,6 +331,7 @@ class Writer:
         # Stored by a transaction whose answer was lost (see `_uncertain`): nobody delivered it.
         lost = bool(self._uncertain) and self._uncertain.pop((message.sender_id, message.client_id), 0) is None
         if message.is_new or lost:
+            # Also marks the member set recently used (the cache's order); the notifier needs it.
             members = ctx.hub.members(message.conversation_id) or ()
             if ctx.cluster.active:
                 # Each instance delivers to its own connections, in seq order (`Cluster`).

@@ -150,8 +150,8 @@ def test_everything_live_crosses_instances(three: Cluster) -> None:
 
 def test_a_large_groups_kept_recipients_on_another_instance_follow_every_change(three: Cluster) -> None:
     """B keeps the connections of a group's members connected to it from `FANOUT_CACHE_MIN` on
-    (`Hub.here_connections`); every change on B between two messages from A shows in the next:
-    a leave, a second device, an addition, a closed connection."""
+    (`Hub.here_connections`); every change between two messages from A shows in the next: a
+    leave on B, a removal made on A, a second device, an addition, a closed connection."""
     a, b = three[0], three[1]
     others = [f"u{i:02}" for i in range(FANOUT_CACHE_MIN + 2)]
 
@@ -179,6 +179,11 @@ def test_a_large_groups_kept_recipients_on_another_instance_follow_every_change(
             leaver = on_b.pop("u00")
             await leaver.ok("conversation:leave", {"conversation_id": group})
             await round_trip(list(on_b.values()), [leaver, dave])
+            removed = on_b.pop("u03")  # removed through A: B hears of it from the broker
+            status, _ = api(a, "DELETE", f"/api/conversations/{group}/members/u03")
+            assert status == 204
+            await removed.expect("conversation:member_removed")
+            await round_trip(list(on_b.values()), [leaver, removed, dave])
             phone = await stack.enter_async_context(connect(b, "u01"))
             await round_trip([*on_b.values(), phone], [leaver, dave])
             status, _ = api(a, "POST", f"/api/conversations/{group}/members", {"user_id": "dave"})
