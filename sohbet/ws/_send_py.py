@@ -47,7 +47,9 @@ def write_now(fd: int, transport: Any, data: bytes) -> int:
 class SocketCore:
     """See `_send.SocketCore`: what each message of a server socket reads and does."""
 
-    __slots__ = ("_batch", "_conn", "_fd", "_last_rx", "_paused_at", "_phase", "_rx", "_server", "_transport", "_tx")
+    __slots__ = (
+        "_batch", "_conn", "_drained", "_fd", "_last_rx", "_paused_at", "_phase", "_rx", "_server", "_transport", "_tx"
+    )  # fmt: skip
 
     # Set by the subclass, `websocket.WebSocket`, as the compiled class's C fields are.
     _server: Server
@@ -56,6 +58,7 @@ class SocketCore:
     _phase: int
     _batch: list[bytes] | None
     _fd: int
+    _drained: bool  # see `_send.SocketCore._drained`
     _last_rx: float
     _paused_at: float
     _rx: int
@@ -144,7 +147,16 @@ class SocketCore:
             batch.append(data)  # inside data_received: one write for everything at the end
             return
         self._tx += len(data)
-        left = write_now(self._fd, self._transport, data)
+        if self._drained and self._fd >= 0:
+            sent = _send_some(self._fd, data)
+            if sent == len(data):
+                return
+            self._drained = False
+            self._transport.write(data[sent:] if sent else data)
+            left = int(self._transport.get_write_buffer_size())
+        else:
+            left = write_now(self._fd, self._transport, data)
+            self._drained = left == 0 and self._fd >= 0
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
         if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
             self._over_limit()
@@ -160,11 +172,13 @@ def broadcast(connections: Iterable[Any], frame: bytes, text: bytes | str, skip:
         fd = ws._fd
         if fd >= 0 and ws._phase == PHASE_WS and ws._batch is None:
             transport = ws._transport
-            if not transport.get_write_buffer_size():
+            if ws._drained or not transport.get_write_buffer_size():
                 sent += 1
                 got = _send_some(fd, frame)
                 if got == len(frame):
+                    ws._drained = True
                     continue
+                ws._drained = False
                 transport.write(frame[got:] if got else frame)
                 if ws._paused_at and transport.get_write_buffer_size() > ws._server.limits.max_buffered_bytes:
                     ws._over_limit()
@@ -183,7 +197,7 @@ def broadcast(connections: Iterable[Any], frame: bytes, text: bytes | str, skip:
             batch.append(frame)
             continue
         transport = ws._transport
-        transport.write(frame)
+        transport.write(frame)  # no descriptor here (`_fd` < 0): `_drained` plays no part
         if ws._paused_at:
             if limit is None:
                 limit = ws._server.limits.max_buffered_bytes

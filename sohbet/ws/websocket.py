@@ -96,6 +96,9 @@ class WebSocket(sending.SocketCore, asyncio.Protocol):
         self._batch = None
         self._drain: asyncio.Future[None] | None = None
         self._fd = -1  # the socket's descriptor while writes may go straight to it (see `_send`)
+        # Not yet seen empty (`_send.SocketCore._drained`); it matters only once `_fd` is set,
+        # after the upgrade's 101 went to the transport, so the first direct write asks it.
+        self._drained = False
         self._last_rx = server.now
         self._ping_at = 0.0
         self._paused_at = 0.0

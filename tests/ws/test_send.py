@@ -84,6 +84,7 @@ def make(impl: ModuleType) -> Callable[..., Any]:
     class Socket(impl.SocketCore):  # type: ignore[misc,name-defined]  # a module chosen at run time
         def __init__(self, fd: int = -1, *, phase: int = websocket.PHASE_WS, conn: Any = None) -> None:
             self._fd = fd
+            self._drained = False
             self._phase = phase
             self._conn = conn if conn is not None else connection()
             self._batch = None
@@ -270,3 +271,56 @@ def test_a_write_takes_any_buffer(impl: ModuleType, make: Callable[..., Any]) ->
         sock._write(data)
     assert sock._transport.held == b"bytes bytearray memoryview"
     assert sock._tx == len(b"bytes bytearray memoryview")
+
+
+class Counting(Transport):
+    """A transport that counts how often it is asked what it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def get_write_buffer_size(self) -> int:
+        self.asked += 1
+        return super().get_write_buffer_size()
+
+
+def test_a_socket_seen_drained_writes_on_without_asking_its_transport(
+    impl: ModuleType, make: Callable[..., Any], pair: tuple[socket.socket, ...]
+) -> None:
+    ours, theirs = pair
+    sock = make(ours.fileno())
+    sock._transport = Counting()
+    sock._write(b"one ")  # asks once: nothing held, so straight to the kernel
+    assert impl.broadcast([sock], b"two ", "two ", None) == (1, 0)
+    sock._write(b"three")
+    assert read_all(theirs) == b"one two three"
+    assert sock._transport.asked == 1 and sock._transport.held == b""
+    fanned = make(ours.fileno())
+    fanned._transport = Counting()
+    impl.broadcast([fanned], b"four ", "four ", None)
+    fanned._write(b"five")
+    assert read_all(theirs) == b"four five" and fanned._transport.asked == 1
+
+
+@pytest.mark.parametrize("first", ["write", "broadcast"])
+def test_after_a_partial_send_every_write_queues_behind_it(
+    impl: ModuleType, make: Callable[..., Any], pair: tuple[socket.socket, ...], first: str
+) -> None:
+    """Once the transport holds the rest of a message, the kernel's room (the reader caught up)
+    must not let a later message overtake it, however the earlier one was written."""
+    ours, theirs = pair
+    sock = make(ours.fileno())
+    sock._write(b"warm")  # seen drained
+    data = bytes(range(256)) * (HUGE // 256)
+    if first == "write":
+        sock._write(data)
+    else:
+        impl.broadcast([sock], data, "text", None)
+    held = bytes(sock._transport.held)
+    assert 0 < len(held) < len(data)
+    got = read_all(theirs)  # the kernel has room again; the transport still holds the rest
+    sock._write(b"later")
+    impl.broadcast([sock], b"latest", "latest", None)
+    assert read_all(theirs) == b""
+    assert got + bytes(sock._transport.held) == b"warm" + data + b"later" + b"latest"
