@@ -51,6 +51,9 @@ class Hub(Generic[C]):
         self._conversations: dict[UserId, set[ConversationId]] = {}
         self._present: dict[ConversationId, set[UserId]] = {}
         self._member_changes: dict[ConversationId, dict[UserId, bool]] = {}
+        # Removals made in the cache whose storage has not committed yet (how many of each): a
+        # load that begins meanwhile may read the leaver from storage, and must not keep them.
+        self._removing: dict[ConversationId, dict[UserId, int]] = {}
         self._conversation_changes: dict[UserId, dict[ConversationId, bool]] = {}
         self._grace: dict[UserId, float] = {}
         self._typing: dict[tuple[UserId, ConversationId], float] = {}
@@ -267,6 +270,7 @@ class Hub(Generic[C]):
             "hub_user_conversation_sets": len(self._conversations),
             "hub_present_conversations": len(self._present),
             "hub_member_loads": len(self._member_changes),
+            "hub_removals_storing": len(self._removing),
             "hub_conversation_loads": len(self._conversation_changes),
             "hub_grace": len(self._grace),
             "hub_typing": len(self._typing),
@@ -316,8 +320,28 @@ class Hub(Generic[C]):
         return None if convs is None else conversation in convs
 
     def begin_members_load(self, conversation: ConversationId) -> None:
-        """A load of the conversation's members from storage starts: record changes meanwhile."""
-        self._member_changes.setdefault(conversation, {})
+        """A load of the conversation's members from storage starts: record changes meanwhile,
+        starting with the removals storage may not show yet (`hold_removal`)."""
+        changes = self._member_changes.setdefault(conversation, {})
+        for user in self._removing.get(conversation, ()):
+            changes[user] = False
+
+    def hold_removal(self, conversation: ConversationId, user: UserId) -> None:
+        """*user*'s removal, already made in the cache (`remove_member`), is being stored: until
+        `release_removal`, every members load that begins counts it as made."""
+        held = self._removing.setdefault(conversation, {})
+        held[user] = held.get(user, 0) + 1
+
+    def release_removal(self, conversation: ConversationId, user: UserId) -> None:
+        """The removal held by `hold_removal` is stored (or failed and was undone in the cache):
+        loads that begin from now on read storage as it is."""
+        held = self._removing[conversation]
+        if held[user] > 1:
+            held[user] -= 1
+            return
+        del held[user]
+        if not held:
+            del self._removing[conversation]
 
     def finish_members_load(self, conversation: ConversationId, loaded: Iterable[UserId]) -> set[UserId]:
         """The load landed: cache the members with every change made since it began.

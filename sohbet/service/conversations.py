@@ -167,11 +167,19 @@ class Conversations:
         if user not in members:
             return False
         ctx.hub.remove_member(conversation, user)
+        # Until it commits, storage still lists the user: a load of the members meanwhile (after
+        # an eviction) must not put them back in the cache.
+        ctx.hub.hold_removal(conversation, user)
         try:
             await ctx.store.remove_member(conversation, user)
         except StoreError:
+            ctx.hub.release_removal(conversation, user)
             ctx.hub.add_member(conversation, user)
             raise
+        except BaseException:
+            ctx.hub.release_removal(conversation, user)
+            raise
+        ctx.hub.release_removal(conversation, user)
         notice = {"conversation_id": conversation, "user_id": user}
         data = wire.encode(EventType.MEMBER_REMOVED, notice)
         ctx.to_members(members, data, skip=skip)

@@ -298,15 +298,17 @@ class Writer:
                 ctx.error(session, exc.code, str(exc), ref)
                 continue
             fans_out = message.is_new or (message.sender_id, message.client_id) in self._uncertain
+            loaded = None
             if fans_out and hub.members(message.conversation_id) is None:
                 # Dropped from the cache while it committed: load it again before fanning out.
-                # Later batches wait for this one, so seq order holds.
+                # Later batches wait for this one, so seq order holds. The set loaded is kept:
+                # other loads landing before this resumes may drop it from the cache again.
                 try:
-                    await ctx.member_set(message.conversation_id)
+                    loaded = await ctx.member_set(message.conversation_id)
                 except StoreUnavailable as exc:
                     log.warning("could not load members to deliver seq %d: %s", message.seq, exc)
             latency.observe(now - accepted)
-            self._acked(session, ref, message)
+            self._acked(session, ref, message, loaded=loaded)
 
     def _unavailable(self, batch: Batch, *, uncertain: bool = False) -> None:
         ctx = self.ctx
@@ -325,20 +327,34 @@ class Writer:
         """Answer a retry of a message found stored (outside a batch: it spent no token)."""
         self._acked(session, ref, message, spent=False)
 
-    def _acked(self, session: Session, ref: str | None, message: StoredMessage, *, spent: bool = True) -> None:
+    def _acked(
+        self,
+        session: Session,
+        ref: str | None,
+        message: StoredMessage,
+        *,
+        spent: bool = True,
+        loaded: set[UserId] | None = None,
+    ) -> None:
+        """*loaded*: the members as `_answer` just loaded them, for when the cache dropped them."""
         ctx = self.ctx
         obj = wire.message_object(message)
         # Stored by a transaction whose answer was lost (see `_uncertain`): nobody delivered it.
         lost = bool(self._uncertain) and self._uncertain.pop((message.sender_id, message.client_id), 0) is None
         if message.is_new or lost:
             # Also marks the member set recently used (the cache's order); the notifier needs it.
-            members = ctx.hub.members(message.conversation_id) or ()
+            cached = ctx.hub.members(message.conversation_id)
+            members = cached if cached is not None else loaded or ()
             if ctx.cluster.active:
                 # Each instance delivers to its own connections, in seq order (`Cluster`).
                 data = wire.encode(_MESSAGE, {"message": obj})
                 ctx.cluster.message(message.conversation_id, message.seq, data, session.socket)
             else:
-                sockets = ctx.hub.member_connections(message.conversation_id)
+                sockets = (
+                    ctx.hub.member_connections(message.conversation_id)
+                    if cached is not None
+                    else ctx.hub.connections_of(members)
+                )
                 # Encoded only for someone besides the sender's own connection: in a direct
                 # conversation whose other member is offline, nobody.
                 if len(sockets) > 1 or (sockets and sockets[0] is not session.socket):

@@ -375,3 +375,21 @@ def test_a_cluster_instances_kept_connections_follow_every_change_here() -> None
     assert now() == {dave}
     hub.detach(D, dave, grace_until=1.0)
     assert hub.sizes()["hub_fanout_lists"] == 0
+
+
+def test_a_removal_being_stored_holds_for_every_load_that_begins_meanwhile() -> None:
+    hub: Hub[str] = Hub()
+    hub.remove_member(X, B)  # made in the cache; storage still lists B until it commits
+    hub.hold_removal(X, B)
+    hub.hold_removal(X, B)  # a second leave of B in flight (another device)
+    hub.begin_members_load(X)
+    assert hub.finish_members_load(X, [A, B, C]) == {A, C}  # read before the commit: B held out
+    hub.drop_cached_members()
+    hub.release_removal(X, B)
+    hub.begin_members_load(X)  # the other leave still storing
+    assert hub.finish_members_load(X, [A, B, C]) == {A, C}
+    hub.release_removal(X, B)
+    assert hub.sizes()["hub_removals_storing"] == 0
+    hub.drop_cached_members()
+    hub.begin_members_load(X)  # both stored (or undone): storage as it is
+    assert hub.finish_members_load(X, [A, B, C]) == {A, B, C}

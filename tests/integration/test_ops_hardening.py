@@ -29,7 +29,7 @@ from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import ConversationKind
 from sohbet.store import MessageStore
 
-from ..chatkit import WsChat, chat_server, open_store
+from ..chatkit import WsChat, chat_server, open_store, with_chat
 from ..conftest import POSTGRES_URL, pg_admin
 from .test_processes import SECRET, SERVER, cli, create, data_dir_token, free_port, send_all, server_process
 
@@ -250,6 +250,99 @@ class HeldMembersLoad:
             self.read.set()
             await self.release.wait()
         return found
+
+
+class HeldRemoval:
+    """A real store whose first `remove_member` waits for the test before it stores anything:
+    until then storage still lists the leaver."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.removing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def remove_member(self, conversation_id: ConversationId, user_id: UserId) -> Any:
+        if not self.removing.is_set():
+            self.removing.set()
+            await self.release.wait()
+        return await self._store.remove_member(conversation_id, user_id)
+
+
+def test_a_leave_being_stored_survives_a_reload_of_the_members(run: Run, database_url: str) -> None:
+    """Bob leaves; while his removal is being stored, the group's members are evicted from the
+    cache (a small `member_cache_size`, another group) and loaded again for Alice's send: the
+    load reads storage, which still lists Bob, and must not put him back."""
+
+    async def main() -> None:
+        real = await open_store(database_url)
+        held = HeldRemoval(real)
+        try:
+            async with chat_server(database_url, store=held, chat=with_chat(member_cache_size=3)) as h:  # type: ignore[arg-type]
+                alice, bob, carol = await h.connect("alice"), await h.connect("bob"), await h.connect("carol")
+                group = await alice.create("bob", "carol", title="three")
+                await bob.expect("conversation:created")
+                await bob.send_raw({"type": "conversation:leave", "ref": "bye", "payload": {"conversation_id": group}})
+                await asyncio.wait_for(held.removing.wait(), 5)
+                await alice.create("w", "x", "y", title="four")  # caching its 4 members evicts the first
+                assert h.app.chat.hub.members(ConversationId(group)) is None
+                during = await alice.send(group, "while bob's leave is stored")
+                held.release.set()
+                await bob.expect("conversation:left", ref="bye")
+                after = await alice.send(group, "after")
+                for sent in (during, after):
+                    got = await carol.expect("chat:message")
+                    assert got["payload"]["message"]["seq"] == sent["seq"]
+                assert "chat:message" not in [e["type"] for e in [*bob.backlog, *await bob.nothing_pending()]]
+        finally:
+            await real.close()
+
+    run(main())
+
+
+class EvictingAfterLoad:
+    """A real store whose `members` reads, from the *arm*ed one on, each evict every cached
+    member set right after the load lands (as loads of other groups landing just after it
+    would, with a small `member_cache_size`), before the waiting writer resumes."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.armed = False
+        self.hub: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def members(self, conversation_id: ConversationId) -> list[UserId]:
+        found = await self._store.members(conversation_id)
+        if self.armed:
+            asyncio.get_running_loop().call_soon(self.hub.drop_cached_members)
+        return found
+
+
+def test_a_message_committed_while_its_members_were_evicted_reaches_them(run: Run, database_url: str) -> None:
+    """The writer reloads a group's members evicted while its message committed; if they are
+    evicted again before it resumes, it must deliver with the set it loaded, not to nobody."""
+
+    async def main() -> None:
+        real = await open_store(database_url)
+        store = EvictingAfterLoad(real)
+        try:
+            async with chat_server(database_url, store=store) as h:  # type: ignore[arg-type]
+                store.hub = h.app.chat.hub
+                alice, bob, carol = await h.connect("alice"), await h.connect("bob"), await h.connect("carol")
+                group = await alice.create("bob", "carol", title="three")
+                store.armed = True
+                h.app.chat.hub.drop_cached_members()  # evicted before the send: it loads them
+                sent = await alice.send(group, "to both")
+                for other in (bob, carol):
+                    assert (await other.expect("chat:message"))["payload"]["message"]["seq"] == sent["seq"]
+        finally:
+            await real.close()
+
+    run(main())
 
 
 def test_a_member_added_while_the_members_load_is_in_flight_is_kept(run: Run, database_url: str) -> None:
