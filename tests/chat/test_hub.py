@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -239,6 +240,12 @@ class Conn:
         return self.name
 
 
+def in_order(found: Sequence[Conn]) -> set[Conn]:
+    """The connections found, checked to be in allocation (address) order."""
+    assert list(found) == sorted(found, key=id)
+    return set(found)
+
+
 def group_hub(size: int, **options: Any) -> tuple[Hub[Conn], dict[UserId, Conn]]:
     hub: Hub[Conn] = Hub(**options)
     users = [UserId(f"u{i:03}") for i in range(size)]
@@ -272,9 +279,7 @@ def test_every_change_of_connections_or_members_shows_in_the_next_fanout() -> No
     users = list(conns)
 
     def now() -> set[Conn]:
-        found = hub.member_connections(X)
-        assert found == sorted(found, key=id)
-        return set(found)
+        return in_order(hub.member_connections(X))
 
     expected = set(conns.values())
     assert now() == expected
@@ -343,9 +348,7 @@ def test_a_cluster_instances_kept_connections_follow_every_change_here() -> None
     assert hub.members(X) is None
 
     def now() -> set[Conn]:
-        found = hub.here_connections(X)
-        assert found == sorted(found, key=id)
-        return set(found)
+        return in_order(hub.here_connections(X))
 
     expected = set(conns.values())
     assert now() == expected
