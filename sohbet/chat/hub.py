@@ -328,7 +328,8 @@ class Hub(Generic[C]):
 
     def hold_removal(self, conversation: ConversationId, user: UserId) -> None:
         """*user*'s removal, already made in the cache (`remove_member`), is being stored: until
-        `release_removal`, every members load that begins counts it as made."""
+        `release_removal`, every load that begins (the members, or the user's conversations)
+        counts it as made."""
         held = self._removing.setdefault(conversation, {})
         held[user] = held.get(user, 0) + 1
 
@@ -409,7 +410,7 @@ class Hub(Generic[C]):
     def reload_conversations(self, user: UserId, loaded: Iterable[ConversationId]) -> set[ConversationId]:
         """Cache the user's conversations as just read from storage: what a cached set had
         wrong is corrected in every cache (as joins and leaves would have). Returns the set."""
-        fresh = set(loaded)
+        fresh = set(loaded) - self._held_removals(user)  # read before those commit, maybe
         cached = self._conversations.get(user)
         if cached is None:
             return self.finish_conversations_load(user, fresh, keep=True)
@@ -420,8 +421,15 @@ class Hub(Generic[C]):
         return cached
 
     def begin_conversations_load(self, user: UserId) -> None:
-        """A load of the user's conversations starts: record membership changes meanwhile."""
-        self._conversation_changes.setdefault(user, {})
+        """A load of the user's conversations starts: record membership changes meanwhile,
+        starting with their removals storage may not show yet (`hold_removal`)."""
+        changes = self._conversation_changes.setdefault(user, {})
+        for conversation in self._held_removals(user):
+            changes[conversation] = False
+
+    def _held_removals(self, user: UserId) -> set[ConversationId]:
+        """The conversations *user*'s removal from is being stored (`hold_removal`)."""
+        return {c for c, held in self._removing.items() if user in held} if self._removing else set()
 
     def finish_conversations_load(
         self, user: UserId, loaded: Iterable[ConversationId], *, keep: bool

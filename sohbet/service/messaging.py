@@ -94,8 +94,10 @@ class Messaging:
         except StoreError:
             earlier = None
         if earlier is not None:
-            await ctx.member_set(earlier.conversation_id)  # in case the replay must be delivered
-            self.writer.replayed(session, ref, earlier)
+            # In case the replay must be delivered; kept, as in `Writer._answer`, should other
+            # loads drop the set from the cache before this resumes.
+            loaded = await ctx.member_set(earlier.conversation_id)
+            self.writer.replayed(session, ref, earlier, loaded=loaded)
             return
         rate = ctx.config.send_rate_per_s
         ctx.error(session, ErrorCode.RATE_LIMITED, f"more than {rate:g} messages per second", ref, wait_ms)

@@ -323,9 +323,12 @@ class Writer:
         if len(self._uncertain) > _MAX_UNCERTAIN:
             self._uncertain.popitem(last=False)
 
-    def replayed(self, session: Session, ref: str | None, message: StoredMessage) -> None:
-        """Answer a retry of a message found stored (outside a batch: it spent no token)."""
-        self._acked(session, ref, message, spent=False)
+    def replayed(
+        self, session: Session, ref: str | None, message: StoredMessage, *, loaded: set[UserId] | None = None
+    ) -> None:
+        """Answer a retry of a message found stored (outside a batch: it spent no token);
+        *loaded*: its members as just loaded (see `_acked`)."""
+        self._acked(session, ref, message, spent=False, loaded=loaded)
 
     def _acked(
         self,

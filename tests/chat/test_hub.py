@@ -396,3 +396,26 @@ def test_a_removal_being_stored_holds_for_every_load_that_begins_meanwhile() -> 
     hub.drop_cached_members()
     hub.begin_members_load(X)  # both stored (or undone): storage as it is
     assert hub.finish_members_load(X, [A, B, C]) == {A, B, C}
+
+
+def test_a_removal_being_stored_holds_for_the_users_own_conversation_loads() -> None:
+    """The same window from the user's side: their conversations read from storage while the
+    removal is being stored (a connection opening, a cluster instance admitting one)."""
+    hub: Hub[str] = Hub(track_here=True)
+    hub.attach(B, "b1")
+    hub.finish_conversations_load(B, [X, Y], keep=True)
+    hub.remove_member(X, B)
+    hub.hold_removal(X, B)
+    assert hub.reload_conversations(B, [X, Y]) == {Y}  # storage still lists X: not taken back
+    assert hub.here(X) == set() and hub.is_member(B, X) is False
+    hub.forget(B)
+    hub.detach(B, "b1", grace_until=0.0)
+    hub.expired_graces(1.0)
+    hub.forget(B)
+    assert hub.reload_conversations(B, [X, Y]) == {Y}  # nothing cached: the same
+    hub.forget(B)
+    hub.begin_conversations_load(B)  # a plain load, begun while the removal is stored
+    hub.release_removal(X, B)
+    assert hub.finish_conversations_load(B, [X, Y], keep=False) == {Y}
+    hub.begin_conversations_load(B)  # begun after: storage as it is
+    assert hub.finish_conversations_load(B, [X, Y], keep=False) == {X, Y}

@@ -10,6 +10,7 @@ import asyncio
 import gc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import Conversation, ConversationKind, NewMessage, StoredMessage
@@ -326,5 +327,55 @@ def test_a_shared_load_that_fails_after_its_waiters_left_is_not_reported_as_unre
             gc.collect()
             await asyncio.sleep(0)
         assert [r["message"] for r in reports] == []
+
+    run(main())
+
+
+class LostAnswerStore(TroubledStore):
+    """Its first append commits, then fails as if the answer were lost on the way back; once
+    *evicting*, each members load empties the member cache right after it lands (as other
+    groups' loads would with a small `member_cache_size`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lost = False
+        self.evicting = False
+        self.hub: Any = None
+
+    async def append(self, batch: list[NewMessage], now_ms: int) -> list[StoredMessage | None]:
+        stored = await super().append(batch, now_ms)
+        if not self.lost:
+            self.lost = True
+            raise StoreUnavailable("the answer was lost after the commit")
+        return stored
+
+    async def members(self, conversation_id: ConversationId) -> list[UserId]:
+        found = await super().members(conversation_id)
+        if self.evicting:
+            asyncio.get_running_loop().call_soon(self.hub.drop_cached_members)
+        return found
+
+
+def test_a_replay_of_a_message_whose_answer_was_lost_reaches_the_members_despite_evictions(tmp_path: Path) -> None:
+    """The retry of a message stored without an answer, answered from storage because the
+    sender's bucket is empty, delivers it: nobody had. Its group's members, evicted and loaded
+    again for it, are evicted again before the answer: the set loaded must still be used."""
+
+    async def main() -> None:
+        store = LostAnswerStore(tmp_path / "lost.db")
+        async with world(tmp_path, store=store, send_rate_per_s=1.0, send_burst=1) as w:
+            store.hub = w.service.ctx.hub
+            alice, bob = w.connect("alice"), w.connect("bob")
+            cid = await w.conversation(alice, "bob")
+            lost = await alice.request("chat:send", {"conversation_id": cid, "content": "lost", "client_id": "l"})
+            assert lost["payload"]["code"] == "unavailable"  # stored all the same
+            await alice.ok("chat:send", {"conversation_id": cid, "content": "spends", "client_id": "s"})
+            store.evicting = True
+            store.hub.drop_cached_members()
+            again = await alice.ok("chat:send", {"conversation_id": cid, "content": "lost", "client_id": "l"})
+            assert again["message"]["content"] == "lost"
+            await w.settle()
+            contents = [m["payload"]["message"]["content"] for m in bob.socket.of_type("chat:message")]
+            assert sorted(contents) == ["lost", "spends"]
 
     run(main())
