@@ -269,7 +269,7 @@ def broadcast(object connections, bytes frame not None, object text, object skip
             batch.append(frame)
             continue
         transport = ws._transport
-        transport.write(frame)  # no descriptor here (`_fd` < 0): `_drained` plays no part
+        transport.write(frame)  # no descriptor, or it holds bytes: `_drained` is False
         if ws._paused_at:
             if limit is None:
                 limit = ws._server.limits.max_buffered_bytes

@@ -197,7 +197,7 @@ def broadcast(connections: Iterable[Any], frame: bytes, text: bytes | str, skip:
             batch.append(frame)
             continue
         transport = ws._transport
-        transport.write(frame)  # no descriptor here (`_fd` < 0): `_drained` plays no part
+        transport.write(frame)  # no descriptor, or it holds bytes: `_drained` is False
         if ws._paused_at:
             if limit is None:
                 limit = ws._server.limits.max_buffered_bytes
