@@ -391,7 +391,12 @@ def test_a_removal_being_stored_holds_for_every_load_that_begins_meanwhile() -> 
     hub.release_removal(X, B)
     hub.begin_members_load(X)  # the other leave still storing
     assert hub.finish_members_load(X, [A, B, C]) == {A, C}
+    hub.hold_removal(X, C)  # another user leaving the same group
     hub.release_removal(X, B)
+    hub.drop_cached_members()
+    hub.begin_members_load(X)
+    assert hub.finish_members_load(X, [A, B, C]) == {A, B}  # B stored; C still held out
+    hub.release_removal(X, C)
     assert hub.sizes()["hub_removals_storing"] == 0
     hub.drop_cached_members()
     hub.begin_members_load(X)  # both stored (or undone): storage as it is
