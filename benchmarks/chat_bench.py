@@ -762,9 +762,10 @@ async def fanout_clients(port: int, pid: int, members: list[str], messages: int,
         times.append(time.perf_counter() - t0)
     user1, sys1 = cpu_split_s(pid)
     deliveries = messages * len(members)
+    cpu_us = (user1 + sys1 - user0 - sys0) * 1e6
     result = {
         "last_member_read_ms_median": statistics.median(times) * 1000,
-        "server_cpu_us_per_delivery": (user1 + sys1 - user0 - sys0) / deliveries * 1e6,
+        "server_cpu_us_per_delivery": cpu_us / deliveries,
         # Its own code's part and the kernel's (sending, and on loopback the receiver's side too).
         "server_user_us_per_delivery": (user1 - user0) / deliveries * 1e6,
         "server_sys_us_per_delivery": (sys1 - sys0) / deliveries * 1e6,
@@ -774,9 +775,7 @@ async def fanout_clients(port: int, pid: int, members: list[str], messages: int,
         result.update(await storing_alone(sender, pid))
         # What each delivery cost beyond storing and acking its message, which the peer does not do.
         stored = messages * result["server_cpu_us_per_send_alone"]
-        result["server_cpu_us_per_delivery_beyond_storing"] = (
-            (user1 + sys1 - user0 - sys0) * 1e6 - stored
-        ) / deliveries
+        result["server_cpu_us_per_delivery_beyond_storing"] = (cpu_us - stored) / deliveries
     for c in [*clients, sender]:
         c.transport.close()
     return result

@@ -234,3 +234,20 @@ class WsChat:
 
 def with_chat(**changes: Any) -> ChatConfig:
     return replace(ChatConfig(), **changes)
+
+
+class HeldRemovals:
+    """A real store whose member removals wait until the test lets them through."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def remove_member(self, *args: Any) -> Any:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self._store.remove_member(*args)

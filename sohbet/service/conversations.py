@@ -173,13 +173,10 @@ class Conversations:
         try:
             await ctx.store.remove_member(conversation, user)
         except StoreError:
-            ctx.hub.release_removal(conversation, user)
             ctx.hub.add_member(conversation, user)
             raise
-        except BaseException:
+        finally:
             ctx.hub.release_removal(conversation, user)
-            raise
-        ctx.hub.release_removal(conversation, user)
         notice = {"conversation_id": conversation, "user_id": user}
         data = wire.encode(EventType.MEMBER_REMOVED, notice)
         ctx.to_members(members, data, skip=skip)

@@ -71,9 +71,9 @@ cdef Py_ssize_t send_some(int fd, bytes data) noexcept:
             return 0
 
 
-cdef Py_ssize_t write_now_c(int fd, object transport, bytes data) except -1:
+cdef Py_ssize_t write_now_c(int fd, object transport, bytes data, bint drained) except -1:
     cdef Py_ssize_t sent = 0
-    if fd >= 0 and not transport.get_write_buffer_size():
+    if fd >= 0 and (drained or not transport.get_write_buffer_size()):
         sent = send_some(fd, data)
         if sent == PyBytes_GET_SIZE(data):
             return 0
@@ -81,18 +81,19 @@ cdef Py_ssize_t write_now_c(int fd, object transport, bytes data) except -1:
     return transport.get_write_buffer_size()
 
 
-def write_now(int fd, object transport, bytes data not None) -> int:
+def write_now(int fd, object transport, bytes data not None, bint drained=False) -> int:
     """Write *data* to a socket: straight to the kernel while the transport holds nothing.
 
     Args:
         fd: the socket's descriptor, or -1 to use the transport alone.
         transport: the socket's transport; it takes what the kernel does not.
         data: the bytes.
+        drained: the transport is known to hold nothing (`SocketCore._drained`): not asked.
 
     Returns:
         The bytes the transport now holds for it (0: all went out).
     """
-    return write_now_c(fd, transport, data)
+    return write_now_c(fd, transport, data, drained)
 
 
 cdef class SocketCore:
@@ -198,22 +199,13 @@ cdef class SocketCore:
 
     cdef int _write_bytes(self, bytes data) except -1:
         cdef list batch = self._batch
-        cdef Py_ssize_t left, sent
+        cdef Py_ssize_t left
         if batch is not None:
             batch.append(data)  # inside data_received: one write for everything at the end
             return 0
         self._tx += PyBytes_GET_SIZE(data)
-        if self._drained and self._fd >= 0:
-            sent = send_some(self._fd, data)
-            if sent == PyBytes_GET_SIZE(data):
-                return 0
-            self._drained = False
-            transport = self._transport
-            transport.write(data[sent:] if sent else data)
-            left = transport.get_write_buffer_size()
-        else:
-            left = write_now_c(self._fd, self._transport, data)
-            self._drained = left == 0 and self._fd >= 0
+        left = write_now_c(self._fd, self._transport, data, self._drained)
+        self._drained = left == 0 and self._fd >= 0
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
         if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
             self._over_limit()

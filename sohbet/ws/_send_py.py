@@ -33,10 +33,10 @@ def _send_some(fd: int, data: bytes) -> int:
         return 0
 
 
-def write_now(fd: int, transport: Any, data: bytes) -> int:
+def write_now(fd: int, transport: Any, data: bytes, drained: bool = False) -> int:
     """See `_send.write_now`."""
     sent = 0
-    if fd >= 0 and not transport.get_write_buffer_size():
+    if fd >= 0 and (drained or not transport.get_write_buffer_size()):
         sent = _send_some(fd, data)
         if sent == len(data):
             return 0
@@ -147,16 +147,8 @@ class SocketCore:
             batch.append(data)  # inside data_received: one write for everything at the end
             return
         self._tx += len(data)
-        if self._drained and self._fd >= 0:
-            sent = _send_some(self._fd, data)
-            if sent == len(data):
-                return
-            self._drained = False
-            self._transport.write(data[sent:] if sent else data)
-            left = int(self._transport.get_write_buffer_size())
-        else:
-            left = write_now(self._fd, self._transport, data)
-            self._drained = left == 0 and self._fd >= 0
+        left = write_now(self._fd, self._transport, data, self._drained)
+        self._drained = left == 0 and self._fd >= 0
         # Only a paused transport can be over the limit; checking then keeps this path cheap.
         if left and self._paused_at and left > self._server.limits.max_buffered_bytes:
             self._over_limit()

@@ -26,7 +26,7 @@ from sohbet.config import AuthConfig
 from sohbet.store import MessageStore
 from sohbet.ws.config import Limits
 
-from ..chatkit import API_KEY, AUTH, SECRET, Harness, WsChat, chat_server, open_store, token, with_chat
+from ..chatkit import API_KEY, AUTH, SECRET, Harness, HeldRemovals, WsChat, chat_server, open_store, token, with_chat
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 BACKEND = {"Authorization": f"Bearer {API_KEY}"}
@@ -723,23 +723,6 @@ def test_a_users_bad_requests_over_http_close_none_of_their_connections(run: Run
             await alice.send(cid, "still connected")
 
     run(main())
-
-
-class HeldRemovals:
-    """A real store whose member removals wait until the test lets them through."""
-
-    def __init__(self, store: MessageStore) -> None:
-        self._store = store
-        self.gate = asyncio.Event()
-        self.waiting = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def remove_member(self, *args: Any) -> Any:
-        self.waiting.set()
-        await self.gate.wait()
-        return await self._store.remove_member(*args)
 
 
 def test_a_removal_whose_request_times_out_still_completes_whole(run: Run, database_url: str) -> None:

@@ -29,7 +29,7 @@ from sohbet.chat.ids import ConversationId, UserId
 from sohbet.chat.model import ConversationKind
 from sohbet.store import MessageStore
 
-from ..chatkit import WsChat, chat_server, open_store, with_chat
+from ..chatkit import HeldRemovals, WsChat, chat_server, open_store, with_chat
 from ..conftest import POSTGRES_URL, pg_admin
 from .test_processes import SECRET, SERVER, cli, create, data_dir_token, free_port, send_all, server_process
 
@@ -252,25 +252,6 @@ class HeldMembersLoad:
         return found
 
 
-class HeldRemoval:
-    """A real store whose first `remove_member` waits for the test before it stores anything:
-    until then storage still lists the leaver."""
-
-    def __init__(self, store: MessageStore) -> None:
-        self._store = store
-        self.removing = asyncio.Event()
-        self.release = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def remove_member(self, conversation_id: ConversationId, user_id: UserId) -> Any:
-        if not self.removing.is_set():
-            self.removing.set()
-            await self.release.wait()
-        return await self._store.remove_member(conversation_id, user_id)
-
-
 def test_a_leave_being_stored_survives_a_reload_of_the_members(run: Run, database_url: str) -> None:
     """Bob leaves; while his removal is being stored, the group's members are evicted from the
     cache (a small `member_cache_size`, another group) and loaded again for Alice's send: the
@@ -278,18 +259,18 @@ def test_a_leave_being_stored_survives_a_reload_of_the_members(run: Run, databas
 
     async def main() -> None:
         real = await open_store(database_url)
-        held = HeldRemoval(real)
+        held = HeldRemovals(real)  # until its gate opens, storage still lists the leaver
         try:
             async with chat_server(database_url, store=held, chat=with_chat(member_cache_size=3)) as h:  # type: ignore[arg-type]
                 alice, bob, carol = await h.connect("alice"), await h.connect("bob"), await h.connect("carol")
                 group = await alice.create("bob", "carol", title="three")
                 await bob.expect("conversation:created")
                 await bob.send_raw({"type": "conversation:leave", "ref": "bye", "payload": {"conversation_id": group}})
-                await asyncio.wait_for(held.removing.wait(), 5)
+                await asyncio.wait_for(held.waiting.wait(), 5)
                 await alice.create("w", "x", "y", title="four")  # caching its 4 members evicts the first
                 assert h.app.chat.hub.members(ConversationId(group)) is None
                 during = await alice.send(group, "while bob's leave is stored")
-                held.release.set()
+                held.gate.set()
                 await bob.expect("conversation:left", ref="bye")
                 after = await alice.send(group, "after")
                 for sent in (during, after):
